@@ -1,0 +1,5 @@
+/* SCAFFOLD: replaced by the real header. */
+#ifndef MSD_IO_H
+#define MSD_IO_H
+#include "tensor.h"
+#endif

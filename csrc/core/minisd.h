@@ -1,0 +1,18 @@
+/* minisd: the whole C core in one include. */
+#ifndef MSD_MINISD_H
+#define MSD_MINISD_H
+
+#include "autograd.h"
+#include "diffusion.h"
+#include "error.h"
+#include "io.h"
+#include "ops.h"
+#include "optim.h"
+#include "rng.h"
+#include "tensor.h"
+
+/* Thread count for everything (OpenBLAS and the core's own loops). */
+void msd_set_threads(int n);
+int msd_get_threads(void);
+
+#endif

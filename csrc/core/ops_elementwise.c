@@ -1,0 +1,610 @@
+/* Elementwise arithmetic with broadcasting, reductions, and shape ops
+ * (reshape, narrow, cat), each with its grad function. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops.h"
+
+/* ---- broadcasting ------------------------------------------------------
+ * Both operands are padded on the left to 4 dims; a broadcast dim gets
+ * stride 0, so one 4-deep loop serves every case. */
+typedef struct bcast {
+    int ndim;
+    int shape[4];
+    long sa[4], sb[4];
+} bcast;
+
+static void padded_strides(const msd_tensor *t, const int *out_shape, long *st)
+{
+    int pad = 4 - t->ndim;
+    long s = 1;
+    for (int d = 3; d >= 0; d--) {
+        int size = d < pad ? 1 : t->shape[d - pad];
+        st[d] = (size == 1 && out_shape[d] != 1) ? 0 : s;
+        s *= size;
+    }
+}
+
+static int broadcast(const char *op, const msd_tensor *a, const msd_tensor *b, bcast *bc)
+{
+    int nd = a->ndim > b->ndim ? a->ndim : b->ndim;
+    bc->ndim = nd;
+    for (int d = 0; d < 4; d++) {
+        int ia = d - (4 - a->ndim), ib = d - (4 - b->ndim);
+        int sa = ia >= 0 ? a->shape[ia] : 1, sb = ib >= 0 ? b->shape[ib] : 1;
+        if (sa != sb && sa != 1 && sb != 1) {
+            char b1[64], b2[64];
+            return msd_error(MSD_ERR_SHAPE,
+                             "%s: shapes %s and %s do not broadcast (size %d vs %d in dim %d)",
+                             op, msd_tensor_shape_str(b1, sizeof b1, a),
+                             msd_tensor_shape_str(b2, sizeof b2, b), sa, sb, d - (4 - nd) + 1);
+        }
+        bc->shape[d] = sa == 1 ? sb : sa;
+    }
+    padded_strides(a, bc->shape, bc->sa);
+    padded_strides(b, bc->shape, bc->sb);
+    return MSD_OK;
+}
+
+enum binop { OP_ADD, OP_SUB, OP_MUL, OP_DIV };
+
+static void binary_row(enum binop op, float *o, const float *a, long sa, const float *b, long sb,
+                       int n)
+{
+    switch (op) {
+    case OP_ADD:
+        for (int i = 0; i < n; i++)
+            o[i] = a[i * sa] + b[i * sb];
+        break;
+    case OP_SUB:
+        for (int i = 0; i < n; i++)
+            o[i] = a[i * sa] - b[i * sb];
+        break;
+    case OP_MUL:
+        for (int i = 0; i < n; i++)
+            o[i] = a[i * sa] * b[i * sb];
+        break;
+    case OP_DIV:
+        for (int i = 0; i < n; i++)
+            o[i] = a[i * sa] / b[i * sb];
+        break;
+    }
+}
+
+/* o[i] = a[ia] op b[ib] over the broadcast shape. */
+static void binary_loop(enum binop op, float *o, const float *a, const float *b, const bcast *bc)
+{
+    const int *s = bc->shape;
+    for (int i0 = 0; i0 < s[0]; i0++)
+        for (int i1 = 0; i1 < s[1]; i1++)
+            for (int i2 = 0; i2 < s[2]; i2++) {
+                long oa = i0 * bc->sa[0] + i1 * bc->sa[1] + i2 * bc->sa[2];
+                long ob = i0 * bc->sb[0] + i1 * bc->sb[1] + i2 * bc->sb[2];
+                binary_row(op, o, a + oa, bc->sa[3], b + ob, bc->sb[3], s[3]);
+                o += s[3];
+            }
+}
+
+/* dx += g reduced (summed in double) over the dims where dx is broadcast;
+ * st are dx's padded strides against the full shape s of g. */
+static int reduce_into(msd_tensor *dx, const float *g, const int *s, const long *st)
+{
+    size_t n = msd_tensor_numel(dx);
+    float *d = msd_tensor_data(dx);
+    size_t full = (size_t)s[0] * s[1] * s[2] * s[3];
+    if (n == full) {
+        for (size_t i = 0; i < n; i++)
+            d[i] += g[i];
+        return MSD_OK;
+    }
+    double *acc = calloc(n ? n : 1, sizeof *acc);
+    if (!acc)
+        return msd_error(MSD_ERR_MEM, "out of memory in backward");
+    for (int i0 = 0; i0 < s[0]; i0++)
+        for (int i1 = 0; i1 < s[1]; i1++)
+            for (int i2 = 0; i2 < s[2]; i2++) {
+                double *a = acc + i0 * st[0] + i1 * st[1] + i2 * st[2];
+                for (int i3 = 0; i3 < s[3]; i3++)
+                    a[i3 * st[3]] += *g++;
+            }
+    for (size_t i = 0; i < n; i++)
+        d[i] += (float)acc[i];
+    free(acc);
+    return MSD_OK;
+}
+
+static const char *binop_name[] = { "add", "sub", "mul", "div" };
+static const msd_op binop_code[] = { MSD_OP_ADD, MSD_OP_SUB, MSD_OP_MUL, MSD_OP_DIV };
+
+static int binary(enum binop op, msd_tensor *a, msd_tensor *b, msd_tensor **out)
+{
+    bcast bc;
+    int rc = broadcast(binop_name[op], a, b, &bc);
+    if (rc != MSD_OK)
+        return rc;
+    msd_tensor *o = msd_tensor_empty(bc.ndim, bc.shape + (4 - bc.ndim));
+    if (!o)
+        return MSD_ERR_MEM;
+    binary_loop(op, msd_tensor_data(o), msd_tensor_data(a), msd_tensor_data(b), &bc);
+    msd_tensor *in[2] = { a, b };
+    msd_node *node;
+    if ((rc = msd_autograd_record(o, binop_code[op], 2, in, &node)) != MSD_OK) {
+        msd_tensor_release(o);
+        return rc;
+    }
+    *out = o;
+    return MSD_OK;
+}
+
+int msd_add(msd_tensor *a, msd_tensor *b, msd_tensor **out) { return binary(OP_ADD, a, b, out); }
+int msd_sub(msd_tensor *a, msd_tensor *b, msd_tensor **out) { return binary(OP_SUB, a, b, out); }
+int msd_mul(msd_tensor *a, msd_tensor *b, msd_tensor **out) { return binary(OP_MUL, a, b, out); }
+int msd_div(msd_tensor *a, msd_tensor *b, msd_tensor **out) { return binary(OP_DIV, a, b, out); }
+
+/* The broadcast of a full-shape contiguous operand (dy) with one whose
+ * padded strides are `other`. */
+static bcast against_full(const bcast *bc, const long *other)
+{
+    bcast r = *bc;
+    long s = 1;
+    for (int d = 3; d >= 0; d--) {
+        r.sa[d] = s;
+        r.sb[d] = other[d];
+        s *= bc->shape[d];
+    }
+    return r;
+}
+
+/* Gradient of a binary op for operand `which` (0 = a, 1 = b): the
+ * full-shape term g (dy times the local derivative), then reduced. */
+static int binary_grad(enum binop op, msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    msd_tensor *a = n->in[0], *b = n->in[1];
+    bcast bc;
+    int rc = broadcast(binop_name[op], a, b, &bc);
+    if (rc != MSD_OK)
+        return rc;
+    size_t full = msd_tensor_numel(dy);
+    const float *g = msd_tensor_data(dy);
+    float *tmp = NULL;
+    for (int which = 0; which < 2 && rc == MSD_OK; which++) {
+        if (!dx[which])
+            continue;
+        const float *term = g;
+        if (op == OP_MUL || op == OP_DIV || (op == OP_SUB && which == 1)) {
+            if (!tmp && !(tmp = malloc((full ? full : 1) * sizeof *tmp)))
+                return msd_error(MSD_ERR_MEM, "out of memory in backward");
+            const float *pa = msd_tensor_data(a), *pb = msd_tensor_data(b);
+            if (op == OP_SUB) {
+                for (size_t i = 0; i < full; i++)
+                    tmp[i] = -g[i];
+            } else if (op == OP_MUL) {
+                /* d(a*b)/da = b, d(a*b)/db = a */
+                bcast gb = against_full(&bc, which == 0 ? bc.sb : bc.sa);
+                binary_loop(OP_MUL, tmp, g, which == 0 ? pb : pa, &gb);
+            } else if (which == 0) {
+                /* d(a/b)/da = 1/b */
+                bcast gb = against_full(&bc, bc.sb);
+                binary_loop(OP_DIV, tmp, g, pb, &gb);
+            } else {
+                /* d(a/b)/db = -a/b^2 */
+                const int *s = bc.shape;
+                size_t k = 0;
+                for (int i0 = 0; i0 < s[0]; i0++)
+                    for (int i1 = 0; i1 < s[1]; i1++)
+                        for (int i2 = 0; i2 < s[2]; i2++)
+                            for (int i3 = 0; i3 < s[3]; i3++, k++) {
+                                float va = pa[i0 * bc.sa[0] + i1 * bc.sa[1] + i2 * bc.sa[2] +
+                                              i3 * bc.sa[3]];
+                                float vb = pb[i0 * bc.sb[0] + i1 * bc.sb[1] + i2 * bc.sb[2] +
+                                              i3 * bc.sb[3]];
+                                tmp[k] = -g[k] * va / (vb * vb);
+                            }
+            }
+            term = tmp;
+        }
+        rc = reduce_into(dx[which], term, bc.shape, which == 0 ? bc.sa : bc.sb);
+    }
+    free(tmp);
+    return rc;
+}
+
+int msd_grad_add(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    return binary_grad(OP_ADD, n, dy, dx);
+}
+int msd_grad_sub(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    return binary_grad(OP_SUB, n, dy, dx);
+}
+int msd_grad_mul(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    return binary_grad(OP_MUL, n, dy, dx);
+}
+int msd_grad_div(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    return binary_grad(OP_DIV, n, dy, dx);
+}
+
+/* ---- unary ops -------------------------------------------------------- */
+
+/* A new tensor shaped like x, recorded as op with x as the only input. */
+static int unary_out(msd_tensor *x, msd_op op, msd_tensor **o, msd_node **node)
+{
+    *o = msd_tensor_empty_like(x);
+    if (!*o)
+        return MSD_ERR_MEM;
+    int rc = msd_autograd_record(*o, op, 1, &x, node);
+    if (rc != MSD_OK) {
+        msd_tensor_release(*o);
+        *o = NULL;
+    }
+    return rc;
+}
+
+int msd_add_scalar(msd_tensor *x, float s, msd_tensor **out)
+{
+    msd_tensor *o;
+    msd_node *node;
+    int rc = unary_out(x, MSD_OP_ADD_SCALAR, &o, &node);
+    if (rc != MSD_OK)
+        return rc;
+    const float *px = msd_tensor_data(x);
+    float *po = msd_tensor_data(o);
+    for (size_t i = 0, n = msd_tensor_numel(x); i < n; i++)
+        po[i] = px[i] + s;
+    *out = o;
+    return MSD_OK;
+}
+
+int msd_grad_add_scalar(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    (void)n;
+    float *d = msd_tensor_data(dx[0]);
+    const float *g = msd_tensor_data(dy);
+    for (size_t i = 0, k = msd_tensor_numel(dy); i < k; i++)
+        d[i] += g[i];
+    return MSD_OK;
+}
+
+int msd_mul_scalar(msd_tensor *x, float s, msd_tensor **out)
+{
+    msd_tensor *o;
+    msd_node *node;
+    int rc = unary_out(x, MSD_OP_MUL_SCALAR, &o, &node);
+    if (rc != MSD_OK)
+        return rc;
+    if (node)
+        node->farg[0] = s;
+    const float *px = msd_tensor_data(x);
+    float *po = msd_tensor_data(o);
+    for (size_t i = 0, n = msd_tensor_numel(x); i < n; i++)
+        po[i] = px[i] * s;
+    *out = o;
+    return MSD_OK;
+}
+
+int msd_grad_mul_scalar(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    float s = n->farg[0], *d = msd_tensor_data(dx[0]);
+    const float *g = msd_tensor_data(dy);
+    for (size_t i = 0, k = msd_tensor_numel(dy); i < k; i++)
+        d[i] += g[i] * s;
+    return MSD_OK;
+}
+
+int msd_abs(msd_tensor *x, msd_tensor **out)
+{
+    msd_tensor *o;
+    msd_node *node;
+    int rc = unary_out(x, MSD_OP_ABS, &o, &node);
+    if (rc != MSD_OK)
+        return rc;
+    const float *px = msd_tensor_data(x);
+    float *po = msd_tensor_data(o);
+    for (size_t i = 0, n = msd_tensor_numel(x); i < n; i++)
+        po[i] = fabsf(px[i]);
+    *out = o;
+    return MSD_OK;
+}
+
+/* d|x|/dx = sign(x), 0 at 0 as PyTorch. */
+int msd_grad_abs(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    const float *x = msd_tensor_data(n->in[0]), *g = msd_tensor_data(dy);
+    float *d = msd_tensor_data(dx[0]);
+    for (size_t i = 0, k = msd_tensor_numel(dy); i < k; i++)
+        d[i] += x[i] > 0 ? g[i] : x[i] < 0 ? -g[i] : 0.0f;
+    return MSD_OK;
+}
+
+int msd_sqrt(msd_tensor *x, msd_tensor **out)
+{
+    msd_tensor *o;
+    msd_node *node;
+    int rc = unary_out(x, MSD_OP_SQRT, &o, &node);
+    if (rc != MSD_OK)
+        return rc;
+    const float *px = msd_tensor_data(x);
+    float *po = msd_tensor_data(o);
+    for (size_t i = 0, n = msd_tensor_numel(x); i < n; i++)
+        po[i] = sqrtf(px[i]);
+    *out = o;
+    return MSD_OK;
+}
+
+/* The output is not saved (it would hold its own node); sqrt is recomputed. */
+int msd_grad_sqrt(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    const float *x = msd_tensor_data(n->in[0]), *g = msd_tensor_data(dy);
+    float *d = msd_tensor_data(dx[0]);
+    for (size_t i = 0, k = msd_tensor_numel(dy); i < k; i++)
+        d[i] += g[i] * 0.5f / sqrtf(x[i]);
+    return MSD_OK;
+}
+
+int msd_exp(msd_tensor *x, msd_tensor **out)
+{
+    msd_tensor *o;
+    msd_node *node;
+    int rc = unary_out(x, MSD_OP_EXP, &o, &node);
+    if (rc != MSD_OK)
+        return rc;
+    const float *px = msd_tensor_data(x);
+    float *po = msd_tensor_data(o);
+    for (size_t i = 0, n = msd_tensor_numel(x); i < n; i++)
+        po[i] = expf(px[i]);
+    *out = o;
+    return MSD_OK;
+}
+
+int msd_grad_exp(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    const float *x = msd_tensor_data(n->in[0]), *g = msd_tensor_data(dy);
+    float *d = msd_tensor_data(dx[0]);
+    for (size_t i = 0, k = msd_tensor_numel(dy); i < k; i++)
+        d[i] += g[i] * expf(x[i]);
+    return MSD_OK;
+}
+
+/* ---- reductions ------------------------------------------------------- */
+
+static int reduce_all(msd_tensor *x, msd_op op, msd_tensor **out)
+{
+    size_t n = msd_tensor_numel(x);
+    double acc = 0;
+    const float *p = msd_tensor_data(x);
+    for (size_t i = 0; i < n; i++)
+        acc += p[i];
+    if (op == MSD_OP_MEAN) {
+        if (n == 0)
+            return msd_error(MSD_ERR_SHAPE, "mean: the tensor is empty");
+        acc /= (double)n;
+    }
+    msd_tensor *o = msd_tensor_full(0, NULL, (float)acc);
+    if (!o)
+        return MSD_ERR_MEM;
+    msd_node *node;
+    int rc = msd_autograd_record(o, op, 1, &x, &node);
+    if (rc != MSD_OK) {
+        msd_tensor_release(o);
+        return rc;
+    }
+    *out = o;
+    return MSD_OK;
+}
+
+int msd_sum(msd_tensor *x, msd_tensor **out) { return reduce_all(x, MSD_OP_SUM, out); }
+int msd_mean(msd_tensor *x, msd_tensor **out) { return reduce_all(x, MSD_OP_MEAN, out); }
+
+int msd_grad_sum(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    (void)n;
+    float g = msd_tensor_data(dy)[0], *d = msd_tensor_data(dx[0]);
+    for (size_t i = 0, k = msd_tensor_numel(dx[0]); i < k; i++)
+        d[i] += g;
+    return MSD_OK;
+}
+
+int msd_grad_mean(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    (void)n;
+    size_t k = msd_tensor_numel(dx[0]);
+    float g = (float)(msd_tensor_data(dy)[0] / (double)k), *d = msd_tensor_data(dx[0]);
+    for (size_t i = 0; i < k; i++)
+        d[i] += g;
+    return MSD_OK;
+}
+
+static int extreme(const char *what, const msd_tensor *x, float *value, int want_max)
+{
+    size_t n = msd_tensor_numel(x);
+    if (n == 0)
+        return msd_error(MSD_ERR_SHAPE, "%s: the tensor is empty", what);
+    const float *p = msd_tensor_data(x);
+    float v = p[0];
+    for (size_t i = 1; i < n; i++)
+        if (want_max ? p[i] > v : p[i] < v)
+            v = p[i];
+    *value = v;
+    return MSD_OK;
+}
+
+int msd_min(const msd_tensor *x, float *value) { return extreme("min", x, value, 0); }
+int msd_max(const msd_tensor *x, float *value) { return extreme("max", x, value, 1); }
+
+/* ---- shape ops -------------------------------------------------------- */
+
+int msd_reshape(msd_tensor *x, int ndim, const int *shape, msd_tensor **out)
+{
+    msd_tensor *o = msd_tensor_view(x, ndim, shape);
+    if (!o)
+        return MSD_ERR_SHAPE;
+    msd_node *node;
+    int rc = msd_autograd_record(o, MSD_OP_RESHAPE, 1, &x, &node);
+    if (rc != MSD_OK) {
+        msd_tensor_release(o);
+        return rc;
+    }
+    *out = o;
+    return MSD_OK;
+}
+
+int msd_grad_reshape(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    (void)n;
+    float *d = msd_tensor_data(dx[0]);
+    const float *g = msd_tensor_data(dy);
+    for (size_t i = 0, k = msd_tensor_numel(dy); i < k; i++)
+        d[i] += g[i];
+    return MSD_OK;
+}
+
+/* Sizes of x around dim: outer (product before), inner (product after). */
+static void split_at(const msd_tensor *x, int dim, size_t *outer, size_t *inner)
+{
+    *outer = 1;
+    *inner = 1;
+    for (int d = 0; d < dim; d++)
+        *outer *= (size_t)x->shape[d];
+    for (int d = dim + 1; d < x->ndim; d++)
+        *inner *= (size_t)x->shape[d];
+}
+
+int msd_narrow(msd_tensor *x, int dim, int start, int len, msd_tensor **out)
+{
+    char b[64];
+    if (dim < 0 || dim >= x->ndim)
+        return msd_error(MSD_ERR_ARG, "narrow: dim %d out of range for %s (1..%d)", dim + 1,
+                         msd_tensor_shape_str(b, sizeof b, x), x->ndim);
+    if (start < 0 || len < 0 || start > x->shape[dim] - len)
+        return msd_error(MSD_ERR_ARG,
+                         "narrow: start %d, length %d out of range for dim %d of size %d in %s",
+                         start + 1, len, dim + 1, x->shape[dim],
+                         msd_tensor_shape_str(b, sizeof b, x));
+    msd_tensor *o;
+    if (dim == 0) {
+        o = msd_tensor_narrow0(x, start, len);
+    } else {
+        int s[MSD_MAX_DIMS];
+        memcpy(s, x->shape, sizeof s);
+        s[dim] = len;
+        o = msd_tensor_empty(x->ndim, s);
+        if (o) {
+            size_t outer, inner;
+            split_at(x, dim, &outer, &inner);
+            const float *px = msd_tensor_data(x);
+            float *po = msd_tensor_data(o);
+            for (size_t i = 0; i < outer; i++)
+                memcpy(po + i * len * inner, px + (i * x->shape[dim] + start) * inner,
+                       len * inner * sizeof(float));
+        }
+    }
+    if (!o)
+        return MSD_ERR_MEM;
+    msd_node *node;
+    int rc = msd_autograd_record(o, MSD_OP_NARROW, 1, &x, &node);
+    if (rc != MSD_OK) {
+        msd_tensor_release(o);
+        return rc;
+    }
+    if (node) {
+        node->iarg[0] = dim;
+        node->iarg[1] = start;
+        node->iarg[2] = len;
+    }
+    *out = o;
+    return MSD_OK;
+}
+
+int msd_grad_narrow(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    int dim = n->iarg[0], start = n->iarg[1], len = n->iarg[2];
+    size_t outer, inner;
+    split_at(dx[0], dim, &outer, &inner);
+    int size = dx[0]->shape[dim];
+    const float *g = msd_tensor_data(dy);
+    float *d = msd_tensor_data(dx[0]);
+    for (size_t i = 0; i < outer; i++) {
+        float *row = d + (i * size + start) * inner;
+        const float *src = g + i * len * inner;
+        for (size_t j = 0; j < len * inner; j++)
+            row[j] += src[j];
+    }
+    return MSD_OK;
+}
+
+int msd_cat(int n, msd_tensor *const *xs, int dim, msd_tensor **out)
+{
+    char b1[64], b2[64];
+    if (n < 1)
+        return msd_error(MSD_ERR_ARG, "cat: expected at least one tensor");
+    const msd_tensor *x0 = xs[0];
+    if (dim < 0 || dim >= x0->ndim)
+        return msd_error(MSD_ERR_ARG, "cat: dim %d out of range for %s (1..%d)", dim + 1,
+                         msd_tensor_shape_str(b1, sizeof b1, x0), x0->ndim);
+    long total = 0;
+    for (int k = 0; k < n; k++) {
+        const msd_tensor *x = xs[k];
+        int ok = x->ndim == x0->ndim;
+        for (int d = 0; ok && d < x0->ndim; d++)
+            ok = d == dim || x->shape[d] == x0->shape[d];
+        if (!ok)
+            return msd_error(MSD_ERR_SHAPE,
+                             "cat: tensor %d has shape %s, tensor 1 has %s; all sizes but dim %d "
+                             "must agree",
+                             k + 1, msd_tensor_shape_str(b1, sizeof b1, x),
+                             msd_tensor_shape_str(b2, sizeof b2, x0), dim + 1);
+        total += x->shape[dim];
+    }
+    int s[MSD_MAX_DIMS];
+    memcpy(s, x0->shape, sizeof s);
+    if (total > MSD_MAX_NUMEL)
+        return msd_error(MSD_ERR_MEM, "cat: result too large");
+    s[dim] = (int)total;
+    msd_tensor *o = msd_tensor_empty(x0->ndim, s);
+    if (!o)
+        return MSD_ERR_MEM;
+    size_t outer, inner;
+    split_at(o, dim, &outer, &inner);
+    float *po = msd_tensor_data(o);
+    size_t at = 0; /* offset of the current input's block within a row */
+    for (int k = 0; k < n; k++) {
+        size_t w = (size_t)xs[k]->shape[dim] * inner;
+        const float *px = msd_tensor_data(xs[k]);
+        for (size_t i = 0; i < outer; i++)
+            memcpy(po + i * total * inner + at, px + i * w, w * sizeof(float));
+        at += w;
+    }
+    msd_node *node;
+    int rc = msd_autograd_record(o, MSD_OP_CAT, n, xs, &node);
+    if (rc != MSD_OK) {
+        msd_tensor_release(o);
+        return rc;
+    }
+    if (node)
+        node->iarg[0] = dim;
+    *out = o;
+    return MSD_OK;
+}
+
+int msd_grad_cat(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    int dim = n->iarg[0];
+    size_t outer, inner;
+    split_at(dy, dim, &outer, &inner);
+    size_t total = (size_t)dy->shape[dim], at = 0;
+    const float *g = msd_tensor_data(dy);
+    for (int k = 0; k < n->n_in; k++) {
+        size_t w = (size_t)n->in[k]->shape[dim] * inner;
+        if (dx[k]) {
+            float *d = msd_tensor_data(dx[k]);
+            for (size_t i = 0; i < outer; i++)
+                for (size_t j = 0; j < w; j++)
+                    d[i * w + j] += g[i * total * inner + at + j];
+        }
+        at += w;
+    }
+    return MSD_OK;
+}

@@ -1,0 +1,5 @@
+/* SCAFFOLD: replaced by the real header. */
+#ifndef MSD_OPTIM_H
+#define MSD_OPTIM_H
+#include "tensor.h"
+#endif

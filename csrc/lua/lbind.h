@@ -1,0 +1,44 @@
+/* minisd: helpers shared by the binding files (csrc/lua/lbind_*.c).
+ * Bindings check arguments, call the core, and turn its errors into Lua
+ * errors; they hold no maths. */
+#ifndef MSD_LBIND_H
+#define MSD_LBIND_H
+
+#include "lcompat.h"
+#include "minisd.h"
+
+#define LBIND_TENSOR_MT "minisd.Tensor"
+
+/* The tensor at index i, or a Lua error naming the argument. */
+msd_tensor *lbind_check_tensor(lua_State *L, int i);
+/* The tensor at i, or NULL when the value there is nil or absent. */
+msd_tensor *lbind_opt_tensor(lua_State *L, int i);
+/* Pushes an empty tensor box (a userdata holding NULL) and returns it; the
+ * caller fills *box with a tensor it owns one reference of. */
+msd_tensor **lbind_new_box(lua_State *L);
+/* Pushes a new box holding t (takes over the caller's reference). */
+void lbind_push_tensor(lua_State *L, msd_tensor *t);
+/* Finishes a binding that filled a box on top of the stack: raises the
+ * core's error when rc != MSD_OK, otherwise tells Lua's GC about the C
+ * memory just allocated (see STYLE.md) and returns 1. */
+int lbind_result(lua_State *L, int rc, msd_tensor **box);
+/* Tells Lua's GC about `bytes` of C memory allocated for a new object. */
+void lbind_gc_hint(lua_State *L, size_t bytes);
+/* Reads a shape: a table of sizes at index i. Returns ndim. */
+int lbind_check_shape(lua_State *L, int i, int *shape);
+/* Raises a Lua error with msd_last_error() when rc != MSD_OK. */
+void lbind_check_rc(lua_State *L, int rc);
+/* An integer argument (error if not an integral number). */
+int lbind_check_int(lua_State *L, int i);
+int lbind_opt_int(lua_State *L, int i, int def);
+
+/* Each binding file registers its functions into the module table on top
+ * of the stack. */
+void lbind_open_tensor(lua_State *L);
+void lbind_open_ops(lua_State *L);
+void lbind_open_rng(lua_State *L);
+void lbind_open_io(lua_State *L);
+void lbind_open_optim(lua_State *L);
+void lbind_open_diffusion(lua_State *L);
+
+#endif

@@ -1,0 +1,134 @@
+/* minisd: functional ops (minisd.conv2d, minisd.gelu, ...). Argument order
+ * and defaults follow torch.nn.functional. */
+#include "lbind.h"
+
+typedef int (*binary_fn)(msd_tensor *, msd_tensor *, msd_tensor **);
+typedef int (*unary_fn)(msd_tensor *, msd_tensor **);
+
+static int binary(lua_State *L, binary_fn f)
+{
+    msd_tensor *a = lbind_check_tensor(L, 1), *b = lbind_check_tensor(L, 2);
+    msd_tensor **box = lbind_new_box(L);
+    return lbind_result(L, f(a, b, box), box);
+}
+
+static int unary(lua_State *L, unary_fn f)
+{
+    msd_tensor *x = lbind_check_tensor(L, 1);
+    msd_tensor **box = lbind_new_box(L);
+    return lbind_result(L, f(x, box), box);
+}
+
+static int l_ops_add(lua_State *L) { return binary(L, msd_add); }
+static int l_ops_sub(lua_State *L) { return binary(L, msd_sub); }
+static int l_ops_mul(lua_State *L) { return binary(L, msd_mul); }
+static int l_ops_div(lua_State *L) { return binary(L, msd_div); }
+static int l_ops_mse_loss(lua_State *L) { return binary(L, msd_mse_loss); }
+static int l_ops_cross_entropy_raw(lua_State *L) { return binary(L, msd_cross_entropy); }
+static int l_ops_sum(lua_State *L) { return unary(L, msd_sum); }
+static int l_ops_mean(lua_State *L) { return unary(L, msd_mean); }
+static int l_ops_abs(lua_State *L) { return unary(L, msd_abs); }
+static int l_ops_sqrt(lua_State *L) { return unary(L, msd_sqrt); }
+static int l_ops_exp(lua_State *L) { return unary(L, msd_exp); }
+static int l_ops_gelu(lua_State *L) { return unary(L, msd_gelu); }
+static int l_ops_relu(lua_State *L) { return unary(L, msd_relu); }
+
+/* conv2d(x, w [, b [, stride=1 [, padding=0]]]) */
+static int l_ops_conv2d(lua_State *L)
+{
+    msd_tensor *x = lbind_check_tensor(L, 1), *w = lbind_check_tensor(L, 2);
+    msd_tensor *b = lbind_opt_tensor(L, 3);
+    int stride = lbind_opt_int(L, 4, 1), padding = lbind_opt_int(L, 5, 0);
+    msd_tensor **box = lbind_new_box(L);
+    return lbind_result(L, msd_conv2d(x, w, b, stride, padding, box), box);
+}
+
+/* conv_transpose2d(x, w [, b [, stride=1 [, padding=0]]]) */
+static int l_ops_conv_transpose2d(lua_State *L)
+{
+    msd_tensor *x = lbind_check_tensor(L, 1), *w = lbind_check_tensor(L, 2);
+    msd_tensor *b = lbind_opt_tensor(L, 3);
+    int stride = lbind_opt_int(L, 4, 1), padding = lbind_opt_int(L, 5, 0);
+    msd_tensor **box = lbind_new_box(L);
+    return lbind_result(L, msd_conv_transpose2d(x, w, b, stride, padding, box), box);
+}
+
+/* batch_norm2d(x, running_mean, running_var [, weight [, bias [, training=false
+ *              [, momentum=0.1 [, eps=1e-5]]]]]) */
+static int l_ops_batch_norm2d(lua_State *L)
+{
+    msd_tensor *x = lbind_check_tensor(L, 1);
+    msd_tensor *rm = lbind_opt_tensor(L, 2), *rv = lbind_opt_tensor(L, 3);
+    msd_tensor *w = lbind_opt_tensor(L, 4), *b = lbind_opt_tensor(L, 5);
+    int training = lua_toboolean(L, 6);
+    float momentum = (float)luaL_optnumber(L, 7, 0.1), eps = (float)luaL_optnumber(L, 8, 1e-5);
+    msd_tensor **box = lbind_new_box(L);
+    return lbind_result(L, msd_batch_norm2d(x, w, b, rm, rv, training, momentum, eps, box), box);
+}
+
+/* group_norm(x, groups [, weight [, bias [, eps=1e-5]]]) */
+static int l_ops_group_norm(lua_State *L)
+{
+    msd_tensor *x = lbind_check_tensor(L, 1);
+    int groups = lbind_check_int(L, 2);
+    msd_tensor *w = lbind_opt_tensor(L, 3), *b = lbind_opt_tensor(L, 4);
+    float eps = (float)luaL_optnumber(L, 5, 1e-5);
+    msd_tensor **box = lbind_new_box(L);
+    return lbind_result(L, msd_group_norm(x, groups, w, b, eps, box), box);
+}
+
+/* max_pool2d(x, k [, stride=k]), avg_pool2d(x, k [, stride=k]) */
+static int l_ops_max_pool2d(lua_State *L)
+{
+    msd_tensor *x = lbind_check_tensor(L, 1);
+    int k = lbind_check_int(L, 2), s = lbind_opt_int(L, 3, k);
+    msd_tensor **box = lbind_new_box(L);
+    return lbind_result(L, msd_max_pool2d(x, k, s, box), box);
+}
+
+static int l_ops_avg_pool2d(lua_State *L)
+{
+    msd_tensor *x = lbind_check_tensor(L, 1);
+    int k = lbind_check_int(L, 2), s = lbind_opt_int(L, 3, k);
+    msd_tensor **box = lbind_new_box(L);
+    return lbind_result(L, msd_avg_pool2d(x, k, s, box), box);
+}
+
+/* linear(x, w [, b]) */
+static int l_ops_linear(lua_State *L)
+{
+    msd_tensor *x = lbind_check_tensor(L, 1), *w = lbind_check_tensor(L, 2);
+    msd_tensor *b = lbind_opt_tensor(L, 3);
+    msd_tensor **box = lbind_new_box(L);
+    return lbind_result(L, msd_linear(x, w, b, box), box);
+}
+
+static const luaL_Reg functions[] = {
+    { "add", l_ops_add },
+    { "sub", l_ops_sub },
+    { "mul", l_ops_mul },
+    { "div", l_ops_div },
+    { "sum", l_ops_sum },
+    { "mean", l_ops_mean },
+    { "abs", l_ops_abs },
+    { "sqrt", l_ops_sqrt },
+    { "exp", l_ops_exp },
+    { "conv2d", l_ops_conv2d },
+    { "conv_transpose2d", l_ops_conv_transpose2d },
+    { "batch_norm2d", l_ops_batch_norm2d },
+    { "group_norm", l_ops_group_norm },
+    { "max_pool2d", l_ops_max_pool2d },
+    { "avg_pool2d", l_ops_avg_pool2d },
+    { "gelu", l_ops_gelu },
+    { "relu", l_ops_relu },
+    { "linear", l_ops_linear },
+    { "mse_loss", l_ops_mse_loss },
+    /* 0-based class indices; minisd.cross_entropy (init.lua) takes 1-based */
+    { "cross_entropy_raw", l_ops_cross_entropy_raw },
+    { NULL, NULL },
+};
+
+void lbind_open_ops(lua_State *L)
+{
+    luaL_setfuncs(L, functions, 0);
+}
