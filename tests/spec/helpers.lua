@@ -1,0 +1,90 @@
+-- Shared helpers for the busted specs.
+local minisd = require("minisd")
+
+local H = {}
+
+H.root = os.getenv("MINISD_ROOT") or "."
+H.lua_bin = os.getenv("MINISD_LUA_BIN") or "lua5.4"
+
+--- Loads tests/fixtures/<name>.lua: a table name -> tensor.
+function H.fixture(name)
+  local path = H.root .. "/tests/fixtures/" .. name .. ".lua"
+  local chunk = assert(loadfile(path))
+  local raw = chunk()
+  local out = {}
+  for k, v in pairs(raw) do
+    local t = minisd.zeros(v.shape)
+    if #v.data > 0 then
+      t:copy_(minisd.tensor(v.data))
+    end
+    out[k] = t
+  end
+  return out
+end
+
+local function flat(x)
+  if minisd.is_tensor(x) then
+    return minisd.tensor(x:totable()):reshape({ -1 }):totable(), x:shape()
+  end
+  return x, { #x }
+end
+
+local function flatten_table(t, acc)
+  acc = acc or {}
+  if type(t) == "number" then
+    acc[#acc + 1] = t
+  else
+    for i = 1, #t do
+      flatten_table(t[i], acc)
+    end
+  end
+  return acc
+end
+
+--- Asserts |a - b| <= atol + rtol |b| elementwise; the failure message
+-- names the largest difference and where it is.
+function H.assert_close(actual, expected, rtol, atol, what)
+  rtol, atol = rtol or 1e-4, atol or 1e-5
+  local a = minisd.is_tensor(actual) and flatten_table(actual:totable()) or flatten_table(actual)
+  local e = minisd.is_tensor(expected) and flatten_table(expected:totable())
+    or flatten_table(expected)
+  if #a ~= #e then
+    error(string.format("%s: %d values, expected %d", what or "assert_close", #a, #e), 2)
+  end
+  local worst, wi = -math.huge, 0
+  for i = 1, #a do
+    local excess = math.abs(a[i] - e[i]) - (atol + rtol * math.abs(e[i]))
+    if excess ~= excess then
+      excess = math.huge -- NaN
+    end
+    if excess > worst then
+      worst, wi = excess, i
+    end
+  end
+  if worst > 0 then
+    error(string.format("%s: largest difference at element %d: got %.9g, expected %.9g "
+      .. "(|diff| %.3g > atol %.1g + rtol %.1g * |expected|)", what or "assert_close", wi, a[wi],
+      e[wi], math.abs(a[wi] - e[wi]), atol, rtol), 2)
+  end
+  return true
+end
+
+--- Runs a shell command; returns ok, exit code, combined output.
+function H.run(cmd)
+  local f = io.popen(cmd .. " 2>&1; echo \"::exit=$?\"")
+  local out = f:read("*a")
+  f:close()
+  local code = tonumber(out:match("::exit=(%d+)%s*$"))
+  out = out:gsub("::exit=%d+%s*$", "")
+  return code == 0, code, out
+end
+
+--- A fresh temporary directory.
+function H.tmpdir()
+  local ok, _, out = H.run("mktemp -d")
+  assert(ok, out)
+  return (out:gsub("%s+$", ""))
+end
+
+H.flat = flat
+return H
