@@ -589,8 +589,11 @@ static int l_tensor_len(lua_State *L)
 
 static int l_tensor_index(lua_State *L)
 {
-    msd_tensor *t = lbind_check_tensor(L, 1);
-    const char *k = lua_tostring(L, 2);
+    msd_tensor **box = luaL_checkudata(L, 1, LBIND_TENSOR_MT);
+    const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
+    int field = k && (strcmp(k, "grad") == 0 || strcmp(k, "requires_grad") == 0 ||
+                      strcmp(k, "is_leaf") == 0);
+    msd_tensor *t = field ? lbind_check_tensor(L, 1) : *box;
     if (k && strcmp(k, "grad") == 0) {
         if (t->grad)
             lbind_push_tensor(L, msd_tensor_retain(t->grad));
