@@ -1,7 +1,9 @@
 /* minisd: the Tensor userdata — creation, fields, methods, metamethods. */
+#define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "lbind.h"
 
@@ -276,6 +278,15 @@ static int l_memory_stats(lua_State *L)
     lua_setfield(L, -2, "allocs");
     lua_pushnumber(L, (lua_Number)s.cache_hits);
     lua_setfield(L, -2, "cache_hits");
+    return 1;
+}
+
+/* Seconds on a monotonic clock, for progress rates and benchmarks. */
+static int l_clock(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
     return 1;
 }
 
@@ -700,6 +711,7 @@ static const luaL_Reg functions[] = {
     { "set_threads", l_set_threads },
     { "get_threads", l_get_threads },
     { "memory_stats", l_memory_stats },
+    { "clock", l_clock },
     { NULL, NULL },
 };
 
