@@ -50,6 +50,22 @@ int msd_conv2d(msd_tensor *x, msd_tensor *w, msd_tensor *b, int stride, int padd
                msd_tensor **out);
 int msd_conv_transpose2d(msd_tensor *x, msd_tensor *w, msd_tensor *b, int stride, int padding,
                          msd_tensor **out);
+/* Raw kernels. x (N,Cin,H,W); b (Cout) or NULL. conv2d: w (Cout,Cin,kh,kw),
+ * y (N,Cout,Ho,Wo) with Ho = (H+2pad-kh)/stride+1. conv_transpose2d:
+ * w (Cin,Cout,kh,kw), y (N,Cout,(H-1)stride-2pad+kh, ...). Backward ADDS
+ * into dx (x's shape), dw (w's shape), db (Cout); any of them may be NULL.
+ * Scratch comes from the caching allocator: MSD_OK or MSD_ERR_MEM. */
+int msd_conv2d_forward(float *y, const float *x, const float *w, const float *b, int N, int Cin,
+                       int H, int W, int Cout, int kh, int kw, int stride, int pad);
+int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                        const float *w, int N, int Cin, int H, int W, int Cout, int kh, int kw,
+                        int stride, int pad);
+int msd_conv_transpose2d_forward(float *y, const float *x, const float *w, const float *b, int N,
+                                 int Cin, int H, int W, int Cout, int kh, int kw, int stride,
+                                 int pad);
+int msd_conv_transpose2d_backward(float *dx, float *dw, float *db, const float *dy,
+                                  const float *x, const float *w, int N, int Cin, int H, int W,
+                                  int Cout, int kh, int kw, int stride, int pad);
 
 /* ---- normalisation (ops_norm.c) ----------------------------------------
  * batch_norm2d: x (N,C,H,W); weight, bias (C) or NULL; running_mean,
@@ -63,19 +79,59 @@ int msd_batch_norm2d(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
                      float momentum, float eps, msd_tensor **out);
 int msd_group_norm(msd_tensor *x, int groups, msd_tensor *weight, msd_tensor *bias, float eps,
                    msd_tensor **out);
+/* Kernels. BatchNorm2d: x, y, dx, dy (N,C,HW); gamma, beta, dgamma, dbeta
+ * (C) or NULL (no affine / no gradient wanted); mean, rstd (C), rstd =
+ * 1/sqrt(var + eps). stats writes the batch mean and BIASED variance (C).
+ * backward with training=1 treats mean and rstd as functions of x (batch
+ * stats); with training=0 as constants (running stats). */
+void msd_batchnorm_stats(float *mean, float *var, const float *x, int N, int C, int HW);
+void msd_batchnorm_forward(float *y, const float *x, const float *mean, const float *rstd,
+                           const float *gamma, const float *beta, int N, int C, int HW);
+void msd_batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
+                            const float *x, const float *gamma, const float *mean,
+                            const float *rstd, int training, int N, int C, int HW);
+/* GroupNorm. x, y, dx, dy: (N, C, HW); gamma, beta, dgamma, dbeta: (C) or
+ * NULL; mean, rstd: (N, G), written by forward for backward. Backward ADDS
+ * to dx, dgamma, dbeta (each may be NULL). */
+void msd_groupnorm_forward(float *y, float *mean, float *rstd, const float *x,
+                           const float *gamma, const float *beta, int N, int C, int HW, int G,
+                           float eps);
+void msd_groupnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
+                            const float *x, const float *gamma, const float *mean,
+                            const float *rstd, int N, int C, int HW, int G);
 
 /* ---- pooling (ops_pool.c): x (N,C,H,W), window k, stride s, no padding;
  * out (N,C,(H-k)/s+1,(W-k)/s+1). */
 int msd_max_pool2d(msd_tensor *x, int k, int stride, msd_tensor **out);
 int msd_avg_pool2d(msd_tensor *x, int k, int stride, msd_tensor **out);
+/* Raw kernels over NC = N*C planes of H x W; y and idx (NC,Ho,Wo). idx
+ * receives each window's argmax as a float index into its H*W plane (the
+ * first maximum; NULL to skip). Backward ADDS into dx (NC,H,W). */
+void msd_max_pool2d_forward(float *y, float *idx, const float *x, int NC, int H, int W,
+                            int k, int s);
+void msd_max_pool2d_backward(float *dx, const float *dy, const float *idx, int NC, int H, int W,
+                             int k, int s);
+void msd_avg_pool2d_forward(float *y, const float *x, int NC, int H, int W, int k, int s);
+void msd_avg_pool2d_backward(float *dx, const float *dy, int NC, int H, int W, int k, int s);
 
 /* ---- activations (ops_act.c): GELU is the exact erf form. */
 int msd_gelu(msd_tensor *x, msd_tensor **out);
 int msd_relu(msd_tensor *x, msd_tensor **out);
+/* Kernels: y, x, dx, dy of n elements; backward ADDS to dx. */
+void msd_gelu_forward(float *y, const float *x, size_t n);
+void msd_gelu_backward(float *dx, const float *dy, const float *x, size_t n);
+void msd_relu_forward(float *y, const float *x, size_t n);
+void msd_relu_backward(float *dx, const float *dy, const float *x, size_t n);
 
 /* ---- linear (ops_linear.c): x (..., in), w (out, in), b (out) or NULL;
  * y = x w^T + b, shape (..., out). */
 int msd_linear(msd_tensor *x, msd_tensor *w, msd_tensor *b, msd_tensor **out);
+/* Raw kernels: x (M,in), w (out,in), b (out) or NULL, y (M,out). Backward
+ * ADDS into dx (M,in), dw (out,in), db (out); any may be NULL. */
+void msd_linear_forward(float *y, const float *x, const float *w, const float *b, int M, int in,
+                        int out);
+void msd_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                         const float *w, int M, int in, int out);
 
 /* ---- losses (ops_loss.c), mean reduction, 0-dim results.
  * mse_loss: a and b of the same shape.
@@ -83,5 +139,18 @@ int msd_linear(msd_tensor *x, msd_tensor *w, msd_tensor *b, msd_tensor **out);
  * (as floats), or (N,C) class probabilities. */
 int msd_mse_loss(msd_tensor *a, msd_tensor *b, msd_tensor **out);
 int msd_cross_entropy(msd_tensor *logits, msd_tensor *target, msd_tensor **out);
+/* Kernels. mse: a, b, da, db of n > 0 elements; *loss = mean (a-b)^2;
+ * backward ADDS dloss * d/da, d/db into da, db (either may be NULL).
+ * cross_entropy: logits, dlogits (N,C); target (N) of valid 0-based indices
+ * (probs = 0) or (N,C) probabilities (probs = 1), dtarget (N,C) or NULL;
+ * lse (N), the row log-sum-exp, written by forward for backward. */
+void msd_mse_forward(float *loss, const float *a, const float *b, size_t n);
+void msd_mse_backward(float *da, float *db, float dloss, const float *a, const float *b,
+                      size_t n);
+void msd_cross_entropy_forward(float *loss, float *lse, const float *logits,
+                               const float *target, int probs, int N, int C);
+void msd_cross_entropy_backward(float *dlogits, float *dtarget, float dloss,
+                                const float *logits, const float *target, const float *lse,
+                                int probs, int N, int C);
 
 #endif

@@ -1,6 +1,355 @@
-/* SCAFFOLD: replaced by the real implementation. */
+/* Normalisation: BatchNorm2d (PyTorch's training and eval semantics, with
+ * the running-stat update) and GroupNorm, each with its grad function.
+ *
+ * Both normalise x to xhat = (x - mean) * rstd with rstd = 1/sqrt(var + eps)
+ * and apply the per-channel affine y = xhat * gamma + beta. Backward saves
+ * mean and rstd (never the output, which would hold its own node) and
+ * recomputes xhat from the input. */
+#include <math.h>
+#include <stddef.h>
+
 #include "ops.h"
-int msd_grad_batch_norm2d(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx) { (void)n; (void)dy; (void)dx; return msd_error(MSD_ERR_STATE, "batch_norm2d: not implemented"); }
-int msd_grad_group_norm(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx) { (void)n; (void)dy; (void)dx; return msd_error(MSD_ERR_STATE, "group_norm: not implemented"); }
-int msd_batch_norm2d(msd_tensor *x, msd_tensor *weight, msd_tensor *bias, msd_tensor *running_mean, msd_tensor *running_var, int training, float momentum, float eps, msd_tensor **out) { (void)x; (void)weight; (void)bias; (void)running_mean; (void)running_var; (void)training; (void)momentum; (void)eps; (void)out; return msd_error(MSD_ERR_STATE, "not implemented"); }
-int msd_group_norm(msd_tensor *x, int groups, msd_tensor *weight, msd_tensor *bias, float eps, msd_tensor **out) { (void)x; (void)groups; (void)weight; (void)bias; (void)eps; (void)out; return msd_error(MSD_ERR_STATE, "not implemented"); }
+
+/* ---- BatchNorm2d kernels ---------------------------------------------- */
+
+void msd_batchnorm_stats(float *mean, float *var, const float *x, int N, int C, int HW)
+{
+    size_t count = (size_t)N * HW;
+    for (int c = 0; c < C; c++) {
+        /* two passes in double: the one-pass E[x^2]-E[x]^2 loses digits */
+        double s = 0;
+        for (int n = 0; n < N; n++) {
+            const float *p = x + ((size_t)n * C + c) * HW;
+            for (int i = 0; i < HW; i++)
+                s += p[i];
+        }
+        double m = count ? s / (double)count : 0.0, q = 0;
+        for (int n = 0; n < N; n++) {
+            const float *p = x + ((size_t)n * C + c) * HW;
+            for (int i = 0; i < HW; i++) {
+                double d = p[i] - m;
+                q += d * d;
+            }
+        }
+        mean[c] = (float)m;
+        var[c] = count ? (float)(q / (double)count) : 0.0f;
+    }
+}
+
+void msd_batchnorm_forward(float *y, const float *x, const float *mean, const float *rstd,
+                           const float *gamma, const float *beta, int N, int C, int HW)
+{
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) {
+            /* fold the normalisation and the affine into y = x * a + b */
+            float a = rstd[c] * (gamma ? gamma[c] : 1.0f);
+            float b = (beta ? beta[c] : 0.0f) - mean[c] * a;
+            size_t off = ((size_t)n * C + c) * HW;
+            for (int i = 0; i < HW; i++)
+                y[off + i] = x[off + i] * a + b;
+        }
+}
+
+void msd_batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
+                            const float *x, const float *gamma, const float *mean,
+                            const float *rstd, int training, int N, int C, int HW)
+{
+    double count = (double)N * HW;
+    for (int c = 0; c < C; c++) {
+        double m = mean[c], r = rstd[c], g = gamma ? gamma[c] : 1.0;
+        double sdy = 0, sdy_xhat = 0;
+        for (int n = 0; n < N; n++) {
+            size_t off = ((size_t)n * C + c) * HW;
+            for (int i = 0; i < HW; i++) {
+                sdy += dy[off + i];
+                sdy_xhat += dy[off + i] * ((x[off + i] - m) * r);
+            }
+        }
+        if (dgamma)
+            dgamma[c] += (float)sdy_xhat;
+        if (dbeta)
+            dbeta[c] += (float)sdy;
+        if (!dx)
+            continue;
+        /* Training: mean and var depend on x, so
+         * dx = g r (dy - mean(dy) - xhat mean(dy xhat)); eval: dx = g r dy. */
+        double k1 = training ? sdy / count : 0.0, k2 = training ? sdy_xhat / count : 0.0;
+        for (int n = 0; n < N; n++) {
+            size_t off = ((size_t)n * C + c) * HW;
+            for (int i = 0; i < HW; i++) {
+                double xhat = (x[off + i] - m) * r;
+                dx[off + i] += (float)(g * r * (dy[off + i] - k1 - xhat * k2));
+            }
+        }
+    }
+}
+
+/* ---- GroupNorm kernels ------------------------------------------------ */
+
+void msd_groupnorm_forward(float *y, float *mean, float *rstd, const float *x,
+                           const float *gamma, const float *beta, int N, int C, int HW, int G,
+                           float eps)
+{
+    int cpg = C / G;
+    size_t len = (size_t)cpg * HW; /* a group is contiguous: cpg channels x HW */
+    for (int n = 0; n < N; n++)
+        for (int g = 0; g < G; g++) {
+            size_t off = ((size_t)n * C + (size_t)g * cpg) * HW;
+            const float *p = x + off;
+            double s = 0, q = 0;
+            for (size_t i = 0; i < len; i++)
+                s += p[i];
+            double m = len ? s / (double)len : 0.0;
+            for (size_t i = 0; i < len; i++) {
+                double d = p[i] - m;
+                q += d * d;
+            }
+            double var = len ? q / (double)len : 0.0;
+            float r = (float)(1.0 / sqrt(var + eps));
+            mean[n * G + g] = (float)m;
+            rstd[n * G + g] = r;
+            for (int c = 0; c < cpg; c++) {
+                int ch = g * cpg + c;
+                float a = r * (gamma ? gamma[ch] : 1.0f);
+                float b = (beta ? beta[ch] : 0.0f) - (float)m * a;
+                for (int i = 0; i < HW; i++)
+                    y[off + (size_t)c * HW + i] = p[(size_t)c * HW + i] * a + b;
+            }
+        }
+}
+
+void msd_groupnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
+                            const float *x, const float *gamma, const float *mean,
+                            const float *rstd, int N, int C, int HW, int G)
+{
+    int cpg = C / G;
+    if (dgamma || dbeta) {
+        for (int c = 0; c < C; c++) {
+            double sg = 0, sb = 0;
+            for (int n = 0; n < N; n++) {
+                double m = mean[n * G + c / cpg], r = rstd[n * G + c / cpg];
+                size_t off = ((size_t)n * C + c) * HW;
+                for (int i = 0; i < HW; i++) {
+                    sg += dy[off + i] * ((x[off + i] - m) * r);
+                    sb += dy[off + i];
+                }
+            }
+            if (dgamma)
+                dgamma[c] += (float)sg;
+            if (dbeta)
+                dbeta[c] += (float)sb;
+        }
+    }
+    if (!dx)
+        return;
+    double len = (double)cpg * HW;
+    for (int n = 0; n < N; n++)
+        for (int g = 0; g < G; g++) {
+            double m = mean[n * G + g], r = rstd[n * G + g];
+            size_t off = ((size_t)n * C + (size_t)g * cpg) * HW;
+            /* with u = dy * gamma (the gradient of xhat):
+             * dx = r (u - mean(u) - xhat mean(u xhat)) over the group */
+            double su = 0, sux = 0;
+            for (int c = 0; c < cpg; c++) {
+                double gm = gamma ? gamma[g * cpg + c] : 1.0;
+                for (int i = 0; i < HW; i++) {
+                    size_t k = off + (size_t)c * HW + i;
+                    double u = dy[k] * gm;
+                    su += u;
+                    sux += u * ((x[k] - m) * r);
+                }
+            }
+            double k1 = su / len, k2 = sux / len;
+            for (int c = 0; c < cpg; c++) {
+                double gm = gamma ? gamma[g * cpg + c] : 1.0;
+                for (int i = 0; i < HW; i++) {
+                    size_t k = off + (size_t)c * HW + i;
+                    double xhat = (x[k] - m) * r;
+                    dx[k] += (float)(r * (dy[k] * gm - k1 - xhat * k2));
+                }
+            }
+        }
+}
+
+/* ---- tensor-level ops ------------------------------------------------- */
+
+/* A per-channel parameter must be a (C) vector. */
+static int check_param(const char *op, const msd_tensor *x, const msd_tensor *p,
+                       const char *what)
+{
+    if (!p)
+        return MSD_OK;
+    if (p->ndim != 1 || p->shape[0] != x->shape[1]) {
+        char b1[64], b2[64];
+        return msd_error(MSD_ERR_SHAPE, "%s: input %s has %d channels, %s has %zu (shape %s)",
+                         op, msd_tensor_shape_str(b1, sizeof b1, x), x->shape[1], what,
+                         msd_tensor_numel(p), msd_tensor_shape_str(b2, sizeof b2, p));
+    }
+    return MSD_OK;
+}
+
+static const float *data_or_null(const msd_tensor *t)
+{
+    return t ? msd_tensor_data(t) : NULL;
+}
+
+int msd_batch_norm2d(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
+                     msd_tensor *running_mean, msd_tensor *running_var, int training,
+                     float momentum, float eps, msd_tensor **out)
+{
+    char b1[64];
+    int rc;
+    if (x->ndim != 4)
+        return msd_error(MSD_ERR_SHAPE, "batch_norm2d: expected a 4-D input (N,C,H,W), got %s",
+                         msd_tensor_shape_str(b1, sizeof b1, x));
+    if ((rc = check_param("batch_norm2d", x, weight, "weight")) != MSD_OK ||
+        (rc = check_param("batch_norm2d", x, bias, "bias")) != MSD_OK ||
+        (rc = check_param("batch_norm2d", x, running_mean, "running_mean")) != MSD_OK ||
+        (rc = check_param("batch_norm2d", x, running_var, "running_var")) != MSD_OK)
+        return rc;
+    if (!(eps >= 0))
+        return msd_error(MSD_ERR_ARG, "batch_norm2d: eps must be >= 0, got %g", eps);
+    int N = x->shape[0], C = x->shape[1], HW = x->shape[2] * x->shape[3];
+    size_t count = (size_t)N * HW;
+    if (training) {
+        if ((running_mean == NULL) != (running_var == NULL))
+            return msd_error(MSD_ERR_ARG, "batch_norm2d: give both running_mean and "
+                                          "running_var, or neither");
+        if (count <= 1)
+            return msd_error(MSD_ERR_SHAPE, "batch_norm2d: training needs more than 1 value "
+                                            "per channel, input %s has %zu",
+                             msd_tensor_shape_str(b1, sizeof b1, x), count);
+    } else if (!running_mean || !running_var) {
+        return msd_error(MSD_ERR_ARG, "batch_norm2d: eval mode needs running_mean and "
+                                      "running_var (input %s)",
+                         msd_tensor_shape_str(b1, sizeof b1, x));
+    }
+    int cshape[1] = { C };
+    msd_tensor *o = msd_tensor_empty_like(x);
+    msd_tensor *mean = msd_tensor_empty(1, cshape), *rstd = msd_tensor_empty(1, cshape);
+    if (!o || !mean || !rstd) {
+        rc = MSD_ERR_MEM;
+        goto fail;
+    }
+    float *pm = msd_tensor_data(mean), *pr = msd_tensor_data(rstd);
+    if (training) {
+        /* rstd holds the biased batch variance until it is inverted below */
+        msd_batchnorm_stats(pm, pr, msd_tensor_data(x), N, C, HW);
+        if (running_mean) {
+            float *rm = msd_tensor_data(running_mean), *rv = msd_tensor_data(running_var);
+            double unbias = (double)count / (double)(count - 1);
+            for (int c = 0; c < C; c++) {
+                rm[c] = (1.0f - momentum) * rm[c] + momentum * pm[c];
+                rv[c] = (1.0f - momentum) * rv[c] + momentum * (float)(pr[c] * unbias);
+            }
+        }
+        for (int c = 0; c < C; c++)
+            pr[c] = (float)(1.0 / sqrt((double)pr[c] + eps));
+    } else {
+        const float *rm = msd_tensor_data(running_mean), *rv = msd_tensor_data(running_var);
+        for (int c = 0; c < C; c++) {
+            pm[c] = rm[c];
+            pr[c] = (float)(1.0 / sqrt((double)rv[c] + eps));
+        }
+    }
+    msd_batchnorm_forward(msd_tensor_data(o), msd_tensor_data(x), pm, pr, data_or_null(weight),
+                          data_or_null(bias), N, C, HW);
+    msd_tensor *in[3] = { x, weight, bias };
+    msd_node *node;
+    if ((rc = msd_autograd_record(o, MSD_OP_BATCH_NORM2D, 3, in, &node)) != MSD_OK)
+        goto fail;
+    if (node) {
+        msd_node_save(node, 0, mean);
+        msd_node_save(node, 1, rstd);
+        node->iarg[0] = training != 0;
+    }
+    msd_tensor_release(mean);
+    msd_tensor_release(rstd);
+    *out = o;
+    return MSD_OK;
+fail:
+    msd_tensor_release(o);
+    msd_tensor_release(mean);
+    msd_tensor_release(rstd);
+    return rc;
+}
+
+int msd_grad_batch_norm2d(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    const msd_tensor *x = n->in[0];
+    msd_batchnorm_backward(dx[0] ? msd_tensor_data(dx[0]) : NULL,
+                           dx[1] ? msd_tensor_data(dx[1]) : NULL,
+                           dx[2] ? msd_tensor_data(dx[2]) : NULL, msd_tensor_data(dy),
+                           msd_tensor_data(x), data_or_null(n->in[1]),
+                           msd_tensor_data(n->saved[0]), msd_tensor_data(n->saved[1]),
+                           n->iarg[0], x->shape[0], x->shape[1], x->shape[2] * x->shape[3]);
+    return MSD_OK;
+}
+
+int msd_group_norm(msd_tensor *x, int groups, msd_tensor *weight, msd_tensor *bias, float eps,
+                   msd_tensor **out)
+{
+    char b1[64];
+    int rc;
+    if (x->ndim < 2)
+        return msd_error(MSD_ERR_SHAPE, "group_norm: expected an input (N,C,...) with 2 to 4 "
+                                        "dims, got %s",
+                         msd_tensor_shape_str(b1, sizeof b1, x));
+    if (groups < 1)
+        return msd_error(MSD_ERR_ARG, "group_norm: groups must be >= 1, got %d", groups);
+    if (x->shape[1] % groups != 0)
+        return msd_error(MSD_ERR_SHAPE, "group_norm: input %s has %d channels, not divisible "
+                                        "by %d groups",
+                         msd_tensor_shape_str(b1, sizeof b1, x), x->shape[1], groups);
+    if ((rc = check_param("group_norm", x, weight, "weight")) != MSD_OK ||
+        (rc = check_param("group_norm", x, bias, "bias")) != MSD_OK)
+        return rc;
+    if (!(eps >= 0))
+        return msd_error(MSD_ERR_ARG, "group_norm: eps must be >= 0, got %g", eps);
+    int N = x->shape[0], C = x->shape[1], HW = 1;
+    for (int d = 2; d < x->ndim; d++)
+        HW *= x->shape[d];
+    int sshape[2] = { N, groups };
+    msd_tensor *o = msd_tensor_empty_like(x);
+    msd_tensor *mean = msd_tensor_empty(2, sshape), *rstd = msd_tensor_empty(2, sshape);
+    if (!o || !mean || !rstd) {
+        rc = MSD_ERR_MEM;
+        goto fail;
+    }
+    msd_groupnorm_forward(msd_tensor_data(o), msd_tensor_data(mean), msd_tensor_data(rstd),
+                          msd_tensor_data(x), data_or_null(weight), data_or_null(bias), N, C, HW,
+                          groups, eps);
+    msd_tensor *in[3] = { x, weight, bias };
+    msd_node *node;
+    if ((rc = msd_autograd_record(o, MSD_OP_GROUP_NORM, 3, in, &node)) != MSD_OK)
+        goto fail;
+    if (node) {
+        msd_node_save(node, 0, mean);
+        msd_node_save(node, 1, rstd);
+        node->iarg[0] = groups;
+    }
+    msd_tensor_release(mean);
+    msd_tensor_release(rstd);
+    *out = o;
+    return MSD_OK;
+fail:
+    msd_tensor_release(o);
+    msd_tensor_release(mean);
+    msd_tensor_release(rstd);
+    return rc;
+}
+
+int msd_grad_group_norm(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    const msd_tensor *x = n->in[0];
+    int HW = 1;
+    for (int d = 2; d < x->ndim; d++)
+        HW *= x->shape[d];
+    msd_groupnorm_backward(dx[0] ? msd_tensor_data(dx[0]) : NULL,
+                           dx[1] ? msd_tensor_data(dx[1]) : NULL,
+                           dx[2] ? msd_tensor_data(dx[2]) : NULL, msd_tensor_data(dy),
+                           msd_tensor_data(x), data_or_null(n->in[1]),
+                           msd_tensor_data(n->saved[0]), msd_tensor_data(n->saved[1]),
+                           x->shape[0], x->shape[1], HW, n->iarg[0]);
+    return MSD_OK;
+}

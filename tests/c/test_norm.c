@@ -1,0 +1,321 @@
+/* BatchNorm2d and GroupNorm: forward against naive double-precision loops,
+ * the running-stat update against its formula, gradients against finite
+ * differences in training and eval modes, and the error messages. */
+#include "gradcheck.h"
+#include "test.h"
+
+static msd_tensor *leaf(int ndim, const int *shape, unsigned seed)
+{
+    msd_tensor *t = gc_randn_like(ndim, shape, seed);
+    t->requires_grad = 1;
+    return t;
+}
+
+/* Values in [lo, hi): positive variances and weights away from 0. */
+static msd_tensor *uniform(int n, float lo, float hi, unsigned seed)
+{
+    msd_tensor *t = gc_randn_like(1, &n, seed);
+    float *p = msd_tensor_data(t);
+    for (int i = 0; i < n; i++)
+        p[i] = lo + (hi - lo) * 0.5f * (p[i] + 1.0f);
+    return t;
+}
+
+/* y[n,c,i] = (x - mean) / sqrt(var + eps) * w[c] + b[c] in double, with
+ * mean and var either given or the batch's (biased) per-channel stats. */
+static void naive_batch_norm(double *y, double *bmean, double *bvar, const float *x,
+                             const float *w, const float *b, const float *rm, const float *rv,
+                             double eps, int N, int C, int HW)
+{
+    for (int c = 0; c < C; c++) {
+        double s = 0, q = 0;
+        for (int n = 0; n < N; n++)
+            for (int i = 0; i < HW; i++)
+                s += x[(n * C + c) * HW + i];
+        double m = s / (N * HW);
+        for (int n = 0; n < N; n++)
+            for (int i = 0; i < HW; i++) {
+                double d = x[(n * C + c) * HW + i] - m;
+                q += d * d;
+            }
+        bmean[c] = m;
+        bvar[c] = q / (N * HW);
+        double um = rm ? rm[c] : m, uv = rv ? rv[c] : bvar[c];
+        for (int n = 0; n < N; n++)
+            for (int i = 0; i < HW; i++) {
+                int k = (n * C + c) * HW + i;
+                y[k] = (x[k] - um) / sqrt(uv + eps) * (w ? w[c] : 1.0) + (b ? b[c] : 0.0);
+            }
+    }
+}
+
+static void test_batch_norm_training_forward_and_running_stats(void)
+{
+    int s[4] = { 3, 4, 3, 5 }, N = 3, C = 4, HW = 15;
+    msd_tensor *x = gc_randn_like(4, s, 1), *w = uniform(C, 0.5f, 1.5f, 2),
+               *b = gc_randn_like(1, &C, 3), *rm = gc_randn_like(1, &C, 4),
+               *rv = uniform(C, 0.5f, 2.0f, 5), *o;
+    float *px = msd_tensor_data(x);
+    for (int i = 0; i < N * C * HW; i++) /* a channel-dependent offset */
+        px[i] = px[i] * 2.0f + (float)((i / HW) % C);
+    float rm0[4], rv0[4];
+    memcpy(rm0, msd_tensor_data(rm), sizeof rm0);
+    memcpy(rv0, msd_tensor_data(rv), sizeof rv0);
+    double y[180], bm[4], bv[4];
+    naive_batch_norm(y, bm, bv, px, msd_tensor_data(w), msd_tensor_data(b), NULL, NULL, 1e-5, N,
+                     C, HW);
+    CHECK_OK(msd_batch_norm2d(x, w, b, rm, rv, 1, 0.1f, 1e-5f, &o));
+    CHECK(msd_tensor_same_shape(o, x));
+    const float *po = msd_tensor_data(o);
+    for (int i = 0; i < N * C * HW; i++)
+        CHECK_CLOSE(po[i], y[i], 1e-5, 1e-5);
+    /* running = 0.9 running + 0.1 batch, with the unbiased variance */
+    const float *prm = msd_tensor_data(rm), *prv = msd_tensor_data(rv);
+    for (int c = 0; c < C; c++) {
+        CHECK_CLOSE(prm[c], 0.9 * rm0[c] + 0.1 * bm[c], 1e-6, 1e-6);
+        CHECK_CLOSE(prv[c], 0.9 * rv0[c] + 0.1 * bv[c] * (N * HW) / (N * HW - 1.0), 1e-6, 1e-6);
+    }
+    msd_tensor_release(o);
+    /* without running stats and affine: plain batch normalisation */
+    naive_batch_norm(y, bm, bv, px, NULL, NULL, NULL, NULL, 1e-3, N, C, HW);
+    CHECK_OK(msd_batch_norm2d(x, NULL, NULL, NULL, NULL, 1, 0.1f, 1e-3f, &o));
+    po = msd_tensor_data(o);
+    for (int i = 0; i < N * C * HW; i++)
+        CHECK_CLOSE(po[i], y[i], 1e-5, 1e-5);
+    msd_tensor_release(o);
+    msd_tensor *ts[5] = { x, w, b, rm, rv };
+    for (int i = 0; i < 5; i++)
+        msd_tensor_release(ts[i]);
+}
+
+static void test_batch_norm_eval_forward(void)
+{
+    int s[4] = { 2, 3, 4, 4 }, N = 2, C = 3, HW = 16;
+    msd_tensor *x = gc_randn_like(4, s, 11), *w = uniform(C, 0.5f, 1.5f, 12),
+               *b = gc_randn_like(1, &C, 13), *rm = gc_randn_like(1, &C, 14),
+               *rv = uniform(C, 0.2f, 3.0f, 15), *o;
+    float rm0[3], rv0[3];
+    memcpy(rm0, msd_tensor_data(rm), sizeof rm0);
+    memcpy(rv0, msd_tensor_data(rv), sizeof rv0);
+    double y[96], bm[3], bv[3];
+    naive_batch_norm(y, bm, bv, msd_tensor_data(x), msd_tensor_data(w), msd_tensor_data(b), rm0,
+                     rv0, 1e-5, N, C, HW);
+    CHECK_OK(msd_batch_norm2d(x, w, b, rm, rv, 0, 0.1f, 1e-5f, &o));
+    const float *po = msd_tensor_data(o);
+    for (int i = 0; i < N * C * HW; i++)
+        CHECK_CLOSE(po[i], y[i], 1e-5, 1e-5);
+    /* eval leaves the running stats alone */
+    CHECK(memcmp(rm0, msd_tensor_data(rm), sizeof rm0) == 0);
+    CHECK(memcmp(rv0, msd_tensor_data(rv), sizeof rv0) == 0);
+    msd_tensor_release(o);
+    msd_tensor *ts[5] = { x, w, b, rm, rv };
+    for (int i = 0; i < 5; i++)
+        msd_tensor_release(ts[i]);
+}
+
+typedef struct bn_ctx {
+    msd_tensor *rm, *rv;
+    int training;
+} bn_ctx;
+
+static int call_bn(msd_tensor *const *in, void *ctx, msd_tensor **out)
+{
+    bn_ctx *c = ctx;
+    return msd_batch_norm2d(in[0], in[1], in[2], c->rm, c->rv, c->training, 0.1f, 1e-5f, out);
+}
+
+static void test_batch_norm_grads(void)
+{
+    int s[4] = { 2, 3, 3, 3 }, C = 3;
+    for (int training = 0; training < 2; training++) {
+        for (int affine = 0; affine < 2; affine++) {
+            msd_tensor *in[3] = { leaf(4, s, 21 + training), NULL, NULL };
+            if (affine) {
+                in[1] = uniform(C, 0.5f, 1.5f, 22);
+                in[2] = gc_randn_like(1, &C, 23);
+                in[1]->requires_grad = in[2]->requires_grad = 1;
+            }
+            bn_ctx ctx = { uniform(C, -0.5f, 0.5f, 24), uniform(C, 0.5f, 1.5f, 25), training };
+            int bad = gradcheck(training ? "batch_norm2d train" : "batch_norm2d eval", call_bn,
+                                &ctx, 3, in, 1e-3, 1e-2, 2e-3);
+            for (int i = 0; i < 3; i++)
+                msd_tensor_release(in[i]);
+            msd_tensor_release(ctx.rm);
+            msd_tensor_release(ctx.rv);
+            CHECK(!bad);
+        }
+    }
+}
+
+/* In training mode the gradient w.r.t. x sums to 0 over each channel
+ * (shifting a channel changes nothing); in eval mode it is w/sqrt(rv+eps). */
+static void test_batch_norm_grad_structure(void)
+{
+    int s[4] = { 2, 2, 2, 2 }, C = 2;
+    msd_tensor *x = leaf(4, s, 31), *w = uniform(C, 0.5f, 1.5f, 32), *rm = msd_tensor_zeros(1, &C),
+               *rv = msd_tensor_full(1, &C, 3.0f), *o, *l;
+    CHECK_OK(msd_batch_norm2d(x, w, NULL, rm, rv, 1, 0.1f, 1e-5f, &o));
+    CHECK_OK(msd_sum(o, &l));
+    CHECK_OK(msd_backward(l, NULL, 0));
+    const float *g = msd_tensor_data(x->grad);
+    for (int i = 0; i < 16; i++)
+        CHECK_CLOSE(g[i], 0.0, 1e-5, 0);
+    msd_tensor_release(o);
+    msd_tensor_release(l);
+    msd_tensor_release(x->grad);
+    x->grad = NULL;
+    CHECK_OK(msd_batch_norm2d(x, w, NULL, rm, rv, 0, 0.1f, 1e-5f, &o));
+    CHECK_OK(msd_sum(o, &l));
+    CHECK_OK(msd_backward(l, NULL, 0));
+    g = msd_tensor_data(x->grad);
+    const float *pw = msd_tensor_data(w), *prv = msd_tensor_data(rv);
+    for (int i = 0; i < 16; i++) {
+        int c = (i / 4) % 2;
+        CHECK_CLOSE(g[i], pw[c] / sqrt(prv[c] + 1e-5), 1e-6, 1e-5);
+    }
+    msd_tensor *ts[5] = { x, w, rm, rv, o };
+    for (int i = 0; i < 5; i++)
+        msd_tensor_release(ts[i]);
+    msd_tensor_release(l);
+}
+
+static void test_batch_norm_errors(void)
+{
+    int s4[4] = { 2, 3, 4, 4 }, s3[3] = { 2, 3, 4 }, one[4] = { 1, 2, 1, 1 }, c3 = 3, c5 = 5;
+    msd_tensor *x = msd_tensor_zeros(4, s4), *x3 = msd_tensor_zeros(3, s3),
+               *x1 = msd_tensor_zeros(4, one), *p3 = msd_tensor_full(1, &c3, 1.0f),
+               *p5 = msd_tensor_full(1, &c5, 1.0f), *o = NULL;
+    CHECK(msd_batch_norm2d(x, NULL, NULL, p5, p3, 1, 0.1f, 1e-5f, &o) == MSD_ERR_SHAPE);
+    CHECK(strstr(msd_last_error(),
+                 "batch_norm2d: input [2,3,4,4] has 3 channels, running_mean has 5"));
+    CHECK(msd_batch_norm2d(x, p5, NULL, NULL, NULL, 1, 0.1f, 1e-5f, &o) == MSD_ERR_SHAPE);
+    CHECK(strstr(msd_last_error(), "weight has 5") && strstr(msd_last_error(), "[5]"));
+    CHECK(msd_batch_norm2d(x, NULL, p5, NULL, NULL, 1, 0.1f, 1e-5f, &o) == MSD_ERR_SHAPE);
+    CHECK(strstr(msd_last_error(), "bias has 5"));
+    CHECK(msd_batch_norm2d(x, NULL, NULL, p3, p5, 0, 0.1f, 1e-5f, &o) == MSD_ERR_SHAPE);
+    CHECK(strstr(msd_last_error(), "running_var has 5"));
+    CHECK(msd_batch_norm2d(x3, NULL, NULL, NULL, NULL, 1, 0.1f, 1e-5f, &o) == MSD_ERR_SHAPE);
+    CHECK(strstr(msd_last_error(), "4-D") && strstr(msd_last_error(), "[2,3,4]"));
+    CHECK(msd_batch_norm2d(x, NULL, NULL, NULL, NULL, 0, 0.1f, 1e-5f, &o) == MSD_ERR_ARG);
+    CHECK(strstr(msd_last_error(), "eval mode needs running_mean"));
+    CHECK(msd_batch_norm2d(x1, NULL, NULL, NULL, NULL, 1, 0.1f, 1e-5f, &o) == MSD_ERR_SHAPE);
+    CHECK(strstr(msd_last_error(), "more than 1 value per channel"));
+    CHECK(o == NULL);
+    msd_tensor *ts[5] = { x, x3, x1, p3, p5 };
+    for (int i = 0; i < 5; i++)
+        msd_tensor_release(ts[i]);
+}
+
+/* Stats per (n, g) over C/G channels x HW, as a naive loop in double. */
+static void naive_group_norm(double *y, const float *x, const float *w, const float *b,
+                             double eps, int N, int C, int HW, int G)
+{
+    int cpg = C / G;
+    for (int n = 0; n < N; n++)
+        for (int g = 0; g < G; g++) {
+            double s = 0, q = 0;
+            for (int c = g * cpg; c < (g + 1) * cpg; c++)
+                for (int i = 0; i < HW; i++)
+                    s += x[(n * C + c) * HW + i];
+            double m = s / (cpg * HW);
+            for (int c = g * cpg; c < (g + 1) * cpg; c++)
+                for (int i = 0; i < HW; i++)
+                    q += (x[(n * C + c) * HW + i] - m) * (x[(n * C + c) * HW + i] - m);
+            double r = 1.0 / sqrt(q / (cpg * HW) + eps);
+            for (int c = g * cpg; c < (g + 1) * cpg; c++)
+                for (int i = 0; i < HW; i++) {
+                    int k = (n * C + c) * HW + i;
+                    y[k] = (x[k] - m) * r * (w ? w[c] : 1.0) + (b ? b[c] : 0.0);
+                }
+        }
+}
+
+static void test_group_norm_forward(void)
+{
+    int shapes[3][4] = { { 3, 8, 0, 0 }, { 2, 6, 5, 0 }, { 2, 8, 3, 4 } };
+    int ndims[3] = { 2, 3, 4 }, groups[3] = { 4, 3, 2 };
+    double y[192];
+    for (int k = 0; k < 3; k++) {
+        int N = shapes[k][0], C = shapes[k][1], HW = 1;
+        for (int d = 2; d < ndims[k]; d++)
+            HW *= shapes[k][d];
+        msd_tensor *x = gc_randn_like(ndims[k], shapes[k], 40 + k), *o;
+        msd_tensor *w = uniform(C, 0.5f, 1.5f, 50 + k), *b = gc_randn_like(1, &C, 60 + k);
+        naive_group_norm(y, msd_tensor_data(x), msd_tensor_data(w), msd_tensor_data(b), 1e-5, N,
+                         C, HW, groups[k]);
+        CHECK_OK(msd_group_norm(x, groups[k], w, b, 1e-5f, &o));
+        CHECK(msd_tensor_same_shape(o, x));
+        const float *po = msd_tensor_data(o);
+        for (int i = 0; i < N * C * HW; i++)
+            CHECK_CLOSE(po[i], y[i], 1e-5, 1e-5);
+        msd_tensor_release(o);
+        naive_group_norm(y, msd_tensor_data(x), NULL, NULL, 1e-2, N, C, HW, groups[k]);
+        CHECK_OK(msd_group_norm(x, groups[k], NULL, NULL, 1e-2f, &o));
+        po = msd_tensor_data(o);
+        for (int i = 0; i < N * C * HW; i++)
+            CHECK_CLOSE(po[i], y[i], 1e-5, 1e-5);
+        msd_tensor_release(o);
+        msd_tensor_release(x);
+        msd_tensor_release(w);
+        msd_tensor_release(b);
+    }
+}
+
+static int call_gn(msd_tensor *const *in, void *ctx, msd_tensor **out)
+{
+    return msd_group_norm(in[0], *(int *)ctx, in[1], in[2], 1e-5f, out);
+}
+
+static void test_group_norm_grads(void)
+{
+    int s4[4] = { 2, 6, 2, 3 }, s2[2] = { 3, 8 }, C6 = 6, C8 = 8;
+    int g4 = 3, g2 = 2;
+    msd_tensor *in[3] = { leaf(4, s4, 71), uniform(C6, 0.5f, 1.5f, 72), leaf(1, &C6, 73) };
+    in[1]->requires_grad = 1;
+    int bad = gradcheck("group_norm 4-D", call_gn, &g4, 3, in, 1e-3, 1e-2, 2e-3);
+    for (int i = 0; i < 3; i++)
+        msd_tensor_release(in[i]);
+    CHECK(!bad);
+    msd_tensor *in2[3] = { leaf(2, s2, 74), NULL, NULL };
+    bad = gradcheck("group_norm 2-D, no affine", call_gn, &g2, 3, in2, 1e-3, 1e-2, 2e-3);
+    msd_tensor_release(in2[0]);
+    CHECK(!bad);
+    /* only the parameters require grad */
+    msd_tensor *in3[3] = { gc_randn_like(2, s2, 75), leaf(1, &C8, 76), leaf(1, &C8, 77) };
+    bad = gradcheck("group_norm params only", call_gn, &g2, 3, in3, 1e-3, 1e-2, 2e-3);
+    for (int i = 0; i < 3; i++)
+        msd_tensor_release(in3[i]);
+    CHECK(!bad);
+}
+
+static void test_group_norm_errors(void)
+{
+    int s[4] = { 2, 6, 4, 4 }, s1[1] = { 6 }, c4 = 4;
+    msd_tensor *x = msd_tensor_zeros(4, s), *x1 = msd_tensor_zeros(1, s1),
+               *p4 = msd_tensor_zeros(1, &c4), *o = NULL;
+    CHECK(msd_group_norm(x, 4, NULL, NULL, 1e-5f, &o) == MSD_ERR_SHAPE);
+    CHECK(strstr(msd_last_error(), "[2,6,4,4] has 6 channels, not divisible by 4 groups"));
+    CHECK(msd_group_norm(x, 0, NULL, NULL, 1e-5f, &o) == MSD_ERR_ARG);
+    CHECK(strstr(msd_last_error(), "groups must be >= 1"));
+    CHECK(msd_group_norm(x, 2, p4, NULL, 1e-5f, &o) == MSD_ERR_SHAPE);
+    CHECK(strstr(msd_last_error(), "group_norm: input [2,6,4,4] has 6 channels, weight has 4"));
+    CHECK(msd_group_norm(x1, 2, NULL, NULL, 1e-5f, &o) == MSD_ERR_SHAPE);
+    CHECK(strstr(msd_last_error(), "[6]"));
+    CHECK(o == NULL);
+    msd_tensor_release(x);
+    msd_tensor_release(x1);
+    msd_tensor_release(p4);
+}
+
+int main(void)
+{
+    RUN(test_batch_norm_training_forward_and_running_stats);
+    RUN(test_batch_norm_eval_forward);
+    RUN(test_batch_norm_grads);
+    RUN(test_batch_norm_grad_structure);
+    RUN(test_batch_norm_errors);
+    RUN(test_group_norm_forward);
+    RUN(test_group_norm_grads);
+    RUN(test_group_norm_errors);
+    return TEST_SUMMARY();
+}
