@@ -1,6 +1,438 @@
-/* SCAFFOLD: replaced by the real implementation. */
+/* Convolutions: conv2d and conv_transpose2d, forward and backward, through
+ * im2col / col2im and cblas_sgemm over chunks of the batch.
+ *
+ * Column layout: a "col" matrix is (C*kh*kw, nb*Ho*Wo) row-major, row
+ * (c, ki, kj), column (n, oy, ox), so that one GEMM covers nb images at
+ * once; small maps (4x4, 1x1) would give GEMMs too thin to be fast if done
+ * image by image. GEMM results come out channel-major (Cout, nb*L) and are
+ * moved to NCHW with a copy, which costs little next to the GEMM. */
+#include <cblas.h>
+#include <string.h>
+
 #include "ops.h"
-int msd_grad_conv2d(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx) { (void)n; (void)dy; (void)dx; return msd_error(MSD_ERR_STATE, "conv2d: not implemented"); }
-int msd_grad_conv_transpose2d(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx) { (void)n; (void)dy; (void)dx; return msd_error(MSD_ERR_STATE, "conv_transpose2d: not implemented"); }
-int msd_conv2d(msd_tensor *x, msd_tensor *w, msd_tensor *b, int stride, int padding, msd_tensor **out) { (void)x; (void)w; (void)b; (void)stride; (void)padding; (void)out; return msd_error(MSD_ERR_STATE, "not implemented"); }
-int msd_conv_transpose2d(msd_tensor *x, msd_tensor *w, msd_tensor *b, int stride, int padding, msd_tensor **out) { (void)x; (void)w; (void)b; (void)stride; (void)padding; (void)out; return msd_error(MSD_ERR_STATE, "not implemented"); }
+
+/* Target size in floats of one chunk's column matrix (16 MiB): big enough
+ * for fat GEMMs, small enough to stay near the caches. */
+#ifndef COL_CHUNK_FLOATS
+#define COL_CHUNK_FLOATS (1L << 22)
+#endif
+
+/* Outputs o in [lo, hi) are those whose input o*s - p + k lies in [0, in). */
+static void valid_range(int k, int s, int p, int in, int out, int *lo, int *hi)
+{
+    int a = p - k, b = in - 1 + p - k;
+    int l = a <= 0 ? 0 : (a + s - 1) / s;
+    int h = b < 0 ? 0 : b / s + 1;
+    if (h > out)
+        h = out;
+    if (l > h)
+        l = h;
+    *lo = l;
+    *hi = h;
+}
+
+/* col (C*kh*kw, nb*Ho*Wo) from x (nb, C, H, W); zero padding p. */
+static void im2col(float *col, const float *x, int nb, int C, int H, int W, int kh, int kw, int s,
+                   int p, int Ho, int Wo)
+{
+    size_t L = (size_t)Ho * Wo, ncols = (size_t)nb * L;
+    for (int c = 0; c < C; c++)
+        for (int ki = 0; ki < kh; ki++)
+            for (int kj = 0; kj < kw; kj++) {
+                float *row = col + ((size_t)(c * kh + ki) * kw + kj) * ncols;
+                int lo, hi;
+                valid_range(kj, s, p, W, Wo, &lo, &hi);
+                int off = kj - p;
+                for (int n = 0; n < nb; n++) {
+                    const float *plane = x + ((size_t)n * C + c) * H * W;
+                    float *dst = row + n * L;
+                    for (int oy = 0; oy < Ho; oy++, dst += Wo) {
+                        int iy = oy * s - p + ki;
+                        if (iy < 0 || iy >= H) {
+                            for (int ox = 0; ox < Wo; ox++)
+                                dst[ox] = 0.0f;
+                            continue;
+                        }
+                        const float *src = plane + (size_t)iy * W + off;
+                        for (int ox = 0; ox < lo; ox++)
+                            dst[ox] = 0.0f;
+                        /* rows are short (4..16): plain loops beat memcpy calls */
+                        if (s == 1)
+                            for (int ox = lo; ox < hi; ox++)
+                                dst[ox] = src[ox];
+                        else
+                            for (int ox = lo; ox < hi; ox++)
+                                dst[ox] = src[ox * s];
+                        for (int ox = hi; ox < Wo; ox++)
+                            dst[ox] = 0.0f;
+                    }
+                }
+            }
+}
+
+/* The adjoint of im2col: x (nb, C, H, W) += col scattered back. */
+static void col2im_add(float *x, const float *col, int nb, int C, int H, int W, int kh, int kw,
+                       int s, int p, int Ho, int Wo)
+{
+    size_t L = (size_t)Ho * Wo, ncols = (size_t)nb * L;
+    for (int c = 0; c < C; c++)
+        for (int ki = 0; ki < kh; ki++)
+            for (int kj = 0; kj < kw; kj++) {
+                const float *row = col + ((size_t)(c * kh + ki) * kw + kj) * ncols;
+                int lo, hi;
+                valid_range(kj, s, p, W, Wo, &lo, &hi);
+                int off = kj - p;
+                for (int n = 0; n < nb; n++) {
+                    float *plane = x + ((size_t)n * C + c) * H * W;
+                    const float *src = row + n * L;
+                    for (int oy = 0; oy < Ho; oy++, src += Wo) {
+                        int iy = oy * s - p + ki;
+                        if (iy < 0 || iy >= H)
+                            continue;
+                        float *dst = plane + (size_t)iy * W + off;
+                        if (s == 1)
+                            for (int ox = lo; ox < hi; ox++)
+                                dst[ox] += src[ox];
+                        else
+                            for (int ox = lo; ox < hi; ox++)
+                                dst[ox * s] += src[ox];
+                    }
+                }
+            }
+}
+
+/* t (C, nb*L) from a (nb, C, L): channel-major for the GEMMs. */
+static void to_channel_major(float *t, const float *a, int nb, int C, size_t L)
+{
+    for (int n = 0; n < nb; n++)
+        for (int c = 0; c < C; c++)
+            memcpy(t + ((size_t)c * nb + n) * L, a + ((size_t)n * C + c) * L, L * sizeof *t);
+}
+
+/* db[c] += sum of dy (N, C, L) over n and l, in double. */
+static void bias_grad(float *db, const float *dy, int N, int C, size_t L)
+{
+    for (int c = 0; c < C; c++) {
+        double acc = 0;
+        for (int n = 0; n < N; n++) {
+            const float *p = dy + ((size_t)n * C + c) * L;
+            for (size_t l = 0; l < L; l++)
+                acc += p[l];
+        }
+        db[c] += (float)acc;
+    }
+}
+
+/* Images per chunk so that a (rows, nb*L) matrix stays near COL_CHUNK_FLOATS. */
+static int chunk_images(int N, size_t rows, size_t L)
+{
+    size_t per = rows * L > 0 ? rows * L : 1;
+    long nb = COL_CHUNK_FLOATS / (long)per;
+    if (nb < 1)
+        nb = 1;
+    return nb > N ? N : (int)nb;
+}
+
+/* Two scratch matrices from the caching allocator, or an error. */
+static int scratch2(const char *op, size_t n1, size_t n2, msd_storage **s1, msd_storage **s2)
+{
+    *s1 = msd_storage_new(n1 ? n1 : 1);
+    *s2 = *s1 ? msd_storage_new(n2 ? n2 : 1) : NULL;
+    if (!*s2) {
+        msd_storage_release(*s1);
+        return msd_error(MSD_ERR_MEM, "%s: out of memory for a %zu-float scratch buffer", op,
+                         n1 > n2 ? n1 : n2);
+    }
+    return MSD_OK;
+}
+
+int msd_conv2d_forward(float *y, const float *x, const float *w, const float *b, int N, int Cin,
+                       int H, int W, int Cout, int kh, int kw, int stride, int pad)
+{
+    int Ho = (H + 2 * pad - kh) / stride + 1, Wo = (W + 2 * pad - kw) / stride + 1;
+    size_t L = (size_t)Ho * Wo, K = (size_t)Cin * kh * kw;
+    if (N == 0 || L == 0)
+        return MSD_OK;
+    int nbmax = chunk_images(N, K > (size_t)Cout ? K : (size_t)Cout, L);
+    msd_storage *sc, *st;
+    int rc = scratch2("conv2d", K * nbmax * L, (size_t)Cout * nbmax * L, &sc, &st);
+    if (rc != MSD_OK)
+        return rc;
+    float *col = sc->data, *tmp = st->data;
+    for (int n0 = 0; n0 < N; n0 += nbmax) {
+        int nb = N - n0 < nbmax ? N - n0 : nbmax;
+        size_t ncols = (size_t)nb * L;
+        im2col(col, x + (size_t)n0 * Cin * H * W, nb, Cin, H, W, kh, kw, stride, pad, Ho, Wo);
+        /* tmp (Cout, nb*L) = w (Cout, K) col (K, nb*L) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cout, (int)ncols, (int)K, 1.0f, w,
+                    (int)K, col, (int)ncols, 0.0f, tmp, (int)ncols);
+        for (int n = 0; n < nb; n++)
+            for (int c = 0; c < Cout; c++) {
+                float *dst = y + ((size_t)(n0 + n) * Cout + c) * L;
+                const float *src = tmp + ((size_t)c * nb + n) * L;
+                float bc = b ? b[c] : 0.0f;
+                for (size_t l = 0; l < L; l++)
+                    dst[l] = src[l] + bc;
+            }
+    }
+    msd_storage_release(sc);
+    msd_storage_release(st);
+    return MSD_OK;
+}
+
+int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                        const float *w, int N, int Cin, int H, int W, int Cout, int kh, int kw,
+                        int stride, int pad)
+{
+    int Ho = (H + 2 * pad - kh) / stride + 1, Wo = (W + 2 * pad - kw) / stride + 1;
+    size_t L = (size_t)Ho * Wo, K = (size_t)Cin * kh * kw;
+    if (N == 0 || L == 0)
+        return MSD_OK;
+    if (db)
+        bias_grad(db, dy, N, Cout, L);
+    if (!dx && !dw)
+        return MSD_OK;
+    int nbmax = chunk_images(N, K > (size_t)Cout ? K : (size_t)Cout, L);
+    msd_storage *sc, *st;
+    int rc = scratch2("conv2d backward", K * nbmax * L, (size_t)Cout * nbmax * L, &sc, &st);
+    if (rc != MSD_OK)
+        return rc;
+    float *col = sc->data, *dyt = st->data;
+    for (int n0 = 0; n0 < N; n0 += nbmax) {
+        int nb = N - n0 < nbmax ? N - n0 : nbmax;
+        int ncols = (int)((size_t)nb * L);
+        to_channel_major(dyt, dy + (size_t)n0 * Cout * L, nb, Cout, L);
+        if (dw) {
+            /* dw (Cout, K) += dy (Cout, nb*L) col^T (nb*L, K) */
+            im2col(col, x + (size_t)n0 * Cin * H * W, nb, Cin, H, W, kh, kw, stride, pad, Ho, Wo);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cout, (int)K, ncols, 1.0f, dyt,
+                        ncols, col, ncols, 1.0f, dw, (int)K);
+        }
+        if (dx) {
+            /* dcol (K, nb*L) = w^T (K, Cout) dy (Cout, nb*L), then scattered into dx */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, ncols, Cout, 1.0f, w,
+                        (int)K, dyt, ncols, 0.0f, col, ncols);
+            col2im_add(dx + (size_t)n0 * Cin * H * W, col, nb, Cin, H, W, kh, kw, stride, pad, Ho,
+                       Wo);
+        }
+    }
+    msd_storage_release(sc);
+    msd_storage_release(st);
+    return MSD_OK;
+}
+
+/* A transposed conv is the adjoint of a conv mapping (Ho, Wo) to (H, W):
+ * col (Cout*kh*kw, nb*H*W) = w^T x, then col2im into y. */
+int msd_conv_transpose2d_forward(float *y, const float *x, const float *w, const float *b, int N,
+                                 int Cin, int H, int W, int Cout, int kh, int kw, int stride,
+                                 int pad)
+{
+    int Ho = (H - 1) * stride - 2 * pad + kh, Wo = (W - 1) * stride - 2 * pad + kw;
+    size_t L = (size_t)H * W, Lo = (size_t)Ho * Wo, K = (size_t)Cout * kh * kw;
+    if (N == 0)
+        return MSD_OK;
+    memset(y, 0, (size_t)N * Cout * Lo * sizeof *y);
+    int nbmax = chunk_images(N, K > (size_t)Cin ? K : (size_t)Cin, L);
+    msd_storage *sc, *st;
+    int rc = scratch2("conv_transpose2d", K * nbmax * L, (size_t)Cin * nbmax * L, &sc, &st);
+    if (rc != MSD_OK)
+        return rc;
+    float *col = sc->data, *xt = st->data;
+    for (int n0 = 0; n0 < N; n0 += nbmax) {
+        int nb = N - n0 < nbmax ? N - n0 : nbmax;
+        int ncols = (int)((size_t)nb * L);
+        to_channel_major(xt, x + (size_t)n0 * Cin * L, nb, Cin, L);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, ncols, Cin, 1.0f, w, (int)K,
+                    xt, ncols, 0.0f, col, ncols);
+        col2im_add(y + (size_t)n0 * Cout * Lo, col, nb, Cout, Ho, Wo, kh, kw, stride, pad, H, W);
+    }
+    if (b)
+        for (int n = 0; n < N; n++)
+            for (int c = 0; c < Cout; c++) {
+                float *dst = y + ((size_t)n * Cout + c) * Lo;
+                for (size_t l = 0; l < Lo; l++)
+                    dst[l] += b[c];
+            }
+    msd_storage_release(sc);
+    msd_storage_release(st);
+    return MSD_OK;
+}
+
+int msd_conv_transpose2d_backward(float *dx, float *dw, float *db, const float *dy,
+                                  const float *x, const float *w, int N, int Cin, int H, int W,
+                                  int Cout, int kh, int kw, int stride, int pad)
+{
+    int Ho = (H - 1) * stride - 2 * pad + kh, Wo = (W - 1) * stride - 2 * pad + kw;
+    size_t L = (size_t)H * W, Lo = (size_t)Ho * Wo, K = (size_t)Cout * kh * kw;
+    if (N == 0)
+        return MSD_OK;
+    if (db)
+        bias_grad(db, dy, N, Cout, Lo);
+    if (!dx && !dw)
+        return MSD_OK;
+    int nbmax = chunk_images(N, K > (size_t)Cin ? K : (size_t)Cin, L);
+    msd_storage *sc, *st;
+    int rc = scratch2("conv_transpose2d backward", K * nbmax * L, (size_t)Cin * nbmax * L, &sc,
+                      &st);
+    if (rc != MSD_OK)
+        return rc;
+    float *dcol = sc->data, *t = st->data;
+    for (int n0 = 0; n0 < N; n0 += nbmax) {
+        int nb = N - n0 < nbmax ? N - n0 : nbmax;
+        int ncols = (int)((size_t)nb * L);
+        im2col(dcol, dy + (size_t)n0 * Cout * Lo, nb, Cout, Ho, Wo, kh, kw, stride, pad, H, W);
+        if (dw) {
+            /* dw (Cin, K) += x (Cin, nb*L) dcol^T (nb*L, K) */
+            to_channel_major(t, x + (size_t)n0 * Cin * L, nb, Cin, L);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cin, (int)K, ncols, 1.0f, t,
+                        ncols, dcol, ncols, 1.0f, dw, (int)K);
+        }
+        if (dx) {
+            /* dx (Cin, nb*L) = w (Cin, K) dcol (K, nb*L), added back in NCHW order */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cin, ncols, (int)K, 1.0f, w,
+                        (int)K, dcol, ncols, 0.0f, t, ncols);
+            for (int n = 0; n < nb; n++)
+                for (int c = 0; c < Cin; c++) {
+                    float *dst = dx + ((size_t)(n0 + n) * Cin + c) * L;
+                    const float *src = t + ((size_t)c * nb + n) * L;
+                    for (size_t l = 0; l < L; l++)
+                        dst[l] += src[l];
+                }
+        }
+    }
+    msd_storage_release(sc);
+    msd_storage_release(st);
+    return MSD_OK;
+}
+
+/* ---- tensor-level ops ------------------------------------------------- */
+
+/* Checks x, w, b, stride and padding, and writes the output shape into os.
+ * w holds the input channels in dim wc (0 when transposed, 1 for conv2d)
+ * and the output channels in dim oc. */
+static int conv_check(const char *op, const msd_tensor *x, const msd_tensor *w,
+                      const msd_tensor *b, int stride, int pad, int transposed, int *os)
+{
+    char bx[64], bw[64], bb[64];
+    msd_tensor_shape_str(bx, sizeof bx, x);
+    msd_tensor_shape_str(bw, sizeof bw, w);
+    if (x->ndim != 4)
+        return msd_error(MSD_ERR_SHAPE, "%s: input %s must be 4-D (N,C,H,W)", op, bx);
+    if (w->ndim != 4)
+        return msd_error(MSD_ERR_SHAPE, "%s: weight %s must be 4-D (%s,kh,kw)", op, bw,
+                         transposed ? "in,out" : "out,in");
+    int wc = transposed ? 0 : 1, oc = transposed ? 1 : 0;
+    if (w->shape[2] <= 0 || w->shape[3] <= 0 || w->shape[oc] <= 0)
+        return msd_error(MSD_ERR_SHAPE, "%s: weight %s has an empty kernel or no channels", op,
+                         bw);
+    if (x->shape[1] != w->shape[wc])
+        return msd_error(MSD_ERR_SHAPE, "%s: input %s has %d channels, weight %s expects %d", op,
+                         bx, x->shape[1], bw, w->shape[wc]);
+    if (stride <= 0)
+        return msd_error(MSD_ERR_ARG, "%s: stride must be >= 1, got %d (input %s, weight %s)", op,
+                         stride, bx, bw);
+    if (pad < 0)
+        return msd_error(MSD_ERR_ARG, "%s: padding must be >= 0, got %d (input %s, weight %s)",
+                         op, pad, bx, bw);
+    if (b && (b->ndim != 1 || b->shape[0] != w->shape[oc]))
+        return msd_error(MSD_ERR_SHAPE, "%s: bias %s must be [%d] for weight %s", op,
+                         msd_tensor_shape_str(bb, sizeof bb, b), w->shape[oc], bw);
+    int kh = w->shape[2], kw = w->shape[3], H = x->shape[2], W = x->shape[3];
+    long Ho, Wo;
+    if (transposed) {
+        Ho = (long)(H - 1) * stride - 2L * pad + kh;
+        Wo = (long)(W - 1) * stride - 2L * pad + kw;
+    } else {
+        Ho = H + 2L * pad - kh < 0 ? 0 : (H + 2L * pad - kh) / stride + 1;
+        Wo = W + 2L * pad - kw < 0 ? 0 : (W + 2L * pad - kw) / stride + 1;
+    }
+    if (H <= 0 || W <= 0)
+        return msd_error(MSD_ERR_SHAPE, "%s: input %s has an empty image (weight %s)", op, bx,
+                         bw);
+    if (Ho <= 0 || Wo <= 0)
+        return msd_error(MSD_ERR_SHAPE,
+                         "%s: input %s with weight %s, stride %d, padding %d gives an output of "
+                         "%ldx%ld",
+                         op, bx, bw, stride, pad, Ho, Wo);
+    if (Ho > 65536 || Wo > 65536)
+        return msd_error(MSD_ERR_SHAPE, "%s: output %ldx%ld too large (input %s, weight %s)", op,
+                         Ho, Wo, bx, bw);
+    os[0] = x->shape[0];
+    os[1] = w->shape[oc];
+    os[2] = (int)Ho;
+    os[3] = (int)Wo;
+    return MSD_OK;
+}
+
+static int conv_any(int transposed, msd_tensor *x, msd_tensor *w, msd_tensor *b, int stride,
+                    int pad, msd_tensor **out)
+{
+    const char *op = transposed ? "conv_transpose2d" : "conv2d";
+    int os[4];
+    int rc = conv_check(op, x, w, b, stride, pad, transposed, os);
+    if (rc != MSD_OK)
+        return rc;
+    msd_tensor *y = msd_tensor_empty(4, os);
+    if (!y)
+        return MSD_ERR_MEM;
+    const float *pb = b ? msd_tensor_data(b) : NULL;
+    if (transposed)
+        rc = msd_conv_transpose2d_forward(msd_tensor_data(y), msd_tensor_data(x),
+                                          msd_tensor_data(w), pb, x->shape[0], x->shape[1],
+                                          x->shape[2], x->shape[3], os[1], w->shape[2],
+                                          w->shape[3], stride, pad);
+    else
+        rc = msd_conv2d_forward(msd_tensor_data(y), msd_tensor_data(x), msd_tensor_data(w), pb,
+                                x->shape[0], x->shape[1], x->shape[2], x->shape[3], os[1],
+                                w->shape[2], w->shape[3], stride, pad);
+    msd_tensor *in[3] = { x, w, b };
+    msd_node *node = NULL;
+    if (rc == MSD_OK)
+        rc = msd_autograd_record(y, transposed ? MSD_OP_CONV_TRANSPOSE2D : MSD_OP_CONV2D, 3, in,
+                                 &node);
+    if (rc != MSD_OK) {
+        msd_tensor_release(y);
+        return rc;
+    }
+    if (node) {
+        node->iarg[0] = stride;
+        node->iarg[1] = pad;
+    }
+    *out = y;
+    return MSD_OK;
+}
+
+int msd_conv2d(msd_tensor *x, msd_tensor *w, msd_tensor *b, int stride, int padding,
+               msd_tensor **out)
+{
+    return conv_any(0, x, w, b, stride, padding, out);
+}
+
+int msd_conv_transpose2d(msd_tensor *x, msd_tensor *w, msd_tensor *b, int stride, int padding,
+                         msd_tensor **out)
+{
+    return conv_any(1, x, w, b, stride, padding, out);
+}
+
+static float *data_or_null(msd_tensor *t)
+{
+    return t ? msd_tensor_data(t) : NULL;
+}
+
+int msd_grad_conv2d(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    const msd_tensor *x = n->in[0], *w = n->in[1];
+    return msd_conv2d_backward(data_or_null(dx[0]), data_or_null(dx[1]), data_or_null(dx[2]),
+                               msd_tensor_data(dy), msd_tensor_data(x), msd_tensor_data(w),
+                               x->shape[0], x->shape[1], x->shape[2], x->shape[3], w->shape[0],
+                               w->shape[2], w->shape[3], n->iarg[0], n->iarg[1]);
+}
+
+int msd_grad_conv_transpose2d(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    const msd_tensor *x = n->in[0], *w = n->in[1];
+    return msd_conv_transpose2d_backward(
+        data_or_null(dx[0]), data_or_null(dx[1]), data_or_null(dx[2]), msd_tensor_data(dy),
+        msd_tensor_data(x), msd_tensor_data(w), x->shape[0], x->shape[1], x->shape[2],
+        x->shape[3], w->shape[1], w->shape[2], w->shape[3], n->iarg[0], n->iarg[1]);
+}

@@ -1,6 +1,174 @@
-/* SCAFFOLD: replaced by the real implementation. */
+/* Pooling: max_pool2d and avg_pool2d over k x k windows with stride s, no
+ * padding, floor output size (PyTorch's defaults with ceil_mode off). */
 #include "ops.h"
-int msd_grad_max_pool2d(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx) { (void)n; (void)dy; (void)dx; return msd_error(MSD_ERR_STATE, "max_pool2d: not implemented"); }
-int msd_grad_avg_pool2d(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx) { (void)n; (void)dy; (void)dx; return msd_error(MSD_ERR_STATE, "avg_pool2d: not implemented"); }
-int msd_max_pool2d(msd_tensor *x, int k, int stride, msd_tensor **out) { (void)x; (void)k; (void)stride; (void)out; return msd_error(MSD_ERR_STATE, "not implemented"); }
-int msd_avg_pool2d(msd_tensor *x, int k, int stride, msd_tensor **out) { (void)x; (void)k; (void)stride; (void)out; return msd_error(MSD_ERR_STATE, "not implemented"); }
+
+void msd_max_pool2d_forward(float *y, float *idx, const float *x, int NC, int H, int W,
+                            int k, int s)
+{
+    int Ho = (H - k) / s + 1, Wo = (W - k) / s + 1;
+    for (int p = 0; p < NC; p++) {
+        const float *plane = x + (size_t)p * H * W;
+        for (int oy = 0; oy < Ho; oy++)
+            for (int ox = 0; ox < Wo; ox++) {
+                int best = oy * s * W + ox * s;
+                float m = plane[best];
+                for (int i = 0; i < k; i++) {
+                    const float *row = plane + (size_t)(oy * s + i) * W + ox * s;
+                    for (int j = 0; j < k; j++)
+                        /* strict >: ties keep the first; a NaN wins, as PyTorch */
+                        if (row[j] > m || row[j] != row[j]) {
+                            m = row[j];
+                            best = (oy * s + i) * W + ox * s + j;
+                        }
+                }
+                *y++ = m;
+                if (idx)
+                    *idx++ = (float)best;
+            }
+    }
+}
+
+void msd_max_pool2d_backward(float *dx, const float *dy, const float *idx, int NC, int H, int W,
+                             int k, int s)
+{
+    size_t Lo = (size_t)((H - k) / s + 1) * ((W - k) / s + 1);
+    for (int p = 0; p < NC; p++) {
+        float *plane = dx + (size_t)p * H * W;
+        for (size_t l = 0; l < Lo; l++)
+            plane[(size_t)*idx++] += *dy++;
+    }
+}
+
+void msd_avg_pool2d_forward(float *y, const float *x, int NC, int H, int W, int k, int s)
+{
+    int Ho = (H - k) / s + 1, Wo = (W - k) / s + 1;
+    double inv = 1.0 / ((double)k * k);
+    for (int p = 0; p < NC; p++) {
+        const float *plane = x + (size_t)p * H * W;
+        for (int oy = 0; oy < Ho; oy++)
+            for (int ox = 0; ox < Wo; ox++) {
+                double acc = 0;
+                for (int i = 0; i < k; i++) {
+                    const float *row = plane + (size_t)(oy * s + i) * W + ox * s;
+                    for (int j = 0; j < k; j++)
+                        acc += row[j];
+                }
+                *y++ = (float)(acc * inv);
+            }
+    }
+}
+
+void msd_avg_pool2d_backward(float *dx, const float *dy, int NC, int H, int W, int k, int s)
+{
+    int Ho = (H - k) / s + 1, Wo = (W - k) / s + 1;
+    float inv = 1.0f / ((float)k * k);
+    for (int p = 0; p < NC; p++) {
+        float *plane = dx + (size_t)p * H * W;
+        for (int oy = 0; oy < Ho; oy++)
+            for (int ox = 0; ox < Wo; ox++) {
+                float g = *dy++ * inv;
+                for (int i = 0; i < k; i++) {
+                    float *row = plane + (size_t)(oy * s + i) * W + ox * s;
+                    for (int j = 0; j < k; j++)
+                        row[j] += g;
+                }
+            }
+    }
+}
+
+/* Checks x, k and stride; writes the output shape into os. */
+static int pool_check(const char *op, const msd_tensor *x, int k, int s, int *os)
+{
+    char bx[64];
+    msd_tensor_shape_str(bx, sizeof bx, x);
+    if (x->ndim != 4)
+        return msd_error(MSD_ERR_SHAPE, "%s: input %s must be 4-D (N,C,H,W)", op, bx);
+    if (k <= 0)
+        return msd_error(MSD_ERR_ARG, "%s: kernel size must be >= 1, got %d (input %s)", op, k,
+                         bx);
+    if (s <= 0)
+        return msd_error(MSD_ERR_ARG, "%s: stride must be >= 1, got %d (input %s)", op, s, bx);
+    if (x->shape[2] < k || x->shape[3] < k)
+        return msd_error(MSD_ERR_SHAPE, "%s: input %s is smaller than the %dx%d window", op, bx, k,
+                         k);
+    os[0] = x->shape[0];
+    os[1] = x->shape[1];
+    os[2] = (x->shape[2] - k) / s + 1;
+    os[3] = (x->shape[3] - k) / s + 1;
+    return MSD_OK;
+}
+
+int msd_max_pool2d(msd_tensor *x, int k, int stride, msd_tensor **out)
+{
+    int os[4];
+    int rc = pool_check("max_pool2d", x, k, stride, os);
+    if (rc != MSD_OK)
+        return rc;
+    msd_tensor *y = msd_tensor_empty(4, os), *idx = NULL;
+    msd_node *node = NULL;
+    if (!y)
+        return MSD_ERR_MEM;
+    if ((rc = msd_autograd_record(y, MSD_OP_MAX_POOL2D, 1, &x, &node)) != MSD_OK) {
+        msd_tensor_release(y);
+        return rc;
+    }
+    /* backward needs the argmax of each window: its index in the H*W plane
+     * (exact as a float up to 2^24 elements per plane) */
+    if (node && !(idx = msd_tensor_empty(4, os))) {
+        msd_tensor_release(y);
+        return MSD_ERR_MEM;
+    }
+    msd_max_pool2d_forward(msd_tensor_data(y), idx ? msd_tensor_data(idx) : NULL,
+                           msd_tensor_data(x), x->shape[0] * x->shape[1], x->shape[2],
+                           x->shape[3], k, stride);
+    if (node) {
+        msd_node_save(node, 0, idx);
+        msd_tensor_release(idx);
+        node->iarg[0] = k;
+        node->iarg[1] = stride;
+    }
+    *out = y;
+    return MSD_OK;
+}
+
+int msd_grad_max_pool2d(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    const msd_tensor *x = n->in[0];
+    msd_max_pool2d_backward(msd_tensor_data(dx[0]), msd_tensor_data(dy),
+                            msd_tensor_data(n->saved[0]), x->shape[0] * x->shape[1], x->shape[2],
+                            x->shape[3], n->iarg[0], n->iarg[1]);
+    return MSD_OK;
+}
+
+int msd_avg_pool2d(msd_tensor *x, int k, int stride, msd_tensor **out)
+{
+    int os[4];
+    int rc = pool_check("avg_pool2d", x, k, stride, os);
+    if (rc != MSD_OK)
+        return rc;
+    msd_tensor *y = msd_tensor_empty(4, os);
+    msd_node *node = NULL;
+    if (!y)
+        return MSD_ERR_MEM;
+    msd_avg_pool2d_forward(msd_tensor_data(y), msd_tensor_data(x), x->shape[0] * x->shape[1],
+                           x->shape[2], x->shape[3], k, stride);
+    if ((rc = msd_autograd_record(y, MSD_OP_AVG_POOL2D, 1, &x, &node)) != MSD_OK) {
+        msd_tensor_release(y);
+        return rc;
+    }
+    if (node) {
+        node->iarg[0] = k;
+        node->iarg[1] = stride;
+    }
+    *out = y;
+    return MSD_OK;
+}
+
+int msd_grad_avg_pool2d(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    const msd_tensor *x = n->in[0];
+    msd_avg_pool2d_backward(msd_tensor_data(dx[0]), msd_tensor_data(dy),
+                            x->shape[0] * x->shape[1], x->shape[2], x->shape[3], n->iarg[0],
+                            n->iarg[1]);
+    return MSD_OK;
+}

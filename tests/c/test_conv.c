@@ -1,0 +1,377 @@
+/* conv2d and conv_transpose2d: forward and backward against naive direct
+ * loops (including batches large enough to be split into GEMM chunks),
+ * gradients against finite differences, and shape errors. */
+#include <string.h>
+
+#include "gradcheck.h"
+#include "test.h"
+
+typedef struct geom {
+    int N, Cin, H, W, Cout, k, s, p;
+} geom;
+
+static int conv_out(const geom *g, int H) { return (H + 2 * g->p - g->k) / g->s + 1; }
+static int convt_out(const geom *g, int H) { return (H - 1) * g->s - 2 * g->p + g->k; }
+
+/* y[n,co,oy,ox] = b[co] + sum x[n,ci,oy*s-p+i,ox*s-p+j] w[co,ci,i,j], in double. */
+static void naive_conv2d(double *y, const float *x, const float *w, const float *b, const geom *g)
+{
+    int Ho = conv_out(g, g->H), Wo = conv_out(g, g->W), k = g->k;
+    for (int n = 0; n < g->N; n++)
+        for (int co = 0; co < g->Cout; co++)
+            for (int oy = 0; oy < Ho; oy++)
+                for (int ox = 0; ox < Wo; ox++) {
+                    double acc = b ? b[co] : 0.0;
+                    for (int ci = 0; ci < g->Cin; ci++)
+                        for (int i = 0; i < k; i++)
+                            for (int j = 0; j < k; j++) {
+                                int iy = oy * g->s - g->p + i, ix = ox * g->s - g->p + j;
+                                if (iy < 0 || iy >= g->H || ix < 0 || ix >= g->W)
+                                    continue;
+                                acc += (double)x[((n * g->Cin + ci) * g->H + iy) * g->W + ix] *
+                                       w[((co * g->Cin + ci) * k + i) * k + j];
+                            }
+                    *y++ = acc;
+                }
+}
+
+/* The gradients of sum(y * dy) for the direct conv2d loop above. */
+static void naive_conv2d_grad(double *dx, double *dw, double *db, const float *dy, const float *x,
+                              const float *w, const geom *g)
+{
+    int Ho = conv_out(g, g->H), Wo = conv_out(g, g->W), k = g->k;
+    for (int n = 0; n < g->N; n++)
+        for (int co = 0; co < g->Cout; co++)
+            for (int oy = 0; oy < Ho; oy++)
+                for (int ox = 0; ox < Wo; ox++) {
+                    double d = *dy++;
+                    db[co] += d;
+                    for (int ci = 0; ci < g->Cin; ci++)
+                        for (int i = 0; i < k; i++)
+                            for (int j = 0; j < k; j++) {
+                                int iy = oy * g->s - g->p + i, ix = ox * g->s - g->p + j;
+                                if (iy < 0 || iy >= g->H || ix < 0 || ix >= g->W)
+                                    continue;
+                                size_t xi = ((size_t)(n * g->Cin + ci) * g->H + iy) * g->W + ix;
+                                size_t wi = ((size_t)(co * g->Cin + ci) * k + i) * k + j;
+                                dx[xi] += d * w[wi];
+                                dw[wi] += d * x[xi];
+                            }
+                }
+}
+
+/* Transposed conv by its definition: every input pixel scatters w[ci,co]
+ * into y at (iy*s-p+i, ix*s-p+j). */
+static void naive_convt(double *y, const float *x, const float *w, const float *b, const geom *g)
+{
+    int Ho = convt_out(g, g->H), Wo = convt_out(g, g->W), k = g->k;
+    for (int n = 0; n < g->N; n++)
+        for (int co = 0; co < g->Cout; co++)
+            for (int l = 0; l < Ho * Wo; l++)
+                y[(size_t)(n * g->Cout + co) * Ho * Wo + l] = b ? b[co] : 0.0;
+    for (int n = 0; n < g->N; n++)
+        for (int ci = 0; ci < g->Cin; ci++)
+            for (int iy = 0; iy < g->H; iy++)
+                for (int ix = 0; ix < g->W; ix++) {
+                    double v = x[((n * g->Cin + ci) * g->H + iy) * g->W + ix];
+                    for (int co = 0; co < g->Cout; co++)
+                        for (int i = 0; i < k; i++)
+                            for (int j = 0; j < k; j++) {
+                                int oy = iy * g->s - g->p + i, ox = ix * g->s - g->p + j;
+                                if (oy < 0 || oy >= Ho || ox < 0 || ox >= Wo)
+                                    continue;
+                                y[((size_t)(n * g->Cout + co) * Ho + oy) * Wo + ox] +=
+                                    v * w[((ci * g->Cout + co) * k + i) * k + j];
+                            }
+                }
+}
+
+static void naive_convt_grad(double *dx, double *dw, double *db, const float *dy, const float *x,
+                             const float *w, const geom *g)
+{
+    int Ho = convt_out(g, g->H), Wo = convt_out(g, g->W), k = g->k;
+    for (int n = 0; n < g->N; n++)
+        for (int co = 0; co < g->Cout; co++)
+            for (int l = 0; l < Ho * Wo; l++)
+                db[co] += dy[(size_t)(n * g->Cout + co) * Ho * Wo + l];
+    for (int n = 0; n < g->N; n++)
+        for (int ci = 0; ci < g->Cin; ci++)
+            for (int iy = 0; iy < g->H; iy++)
+                for (int ix = 0; ix < g->W; ix++) {
+                    size_t xi = ((size_t)(n * g->Cin + ci) * g->H + iy) * g->W + ix;
+                    for (int co = 0; co < g->Cout; co++)
+                        for (int i = 0; i < k; i++)
+                            for (int j = 0; j < k; j++) {
+                                int oy = iy * g->s - g->p + i, ox = ix * g->s - g->p + j;
+                                if (oy < 0 || oy >= Ho || ox < 0 || ox >= Wo)
+                                    continue;
+                                double d = dy[((size_t)(n * g->Cout + co) * Ho + oy) * Wo + ox];
+                                size_t wi = ((size_t)(ci * g->Cout + co) * k + i) * k + j;
+                                dx[xi] += d * w[wi];
+                                dw[wi] += d * x[xi];
+                            }
+                }
+}
+
+/* max |a - b| / (1 + |b|) */
+static double max_rel(const float *a, const double *b, size_t n)
+{
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs(a[i] - b[i]) / (1.0 + fabs(b[i]));
+        worst = e > worst ? e : worst;
+    }
+    return worst;
+}
+
+/* Runs the op on random x, w, b (or no bias), compares y with the naive
+ * loop, then runs backward with a random dy through the tape and compares
+ * dx, dw, db with the naive gradients. */
+static int check_against_naive(int transposed, const geom *g, int with_bias, unsigned seed)
+{
+    int sx[4] = { g->N, g->Cin, g->H, g->W };
+    int sw[4] = { transposed ? g->Cin : g->Cout, transposed ? g->Cout : g->Cin, g->k, g->k };
+    int sb[1] = { g->Cout };
+    msd_tensor *x = gc_randn_like(4, sx, seed), *w = gc_randn_like(4, sw, seed + 1);
+    msd_tensor *b = with_bias ? gc_randn_like(1, sb, seed + 2) : NULL, *y = NULL;
+    x->requires_grad = w->requires_grad = 1;
+    if (b)
+        b->requires_grad = 1;
+    int bad = 0;
+    int rc = transposed ? msd_conv_transpose2d(x, w, b, g->s, g->p, &y)
+                        : msd_conv2d(x, w, b, g->s, g->p, &y);
+    if (rc != MSD_OK) {
+        fprintf(stderr, "  forward failed: %s\n", msd_last_error());
+        return 1;
+    }
+    int Ho = transposed ? convt_out(g, g->H) : conv_out(g, g->H);
+    int Wo = transposed ? convt_out(g, g->W) : conv_out(g, g->W);
+    if (y->ndim != 4 || y->shape[0] != g->N || y->shape[1] != g->Cout || y->shape[2] != Ho ||
+        y->shape[3] != Wo) {
+        fprintf(stderr, "  wrong output shape\n");
+        return 1;
+    }
+    size_t ny = msd_tensor_numel(y), nx = msd_tensor_numel(x), nw = msd_tensor_numel(w);
+    double *ref = calloc(ny + nx + nw + g->Cout, sizeof *ref);
+    double *rdx = ref + ny, *rdw = rdx + nx, *rdb = rdw + nw;
+    const float *px = msd_tensor_data(x), *pw = msd_tensor_data(w);
+    const float *pb = b ? msd_tensor_data(b) : NULL;
+    if (transposed)
+        naive_convt(ref, px, pw, pb, g);
+    else
+        naive_conv2d(ref, px, pw, pb, g);
+    double e = max_rel(msd_tensor_data(y), ref, ny);
+    if (e > 1e-4) { /* float sums of up to 2304 products */
+        fprintf(stderr, "  forward differs from the naive loop by %g\n", e);
+        bad = 1;
+    }
+    msd_tensor *dy = gc_randn_like(4, y->shape, seed + 3);
+    if (!bad && msd_backward(y, dy, 0) != MSD_OK) {
+        fprintf(stderr, "  backward failed: %s\n", msd_last_error());
+        bad = 1;
+    }
+    if (!bad) {
+        if (transposed)
+            naive_convt_grad(rdx, rdw, rdb, msd_tensor_data(dy), px, pw, g);
+        else
+            naive_conv2d_grad(rdx, rdw, rdb, msd_tensor_data(dy), px, pw, g);
+        double ex = max_rel(msd_tensor_data(x->grad), rdx, nx);
+        double ew = max_rel(msd_tensor_data(w->grad), rdw, nw);
+        double eb = b ? max_rel(msd_tensor_data(b->grad), rdb, g->Cout) : 0;
+        if (ex > 1e-4 || ew > 1e-4 || eb > 1e-4) {
+            fprintf(stderr, "  gradients differ from the naive loop: dx %g, dw %g, db %g\n", ex,
+                    ew, eb);
+            bad = 1;
+        }
+    }
+    free(ref);
+    msd_tensor_release(dy);
+    msd_tensor_release(y);
+    msd_tensor_release(x);
+    msd_tensor_release(w);
+    msd_tensor_release(b);
+    return bad;
+}
+
+static void test_conv2d_vs_naive(void)
+{
+    const geom cases[] = {
+        { 2, 3, 8, 8, 4, 3, 1, 1 },   /* the model's 3x3 conv */
+        { 3, 2, 7, 6, 5, 3, 2, 0 },   /* stride 2, odd sizes */
+        { 2, 4, 4, 4, 3, 1, 1, 0 },   /* 1x1 shortcut conv */
+        { 1, 2, 5, 5, 3, 4, 2, 1 },   /* even kernel, stride and padding */
+        { 2, 3, 2, 3, 2, 3, 1, 2 },   /* padding larger than the image */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        CHECK(!check_against_naive(0, &cases[i], 1, 100 + (unsigned)i));
+        CHECK(!check_against_naive(0, &cases[i], 0, 200 + (unsigned)i));
+    }
+}
+
+static void test_conv2d_chunked_batch(void)
+{
+    /* 2304 x 256 columns per image: the batch is split into several GEMM
+     * chunks with a remainder */
+    const geom g = { 9, 256, 16, 16, 4, 3, 1, 1 };
+    CHECK(!check_against_naive(0, &g, 1, 7));
+}
+
+static void test_conv_transpose2d_vs_naive(void)
+{
+    const geom cases[] = {
+        { 2, 4, 3, 3, 3, 2, 2, 0 }, /* UnetUp: k 2, stride 2 */
+        { 3, 4, 1, 1, 5, 4, 4, 0 }, /* up0: 1x1 -> 4x4 */
+        { 2, 3, 4, 5, 2, 3, 2, 1 }, /* overlapping windows with padding */
+        { 1, 2, 3, 3, 2, 3, 1, 1 }, /* stride 1 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        CHECK(!check_against_naive(1, &cases[i], 1, 300 + (unsigned)i));
+        CHECK(!check_against_naive(1, &cases[i], 0, 400 + (unsigned)i));
+    }
+}
+
+static void test_conv_transpose2d_chunked_batch(void)
+{
+    const geom g = { 6, 4, 16, 16, 256, 4, 2, 1 };
+    CHECK(!check_against_naive(1, &g, 1, 9));
+}
+
+typedef struct conv_ctx {
+    int transposed, stride, pad;
+} conv_ctx;
+
+static int call_conv(msd_tensor *const *in, void *ctx, msd_tensor **out)
+{
+    const conv_ctx *c = ctx;
+    return c->transposed ? msd_conv_transpose2d(in[0], in[1], in[2], c->stride, c->pad, out)
+                         : msd_conv2d(in[0], in[1], in[2], c->stride, c->pad, out);
+}
+
+/* Finite differences on x, w and b; grad_mask says which require grad. */
+static int gradcheck_conv(int transposed, const geom *g, int with_bias, int grad_mask)
+{
+    int sx[4] = { g->N, g->Cin, g->H, g->W };
+    int sw[4] = { transposed ? g->Cin : g->Cout, transposed ? g->Cout : g->Cin, g->k, g->k };
+    int sb[1] = { g->Cout };
+    msd_tensor *in[3] = { gc_randn_like(4, sx, 11), gc_randn_like(4, sw, 12),
+                          with_bias ? gc_randn_like(1, sb, 13) : NULL };
+    for (int i = 0; i < 3; i++)
+        if (in[i])
+            in[i]->requires_grad = (grad_mask >> i) & 1;
+    conv_ctx ctx = { transposed, g->s, g->p };
+    int bad = gradcheck(transposed ? "conv_transpose2d" : "conv2d", call_conv, &ctx, 3, in, 1e-3,
+                        1e-2, 1e-3);
+    for (int i = 0; i < 3; i++) {
+        if (in[i] && !in[i]->requires_grad && in[i]->grad) {
+            fprintf(stderr, "  input %d got a gradient without requires_grad\n", i);
+            bad = 1;
+        }
+        msd_tensor_release(in[i]);
+    }
+    return bad;
+}
+
+static void test_conv2d_gradcheck(void)
+{
+    const geom a = { 2, 3, 5, 5, 4, 3, 1, 1 }, b = { 2, 2, 6, 5, 3, 2, 2, 0 };
+    CHECK(!gradcheck_conv(0, &a, 1, 7));
+    CHECK(!gradcheck_conv(0, &b, 1, 7));
+    CHECK(!gradcheck_conv(0, &b, 0, 3));
+    CHECK(!gradcheck_conv(0, &a, 1, 1)); /* only x */
+    CHECK(!gradcheck_conv(0, &a, 1, 6)); /* only the parameters */
+}
+
+static void test_conv_transpose2d_gradcheck(void)
+{
+    const geom a = { 2, 3, 3, 3, 2, 2, 2, 0 }, b = { 2, 3, 1, 1, 2, 4, 4, 0 };
+    const geom c = { 1, 2, 3, 4, 3, 3, 2, 1 };
+    CHECK(!gradcheck_conv(1, &a, 1, 7));
+    CHECK(!gradcheck_conv(1, &b, 1, 7));
+    CHECK(!gradcheck_conv(1, &c, 0, 3));
+    CHECK(!gradcheck_conv(1, &c, 1, 5)); /* x and b */
+}
+
+/* conv2d with fixed values: a 3x3 box filter over a 3x3 ramp, padding 1. */
+static void test_conv2d_hand_values(void)
+{
+    int sx[4] = { 1, 1, 3, 3 }, sw[4] = { 1, 1, 3, 3 };
+    float xv[9] = { 1, 2, 3, 4, 5, 6, 7, 8, 9 }, ones[9] = { 1, 1, 1, 1, 1, 1, 1, 1, 1 };
+    float expect[9] = { 12, 21, 16, 27, 45, 33, 24, 39, 28 };
+    msd_tensor *x = msd_tensor_from_data(4, sx, xv), *w = msd_tensor_from_data(4, sw, ones), *y;
+    CHECK_OK(msd_conv2d(x, w, NULL, 1, 1, &y));
+    for (int i = 0; i < 9; i++)
+        CHECK(msd_tensor_data(y)[i] == expect[i]);
+    msd_tensor_release(y);
+    CHECK_OK(msd_conv2d(x, w, NULL, 2, 1, &y)); /* stride 2: the corners */
+    CHECK(y->shape[2] == 2 && y->shape[3] == 2);
+    CHECK(msd_tensor_data(y)[0] == 12 && msd_tensor_data(y)[1] == 16);
+    CHECK(msd_tensor_data(y)[2] == 24 && msd_tensor_data(y)[3] == 28);
+    msd_tensor_release(y);
+    msd_tensor_release(x);
+    msd_tensor_release(w);
+}
+
+static int has(const char *s) { return strstr(msd_last_error(), s) != NULL; }
+
+static void test_conv_errors(void)
+{
+    int sx[4] = { 2, 4, 16, 16 }, sw[4] = { 8, 3, 3, 3 }, s3[3] = { 4, 16, 16 };
+    int sb[1] = { 7 }, sk[4] = { 8, 4, 5, 5 };
+    msd_tensor *x = msd_tensor_zeros(4, sx), *w = msd_tensor_zeros(4, sw), *y = NULL;
+    msd_tensor *x3 = msd_tensor_zeros(3, s3), *b = msd_tensor_zeros(1, sb);
+    CHECK(msd_conv2d(x, w, NULL, 1, 1, &y) == MSD_ERR_SHAPE);
+    CHECK(y == NULL);
+    CHECK(has("conv2d") && has("[2,4,16,16]") && has("[8,3,3,3]") && has("4 channels"));
+    CHECK(msd_conv2d(x3, w, NULL, 1, 1, &y) == MSD_ERR_SHAPE);
+    CHECK(has("[4,16,16]") && has("4-D"));
+    msd_tensor *w2 = msd_tensor_zeros(4, (int[4]){ 8, 4, 3, 3 });
+    CHECK(msd_conv2d(x, w2, NULL, 0, 1, &y) == MSD_ERR_ARG);
+    CHECK(has("stride") && has("[2,4,16,16]"));
+    CHECK(msd_conv2d(x, w2, NULL, 1, -1, &y) == MSD_ERR_ARG);
+    CHECK(has("padding"));
+    CHECK(msd_conv2d(x, w2, b, 1, 1, &y) == MSD_ERR_SHAPE);
+    CHECK(has("bias") && has("[7]") && has("[8]"));
+    msd_tensor *xs = msd_tensor_zeros(4, (int[4]){ 1, 4, 3, 3 }), *wk = msd_tensor_zeros(4, sk);
+    CHECK(msd_conv2d(xs, wk, NULL, 1, 0, &y) == MSD_ERR_SHAPE);
+    CHECK(has("[1,4,3,3]") && has("[8,4,5,5]") && has("output"));
+    /* conv_transpose2d: weight (in, out, k, k) */
+    CHECK(msd_conv_transpose2d(x, w, NULL, 2, 0, &y) == MSD_ERR_SHAPE);
+    CHECK(has("conv_transpose2d") && has("[2,4,16,16]") && has("[8,3,3,3]"));
+    msd_tensor *wt = msd_tensor_zeros(4, (int[4]){ 4, 2, 2, 2 });
+    CHECK(msd_conv_transpose2d(xs, wt, NULL, 1, 2, &y) == MSD_ERR_SHAPE); /* 2 - 4 + 2 = 0 */
+    CHECK(has("output"));
+    CHECK(msd_conv_transpose2d(xs, wt, b, 2, 0, &y) == MSD_ERR_SHAPE);
+    CHECK(has("bias"));
+    CHECK(y == NULL);
+    msd_tensor *m[] = { x, w, x3, b, w2, xs, wk, wt };
+    for (size_t i = 0; i < sizeof m / sizeof *m; i++)
+        msd_tensor_release(m[i]);
+}
+
+static void test_conv_no_grad_records_nothing(void)
+{
+    int sx[4] = { 1, 2, 4, 4 }, sw[4] = { 3, 2, 3, 3 };
+    msd_tensor *x = gc_randn_like(4, sx, 1), *w = gc_randn_like(4, sw, 2), *y;
+    w->requires_grad = 1;
+    int prev = msd_set_grad_enabled(0);
+    CHECK_OK(msd_conv2d(x, w, NULL, 1, 1, &y));
+    msd_set_grad_enabled(prev);
+    CHECK(y->grad_fn == NULL);
+    msd_tensor_release(y);
+    msd_tensor_release(x);
+    msd_tensor_release(w);
+}
+
+int main(void)
+{
+    RUN(test_conv2d_hand_values);
+    RUN(test_conv2d_vs_naive);
+    RUN(test_conv2d_chunked_batch);
+    RUN(test_conv_transpose2d_vs_naive);
+    RUN(test_conv_transpose2d_chunked_batch);
+    RUN(test_conv2d_gradcheck);
+    RUN(test_conv_transpose2d_gradcheck);
+    RUN(test_conv_errors);
+    RUN(test_conv_no_grad_records_nothing);
+    return TEST_SUMMARY();
+}
