@@ -16,5 +16,6 @@ MSD_EXPORT int luaopen_minisd_core(lua_State *L)
     lbind_open_io(L);
     lbind_open_optim(L);
     lbind_open_diffusion(L);
+    lbind_open_image(L);
     return 1;
 }

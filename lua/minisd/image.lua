@@ -1,0 +1,176 @@
+--- minisd.image: grids, scaling, animation strips, RGBA bytes for LÖVE, saving PNG.
+-- Pictures are tensors (C,H,W) (batches (N,C,H,W)) with C = 1, 3 or 4. The pixel work runs
+-- in C (`minisd.image_*`); this module checks arguments and composes.
+-- @module minisd.image
+
+local minisd = require("minisd")
+
+local M = {}
+
+local function check_opts(fn, opts, allowed)
+  if opts == nil then
+    return {}
+  end
+  if type(opts) ~= "table" then
+    error(fn .. ": options must be a table (allowed: " .. table.concat(allowed, ", ") .. ")", 3)
+  end
+  local ok = {}
+  for _, k in ipairs(allowed) do
+    ok[k] = true
+  end
+  for k in pairs(opts) do
+    if not ok[k] then
+      error(string.format("%s: unknown option '%s' (allowed: %s)", fn, tostring(k),
+        table.concat(allowed, ", ")), 3)
+    end
+  end
+  return opts
+end
+
+local function check_int(fn, name, v, min)
+  if type(v) ~= "number" or v ~= math.floor(v) or v < min then
+    error(string.format("%s: %s must be an integer >= %d, got %s", fn, name, min, tostring(v)), 3)
+  end
+  return v
+end
+
+local function check_tensor(fn, what, x, dims)
+  if not minisd.is_tensor(x) then
+    error(fn .. ": " .. what .. " must be a tensor, got " .. type(x), 3)
+  end
+  local shape = x:shape()
+  if dims and not dims[#shape] then
+    error(string.format("%s: %s has shape [%s], expected %s", fn, what,
+      table.concat(shape, ","), dims.text), 3)
+  end
+  return shape
+end
+
+--- Stacks pictures of the same shape into a batch.
+-- @param list a non-empty list of tensors (C,H,W)
+-- @return tensor (N,C,H,W)
+function M.stack(list)
+  if type(list) ~= "table" or minisd.is_tensor(list) or #list == 0 then
+    error("image.stack: expected a non-empty list of tensors", 2)
+  end
+  local rows = {}
+  for i, x in ipairs(list) do
+    if not minisd.is_tensor(x) then
+      error("image.stack: entry " .. i .. " is a " .. type(x) .. ", expected a tensor", 2)
+    end
+    local shape = x:shape()
+    table.insert(shape, 1, 1)
+    rows[i] = x:reshape(shape)
+  end
+  return minisd.cat(rows, 1)
+end
+
+--- Maps values from [-1,1] to [0,1], clamping.
+-- @param x tensor of any shape
+-- @return a new tensor, (x + 1) / 2 clamped to [0,1]
+function M.to_unit(x)
+  check_tensor("image.to_unit", "x", x)
+  return minisd.image_affine_clamp(x, 0.5, 0.5, 0, 1)
+end
+
+--- Maps values from [0,1] to [-1,1] (no clamping).
+-- @param x tensor of any shape
+-- @return a new tensor, 2x - 1
+function M.from_unit(x)
+  check_tensor("image.from_unit", "x", x)
+  return x * 2 - 1
+end
+
+local batch_dims = { [3] = true, [4] = true, text = "(N,C,H,W) or (C,H,W)" }
+
+-- A batch from a tensor (N,C,H,W) / (C,H,W) or a list of (C,H,W).
+local function as_batch(fn, images)
+  if type(images) == "table" and not minisd.is_tensor(images) then
+    return M.stack(images)
+  end
+  local shape = check_tensor(fn, "images", images, batch_dims)
+  if #shape == 3 then
+    return images:reshape({ 1, shape[1], shape[2], shape[3] })
+  end
+  return images
+end
+
+--- Lays pictures out in a grid, as torchvision.utils.make_grid.
+-- @param images tensor (N,C,H,W), one picture (C,H,W), or a list of (C,H,W)
+-- @param opts optional: `nrow` pictures per row (8), `padding` pixels between and around
+--   them (1), `pad_value` (0)
+-- @return tensor (C, rows*(H+padding)+padding, min(nrow,N)*(W+padding)+padding)
+function M.grid(images, opts)
+  opts = check_opts("image.grid", opts, { "nrow", "padding", "pad_value" })
+  local x = as_batch("image.grid", images)
+  local nrow = check_int("image.grid", "nrow", opts.nrow or 8, 1)
+  local padding = check_int("image.grid", "padding", opts.padding or 1, 0)
+  local pad_value = opts.pad_value or 0
+  if type(pad_value) ~= "number" then
+    error("image.grid: pad_value must be a number, got " .. type(pad_value), 2)
+  end
+  return minisd.image_grid(x, nrow, padding, pad_value)
+end
+
+--- Nearest-neighbour upscaling.
+-- @param img tensor (C,H,W) or (N,C,H,W)
+-- @param factor integer >= 1
+-- @return tensor (C,H*factor,W*factor) (or batched)
+function M.upscale(img, factor)
+  check_tensor("image.upscale", "img", img, batch_dims)
+  check_int("image.upscale", "factor", factor, 1)
+  return minisd.image_upscale(img, factor)
+end
+
+--- Frames of an animation side by side, left to right.
+-- @param frames a list of tensors (C,H,W), or a tensor (N,C,H,W)
+-- @param opts optional: `padding` (1), `pad_value` (0)
+-- @return tensor (C, H+2*padding, N*(W+padding)+padding)
+function M.strip(frames, opts)
+  opts = check_opts("image.strip", opts, { "padding", "pad_value" })
+  local x = as_batch("image.strip", frames)
+  return M.grid(x, { nrow = x:shape()[1], padding = opts.padding, pad_value = opts.pad_value })
+end
+
+--- RGBA bytes of a picture, for LÖVE's `love.image.newImageData(w, h, "rgba8", bytes)`.
+-- @param img tensor (C,H,W) with values in [0,1] (clamped), C = 1 (grey), 3 (alpha 255) or 4
+-- @return a string of H*W*4 bytes (row-major, R,G,B,A per pixel), the width W and height H
+function M.rgba_bytes(img)
+  local shape = check_tensor("image.rgba_bytes", "img", img,
+    { [3] = true, text = "(C,H,W) with C = 1, 3 or 4" })
+  return minisd.image_rgba_bytes(img), shape[3], shape[2]
+end
+
+--- Saves a batch of pictures as one PNG grid.
+-- @param path file name
+-- @param images tensor (N,C,H,W), (C,H,W), or a list of (C,H,W); values in `value_range`
+-- @param opts optional: `value_range` ({-1, 1}: mapped to [0,1] and clamped), `scale`
+--   (integer upscaling of the whole grid, 1), and grid's `nrow`, `padding`, `pad_value`
+--   (the pad value is in [0,1], after the mapping)
+-- @return true, or nil and a message when the file cannot be written
+function M.save_grid(path, images, opts)
+  opts = check_opts("image.save_grid", opts,
+    { "nrow", "padding", "pad_value", "scale", "value_range" })
+  if type(path) ~= "string" then
+    error("image.save_grid: path must be a string, got " .. type(path), 2)
+  end
+  local range = opts.value_range or { -1, 1 }
+  local lo, hi = range[1], range[2]
+  if type(lo) ~= "number" or type(hi) ~= "number" or hi - lo <= 0 or hi ~= hi or lo ~= lo then
+    error("image.save_grid: value_range must be {lo, hi} with hi > lo", 2)
+  end
+  local scale = check_int("image.save_grid", "scale", opts.scale or 1, 1)
+  local x = as_batch("image.save_grid", images)
+  x = minisd.image_affine_clamp(x, 1 / (hi - lo), -lo / (hi - lo), 0, 1)
+  local g = M.grid(x, { nrow = opts.nrow, padding = opts.padding, pad_value = opts.pad_value })
+  if scale > 1 then
+    g = minisd.image_upscale(g, scale)
+  end
+  local ok, err = pcall(minisd.save_png, path, g)
+  if not ok then
+    return nil, tostring(err)
+  end
+  return true
+end
+
+return M

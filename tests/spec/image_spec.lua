@@ -1,0 +1,259 @@
+-- minisd.image and the C image helpers (minisd.image_*): every result is checked pixel by
+-- pixel against a plain Lua construction of the same picture.
+local minisd = require("minisd")
+local image = require("minisd.image")
+local H = require("helpers")
+
+-- A tensor of the given shape whose element at 0-based flat position i is f(i).
+local function iota(shape, f)
+  local n = 1
+  for _, s in ipairs(shape) do
+    n = n * s
+  end
+  local flat = {}
+  for i = 0, n - 1 do
+    flat[i + 1] = f and f(i) or i
+  end
+  return minisd.tensor(flat):reshape(shape)
+end
+
+local function flat(t)
+  return t:reshape({ -1 }):totable()
+end
+
+describe("image helpers in C", function()
+  it("hwc_to_chw transposes and maps", function()
+    local x = iota({ 2, 3, 4, 2 }) -- N,H,W,C
+    local y = minisd.image_hwc_to_chw(x, 0.5, -1)
+    assert.are.same({ 2, 2, 3, 4 }, y:shape())
+    local xv, yv = x:totable(), y:totable()
+    for n = 1, 2 do
+      for c = 1, 2 do
+        for h = 1, 3 do
+          for w = 1, 4 do
+            assert.are.equal(xv[n][h][w][c] * 0.5 - 1, yv[n][c][h][w])
+          end
+        end
+      end
+    end
+    assert.are.same({ 2, 3, 4 }, minisd.image_hwc_to_chw(iota({ 3, 4, 2 })):shape())
+    assert.has_error(function() minisd.image_hwc_to_chw(minisd.zeros({ 4, 2 })) end,
+      "hwc_to_chw: x [4,2]: expected (N,H,W,C) or (H,W,C)")
+  end)
+
+  it("flip reverses one dim", function()
+    local x = iota({ 2, 3, 4 })
+    local v = x:totable()
+    local f3, f2 = minisd.image_flip(x, 3):totable(), minisd.image_flip(x, 2):totable()
+    for a = 1, 2 do
+      for b = 1, 3 do
+        for c = 1, 4 do
+          assert.are.equal(v[a][b][5 - c], f3[a][b][c])
+          assert.are.equal(v[a][4 - b][c], f2[a][b][c])
+        end
+      end
+    end
+    assert.has_error(function() minisd.image_flip(x, 4) end,
+      "flip: dim 4 out of range 1..3 for [2,3,4]")
+  end)
+
+  it("gather picks rows and mirrors the flagged ones", function()
+    local x = iota({ 3, 2, 2, 3 })
+    local v = x:totable()
+    local g = minisd.image_gather(x, { 3, 1, 3 }, { true, false, 1 }):totable()
+    local src, flips = { 3, 1, 3 }, { true, false, true }
+    for i = 1, 3 do
+      for c = 1, 2 do
+        for h = 1, 2 do
+          for w = 1, 3 do
+            local ww = flips[i] and 4 - w or w
+            assert.are.equal(v[src[i]][c][h][ww], g[i][c][h][w])
+          end
+        end
+      end
+    end
+    assert.are.same({ { 1, 0 }, { 2, 3 }, { 5, 4 } },
+      minisd.image_gather(iota({ 3, 2 }), { 1, 2, 3 }, { true, false, true }):totable())
+    assert.has_error(function() minisd.image_gather(x, { 4 }) end,
+      "gather: index 4 (entry 1) out of range 1..3 for [3,2,2,3]")
+  end)
+
+  it("composite blends straight alpha over a background", function()
+    -- one pixel per case: (r, g, b, a) over (0.2, 0.4, 1)
+    local px = { { 1, 0.5, 0, 1 }, { 1, 0.5, 0, 0 }, { 0.8, 0.6, 0.2, 0.25 } }
+    local nested = {}
+    for n = 1, 3 do
+      nested[n] = {}
+      for c = 1, 4 do
+        nested[n][c] = { { px[n][c] } }
+      end
+    end
+    local x = minisd.tensor(nested)
+    local bg = { 0.2, 0.4, 1 }
+    local y = minisd.image_composite(x, bg)
+    assert.are.same({ 3, 3, 1, 1 }, y:shape())
+    local expect = {}
+    for n = 1, 3 do
+      local a = px[n][4]
+      for c = 1, 3 do
+        expect[#expect + 1] = px[n][c] * a + bg[c] * (1 - a)
+      end
+    end
+    H.assert_close(flat(y), expect, 0, 1e-6, "composite")
+    -- by hand: 0.8*0.25 + 0.2*0.75 = 0.35; 0.6*0.25 + 0.4*0.75 = 0.45; 0.2*0.25 + 0.75 = 0.8
+    H.assert_close(flat(y:narrow(1, 3, 1)), { 0.35, 0.45, 0.8 }, 0, 1e-6, "by hand")
+    assert.has_error(function() minisd.image_composite(minisd.zeros({ 3, 2, 2 }), bg) end,
+      "composite: x [3,2,2]: expected (4,H,W) or (N,4,H,W)")
+  end)
+
+  it("tiles cuts a sheet row-major", function()
+    -- sheet (2, 4, 6): 2 rows x 3 columns of 2x2 tiles
+    local sheet = iota({ 2, 4, 6 })
+    local sv = sheet:totable()
+    local t = minisd.image_tiles(sheet, 2, 3, { 6, 1, 4 }):totable()
+    for i, k in ipairs({ 6, 1, 4 }) do
+      local r, col = math.floor((k - 1) / 3), (k - 1) % 3
+      for c = 1, 2 do
+        for y = 1, 2 do
+          for x = 1, 2 do
+            assert.are.equal(sv[c][r * 2 + y][col * 2 + x], t[i][c][y][x])
+          end
+        end
+      end
+    end
+    assert.are.same({ 5, 2, 2, 2 }, minisd.image_tiles(sheet, 2, 3, 5):shape())
+    assert.has_error(function() minisd.image_tiles(sheet, 4, 1, 1) end,
+      "tiles: sheet [2,4,6] is not a whole number of 4x4 tiles")
+    assert.has_error(function() minisd.image_tiles(sheet, 2, 3, { 7 }) end,
+      "tiles: tile 6 (entry 1) out of range 0..5 of sheet [2,4,6] (3 columns of 2x2 tiles)")
+  end)
+end)
+
+describe("minisd.image", function()
+  it("to_unit maps [-1,1] to [0,1] and clamps", function()
+    local y = image.to_unit(minisd.tensor({ -3, -1, -0.5, 0, 0.5, 1, 7, 0 / 0 }))
+    assert.are.same({ 0, 0, 0.25, 0.5, 0.75, 1, 1, 0 }, y:totable())
+  end)
+
+  it("grid lays pictures out as torchvision's make_grid", function()
+    local N, C, h, w, nrow, pad, pv = 5, 2, 2, 3, 2, 1, -1
+    local x = iota({ N, C, h, w }, function(i) return i + 1 end)
+    local g = image.grid(x, { nrow = nrow, padding = pad, pad_value = pv })
+    local rows, cols = 3, 2
+    local GH, GW = rows * (h + pad) + pad, cols * (w + pad) + pad
+    assert.are.same({ C, GH, GW }, g:shape())
+    -- the same picture built naively
+    local expect = {}
+    for c = 1, C do
+      expect[c] = {}
+      for y = 1, GH do
+        expect[c][y] = {}
+        for xx = 1, GW do
+          expect[c][y][xx] = pv
+        end
+      end
+    end
+    local xv = x:totable()
+    for k = 0, N - 1 do
+      local r, col = math.floor(k / cols), k % cols
+      for c = 1, C do
+        for y = 1, h do
+          for xx = 1, w do
+            expect[c][pad + r * (h + pad) + y][pad + col * (w + pad) + xx] = xv[k + 1][c][y][xx]
+          end
+        end
+      end
+    end
+    assert.are.same(expect, g:totable())
+    -- fewer pictures than nrow: one row as wide as the pictures; defaults nrow 8, padding 1
+    assert.are.same({ 2, 4, 9 }, image.grid(x:narrow(1, 1, 2)):shape())
+    assert.are.same({ 2, 2, 3 }, image.grid(x:narrow(1, 1, 1), { padding = 0 }):shape())
+    assert.are.same(flat(x:narrow(1, 3, 1)), flat(image.grid(x:narrow(1, 3, 1),
+      { padding = 0 })))
+  end)
+
+  it("grid takes a list of pictures and rejects bad options", function()
+    local a, b = iota({ 1, 1, 1 }, function() return 3 end), iota({ 1, 1, 1 }, function()
+      return 4 end)
+    assert.are.same({ { { 0, 0, 0, 0, 0 }, { 0, 3, 0, 4, 0 }, { 0, 0, 0, 0, 0 } } },
+      image.grid({ a, b }):totable())
+    assert.has_error(function() image.grid({ a }, { rows = 2 }) end,
+      "image.grid: unknown option 'rows' (allowed: nrow, padding, pad_value)")
+    assert.has_error(function() image.grid({ a }, { nrow = 0 }) end,
+      "image.grid: nrow must be an integer >= 1, got 0")
+    assert.has_error(function() image.grid(minisd.zeros({ 2, 2 })) end,
+      "image.grid: images has shape [2,2], expected (N,C,H,W) or (C,H,W)")
+  end)
+
+  it("upscale repeats pixels", function()
+    local x = iota({ 2, 2, 3 })
+    local y = image.upscale(x, 3)
+    assert.are.same({ 2, 6, 9 }, y:shape())
+    local xv, yv = x:totable(), y:totable()
+    for c = 1, 2 do
+      for i = 1, 6 do
+        for j = 1, 9 do
+          assert.are.equal(xv[c][math.floor((i - 1) / 3) + 1][math.floor((j - 1) / 3) + 1],
+            yv[c][i][j])
+        end
+      end
+    end
+    assert.are.same(flat(x), flat(image.upscale(x, 1)))
+    assert.has_error(function() image.upscale(x, 0) end,
+      "image.upscale: factor must be an integer >= 1, got 0")
+  end)
+
+  it("strip puts frames side by side", function()
+    local frames = {}
+    for k = 1, 3 do
+      frames[k] = iota({ 1, 2, 2 }, function(i) return k * 10 + i end)
+    end
+    local s = image.strip(frames, { padding = 0 })
+    assert.are.same({ { { 10, 11, 20, 21, 30, 31 }, { 12, 13, 22, 23, 32, 33 } } }, s:totable())
+    assert.are.same({ 1, 4, 10 }, image.strip(frames):shape())
+  end)
+
+  it("rgba_bytes interleaves RGBA bytes, alpha 255 without an alpha channel", function()
+    -- 1x2 pictures: values chosen so that round(v*255) is clear
+    local rgba = minisd.tensor({ { { 0, 1 } }, { { 0.5, 2 } }, { { -1, 0.2 } }, { { 1, 0 } } })
+    local bytes, w, h = image.rgba_bytes(rgba)
+    assert.are.equal(2, w)
+    assert.are.equal(1, h)
+    assert.are.same({ 0, 128, 0, 255, 255, 255, 51, 0 }, { bytes:byte(1, -1) })
+    local rgb = rgba:narrow(1, 1, 3)
+    assert.are.same({ 0, 128, 0, 255, 255, 255, 51, 255 }, { image.rgba_bytes(rgb):byte(1, -1) })
+    local grey = rgba:narrow(1, 2, 1)
+    assert.are.same({ 128, 128, 128, 255, 255, 255, 255, 255 },
+      { image.rgba_bytes(grey):byte(1, -1) })
+    assert.has_error(function() image.rgba_bytes(minisd.zeros({ 2, 1, 1 })) end)
+  end)
+
+  it("save_grid writes [-1,1] pictures as a scaled PNG", function()
+    local dir = H.tmpdir()
+    local path = dir .. "/grid.png"
+    -- two RGB pictures of 1x1 pixel: (-1, 0, 1) and (1, 1, -1)
+    local x = minisd.tensor({ { { { -1 } }, { { 0 } }, { { 1 } } }, { { { 1 } }, { { 1 } },
+      { { -1 } } } })
+    assert.is_true(image.save_grid(path, x, { padding = 1, pad_value = 0.2, scale = 2 }))
+    local back = minisd.load_png(path)
+    -- grid 3 x 5 (1 + 2 pictures + 3 pads wide), upscaled by 2
+    assert.are.same({ 3, 6, 10 }, back:shape())
+    local v = back:totable()
+    local function px(y, x0)
+      return { v[1][y][x0], v[2][y][x0], v[3][y][x0] }
+    end
+    local p = 51 / 255
+    H.assert_close(px(1, 1), { p, p, p }, 0, 1e-6, "pad")
+    H.assert_close(px(3, 3), { 0, 128 / 255, 1 }, 0, 1e-6, "first picture")
+    H.assert_close(px(4, 4), { 0, 128 / 255, 1 }, 0, 1e-6, "first picture, scaled")
+    H.assert_close(px(3, 7), { 1, 1, 0 }, 0, 1e-6, "second picture")
+    H.assert_close(px(3, 5), { p, p, p }, 0, 1e-6, "pad between")
+    os.remove(path)
+    os.remove(dir)
+    local ok, err = image.save_grid(dir .. "/no/such/folder/g.png", x)
+    assert.is_nil(ok)
+    assert.truthy(err:find("no/such/folder/g.png", 1, true), err)
+    assert.has_error(function() image.save_grid(path, x, { scale = 1.5 }) end,
+      "image.save_grid: scale must be an integer >= 1, got 1.5")
+  end)
+end)
