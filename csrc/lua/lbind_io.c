@@ -1,3 +1,190 @@
-/* SCAFFOLD: replaced by the real bindings. */
+/* minisd: Lua bindings of the tensor files (io.h): npy, safetensors, PNG. */
+#include <string.h>
+
 #include "lbind.h"
-void lbind_open_io(lua_State *L) { (void)L; }
+
+/* minisd.load_png(path) -> tensor (C,H,W) in [0,1]; C = 1, 3 or 4. */
+static int l_io_load_png(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    msd_tensor **box = lbind_new_box(L);
+    return lbind_result(L, msd_png_load(path, box), box);
+}
+
+/* minisd.save_png(path, t): t (C,H,W), C = 1, 3 or 4, clamped to [0,1]. */
+static int l_io_save_png(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    msd_tensor *t = lbind_check_tensor(L, 2);
+    lbind_check_rc(L, msd_png_save(path, t));
+    return 0;
+}
+
+/* minisd.load_npy(path) -> tensor (float32, the array's shape). */
+static int l_io_load_npy(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    msd_tensor **box = lbind_new_box(L);
+    return lbind_result(L, msd_npy_load(path, box), box);
+}
+
+/* minisd.save_npy(path, t): '<f4' C-order, atomic. */
+static int l_io_save_npy(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    msd_tensor *t = lbind_check_tensor(L, 2);
+    lbind_check_rc(L, msd_npy_save(path, t));
+    return 0;
+}
+
+/* A msd_safetensors set owned by a userdata, so that a Lua error raised
+ * while it is filled or emptied frees it (in __gc). */
+#define ST_MT "minisd.safetensors_holder"
+
+static int l_st_gc(lua_State *L)
+{
+    msd_safetensors_free(luaL_checkudata(L, 1, ST_MT));
+    return 0;
+}
+
+static msd_safetensors *new_holder(lua_State *L)
+{
+    msd_safetensors *st = lbind_newuserdata(L, sizeof *st);
+    msd_safetensors_init(st);
+    if (luaL_newmetatable(L, ST_MT)) {
+        lua_pushcfunction(L, l_st_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    return st;
+}
+
+/* minisd.load_safetensors(path) -> tensors (name -> tensor), metadata (key -> string) */
+static int l_io_load_safetensors(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    msd_safetensors *st = new_holder(L);
+    lbind_check_rc(L, msd_safetensors_load(path, st));
+    lua_createtable(L, 0, st->count);
+    size_t bytes = 0;
+    for (int i = 0; i < st->count; i++) {
+        msd_tensor **box = lbind_new_box(L);
+        *box = st->tensors[i]; /* moves the reference out of the holder */
+        st->tensors[i] = NULL;
+        bytes += msd_tensor_numel(*box) * sizeof(float);
+        lua_setfield(L, -2, st->names[i]);
+    }
+    lua_createtable(L, 0, st->meta_count);
+    for (int i = 0; i < st->meta_count; i++) {
+        lua_pushstring(L, st->meta_values[i]);
+        lua_setfield(L, -2, st->meta_keys[i]);
+    }
+    msd_safetensors_free(st);
+    lbind_gc_hint(L, bytes);
+    return 2;
+}
+
+/* minisd.save_safetensors(path, tensors, metadata?, opts?): tensors maps
+ * names to tensors; metadata maps keys to strings; opts.dtypes maps names
+ * to "F32" (default) or "I64" (values must be integers). Atomic. */
+static int l_io_save_safetensors(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    int has_meta = !lua_isnoneornil(L, 3), dt = 0;
+    if (has_meta)
+        luaL_checktype(L, 3, LUA_TTABLE);
+    if (!lua_isnoneornil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TTABLE);
+        lua_getfield(L, 4, "dtypes");
+        if (!lua_isnil(L, -1)) {
+            if (!lua_istable(L, -1))
+                return luaL_error(L, "save_safetensors: '%s': opts.dtypes must be a table", path);
+            dt = lua_gettop(L);
+            lua_pushnil(L);
+            while (lua_next(L, dt)) {
+                const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+                if (lua_type(L, -2) != LUA_TSTRING)
+                    return luaL_error(L, "save_safetensors: '%s': opts.dtypes keys must be "
+                                      "tensor names", path);
+                if (!v || (strcmp(v, "F32") && strcmp(v, "I64")))
+                    return luaL_error(L, "save_safetensors: '%s': opts.dtypes['%s']: expected "
+                                      "\"F32\" or \"I64\"", path, lua_tostring(L, -2));
+                lua_pushvalue(L, -2);
+                lua_gettable(L, 2);
+                if (lua_isnil(L, -1))
+                    return luaL_error(L, "save_safetensors: '%s': opts.dtypes names '%s', which "
+                                      "is not in the tensors table", path, lua_tostring(L, -3));
+                lua_pop(L, 2);
+            }
+        }
+    }
+    /* check everything first, so nothing is held when an error is raised */
+    lua_pushnil(L);
+    while (lua_next(L, 2)) {
+        if (lua_type(L, -2) != LUA_TSTRING)
+            return luaL_error(L, "save_safetensors: '%s': tensor names must be strings", path);
+        msd_tensor **box = luaL_testudata(L, -1, LBIND_TENSOR_MT);
+        if (!box || !*box)
+            return luaL_error(L, "save_safetensors: '%s': '%s' is not a tensor (%s)", path,
+                              lua_tostring(L, -2), luaL_typename(L, -1));
+        lua_pop(L, 1);
+    }
+    if (has_meta) {
+        lua_pushnil(L);
+        while (lua_next(L, 3)) {
+            if (lua_type(L, -2) != LUA_TSTRING)
+                return luaL_error(L, "save_safetensors: '%s': metadata keys must be strings",
+                                  path);
+            if (lua_type(L, -1) != LUA_TSTRING)
+                return luaL_error(L, "save_safetensors: '%s': metadata '%s' must be a string, "
+                                  "got %s", path, lua_tostring(L, -2), luaL_typename(L, -1));
+            lua_pop(L, 1);
+        }
+    }
+    msd_safetensors *st = new_holder(L);
+    int rc = MSD_OK;
+    lua_pushnil(L);
+    while (rc == MSD_OK && lua_next(L, 2)) {
+        const char *name = lua_tostring(L, -2);
+        msd_dtype d = MSD_DTYPE_F32;
+        if (dt) {
+            lua_getfield(L, dt, name);
+            if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "I64") == 0)
+                d = MSD_DTYPE_I64;
+            lua_pop(L, 1);
+        }
+        rc = msd_safetensors_add(st, name, *(msd_tensor **)lua_touserdata(L, -1), d);
+        lua_pop(L, 1);
+    }
+    if (rc == MSD_OK && has_meta) {
+        lua_pushnil(L);
+        while (rc == MSD_OK && lua_next(L, 3)) {
+            rc = msd_safetensors_set_meta(st, lua_tostring(L, -2), lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+    }
+    if (rc != MSD_OK) { /* add / set_meta errors do not know the path */
+        msd_safetensors_free(st);
+        return luaL_error(L, "save_safetensors: '%s': %s", path, msd_last_error());
+    }
+    rc = msd_safetensors_save(path, st);
+    msd_safetensors_free(st);
+    lbind_check_rc(L, rc);
+    return 0;
+}
+
+static const luaL_Reg io_funcs[] = {
+    { "load_npy", l_io_load_npy },
+    { "save_npy", l_io_save_npy },
+    { "load_safetensors", l_io_load_safetensors },
+    { "save_safetensors", l_io_save_safetensors },
+    { "load_png", l_io_load_png },
+    { "save_png", l_io_save_png },
+    { NULL, NULL },
+};
+
+void lbind_open_io(lua_State *L)
+{
+    luaL_setfuncs(L, io_funcs, 0);
+}

@@ -1,0 +1,137 @@
+/* minisd: PNG files through libpng's simplified API (png_image). */
+#include <math.h>
+#include <png.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io.h"
+
+/* Deflate cannot compress better than about 1032:1, so a file of n bytes
+ * holds at most about 1032 n bytes of pixels; a header that claims more is
+ * lying and is rejected before any allocation. */
+#define PNG_MAX_RATIO 1100u
+
+int msd_png_load(const char *path, msd_tensor **out)
+{
+    *out = NULL;
+    unsigned char *file;
+    size_t size;
+    int rc = msd_file_read_all("load_png", path, &file, &size);
+    if (rc != MSD_OK)
+        return rc;
+
+    png_image img;
+    memset(&img, 0, sizeof img);
+    img.version = PNG_IMAGE_VERSION;
+    if (!png_image_begin_read_from_memory(&img, file, size)) {
+        rc = msd_error(MSD_ERR_FORMAT, "load_png: '%s': %s", path, img.message);
+        png_image_free(&img);
+        free(file);
+        return rc;
+    }
+    int c;
+    if (img.format & PNG_FORMAT_FLAG_ALPHA) {
+        c = 4;
+        img.format = PNG_FORMAT_RGBA;
+    } else if (img.format & PNG_FORMAT_FLAG_COLOR) {
+        c = 3;
+        img.format = PNG_FORMAT_RGB;
+    } else {
+        c = 1;
+        img.format = PNG_FORMAT_GRAY;
+    }
+    unsigned long long w = img.width, h = img.height;
+    unsigned long long raw = w * h * (unsigned long long)c;
+    if (raw > (unsigned long long)size * PNG_MAX_RATIO + (1u << 20) || h > 2147483647ull ||
+        w > 2147483647ull) {
+        rc = msd_error(MSD_ERR_FORMAT,
+                       "load_png: '%s': header claims %llux%llu pixels, more than a %zu-byte "
+                       "file can hold",
+                       path, w, h, size);
+        png_image_free(&img);
+        free(file);
+        return rc;
+    }
+    int shape[3] = { c, (int)h, (int)w };
+    rc = msd_shape_check("load_png", 3, shape);
+    unsigned char *pix = rc == MSD_OK ? malloc(raw ? raw : 1) : NULL;
+    if (rc == MSD_OK && !pix)
+        rc = msd_error(MSD_ERR_MEM, "load_png: '%s': out of memory for %llu bytes", path, raw);
+    if (rc != MSD_OK) {
+        png_image_free(&img);
+        free(file);
+        return rc;
+    }
+    if (!png_image_finish_read(&img, NULL, pix, 0, NULL)) {
+        rc = msd_error(MSD_ERR_FORMAT, "load_png: '%s': %s", path, img.message);
+        png_image_free(&img);
+        free(pix);
+        free(file);
+        return rc;
+    }
+    free(file);
+    msd_tensor *t = msd_tensor_empty(3, shape);
+    if (!t) {
+        free(pix);
+        return MSD_ERR_MEM;
+    }
+    /* interleaved HWC bytes -> planar CHW floats */
+    float *d = msd_tensor_data(t);
+    size_t hw = (size_t)w * (size_t)h;
+    for (size_t i = 0; i < hw; i++)
+        for (int k = 0; k < c; k++)
+            d[(size_t)k * hw + i] = (float)pix[i * (size_t)c + (size_t)k] / 255.0f;
+    free(pix);
+    *out = t;
+    return MSD_OK;
+}
+
+struct png_job {
+    png_image *img;
+    const unsigned char *pix;
+    const char *path;
+};
+
+static int write_png(FILE *f, void *ctx)
+{
+    struct png_job *job = ctx;
+    if (!png_image_write_to_stdio(job->img, f, 0, job->pix, 0, NULL)) {
+        int rc = msd_error(MSD_ERR_IO, "save_png: '%s': %s", job->path, job->img->message);
+        png_image_free(job->img);
+        return rc;
+    }
+    return MSD_OK;
+}
+
+int msd_png_save(const char *path, const msd_tensor *t)
+{
+    char sb[64];
+    if (t->ndim != 3 || (t->shape[0] != 1 && t->shape[0] != 3 && t->shape[0] != 4) ||
+        t->shape[1] < 1 || t->shape[2] < 1)
+        return msd_error(MSD_ERR_SHAPE,
+                         "save_png: '%s': tensor %s: expected (C,H,W) with C = 1, 3 or 4 and "
+                         "H, W >= 1",
+                         path, msd_tensor_shape_str(sb, sizeof sb, t));
+    int c = t->shape[0], h = t->shape[1], w = t->shape[2];
+    size_t hw = (size_t)h * (size_t)w;
+    unsigned char *pix = malloc(hw * (size_t)c);
+    if (!pix)
+        return msd_error(MSD_ERR_MEM, "save_png: '%s': out of memory", path);
+    const float *d = msd_tensor_data(t);
+    for (size_t i = 0; i < hw; i++)
+        for (int k = 0; k < c; k++) {
+            float v = d[(size_t)k * hw + i];
+            v = v > 0.0f ? (v < 1.0f ? v : 1.0f) : 0.0f; /* also maps NaN to 0 */
+            pix[i * (size_t)c + (size_t)k] = (unsigned char)lroundf(v * 255.0f);
+        }
+    png_image img;
+    memset(&img, 0, sizeof img);
+    img.version = PNG_IMAGE_VERSION;
+    img.width = (png_uint_32)w;
+    img.height = (png_uint_32)h;
+    img.format = c == 1 ? PNG_FORMAT_GRAY : c == 3 ? PNG_FORMAT_RGB : PNG_FORMAT_RGBA;
+    struct png_job job = { &img, pix, path };
+    int rc = msd_file_write_atomic(path, write_png, &job);
+    free(pix);
+    return rc;
+}

@@ -1,0 +1,194 @@
+-- Tensor files from Lua: npy, safetensors and PNG round trips, files written by
+-- numpy / an independent safetensors writer / a hand-made PNG encoder
+-- (tests/fixtures/gen_files.py), and corrupt files that must raise errors.
+local minisd = require("minisd")
+local H = require("helpers")
+
+local FIX = H.root .. "/tests/fixtures/files/"
+
+local function read(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+local function write(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+local function le64(n)
+  local b = {}
+  for i = 1, 8 do
+    b[i] = string.char(n % 256)
+    n = math.floor(n / 256)
+  end
+  return table.concat(b)
+end
+
+local function raises(pattern, fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert.is_false(ok)
+  assert.is_truthy(tostring(err):find(pattern, 1, true), "error '" .. tostring(err)
+    .. "' lacks '" .. pattern .. "'")
+end
+
+describe("minisd io", function()
+  local dir, expected
+  setup(function()
+    dir = H.tmpdir()
+    expected = H.fixture("io_files")
+  end)
+  teardown(function()
+    H.run("rm -rf '" .. dir .. "'")
+  end)
+
+  describe("npy", function()
+    it("reads every dtype and header version numpy wrote", function()
+      local n = 0
+      for name, want in pairs(expected) do
+        if name:match("%.npy$") then
+          local t = minisd.load_npy(FIX .. name)
+          assert.are.same(want:shape(), t:shape())
+          H.assert_close(t, want, 1e-6, 0, name)
+          n = n + 1
+        end
+      end
+      assert.are.equal(14, n)
+    end)
+
+    it("round-trips tensors, 0-dim included", function()
+      for _, shape in ipairs({ {}, { 7 }, { 2, 3, 4, 5 } }) do
+        local t = minisd.randn(shape, minisd.Generator(3))
+        minisd.save_npy(dir .. "/a.npy", t)
+        local u = minisd.load_npy(dir .. "/a.npy")
+        assert.are.same(t:shape(), u:shape())
+        H.assert_close(u, t, 0, 0, "npy round trip")
+      end
+    end)
+
+    it("explains Fortran order, big-endian data, missing and corrupt files", function()
+      raises("fortran.npy' is Fortran-ordered; save it with np.ascontiguousarray",
+        minisd.load_npy, FIX .. "fortran.npy")
+      raises("big-endian", minisd.load_npy, FIX .. "bigendian.npy")
+      raises("nope.npy", minisd.load_npy, dir .. "/nope.npy")
+      local good = read(FIX .. "f4.npy")
+      write(dir .. "/t.npy", good:sub(1, -2))
+      raises("t.npy': truncated", minisd.load_npy, dir .. "/t.npy")
+      local h = "{'descr': '<f4', 'fortran_order': False, 'shape': (2147483647, 2147483647), }"
+      write(dir .. "/huge.npy", "\147NUMPY\1\0" .. string.char(#h, 0) .. h .. "\0\0\0\0")
+      raises("huge.npy", minisd.load_npy, dir .. "/huge.npy")
+    end)
+  end)
+
+  describe("safetensors", function()
+    it("reads the reference file: all dtypes and the metadata", function()
+      local ts, meta = minisd.load_safetensors(FIX .. "ref.safetensors")
+      local n = 0
+      for name, want in pairs(expected) do
+        local key = name:match("^st_(.*)")
+        if key then
+          assert.are.same(want:shape(), ts[key]:shape())
+          H.assert_close(ts[key], want, 0, 0, key)
+          n = n + 1
+        end
+      end
+      assert.are.equal(8, n)
+      assert.are.same({ format = "pt", note = "h\195\169llo \"q\"\n\226\152\131 \240\159\152\128" },
+        meta)
+    end)
+
+    it("round-trips tensors, I64 tensors and metadata", function()
+      local path = dir .. "/m.safetensors"
+      local w = minisd.randn({ 2, 3 }, minisd.Generator(1))
+      local steps = minisd.tensor({ 3, -4, 100000 })
+      minisd.save_safetensors(path, { ["down.0.weight"] = w, steps = steps },
+        { arch = "ContextUnet", labels = "hero,food" }, { dtypes = { steps = "I64" } })
+      local ts, meta = minisd.load_safetensors(path)
+      H.assert_close(ts["down.0.weight"], w, 0, 0, "weight")
+      H.assert_close(ts.steps, steps, 0, 0, "steps")
+      assert.are.same({ arch = "ContextUnet", labels = "hero,food" }, meta)
+      -- the header says I64 for steps
+      assert.is_truthy(read(path):find('"steps":{"dtype":"I64"', 1, true))
+      local _, m2 = minisd.load_safetensors((function()
+        minisd.save_safetensors(path, { x = w })
+        return path
+      end)())
+      assert.are.same({}, m2)
+    end)
+
+    it("rejects bad arguments with messages naming the file and the problem", function()
+      local path = dir .. "/bad.safetensors"
+      local t = minisd.tensor({ 1.5 })
+      raises("not an integer", minisd.save_safetensors, path, { s = t }, nil,
+        { dtypes = { s = "I64" } })
+      raises("metadata 'epoch' must be a string", minisd.save_safetensors, path, { s = t },
+        { epoch = 3 })
+      raises("opts.dtypes['s']", minisd.save_safetensors, path, { s = t }, nil,
+        { dtypes = { s = "F16" } })
+      raises("'q' is not a tensor", minisd.save_safetensors, path, { q = 1 })
+      raises("bad.safetensors", minisd.save_safetensors, path, { __metadata__ = t })
+      assert.is_nil(io.open(path, "rb"))
+    end)
+
+    it("raises on corrupt files without crashing", function()
+      local path = dir .. "/c.safetensors"
+      local function with_header(h, ndata)
+        write(path, le64(#h) .. h .. string.rep("\0", ndata or 8))
+      end
+      local entry = '{"a":{"dtype":"F32","shape":%s,"data_offsets":%s}%s}'
+      local cases = {
+        { entry:format("[2]", "[0,16]", ""), "outside" },
+        { entry:format("[2]", "[0,8]", ',"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}'),
+          "overlap" },
+        { entry:format("[2147483647,2147483647]", "[0,8]", ""), "elements" },
+        { entry:format("[2]", "[0,8]", ""):sub(1, -3), "bad JSON" },
+        { '{"a":{"dtype":"Q4","shape":[2],"data_offsets":[0,8]}}', "unsupported dtype 'Q4'" },
+        { entry:format("[3]", "[0,8]", ""), "12 bytes expected" },
+      }
+      for _, c in ipairs(cases) do
+        with_header(c[1])
+        raises("c.safetensors", minisd.load_safetensors, path)
+        raises(c[2], minisd.load_safetensors, path)
+      end
+      local good = read(FIX .. "ref.safetensors")
+      write(path, good:sub(1, 100))
+      raises("c.safetensors", minisd.load_safetensors, path)
+      write(path, le64(1e12) .. good:sub(9))
+      raises("past the end", minisd.load_safetensors, path)
+      write(path, good:sub(1, -5))
+      raises("outside", minisd.load_safetensors, path)
+    end)
+  end)
+
+  describe("png", function()
+    it("loads PNGs written by Python: gray, RGB, RGBA, gray+alpha, palette", function()
+      for _, name in ipairs({ "gray.png", "rgb.png", "rgba.png", "gray_alpha.png",
+        "palette.png" }) do
+        local t = minisd.load_png(FIX .. name)
+        assert.are.same(expected[name]:shape(), t:shape())
+        H.assert_close(t, expected[name], 1e-6, 0, name)
+      end
+    end)
+
+    it("round-trips 1, 3 and 4 channels with clamping and rounding", function()
+      for _, c in ipairs({ 1, 3, 4 }) do
+        local t = minisd.rand({ c, 4, 5 }, minisd.Generator(c))
+        minisd.save_png(dir .. "/x.png", t)
+        local u = minisd.load_png(dir .. "/x.png")
+        assert.are.same({ c, 4, 5 }, u:shape())
+        H.assert_close(u, t, 0, 0.5 / 255 + 1e-6, "png round trip")
+      end
+      minisd.save_png(dir .. "/y.png", minisd.tensor({ { { -1, 2, 0.5 } } }))
+      H.assert_close(minisd.load_png(dir .. "/y.png"), { { { 0, 1, 128 / 255 } } }, 1e-6, 0)
+    end)
+
+    it("raises errors naming the file", function()
+      raises("nope.png", minisd.load_png, dir .. "/nope.png")
+      raises("u1.npy", minisd.load_png, FIX .. "u1.npy")
+      raises("z.png", minisd.save_png, dir .. "/z.png", minisd.zeros({ 2, 2, 2 }))
+    end)
+  end)
+end)
