@@ -41,5 +41,6 @@ void lbind_open_io(lua_State *L);
 void lbind_open_optim(lua_State *L);
 void lbind_open_diffusion(lua_State *L);
 void lbind_open_image(lua_State *L);
+void lbind_open_sys(lua_State *L);
 
 #endif

@@ -46,10 +46,17 @@ function M.cross_entropy(logits, target)
   return core.cross_entropy_raw(logits, target)
 end
 
+--- Loads a model file (safetensors with minisd metadata) ready to use.
+-- @param path model file
+-- @return model, or nil and a message
+function M.load_model(path)
+  return require("minisd.models").load_model(path)
+end
+
 local lazy = {
   nn = "minisd.nn", optim = "minisd.optim", data = "minisd.data", context = "minisd.context",
   image = "minisd.image", diffusion = "minisd.diffusion", models = "minisd.models",
-  train = "minisd.train", json = "minisd.json",
+  train = "minisd.train", json = "minisd.json", sched = "minisd.sched",
 }
 
 return setmetatable(M, {

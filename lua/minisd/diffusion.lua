@@ -1,0 +1,204 @@
+--- Diffusion training loss and the sampling pipeline (one-shot and step-wise).
+--
+-- Timesteps follow the seed: t runs from 1 to T, alphas_cumprod[0] = 1, and
+-- the network is fed t / T with shape (B, 1, 1, 1).
+-- @module minisd.diffusion
+
+local minisd = require("minisd")
+local sched = require("minisd.sched")
+
+local M = {}
+
+local function check_options(what, opts, allowed)
+  for k in pairs(opts) do
+    if allowed[k] == nil then
+      local names = {}
+      for name in pairs(allowed) do
+        names[#names + 1] = name
+      end
+      table.sort(names)
+      error(string.format("%s: unknown option '%s' (allowed: %s)", what, tostring(k),
+        table.concat(names, ", ")), 3)
+    end
+  end
+end
+
+--- The schedule options stored with a model (its config), with the seed's defaults.
+-- @param model a model with an optional `config.schedule` table
+-- @return table {num_train_timesteps=, beta_start=, beta_end=, beta_schedule=}
+function M.schedule_of(model)
+  local s = model and model.config and model.config.schedule or {}
+  return {
+    num_train_timesteps = s.num_train_timesteps or 500,
+    beta_start = s.beta_start or 1e-4,
+    beta_end = s.beta_end or 0.02,
+    beta_schedule = s.beta_schedule or "linear",
+  }
+end
+
+--- A (B, 1, 1, 1) tensor holding t / T for each sample.
+-- @param t tensor (B) of integer timesteps, or a number with `n`
+-- @param T number of training timesteps
+-- @param n batch size when t is a number
+function M.time_input(t, T, n)
+  if type(t) == "number" then
+    return minisd.full({ n, 1, 1, 1 }, t / T)
+  end
+  return (t / T):reshape(-1, 1, 1, 1)
+end
+
+--- The training loss of the seed: random t in 1..T, Gaussian noise, the noised
+-- image x_t, and the MSE between the predicted and the true noise. Context rows
+-- are dropped (set to zero) with probability `context_drop` so that the model
+-- also learns the unconditional prediction used by classifier-free guidance.
+-- @param model a ContextUnet (called as model(x_t, t/T, c))
+-- @param x0 tensor (B, C, H, W) in [-1, 1]
+-- @param c tensor (B, K) of context rows, or nil for unconditional training
+-- @param opts {scheduler=, generator=, context_drop=0.1}
+-- @return loss (0-dim tensor), and a table {t=, noise=} of what was drawn
+function M.loss(model, x0, c, opts)
+  opts = opts or {}
+  check_options("diffusion.loss", opts, { scheduler = true, generator = true, context_drop = true })
+  local s = opts.scheduler or sched.get("ddpm").new(M.schedule_of(model))
+  local gen = opts.generator
+  local T = s.num_train_timesteps
+  local B = x0:shape()[1]
+  local t = minisd.randint({ B }, 1, T, gen)
+  local noise = minisd.randn(x0:shape(), gen)
+  local x_t = s:add_noise(x0, noise, t)
+  if c ~= nil then
+    local p = opts.context_drop or 0.1
+    local u = minisd.rand({ B }, gen):totable()
+    local keep = {}
+    for i = 1, B do
+      keep[i] = u[i] < p and 0 or 1
+    end
+    c = c * minisd.tensor(keep):reshape(B, 1)
+  end
+  local pred = model(x_t, M.time_input(t, T), c)
+  return minisd.mse_loss(pred, noise), { t = t, noise = noise }
+end
+
+local Job = {}
+Job.__index = Job
+
+local sample_options = {
+  n = true, context = true, sampler = true, steps = true, eta = true, guidance = true,
+  seed = true, generator = true, on_step = true, channels = true, size = true, noise = true,
+}
+
+--- Starts a step-wise sampling job, so a game can spread one run over frames.
+-- @param model a ContextUnet (switched to eval mode for sampling)
+-- @param opts {n=1, context=(K) row, (n, K) tensor, expression or nil,
+--   sampler="ddim"|"ddpm", steps=(25 for ddim, T for ddpm), eta=0, guidance=0 (0: off),
+--   seed= or generator=, on_step=function(i, t, x) end, noise= initial x_T}
+-- @return job with :step(), :done(), :result(), .i, .total
+function M.start(model, opts)
+  opts = opts or {}
+  check_options("diffusion.sample", opts, sample_options)
+  local cfg = model.config or {}
+  local n = opts.n or 1
+  if type(n) ~= "number" or n < 1 or n ~= math.floor(n) then
+    error("diffusion.sample: n must be a positive integer, got " .. tostring(opts.n), 3)
+  end
+  local sampler = opts.sampler or "ddim"
+  local Sched = sched.get(sampler)
+  local sopts = M.schedule_of(model)
+  if sampler == "ddim" then
+    sopts.eta = opts.eta or 0
+  elseif opts.eta ~= nil then
+    error("diffusion.sample: eta applies to the ddim sampler only", 3)
+  end
+  local s = Sched.new(sopts)
+  local T = s.num_train_timesteps
+  s:set_timesteps(opts.steps or (sampler == "ddim" and 25 or T))
+  local gen = opts.generator or minisd.Generator(opts.seed or 0)
+  local C, hgt = opts.channels or cfg.in_channels or 3, opts.size or cfg.height or 16
+  local x = opts.noise or minisd.randn({ n, C, hgt, hgt }, gen)
+  local ctx = opts.context
+  local K = cfg.n_cfeat or 5
+  if type(ctx) == "string" or (type(ctx) == "table" and not minisd.is_tensor(ctx)) then
+    ctx = require("minisd.context").encode(ctx, cfg.label_names)
+  end
+  if ctx ~= nil then
+    local shape = ctx:shape()
+    if #shape == 1 then
+      ctx = ctx:reshape(1, shape[1])
+      shape = ctx:shape()
+    end
+    if shape[2] ~= K then
+      error(string.format("diffusion.sample: context has %d features, the model expects %d",
+        shape[2], K), 3)
+    end
+    if shape[1] == 1 and n > 1 then
+      ctx = minisd.ones({ n, 1 }) * ctx
+    elseif shape[1] ~= n then
+      error(string.format("diffusion.sample: %d context rows for n = %d samples", shape[1], n), 3)
+    end
+  end
+  local guidance = opts.guidance or 0
+  if guidance ~= 0 and ctx == nil then
+    error("diffusion.sample: guidance needs a context", 3)
+  end
+  model:eval()
+  return setmetatable({
+    model = model, scheduler = s, generator = gen, x = x, context = ctx, n = n, T = T,
+    guidance = guidance, on_step = opts.on_step, i = 0, total = #s.timesteps,
+  }, Job)
+end
+
+--- The noise prediction for x at t, with classifier-free guidance when asked:
+-- eps = eps_uncond + g * (eps_cond - eps_uncond), one batched forward.
+function Job:predict(x, t)
+  local n = self.n
+  if self.guidance == 0 then
+    return self.model(x, M.time_input(t, self.T, n), self.context)
+  end
+  local xx = minisd.cat({ x, x }, 1)
+  local cc = minisd.cat({ self.context, minisd.zeros(self.context:shape()) }, 1)
+  local eps = self.model(xx, M.time_input(t, self.T, 2 * n), cc)
+  local cond, uncond = eps:narrow(1, 1, n), eps:narrow(1, n + 1, n)
+  return uncond + (cond - uncond) * self.guidance
+end
+
+--- Runs one denoising step; returns true while steps remain.
+function Job:step()
+  if self:done() then
+    return false
+  end
+  self.i = self.i + 1
+  local t = self.scheduler.timesteps[self.i]
+  minisd.no_grad(function()
+    local eps = self:predict(self.x, t)
+    local out = self.scheduler:step(eps, t, self.x, { generator = self.generator })
+    self.x = out.prev_sample
+    self.pred_original_sample = out.pred_original_sample
+  end)
+  if self.on_step then
+    self.on_step(self.i, t, self.x)
+  end
+  return not self:done()
+end
+
+--- Whether every step has run.
+function Job:done()
+  return self.i >= self.total
+end
+
+--- The images (n, C, H, W), in [-1, 1] up to the model's accuracy.
+function Job:result()
+  return self.x
+end
+
+--- Samples images in one call (start + every step).
+-- @param model a ContextUnet
+-- @param opts see start
+-- @return tensor (n, C, H, W)
+function M.sample(model, opts)
+  local job = M.start(model, opts)
+  while job:step() do
+  end
+  return job:result()
+end
+
+return M

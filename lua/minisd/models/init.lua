@@ -1,0 +1,89 @@
+--- Model architectures and model files.
+-- @module minisd.models
+
+local M = {}
+
+local unet = require("minisd.models.context_unet")
+
+M.context_unet = unet
+
+--- The seed's ContextUnet: `ContextUnet{in_channels=3, n_feat=64, n_cfeat=5, height=16}`.
+-- @param opts config (see minisd.models.context_unet)
+-- @return model
+function M.ContextUnet(opts)
+  return unet.ContextUnet(opts)
+end
+
+local builders = { ContextUnet = M.ContextUnet }
+
+--- Builds an untrained model from an architecture name and its config table.
+-- @param config table (as stored in a model file's "minisd.config")
+-- @param arch architecture name, default "ContextUnet"
+function M.from_config(config, arch)
+  arch = arch or "ContextUnet"
+  local build = builders[arch]
+  if not build then
+    error(string.format("unknown architecture '%s' (known: ContextUnet)", tostring(arch)), 2)
+  end
+  return build(config)
+end
+
+--- Loads a model file written by model:save / train.lua: rebuilds the
+-- architecture from the file's metadata and loads the weights (strict).
+-- A PyTorch state_dict saved as safetensors without minisd metadata loads as
+-- the default ContextUnet config (n_feat and channels read off the weights).
+-- @param path .safetensors file
+-- @return model (in eval mode), or nil and a message
+function M.load_model(path)
+  local minisd = require("minisd")
+  local json = require("minisd.json")
+  if type(path) ~= "string" then
+    error("load_model: expected a file name, got " .. type(path), 2)
+  end
+  local f = io.open(path, "rb")
+  if not f then
+    return nil, "load_model: cannot open " .. path
+  end
+  f:close()
+  local ok, tensors, meta = pcall(minisd.load_safetensors, path)
+  if not ok then
+    return nil, tostring(tensors)
+  end
+  meta = meta or {}
+  local config
+  if meta["minisd.config"] then
+    local okj, cfg = pcall(json.decode, meta["minisd.config"])
+    if not okj then
+      return nil, string.format("load_model: %s: bad minisd.config metadata: %s", path, cfg)
+    end
+    config = cfg
+  else
+    -- a bare state_dict (e.g. converted from PyTorch): infer the shapes
+    local w = tensors["init_conv.conv1.0.weight"]
+    local c = tensors["contextembed1.model.0.weight"]
+    local up0 = tensors["up0.0.weight"]
+    if not (w and c and up0) then
+      return nil, "load_model: " .. path .. " has no minisd metadata and is not a ContextUnet "
+        .. "state_dict (init_conv.conv1.0.weight missing)"
+    end
+    local ws, cs = w:shape(), c:shape()
+    config = { in_channels = ws[2], n_feat = ws[1], n_cfeat = cs[2], height = 4 * up0:shape()[3] }
+  end
+  local arch = meta["minisd.arch"] or "ContextUnet"
+  local okb, model = pcall(M.from_config, config, arch)
+  if not okb then
+    return nil, "load_model: " .. path .. ": " .. tostring(model)
+  end
+  local okl, err = pcall(model.load_state_dict, model, tensors)
+  if not okl then
+    return nil, "load_model: " .. path .. ": " .. tostring(err)
+  end
+  if meta["minisd.training"] then
+    local okt, tr = pcall(json.decode, meta["minisd.training"])
+    model.training_summary = okt and tr or nil
+  end
+  model:eval()
+  return model
+end
+
+return M

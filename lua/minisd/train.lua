@@ -1,0 +1,380 @@
+--- The training loop behind `train.lua`: the seed's Training and
+-- Training_with_context notebooks with checkpoints, exact resume, progress
+-- and per-epoch sample grids.
+-- @module minisd.train
+
+local minisd = require("minisd")
+local json = require("minisd.json")
+
+local M = {}
+
+M.defaults = {
+  data = nil, context = false, epochs = 32, batch_size = 100, lr = 1e-3, n_feat = 64,
+  channels = nil, background = "#ffffff", seed = 0, threads = nil, out = "runs/sprites",
+  sample_every = 1, sample_steps = 25, stop_after = nil, limit = nil, flip = true,
+  progress = "auto", quiet = false,
+}
+
+local CHECKPOINT = "checkpoint.safetensors"
+
+-- options that belong to one invocation, not to the run a checkpoint continues
+local TRANSIENT = { resume = true, threads = true, progress = true, quiet = true,
+  stop_after = true }
+
+-- ---- small helpers ------------------------------------------------------
+
+local function path_join(a, b)
+  return (a:sub(-1) == "/") and (a .. b) or (a .. "/" .. b)
+end
+
+local function file_exists(p)
+  local f = io.open(p, "rb")
+  if f then
+    f:close()
+  end
+  return f ~= nil
+end
+
+local function mkdir_p(dir)
+  local ok = os.execute("mkdir -p '" .. dir:gsub("'", "'\\''") .. "'")
+  if ok ~= true and ok ~= 0 then
+    error("cannot create the output directory " .. dir, 0)
+  end
+end
+
+local function isatty()
+  local ok = os.execute("test -t 1")
+  return ok == true or ok == 0
+end
+
+local function fmt_time(s)
+  s = math.floor(s + 0.5)
+  if s >= 3600 then
+    return string.format("%dh%02dm", math.floor(s / 3600), math.floor(s % 3600 / 60))
+  end
+  return string.format("%d:%02d", math.floor(s / 60), s % 60)
+end
+
+-- Tensors and plain values of a nested table, split for a safetensors file:
+-- tensors go into `tensors` under prefix paths, the rest into a JSON-able tree.
+local function flatten(value, prefix, tensors)
+  if minisd.is_tensor(value) then
+    tensors[prefix] = value
+    return { ["$tensor"] = prefix }
+  elseif type(value) == "table" then
+    local out = {}
+    local is_array = #value > 0
+    for k, v in pairs(value) do
+      local key = is_array and tostring(k) or k
+      out[is_array and k or k] = flatten(v, prefix .. "/" .. tostring(key), tensors)
+    end
+    return out
+  end
+  return value
+end
+
+local function unflatten(value, tensors)
+  if type(value) == "table" then
+    if value["$tensor"] then
+      local t = tensors[value["$tensor"]]
+      if not t then
+        error("checkpoint is missing tensor " .. value["$tensor"], 0)
+      end
+      return t
+    end
+    local out = {}
+    for k, v in pairs(value) do
+      out[k] = unflatten(v, tensors)
+    end
+    return out
+  end
+  return value
+end
+
+-- ---- checkpoints --------------------------------------------------------
+
+--- Writes the checkpoint (model, optimizer, RNG, progress) atomically.
+local function save_checkpoint(dir, state)
+  local tensors = {}
+  for name, t in pairs(state.model:state_dict()) do
+    tensors["model." .. name] = t
+  end
+  local optim_tree = flatten(state.optimizer:state_dict(), "optim", tensors)
+  local dtypes = {}
+  for name in pairs(tensors) do
+    if name:match("num_batches_tracked$") then
+      dtypes[name] = "I64"
+    end
+  end
+  local args = {}
+  for k, v in pairs(state.args) do
+    if not TRANSIENT[k] and k ~= "epochs_given" then
+      args[k] = v
+    end
+  end
+  local meta = {
+    ["minisd.checkpoint"] = json.encode({
+      epoch = state.epoch, step = state.step, global_step = state.global_step,
+      generator = state.generator:get_state(), optim = optim_tree, args = args,
+      config = state.model.config,
+    }),
+  }
+  minisd.save_safetensors(path_join(dir, CHECKPOINT), tensors, meta, { dtypes = dtypes })
+end
+
+local function load_checkpoint(dir)
+  local path = path_join(dir, CHECKPOINT)
+  if not file_exists(path) then
+    return nil, "no checkpoint at " .. path
+  end
+  local tensors, meta = minisd.load_safetensors(path)
+  local raw = meta and meta["minisd.checkpoint"]
+  if not raw then
+    return nil, path .. " is not a minisd training checkpoint (no minisd.checkpoint metadata)"
+  end
+  local info = json.decode(raw)
+  local model_sd = {}
+  for name, t in pairs(tensors) do
+    local k = name:match("^model%.(.*)$")
+    if k then
+      model_sd[k] = t
+    end
+  end
+  info.model_state = model_sd
+  info.optim = unflatten(info.optim, tensors)
+  return info
+end
+
+M.load_checkpoint = load_checkpoint
+
+-- ---- progress -----------------------------------------------------------
+
+local Progress = {}
+Progress.__index = Progress
+
+local function new_progress(mode, total_steps, quiet)
+  local bar = mode == "bar" or (mode == "auto" and isatty())
+  return setmetatable({ bar = bar, total = total_steps, quiet = quiet, last_plain = -math.huge },
+    Progress)
+end
+
+function Progress:update(info)
+  if self.quiet then
+    return
+  end
+  local done = info.global_step
+  local rate = info.images / math.max(info.elapsed, 1e-9)
+  local eta = (self.total - done) * (info.elapsed / math.max(info.steps_timed, 1))
+  if self.bar then
+    local width = 24
+    local filled = math.floor(width * done / self.total + 0.5)
+    io.write(string.format("\r[%s%s] epoch %d/%d step %d/%d loss %.4f %6.1f img/s ETA %s ",
+      string.rep("#", filled), string.rep(".", width - filled), info.epoch, info.epochs,
+      info.step, info.steps, info.loss, rate, fmt_time(eta)))
+    io.flush()
+  elseif info.step == info.steps or info.elapsed - self.last_plain >= 10 then
+    self.last_plain = info.elapsed
+    io.write(string.format("epoch %d/%d step %d/%d loss %.4f %.1f img/s ETA %s\n", info.epoch,
+      info.epochs, info.step, info.steps, info.loss, rate, fmt_time(eta)))
+    io.flush()
+  end
+end
+
+function Progress:finish_line()
+  if self.bar and not self.quiet then
+    io.write("\n")
+  end
+end
+
+-- ---- the loop -------------------------------------------------------------
+
+local function contexts_for_grid(names)
+  local rows = {}
+  for i = 1, #names do
+    local r = {}
+    for j = 1, #names do
+      r[j] = (i == j) and 1 or 0
+    end
+    rows[#rows + 1] = r
+    rows[#rows + 1] = r
+  end
+  return minisd.tensor(rows)
+end
+
+local function sample_grid(model, args, epoch, path)
+  local n, ctx = 16, nil
+  if args.context then
+    ctx = contexts_for_grid(model.config.label_names)
+    n = ctx:shape()[1]
+  end
+  local x = require("minisd.diffusion").sample(model, {
+    n = n, context = ctx, sampler = "ddim", steps = args.sample_steps, seed = args.seed + epoch,
+  })
+  require("minisd.image").save_grid(path, x, { nrow = args.context and 2 or 4, scale = 4 })
+  model:train()
+end
+
+--- Runs training. `args` has the fields of M.defaults (see train.lua --help).
+-- With args.resume = DIR, continues the run saved in DIR exactly.
+-- @return a summary table {epochs=, steps=, final_loss=, model_path=, interrupted=}
+function M.run(args)
+  local resume
+  if args.resume then
+    local info, err = load_checkpoint(args.resume)
+    if not info then
+      error(err, 0)
+    end
+    resume = info
+    local keep = { resume = args.resume, threads = args.threads, progress = args.progress,
+      quiet = args.quiet, stop_after = args.stop_after,
+      epochs = args.epochs_given and args.epochs or nil }
+    args = info.args
+    for k in pairs(TRANSIENT) do
+      args[k] = keep[k]
+    end
+    if keep.epochs then
+      args.epochs = keep.epochs
+    end
+    args.out = args.resume
+  end
+  for k, v in pairs(M.defaults) do
+    if args[k] == nil then
+      args[k] = v
+    end
+  end
+  if args.threads then
+    minisd.set_threads(args.threads)
+  end
+
+  local data_opts = { channels = args.channels, background = args.background }
+  local ds, derr = minisd.data.load(args.data, data_opts)
+  if not ds then
+    error(derr, 0)
+  end
+  if args.limit and args.limit < ds.n then -- the first `limit` sprites
+    ds.images = ds.images:narrow(1, 1, args.limit)
+    ds.labels = ds.labels:narrow(1, 1, args.limit)
+    ds.n = args.limit
+  end
+  mkdir_p(args.out)
+
+  local gen = minisd.Generator(args.seed)
+  local model
+  if resume then
+    model = require("minisd.models").from_config(resume.config)
+    model:load_state_dict(resume.model_state)
+  else
+    minisd.manual_seed(args.seed) -- the initial weights come from the default generator
+    model = require("minisd.models").ContextUnet({
+      in_channels = ds.channels, n_feat = args.n_feat, n_cfeat = #ds.label_names,
+      height = ds.images:shape()[3], label_names = ds.label_names,
+      background = ds.channels == 3 and args.background or nil,
+    })
+  end
+  model:train()
+  local opt = minisd.optim.Adam(model:parameters(), { lr = args.lr })
+  if resume then
+    opt:load_state_dict(resume.optim)
+    gen:set_state(resume.generator)
+  end
+  local sched = require("minisd.sched").get("ddpm").new(require("minisd.diffusion").schedule_of(model))
+  local diffusion = require("minisd.diffusion")
+
+  local steps_per_epoch = math.ceil(ds.n / args.batch_size)
+  local total = steps_per_epoch * args.epochs
+  local progress = new_progress(args.progress, total, args.quiet)
+  local start_epoch, start_step = 1, 0
+  local global_step = 0
+  if resume then
+    start_epoch, start_step = resume.epoch, resume.step
+    global_step = resume.global_step
+    if start_step >= steps_per_epoch then
+      start_epoch, start_step = start_epoch + 1, 0
+    end
+  end
+  local log = assert(io.open(path_join(args.out, "losses.tsv"), resume and "a" or "w"))
+  if not resume then
+    log:write("epoch\tstep\tloss\tlr\n")
+  end
+
+  local state = { model = model, optimizer = opt, generator = gen, args = args }
+  local last_loss, interrupted = nil, false
+
+  local function epoch_loop(epoch)
+    opt.lr = args.lr * (1 - (epoch - 1) / args.epochs) -- the seed's linear decay
+    -- batches of an epoch come from a generator seeded by (seed, epoch), so a
+    -- resumed run rebuilds the same order and skips the steps already done
+    local data_gen = minisd.Generator(args.seed * 100003 + epoch)
+    local step = 0
+    local images_seen, t_start = 0, minisd.clock()
+    for x, c in ds:batches(args.batch_size, { shuffle = true, generator = data_gen, flip = args.flip }) do
+      step = step + 1
+      if epoch == start_epoch and step <= start_step then
+        goto continue
+      end
+      do
+        local loss = diffusion.loss(model, x, args.context and c or nil,
+          { scheduler = sched, generator = gen })
+        opt:zero_grad()
+        loss:backward()
+        opt:step()
+        last_loss = loss:item()
+        global_step = global_step + 1
+        images_seen = images_seen + x:shape()[1]
+        log:write(string.format("%d\t%d\t%.9g\t%.9g\n", epoch, step, last_loss, opt.lr))
+        local wall = minisd.clock() - t_start
+        progress:update({ epoch = epoch, epochs = args.epochs, step = step,
+          steps = steps_per_epoch, loss = last_loss, global_step = global_step,
+          images = images_seen, elapsed = math.max(wall, 1e-3), steps_timed = step })
+        state.epoch, state.step, state.global_step = epoch, step, global_step
+        if minisd.interrupt_requested() or (args.stop_after and global_step >= args.stop_after) then
+          interrupted = true
+          progress:finish_line()
+          return
+        end
+      end
+      ::continue::
+    end
+    state.epoch, state.step = epoch, steps_per_epoch
+  end
+
+  -- Ctrl-C only sets a flag: the current step finishes, then a consistent
+  -- checkpoint is written (a second Ctrl-C stops at once)
+  minisd.trap_interrupt(true)
+  local ok, err = pcall(function()
+    for epoch = start_epoch, args.epochs do
+      epoch_loop(epoch)
+      log:flush()
+      save_checkpoint(args.out, state)
+      if interrupted then
+        return
+      end
+      progress:finish_line()
+      if args.sample_every > 0 and (epoch % args.sample_every == 0 or epoch == args.epochs) then
+        sample_grid(model, args, epoch,
+          path_join(args.out, string.format("samples_epoch%03d.png", epoch)))
+      end
+    end
+  end)
+  minisd.trap_interrupt(false)
+  if not ok then
+    log:close()
+    error(err, 0)
+  end
+  log:close()
+  local summary = {
+    epochs = args.epochs, steps = global_step, final_loss = last_loss, interrupted = interrupted,
+    checkpoint = path_join(args.out, CHECKPOINT),
+  }
+  if not interrupted then
+    summary.model_path = path_join(args.out, "model.safetensors")
+    model:save(summary.model_path, { training = {
+      epochs = args.epochs, steps = global_step, batch_size = args.batch_size, lr = args.lr,
+      final_loss = last_loss, seed = args.seed, context = args.context and true or false,
+      dataset = args.data or "bundled", images = ds.n,
+    } })
+  end
+  return summary
+end
+
+return M

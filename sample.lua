@@ -1,0 +1,138 @@
+#!/usr/bin/env lua5.4
+-- Samples sprites from a trained minisd model. Run `lua sample.lua --help` for the options.
+local root = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
+assert(loadfile(root .. "/scripts/bootstrap.lua"))(root)
+
+local argparse = require("argparse")
+
+local parser = argparse("sample.lua", "Sample sprites from a trained minisd model file.")
+parser:epilog([[
+Examples:
+  lua sample.lua runs/sprites/model.safetensors
+  lua sample.lua model.safetensors --context hero --context "food,spell=0.6" -n 8 --guidance 2
+  lua sample.lua model.safetensors --sampler ddpm --animate denoise.png
+  lua sample.lua model.safetensors --list-contexts]])
+parser:argument("model", "Model file (.safetensors written by train.lua or model:save).")
+parser:option("--context -c", "Context expression, e.g. hero, hero+food, \"hero,food=0.6\", none; "
+  .. "repeat for several rows.")
+  :count("*")
+parser:option("-n --count", "Sprites per context.", "8"):convert(tonumber)
+parser:option("--sampler", "ddim or ddpm.", "ddim"):choices({ "ddim", "ddpm" })
+parser:option("--steps", "Denoising steps (default: 25 for ddim, 500 for ddpm).")
+  :convert(tonumber)
+parser:option("--eta", "DDIM eta (0: deterministic).", "0"):convert(tonumber)
+parser:option("--guidance", "Classifier-free guidance scale (0: off).", "0"):convert(tonumber)
+parser:option("--seed", "Random seed.", "0"):convert(tonumber)
+parser:option("-o --out", "Output PNG grid.", "samples.png")
+parser:option("--scale", "Upscale factor for the grid (nearest neighbour).", "4"):convert(tonumber)
+parser:option("--nrow", "Sprites per grid row (default: --count).")
+  :convert(tonumber)
+parser:option("--animate", "Also write the denoising animation: a PNG strip (.png) or an animated "
+  .. "GIF (.gif).")
+parser:option("--frames", "Frames in the animation.", "10"):convert(tonumber)
+parser:option("--each", "Also write one PNG per sprite into this directory (RGBA when the model "
+  .. "has 4 channels).")
+parser:option("--threads", "Threads for the maths."):convert(tonumber)
+parser:flag("--list-contexts", "Print the model's context label names and exit.")
+
+local a = parser:parse()
+
+local function check_int(name, v, min)
+  if v ~= nil and (v ~= math.floor(v) or v < min) then
+    parser:error(string.format("%s must be an integer >= %d, got %s", name, min, tostring(v)))
+  end
+end
+check_int("--count", a.count, 1)
+check_int("--steps", a.steps, 1)
+check_int("--scale", a.scale, 1)
+check_int("--nrow", a.nrow, 1)
+check_int("--frames", a.frames, 1)
+check_int("--threads", a.threads, 1)
+if a.eta == nil or a.eta < 0 then
+  parser:error("--eta must be a number >= 0")
+end
+if a.guidance == nil then
+  parser:error("--guidance must be a number")
+end
+
+local function main()
+  local minisd = require("minisd")
+  local image = require("minisd.image")
+  local context = require("minisd.context")
+  if a.threads then
+    minisd.set_threads(a.threads)
+  end
+  local model, err = minisd.load_model(a.model)
+  if not model then
+    error(err, 0)
+  end
+  local names = model.config.label_names or context.default_names
+  if a.list_contexts then
+    for i, name in ipairs(names) do
+      print(i, name)
+    end
+    return
+  end
+  local exprs = a.context
+  if #exprs == 0 then
+    exprs = { "none" }
+  end
+  local rows = {}
+  for _, e in ipairs(exprs) do
+    local r = context.encode(e, names):totable()[1]
+    for _ = 1, a.count do
+      rows[#rows + 1] = r
+    end
+  end
+  local ctx = minisd.tensor(rows)
+  local frames, total = {}, nil
+  local job = minisd.diffusion.start(model, {
+    n = #rows, context = ctx, sampler = a.sampler, steps = a.steps,
+    eta = a.sampler == "ddim" and a.eta or nil, guidance = a.guidance, seed = a.seed,
+  })
+  total = job.total
+  local frames_wanted = math.min(a.frames, total)
+  local t0 = minisd.clock()
+  while not job:done() do
+    job:step()
+    io.stderr:write(string.format("\rstep %d/%d", job.i, total))
+    -- frames at evenly spaced steps, the last one being the result
+    if a.animate and math.floor(job.i * frames_wanted / total)
+        > math.floor((job.i - 1) * frames_wanted / total) then
+      frames[#frames + 1] = image.grid(image.to_unit(job:result()), { nrow = a.nrow or a.count })
+    end
+  end
+  io.stderr:write(string.format("\rsampled %d sprites in %d steps (%.2f s)\n", #rows, total,
+    minisd.clock() - t0))
+  local x = job:result()
+  image.save_grid(a.out, x, { nrow = a.nrow or a.count, scale = a.scale })
+  print("wrote " .. a.out)
+  if a.animate then
+    if a.animate:lower():match("%.gif$") then
+      image.save_gif(a.animate, frames, { scale = a.scale, delay = 10 })
+    else
+      minisd.save_png(a.animate, image.upscale(image.strip(frames, { padding = 2 }), a.scale))
+    end
+    print("wrote " .. a.animate)
+  end
+  if a.each then
+    os.execute("mkdir -p '" .. a.each:gsub("'", "'\\''") .. "'")
+    local unit = image.to_unit(x)
+    for i = 1, #rows do
+      local path = string.format("%s/sprite_%03d.png", a.each, i)
+      minisd.save_png(path, unit:narrow(1, i, 1):reshape(unit:shape()[2], unit:shape()[3],
+        unit:shape()[4]))
+    end
+    print(string.format("wrote %d sprites to %s", #rows, a.each))
+  end
+end
+
+local ok, err = xpcall(main, debug.traceback)
+if not ok then
+  local msg = tostring(err)
+  if os.getenv("MINISD_DEBUG") == nil then
+    msg = msg:gsub("\nstack traceback:.*$", "")
+  end
+  io.stderr:write("sample.lua: error: ", msg, "\n")
+  os.exit(1)
+end

@@ -1,0 +1,22 @@
+-- Shared start-up for the command-line programs (train.lua, sample.lua, scripts/*.lua):
+-- makes `require "minisd"` find the source tree and its build next to the program,
+-- and reruns the program under lua5.4 when started by plain Lua 5.1 (Debian's
+-- `lua` once luarocks is installed), since the module is built for 5.4 or LuaJIT.
+local root = ...
+if _VERSION == "Lua 5.1" and not rawget(_G, "jit") then
+  local function q(s)
+    return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+  end
+  local cmd = { "lua5.4", q(arg[0]) }
+  for i = 1, #arg do
+    cmd[#cmd + 1] = q(arg[i])
+  end
+  local code = os.execute(table.concat(cmd, " "))
+  if type(code) == "number" and code > 255 then
+    code = math.floor(code / 256)
+  end
+  os.exit(code)
+end
+local jit_build = rawget(_G, "jit") and "/build/luajit/?.so;" or "/build/?.so;"
+package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
+package.cpath = root .. jit_build .. package.cpath

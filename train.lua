@@ -1,0 +1,100 @@
+#!/usr/bin/env lua5.4
+-- Trains the sprite diffusion model (the seed's ContextUnet) with or without context.
+-- Run `lua train.lua --help` for the options.
+local root = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
+assert(loadfile(root .. "/scripts/bootstrap.lua"))(root)
+
+local argparse = require("argparse")
+
+local parser = argparse("train.lua",
+  "Train the minisd sprite diffusion model (DDPM objective, the seed's ContextUnet).")
+parser:epilog([[
+Examples:
+  lua train.lua                         # bundled sprites, unconditional, 32 epochs
+  lua train.lua --context --epochs 50   # with the five context labels
+  lua train.lua --resume runs/sprites   # continue an interrupted run exactly
+Ctrl-C saves a checkpoint in the output directory before exiting.]])
+parser:option("--data", "Dataset: a sprite sheet (.png + _labels.tsv), the seed's .npy pair, "
+  .. "or a folder of PNGs (default: the bundled data/sprites.png).")
+parser:flag("--context", "Train with the context labels (Training_with_context).")
+parser:option("--epochs", "Number of epochs.", "32"):convert(tonumber)
+parser:option("--batch-size", "Batch size.", "100"):convert(tonumber)
+parser:option("--lr", "Learning rate (decays linearly to 0 over the epochs).", "1e-3"):convert(tonumber)
+parser:option("--n-feat", "Width of the U-Net (n_feat).", "64"):convert(tonumber)
+parser:option("--channels", "3 (RGB over --background) or 4 (RGBA); default: the data's own.")
+  :convert(tonumber)
+parser:option("--background", "Background colour for 3-channel training of RGBA data.", "#ffffff")
+parser:option("--seed", "Random seed.", "0"):convert(tonumber)
+parser:option("--threads", "Threads for the maths (default: all cores).", nil):convert(tonumber)
+parser:option("--out", "Output directory (checkpoint, sample grids, model).", "runs/sprites")
+parser:option("--resume", "Continue the run saved in this directory.")
+parser:option("--sample-every", "Write a sample grid every N epochs (0: never).", "1"):convert(tonumber)
+parser:option("--sample-steps", "DDIM steps for the sample grids.", "25"):convert(tonumber)
+parser:option("--limit", "Use only the first N sprites (quick experiments).")
+  :convert(tonumber)
+parser:option("--stop-after", "Stop after N optimizer steps, saving a checkpoint as Ctrl-C does.")
+  :convert(tonumber)
+parser:flag("--no-flip", "Do not augment with horizontal flips.")
+parser:option("--progress", "Progress display: auto, bar or plain.", "auto")
+  :choices({ "auto", "bar", "plain" })
+parser:flag("--quiet", "Print only the summary.")
+
+local a = parser:parse()
+
+local function positive_int(name, v, allow_zero)
+  if v == nil then
+    return
+  end
+  if v ~= math.floor(v) or v < (allow_zero and 0 or 1) then
+    parser:error(string.format("%s must be a %s integer, got %s", name,
+      allow_zero and "non-negative" or "positive", tostring(v)))
+  end
+end
+positive_int("--epochs", a.epochs)
+positive_int("--batch-size", a.batch_size)
+positive_int("--n-feat", a.n_feat)
+positive_int("--threads", a.threads)
+positive_int("--sample-every", a.sample_every, true)
+positive_int("--sample-steps", a.sample_steps)
+positive_int("--limit", a.limit)
+positive_int("--stop-after", a.stop_after)
+if a.lr == nil or a.lr <= 0 then
+  parser:error("--lr must be a positive number")
+end
+if a.channels ~= nil and a.channels ~= 3 and a.channels ~= 4 then
+  parser:error("--channels must be 3 or 4, got " .. tostring(a.channels))
+end
+if a.n_feat and a.n_feat % 8 ~= 0 then
+  parser:error("--n-feat must be a multiple of 8 (GroupNorm uses 8 groups), got " .. a.n_feat)
+end
+
+local epochs_given = false
+for i = 1, #arg do
+  if arg[i] == "--epochs" or arg[i]:match("^%-%-epochs=") then
+    epochs_given = true
+  end
+end
+
+local train = require("minisd.train")
+local ok, res = xpcall(train.run, debug.traceback, {
+  data = a.data, context = a.context, epochs = a.epochs, epochs_given = epochs_given,
+  batch_size = a.batch_size, lr = a.lr, n_feat = a.n_feat, channels = a.channels,
+  background = a.background, seed = a.seed, threads = a.threads, out = a.out, resume = a.resume,
+  sample_every = a.sample_every, sample_steps = a.sample_steps, limit = a.limit,
+  stop_after = a.stop_after, flip = not a.no_flip, progress = a.progress, quiet = a.quiet,
+})
+if not ok then
+  local msg = tostring(res)
+  if os.getenv("MINISD_DEBUG") == nil then
+    msg = msg:gsub("\nstack traceback:.*$", "")
+  end
+  io.stderr:write("train.lua: error: ", msg, "\n")
+  os.exit(1)
+end
+if res.interrupted then
+  print(string.format("stopped after %d steps; checkpoint saved: %s (continue with --resume %s)",
+    res.steps, res.checkpoint, a.resume or a.out))
+  os.exit(a.stop_after and 0 or 130)
+end
+print(string.format("done: %d epochs, %d steps, final loss %.4f; model: %s", res.epochs, res.steps,
+  res.final_loss or 0 / 0, res.model_path))
