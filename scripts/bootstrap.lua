@@ -17,6 +17,8 @@ if _VERSION == "Lua 5.1" and not rawget(_G, "jit") then
   end
   os.exit(code)
 end
+-- MINISD_CPATH (a cpath pattern) names another build, e.g. in the test suite
 local jit_build = rawget(_G, "jit") and "/build/luajit/?.so;" or "/build/?.so;"
+local cpath = os.getenv("MINISD_CPATH")
 package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
-package.cpath = root .. jit_build .. package.cpath
+package.cpath = (cpath and (cpath .. ";") or (root .. jit_build)) .. package.cpath

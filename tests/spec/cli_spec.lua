@@ -1,0 +1,167 @@
+-- train.lua and sample.lua as a user runs them (tiny settings, a few seconds each).
+local minisd = require("minisd")
+local H = require("helpers")
+
+local function sh(cmd)
+  return H.run(H.lua_bin .. " " .. cmd)
+end
+
+local function read_losses(path)
+  local rows = {}
+  for line in io.lines(path) do
+    local e, s, l = line:match("^(%d+)\t(%d+)\t([^\t]+)")
+    if e then
+      rows[#rows + 1] = { epoch = tonumber(e), step = tonumber(s), loss = l }
+    end
+  end
+  return rows
+end
+
+local function read_all(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+local TINY = "--limit 24 --batch-size 8 --n-feat 8 --sample-every 0 --progress plain --quiet"
+
+describe("train.lua", function()
+  local tmp = H.tmpdir()
+
+  it("prints --help with every option", function()
+    local ok, _, out = sh("train.lua --help")
+    assert.is_true(ok, out)
+    for _, opt in ipairs({ "--data", "--context", "--epochs", "--batch-size", "--lr", "--n-feat",
+      "--channels", "--background", "--seed", "--threads", "--out", "--resume" }) do
+      assert.truthy(out:find(opt, 1, true), "missing " .. opt)
+    end
+  end)
+
+  it("rejects bad arguments with a message and a non-zero exit", function()
+    local cases = {
+      { "--epochs 0", "--epochs must be a positive integer" },
+      { "--channels 5", "--channels must be 3 or 4" },
+      { "--bogus", "unknown option '--bogus'" },
+      { "--n-feat 12", "multiple of 8" },
+      { "--data /nonexistent/sprites.png", "/nonexistent/sprites.png" },
+      { "--resume " .. tmp .. "/nothing-here", "no checkpoint" },
+    }
+    for _, c in ipairs(cases) do
+      local ok, code, out = sh("train.lua " .. c[1])
+      assert.is_false(ok, c[1])
+      assert.are_not.equal(0, code)
+      assert.truthy(out:find(c[2], 1, true), c[1] .. " gave: " .. out)
+    end
+  end)
+
+  it("lowers the loss on a tiny run and writes a loadable model", function()
+    local out_dir = tmp .. "/fit"
+    local ok, _, out = sh("train.lua " .. TINY .. " --epochs 10 --lr 3e-3 --out " .. out_dir)
+    assert.is_true(ok, out)
+    local rows = read_losses(out_dir .. "/losses.tsv")
+    assert.are.equal(30, #rows)
+    local first, last = 0, 0
+    for i = 1, 6 do
+      first = first + tonumber(rows[i].loss) / 6
+      last = last + tonumber(rows[#rows - 6 + i].loss) / 6
+    end
+    assert.is_true(last < 0.8 * first, string.format("loss %.4f -> %.4f", first, last))
+    local model = assert(minisd.load_model(out_dir .. "/model.safetensors"))
+    assert.are.equal(8, model.config.n_feat)
+    assert.are.equal(4, model.config.in_channels) -- the bundled sheet is RGBA
+    assert.are.same({ "hero", "non-hero", "food", "spell", "side-facing" },
+      model.config.label_names)
+    assert.are.equal(30, model.training_summary.steps)
+  end)
+
+  it("resumes exactly: the same losses as an uninterrupted run", function()
+    local a, b = tmp .. "/a", tmp .. "/b"
+    assert.is_true((sh("train.lua " .. TINY .. " --context --epochs 3 --out " .. a)))
+    local ok, _, out = sh("train.lua " .. TINY .. " --context --epochs 3 --stop-after 4 --out " .. b)
+    assert.is_true(ok, out)
+    assert.truthy(out:find("checkpoint saved", 1, true), out)
+    assert.are.equal(4, #read_losses(b .. "/losses.tsv"))
+    ok, _, out = sh("train.lua --resume " .. b .. " --quiet")
+    assert.is_true(ok, out)
+    assert.are.equal(read_all(a .. "/losses.tsv"), read_all(b .. "/losses.tsv"))
+    local ma = minisd.load_safetensors(a .. "/model.safetensors")
+    local mb = minisd.load_safetensors(b .. "/model.safetensors")
+    for name, t in pairs(ma) do
+      assert.are.same(t:totable(), mb[name]:totable(), name)
+    end
+  end)
+
+  it("saves a checkpoint and exits 130 on Ctrl-C", function()
+    local dir = tmp .. "/int"
+    local cmd = string.format([[%s train.lua --limit 400 --batch-size 8 --n-feat 8 --epochs 50 \
+      --sample-every 0 --progress plain --out %s > %s/log 2>&1 & pid=$!
+      for i in $(seq 1 200); do
+        [ -f %s/losses.tsv ] && [ "$(wc -l < %s/losses.tsv)" -ge 3 ] && break; sleep 0.1
+      done
+      kill -INT $pid; wait $pid; echo "code=$?"]], H.lua_bin, dir, tmp, dir, dir)
+    os.execute("mkdir -p " .. dir)
+    local _, _, out = H.run(cmd)
+    assert.truthy(out:find("code=130", 1, true), out .. read_all(tmp .. "/log"))
+    local info = assert(require("minisd.train").load_checkpoint(dir))
+    assert.is_true(info.global_step >= 2)
+    assert.are.equal(info.global_step, #read_losses(dir .. "/losses.tsv"))
+  end)
+end)
+
+describe("sample.lua", function()
+  local tmp = H.tmpdir()
+  local model_path = tmp .. "/m.safetensors"
+
+  setup(function()
+    minisd.manual_seed(1)
+    local m = minisd.models.ContextUnet({ n_feat = 8, in_channels = 4 })
+    m:save(model_path)
+  end)
+
+  it("writes a PNG grid of the right size", function()
+    local out = tmp .. "/grid.png"
+    local ok, _, log = sh("sample.lua " .. model_path
+      .. " -c hero -c 'food,spell=0.6' -n 3 --steps 3 --scale 2 -o " .. out)
+    assert.is_true(ok, log)
+    local img = minisd.load_png(out)
+    -- 2 rows (contexts) x 3 columns, 16x16 sprites, 1-pixel padding, scaled by 2
+    assert.are.same({ 4, 2 * (2 * 17 + 1), 2 * (3 * 17 + 1) }, img:shape())
+  end)
+
+  it("writes one RGBA PNG per sprite and an animation strip", function()
+    local each, anim = tmp .. "/each", tmp .. "/anim.png"
+    local ok, _, log = sh("sample.lua " .. model_path .. " -n 2 --steps 4 --frames 4 --scale 1 -o "
+      .. tmp .. "/g2.png --each " .. each .. " --animate " .. anim)
+    assert.is_true(ok, log)
+    for i = 1, 2 do
+      assert.are.same({ 4, 16, 16 }, minisd.load_png(string.format("%s/sprite_%03d.png", each, i))
+        :shape())
+    end
+    -- 4 frames of a 1x2 grid (18x35) side by side with 2-pixel padding
+    local strip = minisd.load_png(anim)
+    assert.are.same({ 4, 18 + 4, 4 * (35 + 2) + 2 }, strip:shape())
+  end)
+
+  it("lists the context labels", function()
+    local ok, _, out = sh("sample.lua " .. model_path .. " --list-contexts")
+    assert.is_true(ok, out)
+    assert.truthy(out:find("side-facing", 1, true))
+  end)
+
+  it("rejects bad arguments with a message and a non-zero exit", function()
+    local cases = {
+      { tmp .. "/missing.safetensors", "cannot open" },
+      { model_path .. " -c dragon", "dragon" },
+      { model_path .. " --sampler euler", "must be one of 'ddim', 'ddpm'" },
+      { model_path .. " -n 0", "--count must be an integer >= 1" },
+      { "", "missing argument 'model'" },
+    }
+    for _, c in ipairs(cases) do
+      local ok, code, out = sh("sample.lua " .. c[1])
+      assert.is_false(ok, c[1])
+      assert.are_not.equal(0, code)
+      assert.truthy(out:find(c[2], 1, true), c[1] .. " gave: " .. out)
+    end
+  end)
+end)
