@@ -257,7 +257,12 @@ end
 local function main()
   local args = parse_args()
   check_sources(args)
-  local minisd = require("minisd")
+  local ok, minisd = pcall(require, "minisd")
+  if not ok then
+    fail("cannot load the minisd module (build it with `cmake -S . -B build && cmake " ..
+      "--build build`, and run with LUA_PATH=\"lua/?.lua;lua/?/init.lua;;\" " ..
+      "LUA_CPATH=\"build/?.so;;\"):\n" .. tostring(minisd))
+  end
 
   local sheet = minisd.load_png(args.tiles)
   local shape = sheet:shape()
