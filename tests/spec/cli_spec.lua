@@ -165,3 +165,18 @@ describe("sample.lua", function()
     end
   end)
 end)
+
+describe("examples/sample_custom.lua", function()
+  it("runs as the README shows and writes its grid and strip", function()
+    local tmp = H.tmpdir()
+    minisd.manual_seed(2)
+    minisd.models.ContextUnet({ n_feat = 8 }):save(tmp .. "/m.safetensors")
+    local ok, _, out = sh("examples/sample_custom.lua " .. tmp .. "/m.safetensors " .. tmp .. "/c")
+    assert.is_true(ok, out)
+    -- 10 sprites (2 per label) in rows of 2, 1-pixel padding, scaled by 4
+    assert.are.same({ 3, 4 * (5 * 17 + 1), 4 * (2 * 17 + 1) }, minisd.load_png(tmp .. "/c.png"):shape())
+    -- 50 steps, every fifth kept: 10 frames side by side, upscaled by 2
+    assert.are.same({ 3, 2 * (5 * 17 + 1 + 2), 2 * (10 * (2 * 17 + 1 + 1) + 1) },
+      minisd.load_png(tmp .. "/c_strip.png"):shape())
+  end)
+end)
