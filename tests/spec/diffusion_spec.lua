@@ -1,0 +1,333 @@
+-- minisd.diffusion with a small real ContextUnet (n_feat = 8): one-shot
+-- sampling against the step-wise job API, seeding, on_step, classifier-free
+-- guidance, context forms and errors, the DDPM sampler, the training loss
+-- (against the forward-noising formula computed here) and a tiny overfit run.
+local minisd = require("minisd")
+local H = require("helpers")
+local diffusion = require("minisd.diffusion")
+local models = require("minisd.models")
+
+-- A ContextUnet{n_feat=8} from a fixed seed, in eval mode. Its BatchNorm
+-- running statistics are first calibrated by 20 train-mode forwards on random
+-- inputs: with the initial ones (mean 0, var 1) the decoder's activations are
+-- so small that the context changes eps by ~1e-5 only.
+local function small_net(seed)
+  minisd.manual_seed(seed or 1)
+  local m = models.ContextUnet({ n_feat = 8 })
+  local g = minisd.Generator(100 + (seed or 1))
+  m:train()
+  minisd.no_grad(function()
+    for _ = 1, 20 do
+      m(minisd.randn({ 8, 3, 16, 16 }, g), minisd.rand({ 8, 1, 1, 1 }, g), minisd.rand({ 8, 5 }, g))
+    end
+  end)
+  m:eval()
+  return m
+end
+
+local function flat(t)
+  return minisd.tensor(t:totable()):reshape({ -1 }):totable()
+end
+
+local function max_abs_diff(a, b)
+  return (a - b):abs():max()
+end
+
+-- a stand-in for the model that counts forward calls and their batch sizes
+local function counting(model)
+  local calls = {}
+  local proxy = setmetatable({ config = model.config, calls = calls }, {
+    __call = function(_, x, t, c)
+      calls[#calls + 1] = { batch = x:shape()[1], has_c = c ~= nil }
+      return model(x, t, c)
+    end,
+  })
+  function proxy.eval()
+    model:eval()
+  end
+  return proxy
+end
+
+describe("diffusion sampling", function()
+  local model = small_net(1)
+
+  it("samples the same in one call as step by step with the job API", function()
+    local opts = { n = 2, seed = 3, steps = 5 }
+    local a = diffusion.sample(model, opts)
+    local job = diffusion.start(model, { n = 2, seed = 3, steps = 5 })
+    assert.are.equal(5, job.total)
+    local steps = 0
+    assert.is_false(job:done())
+    while not job:done() do
+      job:step()
+      steps = steps + 1
+    end
+    assert.are.equal(5, steps)
+    assert.is_false(job:step())
+    assert.are.same({ 2, 3, 16, 16 }, a:shape())
+    assert.are.same(a:totable(), job:result():totable())
+  end)
+
+  it("is reproducible for a seed and differs between seeds", function()
+    local a = diffusion.sample(model, { n = 2, seed = 3, steps = 5 })
+    local b = diffusion.sample(model, { n = 2, seed = 3, steps = 5 })
+    local c = diffusion.sample(model, { n = 2, seed = 4, steps = 5 })
+    assert.are.same(a:totable(), b:totable())
+    assert.is_true(max_abs_diff(a, c) > 1e-3)
+    -- a generator gives the same as the seed it was made from
+    local d = diffusion.sample(model, { n = 2, generator = minisd.Generator(3), steps = 5 })
+    assert.are.same(a:totable(), d:totable())
+  end)
+
+  it("starts from the given noise and matches the seed's DDIM loop run by hand", function()
+    local x0 = minisd.randn({ 1, 3, 16, 16 }, minisd.Generator(9))
+    local got = diffusion.sample(model, { noise = x0, steps = 4, context = "food" })
+    -- the seed's denoise_ddim with its own schedule, written out here
+    local T = 500
+    local ab = { [0] = 1 }
+    local acc = 0
+    for i = 0, T do
+      local b = 1e-4 + (0.02 - 1e-4) * i / T
+      acc = acc + math.log(1 - b)
+      if i > 0 then
+        ab[i] = math.exp(acc)
+      end
+    end
+    local c = minisd.tensor({ { 0, 0, 1, 0, 0 } })
+    local x = x0
+    for _, t in ipairs({ 500, 375, 250, 125 }) do
+      local prev = t - 125
+      local eps = minisd.no_grad(function()
+        return model(x, minisd.full({ 1, 1, 1, 1 }, t / T), c)
+      end)
+      local x0_pred = (x - eps * math.sqrt(1 - ab[t])) * (math.sqrt(ab[prev]) / math.sqrt(ab[t]))
+      x = x0_pred + eps * math.sqrt(1 - ab[prev])
+    end
+    H.assert_close(got, x, 1e-4, 1e-4, "ddim by hand")
+  end)
+
+  it("calls on_step once per step with (i, t, x)", function()
+    local seen = {}
+    local last
+    local out = diffusion.sample(model, {
+      n = 2, seed = 3, steps = 5,
+      on_step = function(i, t, x)
+        seen[#seen + 1] = { i, t }
+        assert.is_true(minisd.is_tensor(x))
+        assert.are.same({ 2, 3, 16, 16 }, x:shape())
+        last = x:totable()
+      end,
+    })
+    assert.are.same({ { 1, 500 }, { 2, 400 }, { 3, 300 }, { 4, 200 }, { 5, 100 } }, seen)
+    assert.are.same(out:totable(), last)
+  end)
+
+  it("runs classifier-free guidance as one batched forward per step", function()
+    local proxy = counting(model)
+    local g = diffusion.sample(proxy, { n = 2, seed = 5, steps = 3, context = "hero",
+      guidance = 2.5 })
+    assert.are.same({ 2, 3, 16, 16 }, g:shape())
+    assert.are.equal(3, #proxy.calls)
+    for _, call in ipairs(proxy.calls) do
+      assert.are.equal(4, call.batch)
+      assert.is_true(call.has_c)
+    end
+    -- without guidance: one forward of n per step
+    local plain = counting(model)
+    diffusion.sample(plain, { n = 2, seed = 5, steps = 3, context = "hero" })
+    assert.are.equal(3, #plain.calls)
+    assert.are.equal(2, plain.calls[1].batch)
+  end)
+
+  it("guides with eps_uncond + g (eps_cond - eps_uncond)", function()
+    local ctx = minisd.tensor({ { 1, 0, 0, 0, 0 }, { 0, 0, 0.6, 1, 0 } })
+    local job = diffusion.start(model, { n = 2, seed = 6, context = ctx, guidance = 3 })
+    local x = job.x
+    local eps = minisd.no_grad(function()
+      return job:predict(x, 300)
+    end)
+    local tt = minisd.full({ 2, 1, 1, 1 }, 300 / 500)
+    local cond, uncond = minisd.no_grad(function()
+      return model(x, tt, ctx), model(x, tt, minisd.zeros({ 2, 5 }))
+    end)
+    local want = uncond + (cond - uncond) * 3
+    H.assert_close(eps, want, 1e-4, 1e-5, "guided eps")
+    assert.is_true(max_abs_diff(eps, cond) > 1e-4)
+  end)
+
+  it("with guidance = 1 equals plain conditional sampling", function()
+    local a = diffusion.sample(model, { n = 2, seed = 7, steps = 5, context = "food",
+      guidance = 1 })
+    local b = diffusion.sample(model, { n = 2, seed = 7, steps = 5, context = "food" })
+    H.assert_close(a, b, 1e-4, 1e-4, "guidance 1")
+  end)
+
+  it("takes contexts as expressions, rows and tables", function()
+    local base = { n = 2, seed = 8, steps = 3 }
+    local function with(ctx)
+      local o = {}
+      for k, v in pairs(base) do
+        o[k] = v
+      end
+      o.context = ctx
+      return diffusion.sample(model, o)
+    end
+    local e = with("hero,food=0.6")
+    local row = with(minisd.tensor({ 1, 0, 0.6, 0, 0 }))
+    local rows = with(minisd.tensor({ { 1, 0, 0.6, 0, 0 }, { 1, 0, 0.6, 0, 0 } }))
+    assert.are.same(flat(e), flat(row))
+    assert.are.same(flat(e), flat(rows))
+    local none = with(nil)
+    local zero = with(minisd.zeros({ 2, 5 }))
+    assert.are.same(flat(none), flat(zero))
+    assert.is_true(max_abs_diff(e, none) > 1e-4)
+    -- different rows per sample: each sample follows its own row
+    local mixed = with(minisd.tensor({ { 1, 0, 0.6, 0, 0 }, { 0, 0, 0, 0, 0 } }))
+    assert.are.same(flat(e:narrow(1, 1, 1)), flat(mixed:narrow(1, 1, 1)))
+    H.assert_close(mixed:narrow(1, 2, 1), none:narrow(1, 2, 1), 1e-5, 1e-5, "row 2")
+  end)
+
+  it("rejects mismatched contexts and bad options with clear messages", function()
+    local ok, err = pcall(diffusion.sample, model, { n = 2, context = minisd.zeros({ 2, 3 }) })
+    assert.is_false(ok)
+    assert.truthy(err:find("context has 3 features, the model expects 5", 1, true), err)
+    ok, err = pcall(diffusion.sample, model, { n = 2, context = minisd.zeros({ 3, 5 }) })
+    assert.is_false(ok)
+    assert.truthy(err:find("3 context rows for n = 2", 1, true), err)
+    ok, err = pcall(diffusion.sample, model, { n = 1, context = "dragon" })
+    assert.is_false(ok)
+    assert.truthy(err:find("dragon", 1, true), err)
+    ok, err = pcall(diffusion.sample, model, { n = 1, guidance = 2 })
+    assert.is_false(ok)
+    assert.truthy(err:find("guidance needs a context", 1, true), err)
+    ok, err = pcall(diffusion.sample, model, { n = 1, stpes = 3 })
+    assert.is_false(ok)
+    assert.truthy(err:find("unknown option 'stpes'", 1, true), err)
+    assert.truthy(err:find("steps", 1, true), err)
+    ok, err = pcall(diffusion.sample, model, { n = 0 })
+    assert.is_false(ok)
+    assert.truthy(err:find("positive integer", 1, true), err)
+    ok, err = pcall(diffusion.sample, model, { sampler = "euler" })
+    assert.is_false(ok)
+    assert.truthy(err:find("unknown scheduler 'euler'", 1, true), err)
+    ok, err = pcall(diffusion.sample, model, { sampler = "ddpm", eta = 1 })
+    assert.is_false(ok)
+    assert.truthy(err:find("eta applies to the ddim sampler only", 1, true), err)
+  end)
+
+  it("runs the ddpm sampler with 10 steps, noise seeded", function()
+    local n = 0
+    local a = diffusion.sample(model, { n = 2, seed = 2, sampler = "ddpm", steps = 10,
+      on_step = function()
+        n = n + 1
+      end })
+    local b = diffusion.sample(model, { n = 2, seed = 2, sampler = "ddpm", steps = 10 })
+    assert.are.equal(10, n)
+    assert.are.same({ 2, 3, 16, 16 }, a:shape())
+    assert.are.same(a:totable(), b:totable())
+    for _, v in ipairs(flat(a)) do
+      assert(v == v and math.abs(v) < 1e6, "non-finite sample value")
+    end
+    -- ddpm draws fresh noise per step: it differs from deterministic ddim
+    local d = diffusion.sample(model, { n = 2, seed = 2, steps = 10 })
+    assert.is_true(max_abs_diff(a, d) > 1e-3)
+  end)
+
+  it("leaves the model in eval mode and records no graph", function()
+    local m = small_net(2)
+    m:train()
+    local x = diffusion.sample(m, { n = 1, seed = 1, steps = 2 })
+    assert.is_false(m.training)
+    assert.is_false(x.requires_grad)
+  end)
+end)
+
+describe("diffusion.loss", function()
+  local x0 = minisd.rand({ 4, 3, 16, 16 }, minisd.Generator(11)) * 2 - 1
+  local c = minisd.tensor({ { 1, 0, 0, 0, 0 }, { 0, 1, 0, 0, 0 }, { 0, 0, 1, 0.5, 0 },
+    { 0, 0, 0, 0, 1 } })
+
+  it("is the MSE of the predicted noise at x_t = sqrt(ab) x0 + sqrt(1 - ab) noise", function()
+    local m = small_net(3)
+    m:train()
+    local loss, drawn = diffusion.loss(m, x0, c, { generator = minisd.Generator(4),
+      context_drop = 0 })
+    assert.are.equal(0, loss:dim())
+    local ts = drawn.t:totable()
+    local T = 500
+    local ab = {}
+    local acc = 0
+    for i = 0, T do
+      acc = acc + math.log(1 - (1e-4 + (0.02 - 1e-4) * i / T))
+      ab[i] = math.exp(acc)
+    end
+    local a, b, tin = {}, {}, {}
+    for i, t in ipairs(ts) do
+      assert.is_true(t >= 1 and t <= T and t == math.floor(t))
+      a[i], b[i], tin[i] = math.sqrt(ab[t]), math.sqrt(1 - ab[t]), t / T
+    end
+    local xt = x0 * minisd.tensor(a):reshape(4, 1, 1, 1)
+      + drawn.noise * minisd.tensor(b):reshape(4, 1, 1, 1)
+    local want = minisd.no_grad(function()
+      return minisd.mse_loss(m(xt, minisd.tensor(tin):reshape(4, 1, 1, 1), c), drawn.noise)
+    end)
+    H.assert_close(loss:item(), want:item(), 1e-4, 1e-6, "loss")
+  end)
+
+  it("back-propagates into every parameter and is reproducible", function()
+    local m = small_net(3)
+    m:train()
+    local l1 = diffusion.loss(m, x0, c, { generator = minisd.Generator(5) })
+    l1:backward()
+    local params, names = m:named_parameters()
+    assert.are.equal(#m:parameters(), #names)
+    for _, name in ipairs(names) do
+      local g = params[name].grad
+      assert(g, name .. " has no gradient")
+      local v = g:abs():max()
+      assert(v == v, name .. ": NaN gradient")
+    end
+    assert.is_true(params["out.3.weight"].grad:abs():max() > 0)
+    assert.is_true(params["contextembed1.model.0.weight"].grad:abs():max() > 0)
+    local l2 = diffusion.loss(m, x0, c, { generator = minisd.Generator(5) })
+    assert.are.equal(l1:item(), l2:item())
+    local l3 = diffusion.loss(m, x0, c, { generator = minisd.Generator(6) })
+    assert.are_not.equal(l1:item(), l3:item())
+  end)
+
+  it("drops contexts with probability context_drop", function()
+    local m = small_net(3)
+    m:train()
+    local dropped = diffusion.loss(m, x0, c, { generator = minisd.Generator(7), context_drop = 1 })
+    local uncond = diffusion.loss(m, x0, nil, { generator = minisd.Generator(7) })
+    local kept = diffusion.loss(m, x0, c, { generator = minisd.Generator(7), context_drop = 0 })
+    assert.are.equal(uncond:item(), dropped:item())
+    assert.are_not.equal(uncond:item(), kept:item())
+    local ok, err = pcall(diffusion.loss, m, x0, c, { dropout = 0.1 })
+    assert.is_false(ok)
+    assert.truthy(err:find("unknown option 'dropout'", 1, true), err)
+  end)
+
+  it("goes down when a small net overfits 8 sprites", function()
+    local m = small_net(4)
+    m:train()
+    local gen = minisd.Generator(12)
+    local sprites = minisd.rand({ 8, 3, 16, 16 }, gen) * 2 - 1
+    local ctx = minisd.zeros({ 8, 5 })
+    local opt = minisd.optim.Adam(m:parameters(), { lr = 2e-3 })
+    local losses = {}
+    for step = 1, 40 do
+      opt:zero_grad()
+      local loss = diffusion.loss(m, sprites, ctx, { generator = gen })
+      loss:backward()
+      opt:step()
+      losses[step] = loss:item()
+    end
+    local first, last = 0, 0
+    for i = 1, 10 do
+      first, last = first + losses[i] / 10, last + losses[30 + i] / 10
+    end
+    assert(last < first, string.format("loss did not go down: first 10 %.4f, last 10 %.4f",
+      first, last))
+  end)
+end)
