@@ -85,12 +85,12 @@ local function main()
     end
   end
   local ctx = minisd.tensor(rows)
-  local frames, total = {}, nil
+  local frames = {}
   local job = minisd.diffusion.start(model, {
     n = #rows, context = ctx, sampler = a.sampler, steps = a.steps,
     eta = a.sampler == "ddim" and a.eta or nil, guidance = a.guidance, seed = a.seed,
   })
-  total = job.total
+  local total = job.total
   local frames_wanted = math.min(a.frames, total)
   local t0 = minisd.clock()
   while not job:done() do

@@ -6,7 +6,7 @@
 set -eu
 
 PACKAGES="cmake make gcc pkg-config lua5.4 liblua5.4-dev luajit libluajit-5.1-dev \
-libpng-dev libopenblas-dev lua-busted lua-argparse"
+libpng-dev libopenblas-dev lua-busted lua-argparse lua-check luarocks"
 
 install=1
 if [ "${1:-}" = "--no-install" ]; then

@@ -89,8 +89,9 @@ local function try(fn, ...)
   return res
 end
 
---- The folder of the bundled dataset: $MINISD_DATA, or `data/` next to the `lua/` folder
--- that holds the minisd modules.
+--- The folder of the bundled dataset: $MINISD_DATA; else `minisd/data/` beside the
+-- installed modules (a LuaRocks install puts it there); else `data/` next to the `lua/`
+-- folder of a source tree.
 -- @return the folder's path
 function M.data_dir()
   local env = os.getenv("MINISD_DATA")
@@ -103,6 +104,9 @@ function M.data_dir()
   end
   local dir = dirname(found) -- .../lua/minisd (init.lua) or .../lua (minisd.lua)
   if basename(dir) == "minisd" then
+    if is_file(join(join(dir, "data"), "sprites_labels.tsv")) then
+      return join(dir, "data")
+    end
     dir = dirname(dir)
   end
   return join(dirname(dir), "data")

@@ -277,8 +277,8 @@ function M.run(args)
     opt:load_state_dict(resume.optim)
     gen:set_state(resume.generator)
   end
-  local sched = require("minisd.sched").get("ddpm").new(require("minisd.diffusion").schedule_of(model))
   local diffusion = require("minisd.diffusion")
+  local sched = require("minisd.sched").get("ddpm").new(diffusion.schedule_of(model))
 
   local steps_per_epoch = math.ceil(ds.n / args.batch_size)
   local total = steps_per_epoch * args.epochs
@@ -307,7 +307,9 @@ function M.run(args)
     local data_gen = minisd.Generator(args.seed * 100003 + epoch)
     local step = 0
     local images_seen, t_start = 0, minisd.clock()
-    for x, c in ds:batches(args.batch_size, { shuffle = true, generator = data_gen, flip = args.flip }) do
+    local batches = ds:batches(args.batch_size,
+      { shuffle = true, generator = data_gen, flip = args.flip })
+    for x, c in batches do
       step = step + 1
       if epoch == start_epoch and step <= start_step then
         goto continue

@@ -78,7 +78,8 @@ describe("train.lua", function()
   it("resumes exactly: the same losses as an uninterrupted run", function()
     local a, b = tmp .. "/a", tmp .. "/b"
     assert.is_true((sh("train.lua " .. TINY .. " --context --epochs 3 --out " .. a)))
-    local ok, _, out = sh("train.lua " .. TINY .. " --context --epochs 3 --stop-after 4 --out " .. b)
+    local ok, _, out = sh("train.lua " .. TINY .. " --context --epochs 3 --stop-after 4 --out "
+      .. b)
     assert.is_true(ok, out)
     assert.truthy(out:find("checkpoint saved", 1, true), out)
     assert.are.equal(4, #read_losses(b .. "/losses.tsv"))
@@ -174,7 +175,8 @@ describe("examples/sample_custom.lua", function()
     local ok, _, out = sh("examples/sample_custom.lua " .. tmp .. "/m.safetensors " .. tmp .. "/c")
     assert.is_true(ok, out)
     -- 10 sprites (2 per label) in rows of 2, 1-pixel padding, scaled by 4
-    assert.are.same({ 3, 4 * (5 * 17 + 1), 4 * (2 * 17 + 1) }, minisd.load_png(tmp .. "/c.png"):shape())
+    assert.are.same({ 3, 4 * (5 * 17 + 1), 4 * (2 * 17 + 1) },
+      minisd.load_png(tmp .. "/c.png"):shape())
     -- 50 steps, every fifth kept: 10 frames side by side, upscaled by 2
     assert.are.same({ 3, 2 * (5 * 17 + 1 + 2), 2 * (10 * (2 * 17 + 1 + 1) + 1) },
       minisd.load_png(tmp .. "/c_strip.png"):shape())

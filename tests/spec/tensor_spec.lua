@@ -154,6 +154,7 @@ describe("tensor", function()
     assert.matches("tensor expected, got string", err)
     ok, err = pcall(function() return minisd.zeros({ 2 }) + "a" end)
     assert.is_false(ok)
+    assert.matches("tensor expected, got string", err)
   end)
 
   it("closes tensors and then refuses to use them", function()
@@ -169,7 +170,7 @@ describe("tensor", function()
     local base = minisd.memory_stats().live_bytes
     for _ = 1, 10000 do
       local t = minisd.zeros({ 64, 64 }) + 1
-      t = t * 2
+      local _ = t * 2
     end
     collectgarbage()
     collectgarbage()
