@@ -5,6 +5,7 @@
 #include "autograd.h"
 #include "diffusion.h"
 #include "error.h"
+#include "gif.h"
 #include "image.h"
 #include "io.h"
 #include "ops.h"

@@ -42,5 +42,6 @@ void lbind_open_optim(lua_State *L);
 void lbind_open_diffusion(lua_State *L);
 void lbind_open_image(lua_State *L);
 void lbind_open_sys(lua_State *L);
+void lbind_open_gif(lua_State *L);
 
 #endif

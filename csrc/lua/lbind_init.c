@@ -18,5 +18,6 @@ MSD_EXPORT int luaopen_minisd_core(lua_State *L)
     lbind_open_diffusion(L);
     lbind_open_image(L);
     lbind_open_sys(L);
+    lbind_open_gif(L);
     return 1;
 }

@@ -173,4 +173,50 @@ function M.save_grid(path, images, opts)
   return true
 end
 
+--- Saves an animation as a looping GIF (encoded in C: one global palette of at most 256
+-- colours, exact when the frames hold few colours, else median cut; alpha < 0.5 becomes
+-- transparent; see csrc/core/gif.h).
+-- @param path file name (written atomically)
+-- @param frames a non-empty list of tensors (C,H,W) with values in [0,1] (clamped), C = 1, 3
+--   or 4, all of the same H and W; or a tensor (N,C,H,W)
+-- @param opts optional: `scale` (nearest-neighbour upscaling, 1), `delay` (centiseconds per
+--   frame, 10), `loop` (0 = forever), `last_delay` (centiseconds the last frame is held, 100)
+-- @return true, or nil and a message (naming the file) when it cannot be written
+function M.save_gif(path, frames, opts)
+  opts = check_opts("image.save_gif", opts, { "scale", "delay", "loop", "last_delay" })
+  if type(path) ~= "string" then
+    error("image.save_gif: path must be a string, got " .. type(path), 2)
+  end
+  local scale = check_int("image.save_gif", "scale", opts.scale or 1, 1)
+  local delay = check_int("image.save_gif", "delay", opts.delay or 10, 0)
+  local loop = check_int("image.save_gif", "loop", opts.loop or 0, 0)
+  local last_delay = check_int("image.save_gif", "last_delay", opts.last_delay or 100, 0)
+  local list = frames
+  if minisd.is_tensor(frames) then
+    local shape = check_tensor("image.save_gif", "frames", frames,
+      { [4] = true, text = "(N,C,H,W) or a list of (C,H,W)" })
+    list = {}
+    for i = 1, shape[1] do
+      list[i] = frames:narrow(1, i, 1):reshape({ shape[2], shape[3], shape[4] })
+    end
+  elseif type(frames) ~= "table" or #frames == 0 then
+    error("image.save_gif: frames must be a non-empty list of tensors (C,H,W)", 2)
+  else
+    for i, x in ipairs(frames) do
+      check_tensor("image.save_gif", "frame " .. i, x,
+        { [3] = true, text = "(C,H,W) with C = 1, 3 or 4" })
+    end
+  end
+  for _, v in ipairs({ delay, loop, last_delay }) do
+    if v > 65535 then
+      error("image.save_gif: delay, loop and last_delay must be at most 65535", 2)
+    end
+  end
+  local ok, err = pcall(minisd.save_gif, path, list, scale, delay, loop, last_delay)
+  if not ok then
+    return nil, tostring(err)
+  end
+  return true
+end
+
 return M

@@ -1,0 +1,109 @@
+-- A headless smoke test of main.lua under plain LuaJIT: stubs the small part of the LÖVE API
+-- that main.lua uses, builds a tiny random ContextUnet{n_feat=8} in a temporary file, and
+-- runs love.load / love.update / love.draw / love.keypressed for a few batches, checking
+-- what the game hands to LÖVE.
+--   luajit examples/love/smoke.lua      (MINISD_CPATH=path/to/luajit/?.so to pick the core)
+-- luacheck: std luajit, globals love game
+local here = (arg and arg[0] or "examples/love/smoke.lua"):match("^(.*)/[^/]*$") or "."
+local root = here .. "/../.."
+package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
+package.cpath = (os.getenv("MINISD_CPATH") or (root .. "/build/luajit/?.so")) .. ";"
+  .. package.cpath
+
+local minisd = require("minisd")
+
+local function check(cond, msg)
+  if not cond then
+    io.stderr:write("smoke: FAILED: " .. msg .. "\n")
+    os.exit(1)
+  end
+end
+
+-- ---- the love stubs ---------------------------------------------------------
+local made, drawn, printed, filters = 0, 0, {}, {}
+love = {
+  filesystem = { getSource = function() return here end },
+  image = {
+    newImageData = function(w, h, format, bytes)
+      check(format == "rgba8", "image data format " .. tostring(format))
+      check(type(bytes) == "string" and #bytes == w * h * 4,
+        string.format("%dx%d image data with %d bytes", w, h, #bytes))
+      return { w = w, h = h, bytes = bytes }
+    end,
+  },
+  graphics = {
+    newImage = function(data)
+      made = made + 1
+      local img = { data = data }
+      function img.setFilter(_, min, mag) filters[#filters + 1] = min .. "/" .. mag end
+      function img.getWidth() return data.w end
+      function img.getHeight() return data.h end
+      return img
+    end,
+    draw = function(img, _, _, _, sx, sy)
+      check(img and img.data, "draw of a non-image")
+      check(sx and sx >= 1 and sx == sy, "draw scale")
+      drawn = drawn + 1
+    end,
+    print = function(text) printed[#printed + 1] = text end,
+    clear = function() end,
+    getDimensions = function() return 800, 480 end,
+    getHeight = function() return 480 end,
+  },
+  event = { quit = function() end },
+}
+
+-- ---- a tiny model -------------------------------------------------------------
+local path = os.tmpname()
+os.remove(path)
+path = path .. ".safetensors"
+local model = minisd.models.ContextUnet({ n_feat = 8 })
+model:save(path)
+
+dofile(here .. "/main.lua")
+check(type(love.load) == "function" and type(love.update) == "function"
+  and type(love.draw) == "function", "main.lua defines love.load, love.update and love.draw")
+
+love.load({ path })
+os.remove(path)
+check(game.model ~= nil, "model loaded: " .. tostring(game.message))
+check(game.job ~= nil and game.picture ~= nil, "a batch started and is shown")
+-- 8 sprites of 16x16 in a 4-column grid with 1-pixel padding: 69x35
+check(game.picture:getWidth() == 69 and game.picture:getHeight() == 35,
+  string.format("picture %dx%d", game.picture:getWidth(), game.picture:getHeight()))
+love.draw()
+
+local function run_batch(label)
+  local frames, first = 0, game.picture.data.bytes
+  while not game.job:done() do
+    love.update(1 / 60)
+    love.draw()
+    frames = frames + 1
+    check(frames <= 1000, "the job never finishes")
+  end
+  check(game.steps_shown == game.job.total, "every step shown")
+  check(game.picture.data.bytes ~= first, "the picture changed while denoising")
+  print(string.format("smoke: %s: %d frames, %d steps, seed %d", label, frames, game.job.total,
+    game.seed))
+  return frames
+end
+
+check(run_batch("batch 1") == 25, "25 steps, one per frame")
+local seed = game.seed
+love.keypressed("space")
+check(game.seed == seed + 1 and game.job.i == 0, "space starts a new batch with a new seed")
+run_batch("space")
+love.keypressed("3")
+check(game.label == 3, "key 3 selects the third label")
+run_batch("context " .. game.model.config.label_names[3])
+love.keypressed("0")
+check(game.label == nil and game.job.i == 0, "key 0 clears the context")
+love.update(1 / 60)
+love.keypressed("x") -- ignored
+check(game.job.i == 1, "other keys are ignored")
+check(game.batches == 3, "3 batches finished, got " .. game.batches)
+for _, f in ipairs(filters) do
+  check(f == "nearest/nearest", "filter " .. f)
+end
+check(made > 75 and drawn > 75, "images made and drawn each frame")
+print(string.format("smoke: ok (%d images made, %d draws)", made, drawn))
