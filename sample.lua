@@ -105,11 +105,11 @@ local function main()
   io.stderr:write(string.format("\rsampled %d sprites in %d steps (%.2f s)\n", #rows, total,
     minisd.clock() - t0))
   local x = job:result()
-  image.save_grid(a.out, x, { nrow = a.nrow or a.count, scale = a.scale })
+  assert(image.save_grid(a.out, x, { nrow = a.nrow or a.count, scale = a.scale }))
   print("wrote " .. a.out)
   if a.animate then
     if a.animate:lower():match("%.gif$") then
-      image.save_gif(a.animate, frames, { scale = a.scale, delay = 10 })
+      assert(image.save_gif(a.animate, frames, { scale = a.scale, delay = 10 }))
     else
       minisd.save_png(a.animate, image.upscale(image.strip(frames, { padding = 2 }), a.scale))
     end

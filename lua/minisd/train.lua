@@ -210,7 +210,7 @@ local function sample_grid(model, args, epoch, path)
   local x = require("minisd.diffusion").sample(model, {
     n = n, context = ctx, sampler = "ddim", steps = args.sample_steps, seed = args.seed + epoch,
   })
-  require("minisd.image").save_grid(path, x, { nrow = args.context and 2 or 4, scale = 4 })
+  assert(require("minisd.image").save_grid(path, x, { nrow = args.context and 2 or 4, scale = 4 }))
   model:train()
 end
 
