@@ -17,6 +17,7 @@
 -- @module minisd.data
 
 local minisd = require("minisd")
+local util = require("minisd.util")
 local context = require("minisd.context")
 
 local unpack = table.unpack or unpack
@@ -26,26 +27,7 @@ local M = {}
 local LOAD_OPTS = { "channels", "background", "tile", "columns", "label_names", "labels" }
 local BATCH_OPTS = { "shuffle", "generator", "flip", "drop_last" }
 
-local function check_opts(fn, opts, allowed, level)
-  if opts == nil then
-    return {}
-  end
-  if type(opts) ~= "table" then
-    error(fn .. ": options must be a table (allowed: " .. table.concat(allowed, ", ") .. ")",
-      level + 1)
-  end
-  local ok = {}
-  for _, k in ipairs(allowed) do
-    ok[k] = true
-  end
-  for k in pairs(opts) do
-    if not ok[k] then
-      error(string.format("%s: unknown option '%s' (allowed: %s)", fn, tostring(k),
-        table.concat(allowed, ", ")), level + 1)
-    end
-  end
-  return opts
-end
+local check_opts = util.check_options
 
 -- ---- files ---------------------------------------------------------------------------------
 

@@ -9,19 +9,7 @@ local sched = require("minisd.sched")
 
 local M = {}
 
-local function check_options(what, opts, allowed)
-  for k in pairs(opts) do
-    if allowed[k] == nil then
-      local names = {}
-      for name in pairs(allowed) do
-        names[#names + 1] = name
-      end
-      table.sort(names)
-      error(string.format("%s: unknown option '%s' (allowed: %s)", what, tostring(k),
-        table.concat(names, ", ")), 3)
-    end
-  end
-end
+local check_options = require("minisd.util").check_options
 
 --- The schedule options stored with a model (its config), with the seed's defaults.
 -- @param model a model with an optional `config.schedule` table

@@ -4,28 +4,11 @@
 -- @module minisd.image
 
 local minisd = require("minisd")
+local util = require("minisd.util")
 
 local M = {}
 
-local function check_opts(fn, opts, allowed)
-  if opts == nil then
-    return {}
-  end
-  if type(opts) ~= "table" then
-    error(fn .. ": options must be a table (allowed: " .. table.concat(allowed, ", ") .. ")", 3)
-  end
-  local ok = {}
-  for _, k in ipairs(allowed) do
-    ok[k] = true
-  end
-  for k in pairs(opts) do
-    if not ok[k] then
-      error(string.format("%s: unknown option '%s' (allowed: %s)", fn, tostring(k),
-        table.concat(allowed, ", ")), 3)
-    end
-  end
-  return opts
-end
+local check_opts = util.check_options
 
 local function check_int(fn, name, v, min)
   if type(v) ~= "number" or v ~= math.floor(v) or v < min then

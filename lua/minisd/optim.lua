@@ -15,42 +15,11 @@
 -- @module minisd.optim
 
 local minisd = require("minisd")
+local util = require("minisd.util")
 
 local M = {}
 
-local function sorted_keys(t)
-  local ks = {}
-  for k in pairs(t) do
-    ks[#ks + 1] = tostring(k)
-  end
-  table.sort(ks)
-  return ks
-end
-
--- Checks opts against `defaults` (the allowed names) and fills them in.
-local function read_options(name, opts, defaults)
-  if opts == nil then
-    opts = {}
-  end
-  if type(opts) ~= "table" then
-    error(string.format("%s: options must be a table, got %s", name, type(opts)), 3)
-  end
-  for k in pairs(opts) do
-    if defaults[k] == nil then
-      error(string.format("%s: unknown option '%s' (allowed: %s)", name, tostring(k),
-        table.concat(sorted_keys(defaults), ", ")), 3)
-    end
-  end
-  local o = {}
-  for k, v in pairs(defaults) do
-    if opts[k] == nil then
-      o[k] = v
-    else
-      o[k] = opts[k]
-    end
-  end
-  return o
-end
+local sorted_keys = util.sorted_keys
 
 -- The parameter list: an array of tensors, or a module's parameters().
 local function read_params(name, params)
@@ -212,8 +181,8 @@ Adam.__index = Adam
 Adam.__tostring = Optimizer.__tostring
 
 local function new_adam(name, params, opts, decoupled, default_wd)
-  local o = read_options(name, opts, { lr = 1e-3, betas = { 0.9, 0.999 }, eps = 1e-8,
-    weight_decay = default_wd })
+  local o = util.options(name, opts, { lr = 1e-3, betas = { 0.9, 0.999 }, eps = 1e-8,
+    weight_decay = default_wd }, 3)
   check_number(name, "learning rate", o.lr, nonneg, "must be >= 0")
   check_number(name, "eps", o.eps, nonneg, "must be >= 0")
   check_number(name, "weight_decay", o.weight_decay, nonneg, "must be >= 0")
@@ -307,7 +276,7 @@ SGD.__tostring = Optimizer.__tostring
 -- @param opts {lr=(required), momentum=0, dampening=0, weight_decay=0, nesterov=false}
 -- @return optimizer
 function M.SGD(params, opts)
-  local o = read_options("SGD", opts, { lr = false, momentum = 0, dampening = 0,
+  local o = util.options("SGD", opts, { lr = false, momentum = 0, dampening = 0,
     weight_decay = 0, nesterov = false })
   if o.lr == false then
     error("SGD: the learning rate option 'lr' is required", 2)
@@ -388,7 +357,7 @@ EMA.__index = EMA
 -- @param opts {decay=0.999}
 -- @return EMA object with fields decay, shadow (list of tensors), num_updates
 function M.EMA(params, opts)
-  local o = read_options("EMA", opts, { decay = 0.999 })
+  local o = util.options("EMA", opts, { decay = 0.999 })
   check_number("EMA", "decay", o.decay, function(v)
     return v >= 0 and v <= 1
   end, "must be in [0, 1]")

@@ -193,9 +193,10 @@ describe("sample.lua output errors", function()
     assert.is_false(ok)
     assert.are.equal(1, code)
     assert.truthy(out:find("no/such/dir/x.png", 1, true), out)
-    ok, _, out = sh("sample.lua " .. tmp .. "/m.safetensors -n 2 --steps 3 --frames 3 -o "
+    ok, code, out = sh("sample.lua " .. tmp .. "/m.safetensors -n 2 --steps 3 --frames 3 -o "
       .. tmp .. "/g.png --animate " .. tmp .. "/a.gif")
     assert.is_true(ok, out)
+    assert.are.equal(0, code)
     local f = assert(io.open(tmp .. "/a.gif", "rb"))
     assert.are.equal("GIF89a", f:read(6))
     f:close()

@@ -89,18 +89,7 @@ M.default_label_names = { "hero", "non-hero", "food", "spell", "side-facing" }
 -- schedule=}. The config (without the generator) is kept in `model.config` and
 -- saved with the model.
 function ContextUnet:init(opts)
-  opts = opts or {}
-  for k in pairs(opts) do
-    if not config_keys[k] then
-      local names = {}
-      for name in pairs(config_keys) do
-        names[#names + 1] = name
-      end
-      table.sort(names)
-      error(string.format("ContextUnet: unknown option '%s' (allowed: %s)", tostring(k),
-        table.concat(names, ", ")), 3)
-    end
-  end
+  opts = require("minisd.util").check_options("ContextUnet", opts, config_keys, 3)
   local c = opts.in_channels or 3
   local n = opts.n_feat or 64
   local k = opts.n_cfeat or 5

@@ -7,6 +7,7 @@
 -- @module minisd.sched.schedule
 
 local core = require("minisd.core")
+local util = require("minisd.util")
 
 local M = {}
 
@@ -15,15 +16,6 @@ M.BETA_SCHEDULES = { "linear", "scaled_linear", "cosine" }
 
 -- Cosine schedule constants of Nichol & Dhariwal 2021 (sec. 3.2).
 local COSINE_S, COSINE_MAX_BETA = 0.008, 0.999
-
-local function sorted_keys(t)
-  local keys = {}
-  for k in pairs(t) do
-    keys[#keys + 1] = tostring(k)
-  end
-  table.sort(keys)
-  return keys
-end
 
 local function is_int(v)
   return type(v) == "number" and v == math.floor(v) and v > -math.huge and v < math.huge
@@ -39,24 +31,7 @@ M.is_int = is_int
 -- @param level error level for misuse (the user's call)
 -- @return table of options
 function M.options(opts, defaults, who, level)
-  level = (level or 1) + 1
-  if opts ~= nil and type(opts) ~= "table" then
-    error(string.format("%s: expected an options table, got %s", who, type(opts)), level)
-  end
-  local out = {}
-  for k, v in pairs(opts or {}) do
-    if defaults[k] == nil then
-      error(string.format("%s: unknown option '%s' (allowed: %s)", who, tostring(k),
-        table.concat(sorted_keys(defaults), ", ")), level)
-    end
-    out[k] = v
-  end
-  for k, v in pairs(defaults) do
-    if out[k] == nil then
-      out[k] = v
-    end
-  end
-  return out
+  return util.options(who, opts, defaults, (level or 1) + 1)
 end
 
 --- Checks that `value` is one of `allowed` (a list of strings).

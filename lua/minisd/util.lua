@@ -1,0 +1,76 @@
+--- Helpers shared by the minisd modules: option tables checked against the
+-- allowed names, so every function rejects an unknown option the same way.
+-- @module minisd.util
+
+local M = {}
+
+--- The keys of t as sorted strings.
+-- @param t table
+-- @return list of strings
+function M.sorted_keys(t)
+  local ks = {}
+  for k in pairs(t) do
+    ks[#ks + 1] = tostring(k)
+  end
+  table.sort(ks)
+  return ks
+end
+
+-- The allowed names: a list keeps its order, a set is sorted.
+local function names_of(allowed)
+  if allowed[1] ~= nil then
+    return allowed
+  end
+  return M.sorted_keys(allowed)
+end
+
+--- Checks that `opts` (nil or a table) names only allowed options.
+-- @param who the function's name, for messages
+-- @param opts nil or a table
+-- @param allowed a list of names, or a table whose keys are the names
+-- @param level error level as Lua's `error` counts it from the calling function
+--   (default 2: blame the caller's caller, i.e. the user of the calling function)
+-- @return opts, or a new empty table when opts is nil
+function M.check_options(who, opts, allowed, level)
+  level = (level or 2) + 1
+  if opts == nil then
+    return {}
+  end
+  local names = names_of(allowed)
+  if type(opts) ~= "table" then
+    error(string.format("%s: options must be a table, got %s (allowed: %s)", who, type(opts),
+      table.concat(names, ", ")), level)
+  end
+  local set = {}
+  for _, k in ipairs(names) do
+    set[k] = true
+  end
+  for k in pairs(opts) do
+    if not set[k] then
+      error(string.format("%s: unknown option '%s' (allowed: %s)", who, tostring(k),
+        table.concat(names, ", ")), level)
+    end
+  end
+  return opts
+end
+
+--- Checks `opts` against the keys of `defaults` and returns a new table with
+-- the defaults filled in.
+-- @param who the function's name, for messages
+-- @param opts nil or a table
+-- @param defaults table name -> default value
+-- @param level as for check_options
+-- @return the merged options
+function M.options(who, opts, defaults, level)
+  opts = M.check_options(who, opts, defaults, (level or 2) + 1)
+  local out = {}
+  for k, v in pairs(defaults) do
+    out[k] = v
+  end
+  for k, v in pairs(opts) do
+    out[k] = v
+  end
+  return out
+end
+
+return M
