@@ -1,7 +1,7 @@
 #!/usr/bin/env lua5.4
 -- Samples sprites from a trained minisd model. Run `lua sample.lua --help` for the options.
 local root = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
-assert(loadfile(root .. "/scripts/bootstrap.lua"))(root)
+local run_main = assert(loadfile(root .. "/scripts/bootstrap.lua"))(root)
 
 local argparse = require("argparse")
 
@@ -127,12 +127,4 @@ local function main()
   end
 end
 
-local ok, err = xpcall(main, debug.traceback)
-if not ok then
-  local msg = tostring(err)
-  if os.getenv("MINISD_DEBUG") == nil then
-    msg = msg:gsub("\nstack traceback:.*$", "")
-  end
-  io.stderr:write("sample.lua: error: ", msg, "\n")
-  os.exit(1)
-end
+run_main("sample.lua", main)

@@ -2,7 +2,7 @@
 -- Trains the sprite diffusion model (the seed's ContextUnet) with or without context.
 -- Run `lua train.lua --help` for the options.
 local root = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
-assert(loadfile(root .. "/scripts/bootstrap.lua"))(root)
+local run_main = assert(loadfile(root .. "/scripts/bootstrap.lua"))(root)
 
 local argparse = require("argparse")
 
@@ -77,26 +77,20 @@ for i = 1, #arg do
   end
 end
 
-local train = require("minisd.train")
-local ok, res = xpcall(train.run, debug.traceback, {
-  data = a.data, context = a.context, epochs = a.epochs, epochs_given = epochs_given,
-  batch_size = a.batch_size, lr = a.lr, n_feat = a.n_feat, channels = a.channels,
-  background = a.background, seed = a.seed, threads = a.threads, out = a.out, resume = a.resume,
-  sample_every = a.sample_every, sample_steps = a.sample_steps, limit = a.limit,
-  stop_after = a.stop_after, flip = not a.no_flip, progress = a.progress, quiet = a.quiet,
-})
-if not ok then
-  local msg = tostring(res)
-  if os.getenv("MINISD_DEBUG") == nil then
-    msg = msg:gsub("\nstack traceback:.*$", "")
+run_main("train.lua", function()
+  local res = require("minisd.train").run({
+    data = a.data, context = a.context, epochs = a.epochs, epochs_given = epochs_given,
+    batch_size = a.batch_size, lr = a.lr, n_feat = a.n_feat, channels = a.channels,
+    background = a.background, seed = a.seed, threads = a.threads, out = a.out,
+    resume = a.resume, sample_every = a.sample_every, sample_steps = a.sample_steps,
+    limit = a.limit, stop_after = a.stop_after, flip = not a.no_flip, progress = a.progress,
+    quiet = a.quiet,
+  })
+  if res.interrupted then
+    print(string.format("stopped after %d steps; checkpoint saved: %s (continue with --resume %s)",
+      res.steps, res.checkpoint, a.resume or a.out))
+    os.exit(a.stop_after and 0 or 130)
   end
-  io.stderr:write("train.lua: error: ", msg, "\n")
-  os.exit(1)
-end
-if res.interrupted then
-  print(string.format("stopped after %d steps; checkpoint saved: %s (continue with --resume %s)",
-    res.steps, res.checkpoint, a.resume or a.out))
-  os.exit(a.stop_after and 0 or 130)
-end
-print(string.format("done: %d epochs, %d steps, final loss %.4f; model: %s", res.epochs, res.steps,
-  res.final_loss or 0 / 0, res.model_path))
+  print(string.format("done: %d epochs, %d steps, final loss %.4f; model: %s", res.epochs,
+    res.steps, res.final_loss or 0 / 0, res.model_path))
+end)
