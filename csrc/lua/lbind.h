@@ -26,6 +26,12 @@ int lbind_result(lua_State *L, int rc, msd_tensor **box);
 void lbind_gc_hint(lua_State *L, size_t bytes);
 /* Reads a shape: a table of sizes at index i. Returns ndim. */
 int lbind_check_shape(lua_State *L, int i, int *shape);
+/* Binds a tensor op of one or two tensor arguments (at indices 1, 2): checks
+ * them, runs f into a new box and returns it (lbind_result). */
+typedef int (*lbind_unary_fn)(msd_tensor *, msd_tensor **);
+typedef int (*lbind_binary_fn)(msd_tensor *, msd_tensor *, msd_tensor **);
+int lbind_unary_op(lua_State *L, lbind_unary_fn f);
+int lbind_binary_op(lua_State *L, lbind_binary_fn f);
 /* Raises a Lua error with msd_last_error() when rc != MSD_OK. */
 void lbind_check_rc(lua_State *L, int rc);
 /* An integer argument (error if not an integral number). */

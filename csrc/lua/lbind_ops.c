@@ -2,36 +2,33 @@
  * and defaults follow torch.nn.functional. */
 #include "lbind.h"
 
-typedef int (*binary_fn)(msd_tensor *, msd_tensor *, msd_tensor **);
-typedef int (*unary_fn)(msd_tensor *, msd_tensor **);
-
-static int binary(lua_State *L, binary_fn f)
+int lbind_binary_op(lua_State *L, lbind_binary_fn f)
 {
     msd_tensor *a = lbind_check_tensor(L, 1), *b = lbind_check_tensor(L, 2);
     msd_tensor **box = lbind_new_box(L);
     return lbind_result(L, f(a, b, box), box);
 }
 
-static int unary(lua_State *L, unary_fn f)
+int lbind_unary_op(lua_State *L, lbind_unary_fn f)
 {
     msd_tensor *x = lbind_check_tensor(L, 1);
     msd_tensor **box = lbind_new_box(L);
     return lbind_result(L, f(x, box), box);
 }
 
-static int l_ops_add(lua_State *L) { return binary(L, msd_add); }
-static int l_ops_sub(lua_State *L) { return binary(L, msd_sub); }
-static int l_ops_mul(lua_State *L) { return binary(L, msd_mul); }
-static int l_ops_div(lua_State *L) { return binary(L, msd_div); }
-static int l_ops_mse_loss(lua_State *L) { return binary(L, msd_mse_loss); }
-static int l_ops_cross_entropy_raw(lua_State *L) { return binary(L, msd_cross_entropy); }
-static int l_ops_sum(lua_State *L) { return unary(L, msd_sum); }
-static int l_ops_mean(lua_State *L) { return unary(L, msd_mean); }
-static int l_ops_abs(lua_State *L) { return unary(L, msd_abs); }
-static int l_ops_sqrt(lua_State *L) { return unary(L, msd_sqrt); }
-static int l_ops_exp(lua_State *L) { return unary(L, msd_exp); }
-static int l_ops_gelu(lua_State *L) { return unary(L, msd_gelu); }
-static int l_ops_relu(lua_State *L) { return unary(L, msd_relu); }
+static int l_ops_add(lua_State *L) { return lbind_binary_op(L, msd_add); }
+static int l_ops_sub(lua_State *L) { return lbind_binary_op(L, msd_sub); }
+static int l_ops_mul(lua_State *L) { return lbind_binary_op(L, msd_mul); }
+static int l_ops_div(lua_State *L) { return lbind_binary_op(L, msd_div); }
+static int l_ops_mse_loss(lua_State *L) { return lbind_binary_op(L, msd_mse_loss); }
+static int l_ops_cross_entropy_raw(lua_State *L) { return lbind_binary_op(L, msd_cross_entropy); }
+static int l_ops_sum(lua_State *L) { return lbind_unary_op(L, msd_sum); }
+static int l_ops_mean(lua_State *L) { return lbind_unary_op(L, msd_mean); }
+static int l_ops_abs(lua_State *L) { return lbind_unary_op(L, msd_abs); }
+static int l_ops_sqrt(lua_State *L) { return lbind_unary_op(L, msd_sqrt); }
+static int l_ops_exp(lua_State *L) { return lbind_unary_op(L, msd_exp); }
+static int l_ops_gelu(lua_State *L) { return lbind_unary_op(L, msd_gelu); }
+static int l_ops_relu(lua_State *L) { return lbind_unary_op(L, msd_relu); }
 
 /* conv2d(x, w [, b [, stride=1 [, padding=0]]]) */
 static int l_ops_conv2d(lua_State *L)

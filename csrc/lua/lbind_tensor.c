@@ -455,20 +455,11 @@ static int l_tensor_max(lua_State *L)
     return 1;
 }
 
-typedef int (*unary_fn)(msd_tensor *, msd_tensor **);
-
-static int unary(lua_State *L, unary_fn f)
-{
-    msd_tensor *t = lbind_check_tensor(L, 1);
-    msd_tensor **box = lbind_new_box(L);
-    return lbind_result(L, f(t, box), box);
-}
-
-static int l_tensor_sum(lua_State *L) { return unary(L, msd_sum); }
-static int l_tensor_mean(lua_State *L) { return unary(L, msd_mean); }
-static int l_tensor_abs(lua_State *L) { return unary(L, msd_abs); }
-static int l_tensor_sqrt(lua_State *L) { return unary(L, msd_sqrt); }
-static int l_tensor_exp(lua_State *L) { return unary(L, msd_exp); }
+static int l_tensor_sum(lua_State *L) { return lbind_unary_op(L, msd_sum); }
+static int l_tensor_mean(lua_State *L) { return lbind_unary_op(L, msd_mean); }
+static int l_tensor_abs(lua_State *L) { return lbind_unary_op(L, msd_abs); }
+static int l_tensor_sqrt(lua_State *L) { return lbind_unary_op(L, msd_sqrt); }
+static int l_tensor_exp(lua_State *L) { return lbind_unary_op(L, msd_exp); }
 
 /* t:backward([grad] [, retain_graph]) */
 static int l_tensor_backward(lua_State *L)
