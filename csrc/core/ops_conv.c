@@ -11,10 +11,21 @@
 
 #include "ops.h"
 
-/* Target size in floats of one chunk's column matrix (16 MiB): big enough
- * for fat GEMMs, small enough to stay near the caches. */
+/* Target size in floats of one group's column matrix (2 MiB): the batch is
+ * cut into groups of a fixed number of images (independent of the thread
+ * count, so results are too), and the OpenMP threads take whole groups, each
+ * with its own scratch and a single-threaded GEMM. */
 #ifndef COL_CHUNK_FLOATS
-#define COL_CHUNK_FLOATS (1L << 22)
+#define COL_CHUNK_FLOATS (1L << 19)
+#endif
+
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD_ID() omp_get_thread_num()
+#define MAX_THREADS() omp_get_max_threads()
+#else
+#define THREAD_ID() 0
+#define MAX_THREADS() 1
 #endif
 
 /* Outputs o in [lo, hi) are those whose input o*s - p + k lies in [0, in). */
@@ -112,6 +123,7 @@ static void to_channel_major(float *t, const float *a, int nb, int C, size_t L)
 /* db[c] += sum of dy (N, C, L) over n and l, in double. */
 static void bias_grad(float *db, const float *dy, int N, int C, size_t L)
 {
+#pragma omp parallel for schedule(static) if ((size_t)N * C * L > 32768)
     for (int c = 0; c < C; c++) {
         double acc = 0;
         for (int n = 0; n < N; n++) {
@@ -133,17 +145,31 @@ static int chunk_images(int N, size_t rows, size_t L)
     return nb > N ? N : (int)nb;
 }
 
-/* Two scratch matrices from the caching allocator, or an error. */
-static int scratch2(const char *op, size_t n1, size_t n2, msd_storage **s1, msd_storage **s2)
+/* Per-thread scratch: n_per floats for each of the team's threads. */
+static int scratch(const char *op, size_t n_per, int *nthr, msd_storage **s)
 {
-    *s1 = msd_storage_new(n1 ? n1 : 1);
-    *s2 = *s1 ? msd_storage_new(n2 ? n2 : 1) : NULL;
-    if (!*s2) {
-        msd_storage_release(*s1);
-        return msd_error(MSD_ERR_MEM, "%s: out of memory for a %zu-float scratch buffer", op,
-                         n1 > n2 ? n1 : n2);
-    }
+    *nthr = MAX_THREADS();
+    if (*nthr < 1)
+        *nthr = 1;
+    size_t total = n_per * (size_t)*nthr;
+    *s = msd_storage_new(total > 0 ? total : 1);
+    if (!*s)
+        return msd_error(MSD_ERR_MEM, "%s: out of memory for %d scratch buffers of %zu floats",
+                         op, *nthr, n_per);
     return MSD_OK;
+}
+
+/* dw (rows, cols) += the sum of G partial (rows, cols) matrices in group
+ * order, in double: the same result for any thread count. */
+static void reduce_partials(float *dw, const float *part, int G, size_t n)
+{
+#pragma omp parallel for schedule(static) if (n * (size_t)G > 65536)
+    for (size_t i = 0; i < n; i++) {
+        double acc = 0;
+        for (int g = 0; g < G; g++)
+            acc += part[(size_t)g * n + i];
+        dw[i] += (float)acc;
+    }
 }
 
 int msd_conv2d_forward(float *y, const float *x, const float *w, const float *b, int N, int Cin,
@@ -154,13 +180,16 @@ int msd_conv2d_forward(float *y, const float *x, const float *w, const float *b,
     if (N == 0 || L == 0)
         return MSD_OK;
     int nbmax = chunk_images(N, K > (size_t)Cout ? K : (size_t)Cout, L);
-    msd_storage *sc, *st;
-    int rc = scratch2("conv2d", K * nbmax * L, (size_t)Cout * nbmax * L, &sc, &st);
+    int G = (N + nbmax - 1) / nbmax, nthr;
+    size_t per = (K + Cout) * nbmax * L;
+    msd_storage *sc;
+    int rc = scratch("conv2d", per, &nthr, &sc);
     if (rc != MSD_OK)
         return rc;
-    float *col = sc->data, *tmp = st->data;
-    for (int n0 = 0; n0 < N; n0 += nbmax) {
-        int nb = N - n0 < nbmax ? N - n0 : nbmax;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthr) if (G > 1)
+    for (int g = 0; g < G; g++) {
+        int n0 = g * nbmax, nb = N - n0 < nbmax ? N - n0 : nbmax;
+        float *col = sc->data + per * (size_t)THREAD_ID(), *tmp = col + K * nbmax * L;
         size_t ncols = (size_t)nb * L;
         im2col(col, x + (size_t)n0 * Cin * H * W, nb, Cin, H, W, kh, kw, stride, pad, Ho, Wo);
         /* tmp (Cout, nb*L) = w (Cout, K) col (K, nb*L) */
@@ -176,7 +205,6 @@ int msd_conv2d_forward(float *y, const float *x, const float *w, const float *b,
             }
     }
     msd_storage_release(sc);
-    msd_storage_release(st);
     return MSD_OK;
 }
 
@@ -193,20 +221,28 @@ int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
     if (!dx && !dw)
         return MSD_OK;
     int nbmax = chunk_images(N, K > (size_t)Cout ? K : (size_t)Cout, L);
-    msd_storage *sc, *st;
-    int rc = scratch2("conv2d backward", K * nbmax * L, (size_t)Cout * nbmax * L, &sc, &st);
+    int G = (N + nbmax - 1) / nbmax, nthr;
+    size_t per = (K + Cout) * nbmax * L, nw = (size_t)Cout * K;
+    msd_storage *sc, *sp = NULL;
+    int rc = scratch("conv2d backward", per, &nthr, &sc);
     if (rc != MSD_OK)
         return rc;
-    float *col = sc->data, *dyt = st->data;
-    for (int n0 = 0; n0 < N; n0 += nbmax) {
-        int nb = N - n0 < nbmax ? N - n0 : nbmax;
+    if (dw && !(sp = msd_storage_new(nw * G))) {
+        msd_storage_release(sc);
+        return msd_error(MSD_ERR_MEM, "conv2d backward: out of memory for %d partial weight "
+                                      "gradients of %zu floats", G, nw);
+    }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthr) if (G > 1)
+    for (int g = 0; g < G; g++) {
+        int n0 = g * nbmax, nb = N - n0 < nbmax ? N - n0 : nbmax;
         int ncols = (int)((size_t)nb * L);
+        float *col = sc->data + per * (size_t)THREAD_ID(), *dyt = col + K * nbmax * L;
         to_channel_major(dyt, dy + (size_t)n0 * Cout * L, nb, Cout, L);
         if (dw) {
-            /* dw (Cout, K) += dy (Cout, nb*L) col^T (nb*L, K) */
+            /* partial g (Cout, K) = dy (Cout, nb*L) col^T (nb*L, K) */
             im2col(col, x + (size_t)n0 * Cin * H * W, nb, Cin, H, W, kh, kw, stride, pad, Ho, Wo);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cout, (int)K, ncols, 1.0f, dyt,
-                        ncols, col, ncols, 1.0f, dw, (int)K);
+                        ncols, col, ncols, 0.0f, sp->data + nw * g, (int)K);
         }
         if (dx) {
             /* dcol (K, nb*L) = w^T (K, Cout) dy (Cout, nb*L), then scattered into dx */
@@ -216,8 +252,10 @@ int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
                        Wo);
         }
     }
+    if (dw)
+        reduce_partials(dw, sp->data, G, nw);
+    msd_storage_release(sp);
     msd_storage_release(sc);
-    msd_storage_release(st);
     return MSD_OK;
 }
 
@@ -231,30 +269,32 @@ int msd_conv_transpose2d_forward(float *y, const float *x, const float *w, const
     size_t L = (size_t)H * W, Lo = (size_t)Ho * Wo, K = (size_t)Cout * kh * kw;
     if (N == 0)
         return MSD_OK;
-    memset(y, 0, (size_t)N * Cout * Lo * sizeof *y);
     int nbmax = chunk_images(N, K > (size_t)Cin ? K : (size_t)Cin, L);
-    msd_storage *sc, *st;
-    int rc = scratch2("conv_transpose2d", K * nbmax * L, (size_t)Cin * nbmax * L, &sc, &st);
+    int G = (N + nbmax - 1) / nbmax, nthr;
+    size_t per = (K + Cin) * nbmax * L;
+    msd_storage *sc;
+    int rc = scratch("conv_transpose2d", per, &nthr, &sc);
     if (rc != MSD_OK)
         return rc;
-    float *col = sc->data, *xt = st->data;
-    for (int n0 = 0; n0 < N; n0 += nbmax) {
-        int nb = N - n0 < nbmax ? N - n0 : nbmax;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthr) if (G > 1)
+    for (int g = 0; g < G; g++) {
+        int n0 = g * nbmax, nb = N - n0 < nbmax ? N - n0 : nbmax;
         int ncols = (int)((size_t)nb * L);
+        float *col = sc->data + per * (size_t)THREAD_ID(), *xt = col + K * nbmax * L;
+        float *yg = y + (size_t)n0 * Cout * Lo;
         to_channel_major(xt, x + (size_t)n0 * Cin * L, nb, Cin, L);
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, ncols, Cin, 1.0f, w, (int)K,
                     xt, ncols, 0.0f, col, ncols);
-        col2im_add(y + (size_t)n0 * Cout * Lo, col, nb, Cout, Ho, Wo, kh, kw, stride, pad, H, W);
-    }
-    if (b)
-        for (int n = 0; n < N; n++)
+        for (int n = 0; n < nb; n++)
             for (int c = 0; c < Cout; c++) {
-                float *dst = y + ((size_t)n * Cout + c) * Lo;
+                float bc = b ? b[c] : 0.0f;
+                float *dst = yg + ((size_t)n * Cout + c) * Lo;
                 for (size_t l = 0; l < Lo; l++)
-                    dst[l] += b[c];
+                    dst[l] = bc;
             }
+        col2im_add(yg, col, nb, Cout, Ho, Wo, kh, kw, stride, pad, H, W);
+    }
     msd_storage_release(sc);
-    msd_storage_release(st);
     return MSD_OK;
 }
 
@@ -271,21 +311,28 @@ int msd_conv_transpose2d_backward(float *dx, float *dw, float *db, const float *
     if (!dx && !dw)
         return MSD_OK;
     int nbmax = chunk_images(N, K > (size_t)Cin ? K : (size_t)Cin, L);
-    msd_storage *sc, *st;
-    int rc = scratch2("conv_transpose2d backward", K * nbmax * L, (size_t)Cin * nbmax * L, &sc,
-                      &st);
+    int G = (N + nbmax - 1) / nbmax, nthr;
+    size_t per = (K + Cin) * nbmax * L, nw = (size_t)Cin * K;
+    msd_storage *sc, *sp = NULL;
+    int rc = scratch("conv_transpose2d backward", per, &nthr, &sc);
     if (rc != MSD_OK)
         return rc;
-    float *dcol = sc->data, *t = st->data;
-    for (int n0 = 0; n0 < N; n0 += nbmax) {
-        int nb = N - n0 < nbmax ? N - n0 : nbmax;
+    if (dw && !(sp = msd_storage_new(nw * G))) {
+        msd_storage_release(sc);
+        return msd_error(MSD_ERR_MEM, "conv_transpose2d backward: out of memory for %d partial "
+                                      "weight gradients of %zu floats", G, nw);
+    }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthr) if (G > 1)
+    for (int g = 0; g < G; g++) {
+        int n0 = g * nbmax, nb = N - n0 < nbmax ? N - n0 : nbmax;
         int ncols = (int)((size_t)nb * L);
+        float *dcol = sc->data + per * (size_t)THREAD_ID(), *t = dcol + K * nbmax * L;
         im2col(dcol, dy + (size_t)n0 * Cout * Lo, nb, Cout, Ho, Wo, kh, kw, stride, pad, H, W);
         if (dw) {
-            /* dw (Cin, K) += x (Cin, nb*L) dcol^T (nb*L, K) */
+            /* partial g (Cin, K) = x (Cin, nb*L) dcol^T (nb*L, K) */
             to_channel_major(t, x + (size_t)n0 * Cin * L, nb, Cin, L);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cin, (int)K, ncols, 1.0f, t,
-                        ncols, dcol, ncols, 1.0f, dw, (int)K);
+                        ncols, dcol, ncols, 0.0f, sp->data + nw * g, (int)K);
         }
         if (dx) {
             /* dx (Cin, nb*L) = w (Cin, K) dcol (K, nb*L), added back in NCHW order */
@@ -300,8 +347,10 @@ int msd_conv_transpose2d_backward(float *dx, float *dw, float *db, const float *
                 }
         }
     }
+    if (dw)
+        reduce_partials(dw, sp->data, G, nw);
+    msd_storage_release(sp);
     msd_storage_release(sc);
-    msd_storage_release(st);
     return MSD_OK;
 }
 

@@ -18,10 +18,22 @@ msd_tensor **lbind_new_box(lua_State *L)
     return box;
 }
 
+/* Lua's collector sees only the small boxes of tensors, not their storage,
+ * so a C-side pause rule decides when to collect: once the live tensor
+ * bytes exceed twice (plus 64 MiB) what was live after the last collection,
+ * a full collection frees the unreachable tensors. (LUA_GCSTEP with a size
+ * would inflate Lua's own heap estimate for good, so that its collections
+ * become ever rarer and tensor memory grows by a whole graph per step.) */
 void lbind_gc_hint(lua_State *L, size_t bytes)
 {
-    if (bytes >= 64 * 1024)
-        lua_gc(L, LUA_GCSTEP, (int)(bytes >> 10));
+    static _Thread_local double base = 0;
+    if (bytes < 64 * 1024)
+        return;
+    double live = (double)msd_memory_stats().live_bytes;
+    if (live > 2.0 * base + 64.0 * 1024 * 1024) {
+        lua_gc(L, LUA_GCCOLLECT, 0);
+        base = (double)msd_memory_stats().live_bytes;
+    }
 }
 
 void lbind_push_tensor(lua_State *L, msd_tensor *t)
