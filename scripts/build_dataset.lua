@@ -33,6 +33,33 @@ local SPELL_KINDS = { ["magic book"] = true, ["prayer book"] = true, scroll = tr
 -- teleport), and the trap-detected floor, which uses the glyph's circle.
 local SPELL_TERRAIN = { [3] = true, [20] = true, [21] = true, [64] = true }
 
+-- Tiles that no pref line names but that clearly show a class, chosen by looking at
+-- upscaled contact sheets of the unnamed tiles (data/README.md lists what was left out and
+-- why). Rows and columns are 0-based positions in the Angband sheet; `cols` is a list of
+-- inclusive ranges and `except` lists "r<row>c<col>" cells left out. These names are used
+-- only for a tile (or a merged group of copies) that no pref line names; the source is
+-- "position:r<row>c<col>:<what>".
+local POSITIONAL = {
+  -- the race x class block: more races and classes than xtra-new.prf names. Columns 0-16
+  -- and 18-20 are people facing the viewer; columns 17 and 21-30 are insect-like, winged,
+  -- tentacled, demonic, golem, undead, ghostly, fairy and beast-headed figures. The cells
+  -- left out are too dark, noisy or swamped by a spell aura to read as a person.
+  { rows = { 18, 28 }, cols = { { 0, 16 }, { 18, 20 } }, class = "hero", what = "player figure",
+    except = { "r19c14", "r21c16", "r25c3", "r25c4", "r25c5", "r25c12", "r25c13", "r25c14",
+               "r25c16", "r25c18", "r25c19", "r26c16", "r28c14" } },
+  -- mushrooms among the food flavours (r5c23 is too dark to read)
+  { rows = { 5, 5 }, cols = { { 18, 18 }, { 27, 27 } }, class = "food", what = "mushroom" },
+  -- spell books in the colours of the named ones
+  { rows = { 12, 12 }, cols = { { 26, 31 } }, class = "spell", what = "book" },
+  { rows = { 13, 13 }, cols = { { 0, 3 }, { 8, 19 } }, class = "spell", what = "book" },
+  -- a third copy of the glyph-of-warding rune (r13c21, r13c22 are named terrain)
+  { rows = { 13, 13 }, cols = { { 23, 23 } }, class = "spell", what = "rune" },
+  -- bolts at the four angles, and balls (r17c24 is a dark speckled square: left out)
+  { rows = { 15, 15 }, cols = { { 0, 3 } }, class = "spell", what = "bolt" },
+  { rows = { 17, 17 }, cols = { { 0, 7 }, { 28, 31 } }, class = "spell", what = "bolt" },
+  { rows = { 17, 17 }, cols = { { 25, 26 } }, class = "spell", what = "ball" },
+}
+
 local TILE = 16
 local SHEET_COLS = 32
 local INSTALL_HINT = "apt-get install angband angband-data"
@@ -218,6 +245,28 @@ function Names:parse_flavors(path, src)
   end
 end
 
+-- The positional name of each cell of POSITIONAL: key r * cols + c -> {label, source}.
+local function positional_names(cols)
+  local at = {}
+  for _, entry in ipairs(POSITIONAL) do
+    local skip = {}
+    for _, cell in ipairs(entry.except or {}) do skip[cell] = true end
+    for r = entry.rows[1], entry.rows[2] do
+      for _, span in ipairs(entry.cols) do
+        for c = span[1], span[2] do
+          local cell = string.format("r%dc%d", r, c)
+          if not skip[cell] then
+            assert(not at[r * cols + c], "POSITIONAL names " .. cell .. " twice")
+            at[r * cols + c] = { label = entry.class,
+                                 source = "position:" .. cell .. ":" .. entry.what }
+          end
+        end
+      end
+    end
+  end
+  return at
+end
+
 local RANK = {}
 for i, label in ipairs(PRIORITY) do RANK[label] = i end
 
@@ -283,7 +332,8 @@ local function main()
   names:parse_flavors(args.flavor_pref, src)
 
   -- Group identical tiles in row-major order; a group keeps its first position and the
-  -- names of all its copies.
+  -- names of all its copies, and the positional name of its first copy that has one.
+  local positional = positional_names(cols)
   local groups, by_bytes = {}, {}
   local alpha_at = 3 * TILE * TILE + 1
   for r = 0, rows - 1 do
@@ -301,16 +351,19 @@ local function main()
         for _, cand in ipairs(names.at[r * cols + c] or {}) do
           g.cands[#g.cands + 1] = cand
         end
+        g.positional = g.positional or positional[r * cols + c]
       end
     end
   end
 
   local tsv, tsv_path = open_out(args.out, "sprites_labels.tsv")
   tsv:write("index\t", table.concat(LABELS, "\t"), "\tsource\n")
-  local counts, zero_named, zero_unnamed = {}, 0, 0
+  local counts, zero_named, zero_unnamed, by_position = {}, 0, 0, 0
   for _, label in ipairs(LABELS) do counts[label] = 0 end
   for i, g in ipairs(groups) do
-    local pick = best(g.cands)
+    -- a pref name always wins over a positional one
+    local pick = best(g.cands) or g.positional
+    if pick and pick == g.positional then by_position = by_position + 1 end
     local label = pick and pick.label or "none"
     local source = pick and pick.source or string.format("unnamed:r%dc%d", g.r, g.c)
     local row = {}
@@ -345,6 +398,7 @@ local function main()
   print(string.format("%-12s %5d  (%d named in no class, %d unnamed)", "zero-context",
     zero_named + zero_unnamed, zero_named, zero_unnamed))
   print(string.format("%-12s %5d  -> %s, %s", "total", #groups, png_path, tsv_path))
+  print(string.format("(%d sprites are labelled by position)", by_position))
 end
 
 main()

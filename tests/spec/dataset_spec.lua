@@ -8,8 +8,8 @@ local LABELS_TSV = "data/sprites_labels.tsv"
 local HEADER = "index\thero\tnon-hero\tfood\tspell\tside-facing\tsource"
 local NAMES = { "hero", "non-hero", "food", "spell", "side-facing" }
 -- the counts documented in data/README.md
-local COUNTS = { hero = 154, ["non-hero"] = 407, food = 18, spell = 106, ["side-facing"] = 92 }
-local ZERO_ROWS = 1029
+local COUNTS = { hero = 284, ["non-hero"] = 407, food = 20, spell = 147, ["side-facing"] = 92 }
+local ZERO_ROWS = 856
 local TOTAL = 1806
 local TILE, COLS = 16, 32
 
