@@ -41,6 +41,16 @@ end
 -- @return 0-dim tensor
 function M.cross_entropy(logits, target)
   if core.is_tensor(target) and target:dim() == 1 then
+    if core.is_tensor(logits) and logits:dim() == 2 and target:size(1) == logits:size(1) then
+      -- name a bad index 1-based, as the caller wrote it
+      local C = logits:size(2)
+      for n, v in ipairs(target:totable()) do
+        if not (v >= 1 and v <= C and v == math.floor(v)) then
+          error(string.format("cross_entropy: target %d holds %g, not a class index in 1..%d "
+            .. "for logits %s", n, v, C, tostring(logits):match("^tensor(%S+)")), 2)
+        end
+      end
+    end
     target = target - 1
   end
   return core.cross_entropy_raw(logits, target)
