@@ -92,18 +92,22 @@ local function main()
   })
   local total = job.total
   local frames_wanted = math.min(a.frames, total)
+  local tty = os.execute("test -t 2")
+  tty = tty == true or tty == 0
   local t0 = minisd.clock()
   while not job:done() do
     job:step()
-    io.stderr:write(string.format("\rstep %d/%d", job.i, total))
+    if tty then -- a live step counter on a terminal only
+      io.stderr:write(string.format("\rstep %d/%d", job.i, total))
+    end
     -- frames at evenly spaced steps, the last one being the result
     if a.animate and math.floor(job.i * frames_wanted / total)
         > math.floor((job.i - 1) * frames_wanted / total) then
       frames[#frames + 1] = image.grid(image.to_unit(job:result()), { nrow = a.nrow or a.count })
     end
   end
-  io.stderr:write(string.format("\rsampled %d sprites in %d steps (%.2f s)\n", #rows, total,
-    minisd.clock() - t0))
+  io.stderr:write(string.format("%ssampled %d sprites in %d steps (%.2f s)\n", tty and "\r" or "",
+    #rows, total, minisd.clock() - t0))
   local x = job:result()
   assert(image.save_grid(a.out, x, { nrow = a.nrow or a.count, scale = a.scale }))
   print("wrote " .. a.out)
