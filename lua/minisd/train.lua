@@ -63,10 +63,8 @@ local function flatten(value, prefix, tensors)
     return { ["$tensor"] = prefix }
   elseif type(value) == "table" then
     local out = {}
-    local is_array = #value > 0
     for k, v in pairs(value) do
-      local key = is_array and tostring(k) or k
-      out[is_array and k or k] = flatten(v, prefix .. "/" .. tostring(key), tensors)
+      out[k] = flatten(v, prefix .. "/" .. tostring(k), tensors)
     end
     return out
   end
@@ -89,6 +87,29 @@ local function unflatten(value, tensors)
     return out
   end
   return value
+end
+
+-- Cuts the loss log back to its header and first `steps` rows: after a crash
+-- it may hold steps that came after the checkpoint, which resume redoes.
+-- The shortened log is written to a temporary file and renamed over the old.
+local function keep_log_lines(path, steps)
+  local f = io.open(path, "r")
+  if not f then
+    return
+  end
+  local lines = {}
+  for line in f:lines() do
+    if #lines > steps then
+      break
+    end
+    lines[#lines + 1] = line
+  end
+  f:close()
+  local tmp = path .. ".tmp"
+  local out = assert(io.open(tmp, "w"))
+  out:write(table.concat(lines, "\n"), "\n")
+  out:close()
+  assert(os.rename(tmp, path))
 end
 
 -- ---- checkpoints --------------------------------------------------------
@@ -292,7 +313,11 @@ function M.run(args)
       start_epoch, start_step = start_epoch + 1, 0
     end
   end
-  local log = assert(io.open(path_join(args.out, "losses.tsv"), resume and "a" or "w"))
+  local log_path = path_join(args.out, "losses.tsv")
+  if resume then
+    keep_log_lines(log_path, global_step)
+  end
+  local log = assert(io.open(log_path, resume and "a" or "w"))
   if not resume then
     log:write("epoch\tstep\tloss\tlr\n")
   end
