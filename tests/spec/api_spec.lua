@@ -1,0 +1,60 @@
+-- The API snippet of the engine issue, run as written by a separate interpreter
+-- in a temporary folder holding the files it reads; then its outputs are checked.
+-- luacheck: ignore 631 (the snippet keeps the issue's long lines)
+local minisd = require("minisd")
+local H = require("helpers")
+
+local SNIPPET = [[
+local minisd = require "minisd"
+local nn = minisd.nn
+local net = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.GELU(), nn.MaxPool2d(2))
+net:load("w.safetensors")                  -- strict
+net:train()                                -- or net:eval()
+local x = minisd.load_npy("x.npy")
+local y = net(x)
+local loss = minisd.mse_loss(y, minisd.load_npy("target.npy"))
+loss:backward(); print(loss:item())
+local opt = minisd.optim.Adam(net:parameters(), { lr = 1e-3 })
+for name, p in pairs(net:named_parameters()) do print(name, p.grad) end
+minisd.save_safetensors("g.safetensors", { w = net:named_parameters()["0.weight"].grad }, { note = "x" })
+opt:step(); opt:zero_grad()
+minisd.no_grad(function() minisd.save_npy("y.npy", net(x)) end)
+local t = minisd.full({ 2 }, 0.5); local r = minisd.randn({ 4, 3, 16, 16 }, minisd.Generator(42))
+print(t:sum():item(), r:numel())
+]]
+
+describe("the engine API as scripts use it", function()
+  it("runs the documented snippet", function()
+    local tmp = H.tmpdir()
+    local root = io.popen("pwd"):read("*l")
+    local nn = minisd.nn
+    minisd.manual_seed(11)
+    local ref = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.GELU(),
+      nn.MaxPool2d(2))
+    ref:save(tmp .. "/w.safetensors")
+    minisd.save_npy(tmp .. "/x.npy", minisd.randn({ 4, 3, 8, 8 }))
+    minisd.save_npy(tmp .. "/target.npy", minisd.randn({ 4, 8, 4, 4 }))
+    local f = assert(io.open(tmp .. "/snippet.lua", "w"))
+    f:write(SNIPPET)
+    f:close()
+    local cpath = os.getenv("MINISD_CPATH") or (root .. "/build/?.so")
+    if cpath:sub(1, 1) ~= "/" then
+      cpath = root .. "/" .. cpath
+    end
+    local ok, _, out = H.run(string.format(
+      "cd %s && LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;;' LUA_CPATH='%s;;' %s snippet.lua",
+      tmp, root, root, cpath, H.lua_bin))
+    assert.is_true(ok, out)
+    -- the loss, four parameters with gradients, then the sum and the count
+    assert.truthy(out:match("^%d[%d.e-]*\n"), out)
+    for _, name in ipairs({ "0.weight", "0.bias", "1.weight", "1.bias" }) do
+      assert.truthy(out:find(name .. "\ttensor%[", 1), name .. " in: " .. out)
+    end
+    assert.truthy(out:find("1.0\t3072", 1, true) or out:find("1\t3072", 1, true), out)
+    assert.are.same({ 4, 8, 4, 4 }, minisd.load_npy(tmp .. "/y.npy"):shape())
+    local g, meta = minisd.load_safetensors(tmp .. "/g.safetensors")
+    assert.are.same({ 8, 3, 3, 3 }, g.w:shape())
+    assert.is_true(g.w:abs():max() > 0)
+    assert.are.equal("x", meta.note)
+  end)
+end)
