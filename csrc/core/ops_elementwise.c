@@ -229,33 +229,53 @@ int msd_grad_div(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 
 /* ---- unary ops -------------------------------------------------------- */
 
-/* A new tensor shaped like x, recorded as op with x as the only input. */
-static int unary_out(msd_tensor *x, msd_op op, msd_tensor **o, msd_node **node)
+/* y = f(x) elementwise for the unary ops (s: the scalar of add/mul_scalar),
+ * recorded as op with x as the only input. */
+static int unary(msd_tensor *x, msd_op op, float s, msd_tensor **out)
 {
-    *o = msd_tensor_empty_like(x);
-    if (!*o)
+    msd_tensor *o = msd_tensor_empty_like(x);
+    if (!o)
         return MSD_ERR_MEM;
-    int rc = msd_autograd_record(*o, op, 1, &x, node);
+    msd_node *node;
+    int rc = msd_autograd_record(o, op, 1, &x, &node);
     if (rc != MSD_OK) {
-        msd_tensor_release(*o);
-        *o = NULL;
+        msd_tensor_release(o);
+        return rc;
     }
-    return rc;
+    if (node)
+        node->farg[0] = s;
+    const float *px = msd_tensor_data(x);
+    float *po = msd_tensor_data(o);
+    size_t n = msd_tensor_numel(x);
+    switch (op) {
+    case MSD_OP_ADD_SCALAR:
+        for (size_t i = 0; i < n; i++)
+            po[i] = px[i] + s;
+        break;
+    case MSD_OP_MUL_SCALAR:
+        for (size_t i = 0; i < n; i++)
+            po[i] = px[i] * s;
+        break;
+    case MSD_OP_ABS:
+        for (size_t i = 0; i < n; i++)
+            po[i] = fabsf(px[i]);
+        break;
+    case MSD_OP_SQRT:
+        for (size_t i = 0; i < n; i++)
+            po[i] = sqrtf(px[i]);
+        break;
+    default: /* MSD_OP_EXP */
+        for (size_t i = 0; i < n; i++)
+            po[i] = expf(px[i]);
+        break;
+    }
+    *out = o;
+    return MSD_OK;
 }
 
 int msd_add_scalar(msd_tensor *x, float s, msd_tensor **out)
 {
-    msd_tensor *o;
-    msd_node *node;
-    int rc = unary_out(x, MSD_OP_ADD_SCALAR, &o, &node);
-    if (rc != MSD_OK)
-        return rc;
-    const float *px = msd_tensor_data(x);
-    float *po = msd_tensor_data(o);
-    for (size_t i = 0, n = msd_tensor_numel(x); i < n; i++)
-        po[i] = px[i] + s;
-    *out = o;
-    return MSD_OK;
+    return unary(x, MSD_OP_ADD_SCALAR, s, out);
 }
 
 int msd_grad_add_scalar(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
@@ -270,19 +290,7 @@ int msd_grad_add_scalar(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx
 
 int msd_mul_scalar(msd_tensor *x, float s, msd_tensor **out)
 {
-    msd_tensor *o;
-    msd_node *node;
-    int rc = unary_out(x, MSD_OP_MUL_SCALAR, &o, &node);
-    if (rc != MSD_OK)
-        return rc;
-    if (node)
-        node->farg[0] = s;
-    const float *px = msd_tensor_data(x);
-    float *po = msd_tensor_data(o);
-    for (size_t i = 0, n = msd_tensor_numel(x); i < n; i++)
-        po[i] = px[i] * s;
-    *out = o;
-    return MSD_OK;
+    return unary(x, MSD_OP_MUL_SCALAR, s, out);
 }
 
 int msd_grad_mul_scalar(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
@@ -296,17 +304,7 @@ int msd_grad_mul_scalar(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx
 
 int msd_abs(msd_tensor *x, msd_tensor **out)
 {
-    msd_tensor *o;
-    msd_node *node;
-    int rc = unary_out(x, MSD_OP_ABS, &o, &node);
-    if (rc != MSD_OK)
-        return rc;
-    const float *px = msd_tensor_data(x);
-    float *po = msd_tensor_data(o);
-    for (size_t i = 0, n = msd_tensor_numel(x); i < n; i++)
-        po[i] = fabsf(px[i]);
-    *out = o;
-    return MSD_OK;
+    return unary(x, MSD_OP_ABS, 0.0f, out);
 }
 
 /* d|x|/dx = sign(x), 0 at 0 as PyTorch. */
@@ -321,17 +319,7 @@ int msd_grad_abs(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 
 int msd_sqrt(msd_tensor *x, msd_tensor **out)
 {
-    msd_tensor *o;
-    msd_node *node;
-    int rc = unary_out(x, MSD_OP_SQRT, &o, &node);
-    if (rc != MSD_OK)
-        return rc;
-    const float *px = msd_tensor_data(x);
-    float *po = msd_tensor_data(o);
-    for (size_t i = 0, n = msd_tensor_numel(x); i < n; i++)
-        po[i] = sqrtf(px[i]);
-    *out = o;
-    return MSD_OK;
+    return unary(x, MSD_OP_SQRT, 0.0f, out);
 }
 
 /* The output is not saved (it would hold its own node); sqrt is recomputed. */
@@ -346,17 +334,7 @@ int msd_grad_sqrt(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 
 int msd_exp(msd_tensor *x, msd_tensor **out)
 {
-    msd_tensor *o;
-    msd_node *node;
-    int rc = unary_out(x, MSD_OP_EXP, &o, &node);
-    if (rc != MSD_OK)
-        return rc;
-    const float *px = msd_tensor_data(x);
-    float *po = msd_tensor_data(o);
-    for (size_t i = 0, n = msd_tensor_numel(x); i < n; i++)
-        po[i] = expf(px[i]);
-    *out = o;
-    return MSD_OK;
+    return unary(x, MSD_OP_EXP, 0.0f, out);
 }
 
 int msd_grad_exp(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
