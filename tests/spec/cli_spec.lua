@@ -17,12 +17,7 @@ local function read_losses(path)
   return rows
 end
 
-local function read_all(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read_all = H.read_file
 
 local TINY = "--limit 24 --batch-size 8 --n-feat 8 --sample-every 0 --progress plain --quiet"
 

@@ -33,11 +33,7 @@ local function assert_picture(actual, expected, what)
   H.assert_close(actual, expected, 0, 2e-6, what)
 end
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local exists = H.exists
 
 describe("data.load: the seed's npy pair", function()
   local dir = FILES .. "/npy4"

@@ -2,6 +2,7 @@
 -- scripts/build_dataset.lua rebuilds it byte for byte from the Debian packages.
 -- Runs under Lua 5.4 and LuaJIT; the rebuild needs Lua 5.4 (the script's interpreter).
 local minisd = require("minisd")
+local H = require("helpers")
 
 local SHEET = "data/sprites.png"
 local LABELS_TSV = "data/sprites_labels.tsv"
@@ -15,23 +16,14 @@ local TILE, COLS = 16, 32
 
 local SOURCES = { "/usr/share/angband/xtra/graf/16x16.png", "/etc/angband/pref/graf-new.prf" }
 
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read_file = H.read_file
 
 -- a string of n zero bytes (Lua 5.1 patterns cannot hold "\0")
 local function zeros(n)
   return string.rep(string.char(0), n)
 end
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local exists = H.exists
 
 -- header line and rows of fields
 local function read_tsv(path)

@@ -4,13 +4,9 @@
 -- count, delays, disposal, transparency and every pixel.
 local minisd = require("minisd")
 local image = require("minisd.image")
+local H = require("helpers")
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read = H.read_file
 
 local function u16(s, i)
   return s:byte(i) + 256 * s:byte(i + 1)

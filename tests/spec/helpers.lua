@@ -79,6 +79,30 @@ function H.run(cmd)
   return code == 0, code, out
 end
 
+--- The whole content of a file (an error if it cannot be read).
+function H.read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+--- Writes s as the whole content of a file.
+function H.write_file(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+--- Whether a file exists and can be opened.
+function H.exists(path)
+  local f = io.open(path, "rb")
+  if f then
+    f:close()
+  end
+  return f ~= nil
+end
+
 --- A fresh temporary directory.
 function H.tmpdir()
   local ok, _, out = H.run("mktemp -d")

@@ -6,18 +6,9 @@ local H = require("helpers")
 
 local FIX = H.root .. "/tests/fixtures/files/"
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read = H.read_file
 
-local function write(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local write = H.write_file
 
 local function le64(n)
   local b = {}

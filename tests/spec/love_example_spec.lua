@@ -1,13 +1,8 @@
 -- The LÖVE example (examples/love) runs headless under LuaJIT with the smoke script's stubs
 -- of the LÖVE API: it loads a tiny model, denoises three batches one step per frame, and
 -- reacts to the keys.
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then
-    f:close()
-  end
-  return f ~= nil
-end
+local H = require("helpers")
+local exists = H.exists
 
 -- LuaJIT and the cpath of the core built for it.
 local function luajit_setup()
