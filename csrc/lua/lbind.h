@@ -32,6 +32,10 @@ typedef int (*lbind_unary_fn)(msd_tensor *, msd_tensor **);
 typedef int (*lbind_binary_fn)(msd_tensor *, msd_tensor *, msd_tensor **);
 int lbind_unary_op(lua_State *L, lbind_unary_fn f);
 int lbind_binary_op(lua_State *L, lbind_binary_fn f);
+/* The shape of a tensor to create (a table at index i): like
+ * lbind_check_shape, then msd_shape_check (no -1, no negative size, not too
+ * many elements); `what` names the function in the message. Returns ndim. */
+int lbind_check_new_shape(lua_State *L, int i, const char *what, int *shape);
 /* Raises a Lua error with msd_last_error() when rc != MSD_OK. */
 void lbind_check_rc(lua_State *L, int rc);
 /* An integer argument (error if not an integral number). */

@@ -138,18 +138,11 @@ static int l_rng_manual_seed_default(lua_State *L)
     return 0;
 }
 
-static int new_shape(lua_State *L, int i, const char *what, int *shape)
-{
-    int n = lbind_check_shape(L, i, shape);
-    lbind_check_rc(L, msd_shape_check(what, n, shape));
-    return n;
-}
-
 /* minisd.rand(shape, gen?) -> tensor of uniform [0, 1) values. */
 static int l_rng_rand(lua_State *L)
 {
     int shape[MSD_MAX_DIMS];
-    int nd = new_shape(L, 1, "rand", shape);
+    int nd = lbind_check_new_shape(L, 1, "rand", shape);
     msd_rng *g = opt_gen(L, 2);
     msd_tensor **box = lbind_new_box(L);
     return lbind_result(L, msd_rand(g, nd, shape, box), box);
@@ -159,7 +152,7 @@ static int l_rng_rand(lua_State *L)
 static int l_rng_randn(lua_State *L)
 {
     int shape[MSD_MAX_DIMS];
-    int nd = new_shape(L, 1, "randn", shape);
+    int nd = lbind_check_new_shape(L, 1, "randn", shape);
     msd_rng *g = opt_gen(L, 2);
     msd_tensor **box = lbind_new_box(L);
     return lbind_result(L, msd_randn(g, nd, shape, box), box);
@@ -169,7 +162,7 @@ static int l_rng_randn(lua_State *L)
 static int l_rng_randint(lua_State *L)
 {
     int shape[MSD_MAX_DIMS];
-    int nd = new_shape(L, 1, "randint", shape);
+    int nd = lbind_check_new_shape(L, 1, "randint", shape);
     int low = lbind_check_int(L, 2), high = lbind_check_int(L, 3);
     msd_rng *g = opt_gen(L, 4);
     msd_tensor **box = lbind_new_box(L);

@@ -113,8 +113,7 @@ int lbind_check_shape(lua_State *L, int i, int *shape)
     return n;
 }
 
-/* A checked shape for a new tensor: no -1, no negative sizes. */
-static int new_shape(lua_State *L, int i, const char *what, int *shape)
+int lbind_check_new_shape(lua_State *L, int i, const char *what, int *shape)
 {
     int n = lbind_check_shape(L, i, shape);
     lbind_check_rc(L, msd_shape_check(what, n, shape));
@@ -135,7 +134,7 @@ static int push_new(lua_State *L, msd_tensor **box, msd_tensor *t)
 static int l_tensor_zeros(lua_State *L)
 {
     int shape[MSD_MAX_DIMS];
-    int nd = new_shape(L, 1, "zeros", shape);
+    int nd = lbind_check_new_shape(L, 1, "zeros", shape);
     msd_tensor **box = lbind_new_box(L);
     return push_new(L, box, msd_tensor_zeros(nd, shape));
 }
@@ -143,7 +142,7 @@ static int l_tensor_zeros(lua_State *L)
 static int l_tensor_ones(lua_State *L)
 {
     int shape[MSD_MAX_DIMS];
-    int nd = new_shape(L, 1, "ones", shape);
+    int nd = lbind_check_new_shape(L, 1, "ones", shape);
     msd_tensor **box = lbind_new_box(L);
     return push_new(L, box, msd_tensor_full(nd, shape, 1.0f));
 }
@@ -151,7 +150,7 @@ static int l_tensor_ones(lua_State *L)
 static int l_tensor_full(lua_State *L)
 {
     int shape[MSD_MAX_DIMS];
-    int nd = new_shape(L, 1, "full", shape);
+    int nd = lbind_check_new_shape(L, 1, "full", shape);
     float v = (float)luaL_checknumber(L, 2);
     msd_tensor **box = lbind_new_box(L);
     return push_new(L, box, msd_tensor_full(nd, shape, v));
