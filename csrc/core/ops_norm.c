@@ -197,6 +197,29 @@ static const float *data_or_null(const msd_tensor *t)
     return t ? msd_tensor_data(t) : NULL;
 }
 
+/* The common end of batch_norm2d and group_norm: records the node (inputs
+ * x, weight, bias; saved mean and rstd; iarg[0] = arg) and hands o to *out.
+ * Drops the caller's references to mean and rstd, and to o on failure. */
+static int finish(msd_op op, msd_tensor *x, msd_tensor *weight, msd_tensor *bias, int arg,
+                  msd_tensor *o, msd_tensor *mean, msd_tensor *rstd, msd_tensor **out)
+{
+    msd_tensor *in[3] = { x, weight, bias };
+    msd_node *node;
+    int rc = msd_autograd_record(o, op, 3, in, &node);
+    if (rc == MSD_OK && node) {
+        msd_node_save(node, 0, mean);
+        msd_node_save(node, 1, rstd);
+        node->iarg[0] = arg;
+    }
+    if (rc == MSD_OK)
+        *out = o;
+    else
+        msd_tensor_release(o);
+    msd_tensor_release(mean);
+    msd_tensor_release(rstd);
+    return rc;
+}
+
 int msd_batch_norm2d(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
                      msd_tensor *running_mean, msd_tensor *running_var, int training,
                      float momentum, float eps, msd_tensor **out)
@@ -258,19 +281,7 @@ int msd_batch_norm2d(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
     }
     msd_batchnorm_forward(msd_tensor_data(o), msd_tensor_data(x), pm, pr, data_or_null(weight),
                           data_or_null(bias), N, C, HW);
-    msd_tensor *in[3] = { x, weight, bias };
-    msd_node *node;
-    if ((rc = msd_autograd_record(o, MSD_OP_BATCH_NORM2D, 3, in, &node)) != MSD_OK)
-        goto fail;
-    if (node) {
-        msd_node_save(node, 0, mean);
-        msd_node_save(node, 1, rstd);
-        node->iarg[0] = training != 0;
-    }
-    msd_tensor_release(mean);
-    msd_tensor_release(rstd);
-    *out = o;
-    return MSD_OK;
+    return finish(MSD_OP_BATCH_NORM2D, x, weight, bias, training != 0, o, mean, rstd, out);
 fail:
     msd_tensor_release(o);
     msd_tensor_release(mean);
@@ -323,19 +334,7 @@ int msd_group_norm(msd_tensor *x, int groups, msd_tensor *weight, msd_tensor *bi
     msd_groupnorm_forward(msd_tensor_data(o), msd_tensor_data(mean), msd_tensor_data(rstd),
                           msd_tensor_data(x), data_or_null(weight), data_or_null(bias), N, C, HW,
                           groups, eps);
-    msd_tensor *in[3] = { x, weight, bias };
-    msd_node *node;
-    if ((rc = msd_autograd_record(o, MSD_OP_GROUP_NORM, 3, in, &node)) != MSD_OK)
-        goto fail;
-    if (node) {
-        msd_node_save(node, 0, mean);
-        msd_node_save(node, 1, rstd);
-        node->iarg[0] = groups;
-    }
-    msd_tensor_release(mean);
-    msd_tensor_release(rstd);
-    *out = o;
-    return MSD_OK;
+    return finish(MSD_OP_GROUP_NORM, x, weight, bias, groups, o, mean, rstd, out);
 fail:
     msd_tensor_release(o);
     msd_tensor_release(mean);
