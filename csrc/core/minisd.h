@@ -3,8 +3,10 @@
 #define MSD_MINISD_H
 
 #include "autograd.h"
+#include "cpu.h"
 #include "diffusion.h"
 #include "error.h"
+#include "gemm.h"
 #include "gif.h"
 #include "image.h"
 #include "io.h"

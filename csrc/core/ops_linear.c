@@ -1,7 +1,6 @@
-/* Linear: y = x w^T + b over the last dim, through cblas_sgemm. Leading
+/* Linear: y = x w^T + b over the last dim, through msd_sgemm. Leading
  * dims of x are flattened into M rows. */
-#include <cblas.h>
-
+#include "gemm.h"
 #include "ops.h"
 
 void msd_linear_forward(float *y, const float *x, const float *w, const float *b, int M, int in,
@@ -15,8 +14,7 @@ void msd_linear_forward(float *y, const float *x, const float *w, const float *b
     if (in == 0)
         return;
     /* y (M, out) = b + x (M, in) w^T (in, out) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, out, in, 1.0f, x, in, w, in, 1.0f, y,
-                out);
+    msd_sgemm(0, 1, M, out, in, 1.0f, x, in, w, in, 1.0f, y, out);
 }
 
 void msd_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
@@ -25,11 +23,9 @@ void msd_linear_backward(float *dx, float *dw, float *db, const float *dy, const
     if (M == 0 || out == 0)
         return;
     if (dx && in > 0) /* dx (M, in) += dy (M, out) w (out, in) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, in, out, 1.0f, dy, out, w, in,
-                    1.0f, dx, in);
+        msd_sgemm(0, 0, M, in, out, 1.0f, dy, out, w, in, 1.0f, dx, in);
     if (dw && in > 0) /* dw (out, in) += dy^T (out, M) x (M, in) */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, M, 1.0f, dy, out, x, in,
-                    1.0f, dw, in);
+        msd_sgemm(1, 0, out, in, M, 1.0f, dy, out, x, in, 1.0f, dw, in);
     if (db)
         for (int o = 0; o < out; o++) {
             double acc = 0;

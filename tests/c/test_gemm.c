@@ -1,0 +1,150 @@
+/* msd_sgemm against a double-precision triple loop, for every transpose
+ * combination, edge sizes around each kernel's tile, alpha/beta cases, and
+ * every kernel level this CPU can run. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "minisd.h"
+#include "test.h"
+
+static unsigned rng_state = 12345;
+
+static float frand(void)
+{
+    rng_state = rng_state * 1664525u + 1013904223u;
+    return (float)((rng_state >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+/* C (M,N) = alpha op(A) op(B) + beta C0, in double */
+static void ref_gemm(int ta, int tb, int M, int N, int K, double alpha, const float *A, int lda,
+                     const float *B, int ldb, double beta, const float *C0, double *C, int ldc)
+{
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double s = 0;
+            for (int k = 0; k < K; k++)
+                s += (double)(ta ? A[k * lda + i] : A[i * lda + k]) *
+                     (tb ? B[j * ldb + k] : B[k * ldb + j]);
+            C[i * ldc + j] = alpha * s + (beta == 0 ? 0 : beta * C0[i * ldc + j]);
+        }
+}
+
+/* One case; returns 0 when msd_sgemm matches to float rounding. Leading
+ * dims are padded by 3 so that strides differ from widths. */
+static int one_case(int ta, int tb, int M, int N, int K, float alpha, float beta)
+{
+    int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 3, ldc = N + 3;
+    size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb, nc = (size_t)M * ldc;
+    float *A = malloc(na * sizeof *A), *B = malloc(nb * sizeof *B), *C = malloc(nc * sizeof *C);
+    float *C0 = malloc(nc * sizeof *C0);
+    double *R = malloc(nc * sizeof *R);
+    for (size_t i = 0; i < na; i++)
+        A[i] = frand();
+    for (size_t i = 0; i < nb; i++)
+        B[i] = frand();
+    for (size_t i = 0; i < nc; i++)
+        C0[i] = frand();
+    memcpy(C, C0, nc * sizeof *C);
+    if (beta == 0.0f) /* C must not be read: NaN would show */
+        for (size_t i = 0; i < nc; i++)
+            C[i] = NAN;
+    for (int i = 0; i < M; i++) /* the padding columns must stay untouched */
+        for (int j = N; j < ldc; j++)
+            C[(size_t)i * ldc + j] = 7.0f;
+    ref_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C0, R, ldc);
+    msd_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    int bad = 0;
+    double worst = 0;
+    for (int i = 0; i < M && !bad; i++) {
+        for (int j = 0; j < N; j++) {
+            double got = C[(size_t)i * ldc + j], want = R[(size_t)i * ldc + j];
+            double err = fabs(got - want), tol = 1e-5 * (K + 1) + 1e-5 * fabs(want);
+            if (err > worst)
+                worst = err;
+            if (!(err <= tol)) {
+                fprintf(stderr, "  %s ta=%d tb=%d M=%d N=%d K=%d alpha=%g beta=%g: C[%d,%d] = %.9g,"
+                        " expected %.9g\n", msd_isa_name(msd_isa_get()), ta, tb, M, N, K,
+                        alpha, beta, i, j, got, want);
+                bad = 1;
+                break;
+            }
+        }
+        for (int j = N; j < ldc; j++)
+            if (C[(size_t)i * ldc + j] != 7.0f) {
+                fprintf(stderr, "  wrote past column N at row %d\n", i);
+                bad = 1;
+            }
+    }
+    free(A);
+    free(B);
+    free(C);
+    free(C0);
+    free(R);
+    return bad;
+}
+
+static void test_all_levels(void)
+{
+    /* around the tiles (4x16, 6x16, 8x48), the blocks (MC 96, KC 192) and
+     * the conv shapes of the model (64 x 576, 576 x 64...) */
+    static const int dims[][3] = {
+        { 1, 1, 1 },    { 3, 5, 7 },     { 8, 48, 16 },   { 9, 49, 17 },  { 7, 47, 193 },
+        { 6, 16, 5 },   { 13, 33, 2 },   { 64, 256, 576 }, { 97, 100, 385 },
+        { 5, 1921, 3 }, { 128, 64, 200 }, { 3, 256, 64 },
+    };
+    int best = msd_isa_best();
+    for (int isa = 0; isa <= best; isa++) {
+        CHECK_OK(msd_isa_set(isa));
+        for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++)
+            for (int ta = 0; ta < 2; ta++)
+                for (int tb = 0; tb < 2; tb++) {
+                    CHECK(one_case(ta, tb, dims[d][0], dims[d][1], dims[d][2], 1.0f, 0.0f) == 0);
+                    CHECK(one_case(ta, tb, dims[d][0], dims[d][1], dims[d][2], 1.0f, 1.0f) == 0);
+                }
+        CHECK(one_case(0, 1, 20, 50, 30, -2.0f, 0.5f) == 0);
+        CHECK(one_case(1, 0, 20, 50, 30, 0.5f, -1.0f) == 0);
+    }
+    CHECK_OK(msd_isa_set(best));
+}
+
+static void test_degenerate(void)
+{
+    float C[4] = { 1, 2, 3, 4 }, A[1] = { 5 }, B[1] = { 6 };
+    msd_sgemm(0, 0, 2, 2, 0, 1.0f, A, 1, B, 1, 2.0f, C, 2); /* K = 0: C = beta C */
+    CHECK(C[0] == 2 && C[3] == 8);
+    msd_sgemm(0, 0, 2, 2, 0, 1.0f, A, 1, B, 1, 0.0f, C, 2);
+    CHECK(C[0] == 0 && C[3] == 0);
+    C[0] = 9;
+    msd_sgemm(0, 0, 0, 2, 1, 1.0f, A, 1, B, 1, 0.0f, C, 2); /* M = 0: nothing */
+    CHECK(C[0] == 9);
+}
+
+/* Levels: names round-trip, a level past the CPU's best is refused. */
+static void test_levels(void)
+{
+    int best = msd_isa_best();
+    CHECK(best >= MSD_ISA_GENERIC && best < MSD_ISA_COUNT);
+    for (int i = 0; i < MSD_ISA_COUNT; i++)
+        CHECK(msd_isa_from_name(msd_isa_name(i)) == i);
+    CHECK(msd_isa_from_name("sse9") == -1);
+    CHECK(msd_isa_set(MSD_ISA_COUNT) == MSD_ERR_ARG);
+    CHECK(strstr(msd_last_error(), "set_isa") != NULL);
+    if (best < MSD_ISA_COUNT - 1) {
+        CHECK(msd_isa_set(best + 1) == MSD_ERR_ARG);
+        CHECK(strstr(msd_last_error(), "cannot run") != NULL);
+    }
+    CHECK_OK(msd_isa_set(MSD_ISA_GENERIC));
+    CHECK(msd_isa_get() == MSD_ISA_GENERIC);
+    CHECK_OK(msd_isa_set(best));
+    CHECK(msd_isa_get() == best);
+}
+
+int main(void)
+{
+    printf("kernel level: %s (best %s)\n", msd_isa_name(msd_isa_get()),
+           msd_isa_name(msd_isa_best()));
+    RUN(test_levels);
+    RUN(test_degenerate);
+    RUN(test_all_levels);
+    return TEST_SUMMARY();
+}
