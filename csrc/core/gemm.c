@@ -23,6 +23,7 @@
 #endif
 
 #include "cpu.h"
+#include "error.h"
 #include "gemm.h"
 
 #define KC 192
@@ -200,10 +201,17 @@ static void pack_a(float *ap, const float *A, int lda, int transa, int i0, int m
     }
 }
 
-/* op(B)[p0 .. p0+kc, j0 .. j0+nc] into ceil(nc/nr) panels of kc x nr */
-static void pack_b(float *bp, const float *B, int ldb, int transb, int p0, int kc, int j0, int nc,
-                   int nr)
+struct matrix_b {
+    const float *B;
+    int ldb, transb;
+};
+
+/* msd_pack_b_fn for a matrix B (struct matrix_b) */
+static void pack_b(void *ctx, float *bp, int p0, int kc, int j0, int nc, int nr)
 {
+    const struct matrix_b *mb = ctx;
+    const float *B = mb->B;
+    int ldb = mb->ldb, transb = mb->transb;
     for (int jr = 0; jr < nc; jr += nr) {
         int n = nc - jr < nr ? nc - jr : nr;
         if (!transb) {
@@ -285,6 +293,34 @@ static void gemm_unblocked(int transa, int transb, int M, int N, int K, float al
         }
 }
 
+/* The product through packed blocks; buf holds BUF_FLOATS floats. */
+static void gemm_blocked(float *buf, int transa, int M, int N, int K, float alpha, const float *A,
+                         int lda, msd_pack_b_fn pack, void *ctx, float beta, float *C, int ldc)
+{
+    const struct impl *im = &impls[msd_isa_get()];
+    int mr = im->mr, nr = im->nr, mcb = MC / mr * mr;
+    float *ap = buf, *bp = buf + (size_t)MC * KC;
+    for (int jc = 0; jc < N; jc += NC) {
+        int nc = N - jc < NC ? N - jc : NC;
+        for (int pc = 0; pc < K; pc += KC) {
+            int kc = K - pc < KC ? K - pc : KC;
+            /* the first K block applies beta, the later ones accumulate */
+            float bet = pc == 0 ? beta : 1.0f;
+            pack(ctx, bp, pc, kc, jc, nc, nr);
+            for (int ic = 0; ic < M; ic += mcb) {
+                int mc = M - ic < mcb ? M - ic : mcb;
+                pack_a(ap, A, lda, transa, ic, mc, pc, kc, mr);
+                for (int jr = 0; jr < nc; jr += nr)
+                    for (int ir = 0; ir < mc; ir += mr)
+                        im->kernel(kc, ap + (size_t)ir * kc, bp + (size_t)jr * kc,
+                                   C + (size_t)(ic + ir) * ldc + jc + jr, (size_t)ldc,
+                                   mc - ir < mr ? mc - ir : mr, nc - jr < nr ? nc - jr : nr,
+                                   alpha, bet);
+            }
+        }
+    }
+}
+
 void msd_sgemm(int transa, int transb, int M, int N, int K, float alpha, const float *A,
                int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
@@ -299,26 +335,23 @@ void msd_sgemm(int transa, int transb, int M, int N, int K, float alpha, const f
         gemm_unblocked(transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    const struct impl *im = &impls[msd_isa_get()];
-    int mr = im->mr, nr = im->nr, mcb = MC / mr * mr;
-    float *ap = buf, *bp = buf + (size_t)MC * KC;
-    for (int jc = 0; jc < N; jc += NC) {
-        int nc = N - jc < NC ? N - jc : NC;
-        for (int pc = 0; pc < K; pc += KC) {
-            int kc = K - pc < KC ? K - pc : KC;
-            /* the first K block applies beta, the later ones accumulate */
-            float bet = pc == 0 ? beta : 1.0f;
-            pack_b(bp, B, ldb, transb, pc, kc, jc, nc, nr);
-            for (int ic = 0; ic < M; ic += mcb) {
-                int mc = M - ic < mcb ? M - ic : mcb;
-                pack_a(ap, A, lda, transa, ic, mc, pc, kc, mr);
-                for (int jr = 0; jr < nc; jr += nr)
-                    for (int ir = 0; ir < mc; ir += mr)
-                        im->kernel(kc, ap + (size_t)ir * kc, bp + (size_t)jr * kc,
-                                   C + (size_t)(ic + ir) * ldc + jc + jr, (size_t)ldc,
-                                   mc - ir < mr ? mc - ir : mr, nc - jr < nr ? nc - jr : nr,
-                                   alpha, bet);
-            }
-        }
+    struct matrix_b mb = { B, ldb, transb };
+    gemm_blocked(buf, transa, M, N, K, alpha, A, lda, pack_b, &mb, beta, C, ldc);
+}
+
+int msd_sgemm_pack(int transa, int M, int N, int K, float alpha, const float *A, int lda,
+                   msd_pack_b_fn pack, void *ctx, float beta, float *C, int ldc)
+{
+    if (M <= 0 || N <= 0)
+        return MSD_OK;
+    if (K <= 0 || alpha == 0.0f) {
+        scale_c(C, ldc, M, N, beta);
+        return MSD_OK;
     }
+    float *buf = thread_buffer();
+    if (!buf)
+        return msd_error(MSD_ERR_MEM, "gemm: out of memory for a packing buffer of %zu floats",
+                         BUF_FLOATS);
+    gemm_blocked(buf, transa, M, N, K, alpha, A, lda, pack, ctx, beta, C, ldc);
+    return MSD_OK;
 }

@@ -18,4 +18,16 @@
 void msd_sgemm(int transa, int transb, int M, int N, int K, float alpha, const float *A,
                int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
+/* Writes op(B)[p0 .. p0+kc, j0 .. j0+nc] as ceil(nc/nr) panels of kc x nr
+ * floats, bp[panel*kc*nr + k*nr + j] = op(B)[p0+k, j0+panel*nr+j], with
+ * zeros past column nc of the last panel. */
+typedef void (*msd_pack_b_fn)(void *ctx, float *bp, int p0, int kc, int j0, int nc, int nr);
+
+/* msd_sgemm with op(B) (K, N) supplied by a packing function instead of a
+ * matrix: a convolution packs its image patches straight into the panels,
+ * with no im2col matrix in between. MSD_OK, or MSD_ERR_MEM when this
+ * thread's packing buffer cannot be allocated. */
+int msd_sgemm_pack(int transa, int M, int N, int K, float alpha, const float *A, int lda,
+                   msd_pack_b_fn pack_b, void *ctx, float beta, float *C, int ldc);
+
 #endif

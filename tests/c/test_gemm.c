@@ -119,6 +119,42 @@ static void test_degenerate(void)
     CHECK(C[0] == 9);
 }
 
+/* msd_sgemm_pack with a packer reading a (K, N) matrix gives the same bits
+ * as msd_sgemm on that matrix, zero-padding the last panel itself. */
+typedef struct { const float *B; int ldb; } mat;
+
+static void pack_mat(void *ctx, float *bp, int p0, int kc, int j0, int nc, int nr)
+{
+    const mat *m = ctx;
+    for (int jr = 0; jr < nc; jr += nr, bp += (size_t)kc * nr)
+        for (int k = 0; k < kc; k++)
+            for (int j = 0; j < nr; j++)
+                bp[k * nr + j] = jr + j < nc ? m->B[(size_t)(p0 + k) * m->ldb + j0 + jr + j] : 0;
+}
+
+static void test_pack(void)
+{
+    enum { M = 70, N = 2000, K = 400 };
+    float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * K * N);
+    float *C1 = malloc(sizeof(float) * M * N), *C2 = malloc(sizeof(float) * M * N);
+    for (int i = 0; i < M * K; i++)
+        A[i] = frand();
+    for (int i = 0; i < K * N; i++)
+        B[i] = frand();
+    for (int isa = 0; isa <= msd_isa_best(); isa++) {
+        CHECK_OK(msd_isa_set(isa));
+        mat m = { B, N };
+        msd_sgemm(1, 0, M, N, K, 1.0f, A, M, B, N, 0.0f, C1, N);
+        CHECK_OK(msd_sgemm_pack(1, M, N, K, 1.0f, A, M, pack_mat, &m, 0.0f, C2, N));
+        CHECK(memcmp(C1, C2, sizeof(float) * M * N) == 0);
+    }
+    CHECK_OK(msd_isa_set(msd_isa_best()));
+    free(A);
+    free(B);
+    free(C1);
+    free(C2);
+}
+
 /* Levels: names round-trip, a level past the CPU's best is refused. */
 static void test_levels(void)
 {
@@ -146,5 +182,6 @@ int main(void)
     RUN(test_levels);
     RUN(test_degenerate);
     RUN(test_all_levels);
+    RUN(test_pack);
     return TEST_SUMMARY();
 }
