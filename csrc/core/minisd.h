@@ -14,9 +14,6 @@
 #include "optim.h"
 #include "rng.h"
 #include "tensor.h"
-
-/* Thread count for everything (OpenBLAS and the core's own loops). */
-void msd_set_threads(int n);
-int msd_get_threads(void);
+#include "threads.h"
 
 #endif

@@ -5,6 +5,7 @@
 #include <stddef.h>
 
 #include "ops.h"
+#include "threads.h"
 
 #define INV_SQRT2 0.70710678118654752440f
 #define INV_SQRT_2PI 0.39894228040143267794f
@@ -63,8 +64,9 @@ static inline float normal_cdf(float v)
     return v < 0.0f ? c : 1.0f - c;
 }
 
-/* Elements per OpenMP block: blocks are fixed, so results do not depend on
- * the thread count (they could not anyway: every element is independent). */
+/* Elements per block (one msd_parallel_for chunk): blocks are fixed, so
+ * results do not depend on the thread count (they could not anyway: every
+ * element is independent). */
 #define ACT_BLOCK 16384
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(MINISD_NATIVE)
@@ -91,25 +93,46 @@ static void gelu_bwd_range(float *dx, const float *dy, const float *x, size_t n)
     }
 }
 
+/* A GELU loop over n elements: out is y (forward) or dx (backward); dy is
+ * NULL in forward. Chunk k covers block k. */
+typedef struct gelu_job {
+    float *out;
+    const float *dy, *x;
+    size_t n;
+} gelu_job;
+
+static int gelu_blocks(size_t n)
+{
+    return (int)((n + ACT_BLOCK - 1) / ACT_BLOCK);
+}
+
+static void gelu_fwd_chunk(void *ctx, int k, int tid)
+{
+    const gelu_job *j = ctx;
+    size_t lo = (size_t)k * ACT_BLOCK, m = j->n - lo < ACT_BLOCK ? j->n - lo : ACT_BLOCK;
+    (void)tid;
+    gelu_fwd_range(j->out + lo, j->x + lo, m);
+}
+
+static void gelu_bwd_chunk(void *ctx, int k, int tid)
+{
+    const gelu_job *j = ctx;
+    size_t lo = (size_t)k * ACT_BLOCK, m = j->n - lo < ACT_BLOCK ? j->n - lo : ACT_BLOCK;
+    (void)tid;
+    gelu_bwd_range(j->out + lo, j->dy + lo, j->x + lo, m);
+}
+
 void msd_gelu_forward(float *y, const float *x, size_t n)
 {
-    long nblk = (long)((n + ACT_BLOCK - 1) / ACT_BLOCK);
-#pragma omp parallel for schedule(static) if (nblk > 1)
-    for (long k = 0; k < nblk; k++) {
-        size_t lo = (size_t)k * ACT_BLOCK, m = n - lo < ACT_BLOCK ? n - lo : ACT_BLOCK;
-        gelu_fwd_range(y + lo, x + lo, m);
-    }
+    gelu_job j = {y, NULL, x, n};
+    msd_parallel_for(gelu_blocks(n), MSD_ALL_THREADS, gelu_fwd_chunk, &j);
 }
 
 /* d/dx [x Phi(x)] = Phi(x) + x phi(x), Phi the normal CDF, phi its density */
 void msd_gelu_backward(float *dx, const float *dy, const float *x, size_t n)
 {
-    long nblk = (long)((n + ACT_BLOCK - 1) / ACT_BLOCK);
-#pragma omp parallel for schedule(static) if (nblk > 1)
-    for (long k = 0; k < nblk; k++) {
-        size_t lo = (size_t)k * ACT_BLOCK, m = n - lo < ACT_BLOCK ? n - lo : ACT_BLOCK;
-        gelu_bwd_range(dx + lo, dy + lo, x + lo, m);
-    }
+    gelu_job j = {dx, dy, x, n};
+    msd_parallel_for(gelu_blocks(n), MSD_ALL_THREADS, gelu_bwd_chunk, &j);
 }
 
 /* NaN passes through, as in PyTorch. */

@@ -10,22 +10,15 @@
 #include <string.h>
 
 #include "ops.h"
+#include "threads.h"
 
 /* Target size in floats of one group's column matrix (2 MiB): the batch is
  * cut into groups of a fixed number of images (independent of the thread
- * count, so results are too), and the OpenMP threads take whole groups, each
- * with its own scratch and a single-threaded GEMM. */
+ * count, so results are too), and the pool's threads take whole groups
+ * (one msd_parallel_for chunk each), each with its own scratch and a
+ * single-threaded GEMM. */
 #ifndef COL_CHUNK_FLOATS
 #define COL_CHUNK_FLOATS (1L << 19)
-#endif
-
-#ifdef _OPENMP
-#include <omp.h>
-#define THREAD_ID() omp_get_thread_num()
-#define MAX_THREADS() omp_get_max_threads()
-#else
-#define THREAD_ID() 0
-#define MAX_THREADS() 1
 #endif
 
 /* Outputs o in [lo, hi) are those whose input o*s - p + k lies in [0, in). */
@@ -120,19 +113,37 @@ static void to_channel_major(float *t, const float *a, int nb, int C, size_t L)
             memcpy(t + ((size_t)c * nb + n) * L, a + ((size_t)n * C + c) * L, L * sizeof *t);
 }
 
-/* db[c] += sum of dy (N, C, L) over n and l, in double. */
+/* Loops below this many elements run on the calling thread alone: waking
+ * workers would cost more than the work. */
+#define CONV_SERIAL_MAX 32768
+
+typedef struct bias_grad_job {
+    float *db;
+    const float *dy;
+    int N, C;
+    size_t L;
+} bias_grad_job;
+
+/* Chunk c: db[c] += the sum of channel c of dy, in double. */
+static void bias_grad_chunk(void *ctx, int c, int tid)
+{
+    const bias_grad_job *j = ctx;
+    double acc = 0;
+    (void)tid;
+    for (int n = 0; n < j->N; n++) {
+        const float *p = j->dy + ((size_t)n * j->C + c) * j->L;
+        for (size_t l = 0; l < j->L; l++)
+            acc += p[l];
+    }
+    j->db[c] += (float)acc;
+}
+
+/* db[c] += sum of dy (N, C, L) over n and l. */
 static void bias_grad(float *db, const float *dy, int N, int C, size_t L)
 {
-#pragma omp parallel for schedule(static) if ((size_t)N * C * L > 32768)
-    for (int c = 0; c < C; c++) {
-        double acc = 0;
-        for (int n = 0; n < N; n++) {
-            const float *p = dy + ((size_t)n * C + c) * L;
-            for (size_t l = 0; l < L; l++)
-                acc += p[l];
-        }
-        db[c] += (float)acc;
-    }
+    bias_grad_job j = {db, dy, N, C, L};
+    msd_parallel_for(C, (size_t)N * C * L > CONV_SERIAL_MAX ? MSD_ALL_THREADS : 1,
+                     bias_grad_chunk, &j);
 }
 
 /* Images per chunk so that a (rows, nb*L) matrix stays near COL_CHUNK_FLOATS. */
@@ -145,10 +156,11 @@ static int chunk_images(int N, size_t rows, size_t L)
     return nb > N ? N : (int)nb;
 }
 
-/* Per-thread scratch: n_per floats for each of the team's threads. */
-static int scratch(const char *op, size_t n_per, int *nthr, msd_storage **s)
+/* Per-thread scratch: n_per floats for each thread that can run one of G
+ * groups at once; *nthr, their number, caps msd_parallel_for's threads. */
+static int scratch(const char *op, size_t n_per, int G, int *nthr, msd_storage **s)
 {
-    *nthr = MAX_THREADS();
+    *nthr = msd_get_threads() < G ? msd_get_threads() : G;
     if (*nthr < 1)
         *nthr = 1;
     size_t total = n_per * (size_t)*nthr;
@@ -159,17 +171,75 @@ static int scratch(const char *op, size_t n_per, int *nthr, msd_storage **s)
     return MSD_OK;
 }
 
+/* Elements of dw per reduce_partials chunk. */
+#define REDUCE_BLOCK 4096
+
+typedef struct reduce_job {
+    float *dw;
+    const float *part;
+    int G;
+    size_t n;
+} reduce_job;
+
+static void reduce_chunk(void *ctx, int k, int tid)
+{
+    const reduce_job *j = ctx;
+    size_t lo = (size_t)k * REDUCE_BLOCK, hi = lo + REDUCE_BLOCK < j->n ? lo + REDUCE_BLOCK : j->n;
+    (void)tid;
+    for (size_t i = lo; i < hi; i++) {
+        double acc = 0;
+        for (int g = 0; g < j->G; g++)
+            acc += j->part[(size_t)g * j->n + i];
+        j->dw[i] += (float)acc;
+    }
+}
+
 /* dw (rows, cols) += the sum of G partial (rows, cols) matrices in group
  * order, in double: the same result for any thread count. */
 static void reduce_partials(float *dw, const float *part, int G, size_t n)
 {
-#pragma omp parallel for schedule(static) if (n * (size_t)G > 65536)
-    for (size_t i = 0; i < n; i++) {
-        double acc = 0;
-        for (int g = 0; g < G; g++)
-            acc += part[(size_t)g * n + i];
-        dw[i] += (float)acc;
-    }
+    reduce_job j = {dw, part, G, n};
+    msd_parallel_for((int)((n + REDUCE_BLOCK - 1) / REDUCE_BLOCK),
+                     n * (size_t)G > 2 * CONV_SERIAL_MAX ? MSD_ALL_THREADS : 1, reduce_chunk, &j);
+}
+
+/* One conv loop over groups of images, for its chunks: chunk g covers
+ * images [g*nbmax, min(N, (g+1)*nbmax)). Geometry as in the kernel that
+ * runs it (conv2d: input H x W, output Ho x Wo; conv_transpose2d the other
+ * way round); K is the rows of the column matrix. Thread tid uses the per
+ * floats at sc->data + per * tid; a backward writes group g's weight
+ * gradient to sp->data + nw * g (sp NULL: no dw wanted). */
+typedef struct conv_job {
+    float *y, *dx;
+    const float *x, *w, *b, *dy;
+    const msd_storage *sc, *sp;
+    size_t per, nw, K;
+    int N, Cin, H, W, Cout, kh, kw, stride, pad, Ho, Wo, nbmax;
+} conv_job;
+
+static void conv2d_forward_chunk(void *ctx, int g, int tid)
+{
+    const conv_job *j = ctx;
+    int N = j->N, Cin = j->Cin, H = j->H, W = j->W, Cout = j->Cout, nbmax = j->nbmax;
+    int Ho = j->Ho, Wo = j->Wo;
+    size_t K = j->K, L = (size_t)Ho * Wo;
+    const float *w = j->w;
+    int n0 = g * nbmax, nb = N - n0 < nbmax ? N - n0 : nbmax;
+    float *col = j->sc->data + j->per * (size_t)tid, *tmp = col + K * nbmax * L;
+    size_t ncols = (size_t)nb * L;
+    im2col(col, j->x + (size_t)n0 * Cin * H * W, nb, Cin, H, W, j->kh, j->kw, j->stride, j->pad,
+           Ho, Wo);
+    /* tmp (Cout, nb*L) = w (Cout, K) col (K, nb*L) */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cout, (int)ncols, (int)K, 1.0f, w,
+                (int)K, col, (int)ncols, 0.0f, tmp, (int)ncols);
+    for (int n = 0; n < nb; n++)
+        for (int c = 0; c < Cout; c++) {
+            float *dst = j->y + ((size_t)(n0 + n) * Cout + c) * L;
+            const float *src = tmp + ((size_t)c * nb + n) * L;
+            float bc = j->b ? j->b[c] : 0.0f;
+            for (size_t l = 0; l < L; l++)
+                dst[l] = src[l] + bc;
+        }
 }
 
 int msd_conv2d_forward(float *y, const float *x, const float *w, const float *b, int N, int Cin,
@@ -183,29 +253,43 @@ int msd_conv2d_forward(float *y, const float *x, const float *w, const float *b,
     int G = (N + nbmax - 1) / nbmax, nthr;
     size_t per = (K + Cout) * nbmax * L;
     msd_storage *sc;
-    int rc = scratch("conv2d", per, &nthr, &sc);
+    int rc = scratch("conv2d", per, G, &nthr, &sc);
     if (rc != MSD_OK)
         return rc;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthr) if (G > 1)
-    for (int g = 0; g < G; g++) {
-        int n0 = g * nbmax, nb = N - n0 < nbmax ? N - n0 : nbmax;
-        float *col = sc->data + per * (size_t)THREAD_ID(), *tmp = col + K * nbmax * L;
-        size_t ncols = (size_t)nb * L;
-        im2col(col, x + (size_t)n0 * Cin * H * W, nb, Cin, H, W, kh, kw, stride, pad, Ho, Wo);
-        /* tmp (Cout, nb*L) = w (Cout, K) col (K, nb*L) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cout, (int)ncols, (int)K, 1.0f, w,
-                    (int)K, col, (int)ncols, 0.0f, tmp, (int)ncols);
-        for (int n = 0; n < nb; n++)
-            for (int c = 0; c < Cout; c++) {
-                float *dst = y + ((size_t)(n0 + n) * Cout + c) * L;
-                const float *src = tmp + ((size_t)c * nb + n) * L;
-                float bc = b ? b[c] : 0.0f;
-                for (size_t l = 0; l < L; l++)
-                    dst[l] = src[l] + bc;
-            }
-    }
+    conv_job j = {.y = y, .x = x, .w = w, .b = b, .sc = sc, .per = per, .K = K, .N = N,
+                  .Cin = Cin, .H = H, .W = W, .Cout = Cout, .kh = kh, .kw = kw,
+                  .stride = stride, .pad = pad, .Ho = Ho, .Wo = Wo, .nbmax = nbmax};
+    msd_parallel_for(G, nthr, conv2d_forward_chunk, &j);
     msd_storage_release(sc);
     return MSD_OK;
+}
+
+static void conv2d_backward_chunk(void *ctx, int g, int tid)
+{
+    const conv_job *j = ctx;
+    int N = j->N, Cin = j->Cin, H = j->H, W = j->W, Cout = j->Cout, nbmax = j->nbmax;
+    int Ho = j->Ho, Wo = j->Wo;
+    size_t K = j->K, L = (size_t)Ho * Wo, nw = j->nw;
+    const float *w = j->w;
+    const msd_storage *sp = j->sp;
+    int n0 = g * nbmax, nb = N - n0 < nbmax ? N - n0 : nbmax;
+    int ncols = (int)((size_t)nb * L);
+    float *col = j->sc->data + j->per * (size_t)tid, *dyt = col + K * nbmax * L;
+    to_channel_major(dyt, j->dy + (size_t)n0 * Cout * L, nb, Cout, L);
+    if (sp) {
+        /* partial g (Cout, K) = dy (Cout, nb*L) col^T (nb*L, K) */
+        im2col(col, j->x + (size_t)n0 * Cin * H * W, nb, Cin, H, W, j->kh, j->kw, j->stride,
+               j->pad, Ho, Wo);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cout, (int)K, ncols, 1.0f, dyt,
+                    ncols, col, ncols, 0.0f, sp->data + nw * g, (int)K);
+    }
+    if (j->dx) {
+        /* dcol (K, nb*L) = w^T (K, Cout) dy (Cout, nb*L), then scattered into dx */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, ncols, Cout, 1.0f, w,
+                    (int)K, dyt, ncols, 0.0f, col, ncols);
+        col2im_add(j->dx + (size_t)n0 * Cin * H * W, col, nb, Cin, H, W, j->kh, j->kw, j->stride,
+                   j->pad, Ho, Wo);
+    }
 }
 
 int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
@@ -224,7 +308,7 @@ int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
     int G = (N + nbmax - 1) / nbmax, nthr;
     size_t per = (K + Cout) * nbmax * L, nw = (size_t)Cout * K;
     msd_storage *sc, *sp = NULL;
-    int rc = scratch("conv2d backward", per, &nthr, &sc);
+    int rc = scratch("conv2d backward", per, G, &nthr, &sc);
     if (rc != MSD_OK)
         return rc;
     if (dw && !(sp = msd_storage_new(nw * G))) {
@@ -232,31 +316,41 @@ int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
         return msd_error(MSD_ERR_MEM, "conv2d backward: out of memory for %d partial weight "
                                       "gradients of %zu floats", G, nw);
     }
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthr) if (G > 1)
-    for (int g = 0; g < G; g++) {
-        int n0 = g * nbmax, nb = N - n0 < nbmax ? N - n0 : nbmax;
-        int ncols = (int)((size_t)nb * L);
-        float *col = sc->data + per * (size_t)THREAD_ID(), *dyt = col + K * nbmax * L;
-        to_channel_major(dyt, dy + (size_t)n0 * Cout * L, nb, Cout, L);
-        if (dw) {
-            /* partial g (Cout, K) = dy (Cout, nb*L) col^T (nb*L, K) */
-            im2col(col, x + (size_t)n0 * Cin * H * W, nb, Cin, H, W, kh, kw, stride, pad, Ho, Wo);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cout, (int)K, ncols, 1.0f, dyt,
-                        ncols, col, ncols, 0.0f, sp->data + nw * g, (int)K);
-        }
-        if (dx) {
-            /* dcol (K, nb*L) = w^T (K, Cout) dy (Cout, nb*L), then scattered into dx */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, ncols, Cout, 1.0f, w,
-                        (int)K, dyt, ncols, 0.0f, col, ncols);
-            col2im_add(dx + (size_t)n0 * Cin * H * W, col, nb, Cin, H, W, kh, kw, stride, pad, Ho,
-                       Wo);
-        }
-    }
+    conv_job j = {.dx = dx, .x = x, .w = w, .dy = dy, .sc = sc, .sp = sp, .per = per, .nw = nw,
+                  .K = K, .N = N, .Cin = Cin, .H = H, .W = W, .Cout = Cout, .kh = kh, .kw = kw,
+                  .stride = stride, .pad = pad, .Ho = Ho, .Wo = Wo, .nbmax = nbmax};
+    msd_parallel_for(G, nthr, conv2d_backward_chunk, &j);
     if (dw)
         reduce_partials(dw, sp->data, G, nw);
     msd_storage_release(sp);
     msd_storage_release(sc);
     return MSD_OK;
+}
+
+/* In the transposed kernels the job's H, W are the input's and Ho, Wo
+ * the output's, as in their code. */
+static void conv_transpose2d_forward_chunk(void *ctx, int g, int tid)
+{
+    const conv_job *j = ctx;
+    int N = j->N, Cin = j->Cin, H = j->H, W = j->W, Cout = j->Cout, nbmax = j->nbmax;
+    int Ho = j->Ho, Wo = j->Wo;
+    size_t K = j->K, L = (size_t)H * W, Lo = (size_t)Ho * Wo;
+    const float *w = j->w;
+    int n0 = g * nbmax, nb = N - n0 < nbmax ? N - n0 : nbmax;
+    int ncols = (int)((size_t)nb * L);
+    float *col = j->sc->data + j->per * (size_t)tid, *xt = col + K * nbmax * L;
+    float *yg = j->y + (size_t)n0 * Cout * Lo;
+    to_channel_major(xt, j->x + (size_t)n0 * Cin * L, nb, Cin, L);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, ncols, Cin, 1.0f, w, (int)K,
+                xt, ncols, 0.0f, col, ncols);
+    for (int n = 0; n < nb; n++)
+        for (int c = 0; c < Cout; c++) {
+            float bc = j->b ? j->b[c] : 0.0f;
+            float *dst = yg + ((size_t)n * Cout + c) * Lo;
+            for (size_t l = 0; l < Lo; l++)
+                dst[l] = bc;
+        }
+    col2im_add(yg, col, nb, Cout, Ho, Wo, j->kh, j->kw, j->stride, j->pad, H, W);
 }
 
 /* A transposed conv is the adjoint of a conv mapping (Ho, Wo) to (H, W):
@@ -266,36 +360,55 @@ int msd_conv_transpose2d_forward(float *y, const float *x, const float *w, const
                                  int pad)
 {
     int Ho = (H - 1) * stride - 2 * pad + kh, Wo = (W - 1) * stride - 2 * pad + kw;
-    size_t L = (size_t)H * W, Lo = (size_t)Ho * Wo, K = (size_t)Cout * kh * kw;
+    size_t L = (size_t)H * W, K = (size_t)Cout * kh * kw;
     if (N == 0)
         return MSD_OK;
     int nbmax = chunk_images(N, K > (size_t)Cin ? K : (size_t)Cin, L);
     int G = (N + nbmax - 1) / nbmax, nthr;
     size_t per = (K + Cin) * nbmax * L;
     msd_storage *sc;
-    int rc = scratch("conv_transpose2d", per, &nthr, &sc);
+    int rc = scratch("conv_transpose2d", per, G, &nthr, &sc);
     if (rc != MSD_OK)
         return rc;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthr) if (G > 1)
-    for (int g = 0; g < G; g++) {
-        int n0 = g * nbmax, nb = N - n0 < nbmax ? N - n0 : nbmax;
-        int ncols = (int)((size_t)nb * L);
-        float *col = sc->data + per * (size_t)THREAD_ID(), *xt = col + K * nbmax * L;
-        float *yg = y + (size_t)n0 * Cout * Lo;
-        to_channel_major(xt, x + (size_t)n0 * Cin * L, nb, Cin, L);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, ncols, Cin, 1.0f, w, (int)K,
-                    xt, ncols, 0.0f, col, ncols);
-        for (int n = 0; n < nb; n++)
-            for (int c = 0; c < Cout; c++) {
-                float bc = b ? b[c] : 0.0f;
-                float *dst = yg + ((size_t)n * Cout + c) * Lo;
-                for (size_t l = 0; l < Lo; l++)
-                    dst[l] = bc;
-            }
-        col2im_add(yg, col, nb, Cout, Ho, Wo, kh, kw, stride, pad, H, W);
-    }
+    conv_job j = {.y = y, .x = x, .w = w, .b = b, .sc = sc, .per = per, .K = K, .N = N,
+                  .Cin = Cin, .H = H, .W = W, .Cout = Cout, .kh = kh, .kw = kw,
+                  .stride = stride, .pad = pad, .Ho = Ho, .Wo = Wo, .nbmax = nbmax};
+    msd_parallel_for(G, nthr, conv_transpose2d_forward_chunk, &j);
     msd_storage_release(sc);
     return MSD_OK;
+}
+
+static void conv_transpose2d_backward_chunk(void *ctx, int g, int tid)
+{
+    const conv_job *j = ctx;
+    int N = j->N, Cin = j->Cin, H = j->H, W = j->W, Cout = j->Cout, nbmax = j->nbmax;
+    int Ho = j->Ho, Wo = j->Wo;
+    size_t K = j->K, L = (size_t)H * W, Lo = (size_t)Ho * Wo, nw = j->nw;
+    const float *w = j->w;
+    const msd_storage *sp = j->sp;
+    int n0 = g * nbmax, nb = N - n0 < nbmax ? N - n0 : nbmax;
+    int ncols = (int)((size_t)nb * L);
+    float *dcol = j->sc->data + j->per * (size_t)tid, *t = dcol + K * nbmax * L;
+    im2col(dcol, j->dy + (size_t)n0 * Cout * Lo, nb, Cout, Ho, Wo, j->kh, j->kw, j->stride,
+           j->pad, H, W);
+    if (sp) {
+        /* partial g (Cin, K) = x (Cin, nb*L) dcol^T (nb*L, K) */
+        to_channel_major(t, j->x + (size_t)n0 * Cin * L, nb, Cin, L);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cin, (int)K, ncols, 1.0f, t,
+                    ncols, dcol, ncols, 0.0f, sp->data + nw * g, (int)K);
+    }
+    if (j->dx) {
+        /* dx (Cin, nb*L) = w (Cin, K) dcol (K, nb*L), added back in NCHW order */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cin, ncols, (int)K, 1.0f, w,
+                    (int)K, dcol, ncols, 0.0f, t, ncols);
+        for (int n = 0; n < nb; n++)
+            for (int c = 0; c < Cin; c++) {
+                float *dst = j->dx + ((size_t)(n0 + n) * Cin + c) * L;
+                const float *src = t + ((size_t)c * nb + n) * L;
+                for (size_t l = 0; l < L; l++)
+                    dst[l] += src[l];
+            }
+    }
 }
 
 int msd_conv_transpose2d_backward(float *dx, float *dw, float *db, const float *dy,
@@ -314,7 +427,7 @@ int msd_conv_transpose2d_backward(float *dx, float *dw, float *db, const float *
     int G = (N + nbmax - 1) / nbmax, nthr;
     size_t per = (K + Cin) * nbmax * L, nw = (size_t)Cin * K;
     msd_storage *sc, *sp = NULL;
-    int rc = scratch("conv_transpose2d backward", per, &nthr, &sc);
+    int rc = scratch("conv_transpose2d backward", per, G, &nthr, &sc);
     if (rc != MSD_OK)
         return rc;
     if (dw && !(sp = msd_storage_new(nw * G))) {
@@ -322,31 +435,10 @@ int msd_conv_transpose2d_backward(float *dx, float *dw, float *db, const float *
         return msd_error(MSD_ERR_MEM, "conv_transpose2d backward: out of memory for %d partial "
                                       "weight gradients of %zu floats", G, nw);
     }
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthr) if (G > 1)
-    for (int g = 0; g < G; g++) {
-        int n0 = g * nbmax, nb = N - n0 < nbmax ? N - n0 : nbmax;
-        int ncols = (int)((size_t)nb * L);
-        float *dcol = sc->data + per * (size_t)THREAD_ID(), *t = dcol + K * nbmax * L;
-        im2col(dcol, dy + (size_t)n0 * Cout * Lo, nb, Cout, Ho, Wo, kh, kw, stride, pad, H, W);
-        if (dw) {
-            /* partial g (Cin, K) = x (Cin, nb*L) dcol^T (nb*L, K) */
-            to_channel_major(t, x + (size_t)n0 * Cin * L, nb, Cin, L);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cin, (int)K, ncols, 1.0f, t,
-                        ncols, dcol, ncols, 0.0f, sp->data + nw * g, (int)K);
-        }
-        if (dx) {
-            /* dx (Cin, nb*L) = w (Cin, K) dcol (K, nb*L), added back in NCHW order */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cin, ncols, (int)K, 1.0f, w,
-                        (int)K, dcol, ncols, 0.0f, t, ncols);
-            for (int n = 0; n < nb; n++)
-                for (int c = 0; c < Cin; c++) {
-                    float *dst = dx + ((size_t)(n0 + n) * Cin + c) * L;
-                    const float *src = t + ((size_t)c * nb + n) * L;
-                    for (size_t l = 0; l < L; l++)
-                        dst[l] += src[l];
-                }
-        }
-    }
+    conv_job j = {.dx = dx, .x = x, .w = w, .dy = dy, .sc = sc, .sp = sp, .per = per, .nw = nw,
+                  .K = K, .N = N, .Cin = Cin, .H = H, .W = W, .Cout = Cout, .kh = kh, .kw = kw,
+                  .stride = stride, .pad = pad, .Ho = Ho, .Wo = Wo, .nbmax = nbmax};
+    msd_parallel_for(G, nthr, conv_transpose2d_backward_chunk, &j);
     if (dw)
         reduce_partials(dw, sp->data, G, nw);
     msd_storage_release(sp);

@@ -9,83 +9,133 @@
 #include <stddef.h>
 
 #include "ops.h"
+#include "threads.h"
 
 /* ---- BatchNorm2d kernels ---------------------------------------------- */
 
+/* Loops below this many elements run on the calling thread alone: waking
+ * workers would cost more than the work. Each loop's arguments travel to
+ * its chunks in a struct named after it. */
+#define BN_SERIAL_MAX 32768
+
+typedef struct bn_stats_job {
+    float *mean, *var;
+    const float *x;
+    int N, C, HW;
+} bn_stats_job;
+
+/* Chunk c: channel c's mean and var. Channels are independent: each is
+ * summed by one thread, in order. */
+static void bn_stats_chunk(void *ctx, int c, int tid)
+{
+    const bn_stats_job *j = ctx;
+    int N = j->N, C = j->C, HW = j->HW;
+    size_t count = (size_t)N * HW;
+    (void)tid;
+    /* two passes in double: the one-pass E[x^2]-E[x]^2 loses digits */
+    double s = 0;
+    for (int n = 0; n < N; n++) {
+        const float *p = j->x + ((size_t)n * C + c) * HW;
+        for (int i = 0; i < HW; i++)
+            s += p[i];
+    }
+    double m = count ? s / (double)count : 0.0, q = 0;
+    for (int n = 0; n < N; n++) {
+        const float *p = j->x + ((size_t)n * C + c) * HW;
+        for (int i = 0; i < HW; i++) {
+            double d = p[i] - m;
+            q += d * d;
+        }
+    }
+    j->mean[c] = (float)m;
+    j->var[c] = count ? (float)(q / (double)count) : 0.0f;
+}
+
 void msd_batchnorm_stats(float *mean, float *var, const float *x, int N, int C, int HW)
 {
-    size_t count = (size_t)N * HW;
-    /* channels are independent: each is summed by one thread, in order */
-#pragma omp parallel for schedule(static) if (count * C > 32768)
+    bn_stats_job j = {mean, var, x, N, C, HW};
+    msd_parallel_for(C, (size_t)N * HW * C > BN_SERIAL_MAX ? MSD_ALL_THREADS : 1,
+                     bn_stats_chunk, &j);
+}
+
+typedef struct bn_forward_job {
+    float *y;
+    const float *x, *mean, *rstd, *gamma, *beta;
+    int C, HW;
+} bn_forward_job;
+
+/* Chunk n: image n, every channel. */
+static void bn_forward_chunk(void *ctx, int n, int tid)
+{
+    const bn_forward_job *j = ctx;
+    int C = j->C, HW = j->HW;
+    (void)tid;
     for (int c = 0; c < C; c++) {
-        /* two passes in double: the one-pass E[x^2]-E[x]^2 loses digits */
-        double s = 0;
-        for (int n = 0; n < N; n++) {
-            const float *p = x + ((size_t)n * C + c) * HW;
-            for (int i = 0; i < HW; i++)
-                s += p[i];
-        }
-        double m = count ? s / (double)count : 0.0, q = 0;
-        for (int n = 0; n < N; n++) {
-            const float *p = x + ((size_t)n * C + c) * HW;
-            for (int i = 0; i < HW; i++) {
-                double d = p[i] - m;
-                q += d * d;
-            }
-        }
-        mean[c] = (float)m;
-        var[c] = count ? (float)(q / (double)count) : 0.0f;
+        /* fold the normalisation and the affine into y = x * a + b */
+        float a = j->rstd[c] * (j->gamma ? j->gamma[c] : 1.0f);
+        float b = (j->beta ? j->beta[c] : 0.0f) - j->mean[c] * a;
+        size_t off = ((size_t)n * C + c) * HW;
+        for (int i = 0; i < HW; i++)
+            j->y[off + i] = j->x[off + i] * a + b;
     }
 }
 
 void msd_batchnorm_forward(float *y, const float *x, const float *mean, const float *rstd,
                            const float *gamma, const float *beta, int N, int C, int HW)
 {
-#pragma omp parallel for schedule(static) if ((size_t)N * C * HW > 32768)
-    for (int n = 0; n < N; n++)
-        for (int c = 0; c < C; c++) {
-            /* fold the normalisation and the affine into y = x * a + b */
-            float a = rstd[c] * (gamma ? gamma[c] : 1.0f);
-            float b = (beta ? beta[c] : 0.0f) - mean[c] * a;
-            size_t off = ((size_t)n * C + c) * HW;
-            for (int i = 0; i < HW; i++)
-                y[off + i] = x[off + i] * a + b;
+    bn_forward_job j = {y, x, mean, rstd, gamma, beta, C, HW};
+    msd_parallel_for(N, (size_t)N * C * HW > BN_SERIAL_MAX ? MSD_ALL_THREADS : 1,
+                     bn_forward_chunk, &j);
+}
+
+typedef struct bn_backward_job {
+    float *dx, *dgamma, *dbeta;
+    const float *dy, *x, *gamma, *mean, *rstd;
+    int training, N, C, HW;
+} bn_backward_job;
+
+/* Chunk c: channel c's dgamma, dbeta and dx. */
+static void bn_backward_chunk(void *ctx, int c, int tid)
+{
+    const bn_backward_job *j = ctx;
+    int N = j->N, C = j->C, HW = j->HW;
+    const float *x = j->x, *dy = j->dy;
+    double count = (double)N * HW;
+    double m = j->mean[c], r = j->rstd[c], g = j->gamma ? j->gamma[c] : 1.0;
+    double sdy = 0, sdy_xhat = 0;
+    (void)tid;
+    for (int n = 0; n < N; n++) {
+        size_t off = ((size_t)n * C + c) * HW;
+        for (int i = 0; i < HW; i++) {
+            sdy += dy[off + i];
+            sdy_xhat += dy[off + i] * ((x[off + i] - m) * r);
         }
+    }
+    if (j->dgamma)
+        j->dgamma[c] += (float)sdy_xhat;
+    if (j->dbeta)
+        j->dbeta[c] += (float)sdy;
+    if (!j->dx)
+        return;
+    /* Training: mean and var depend on x, so
+     * dx = g r (dy - mean(dy) - xhat mean(dy xhat)); eval: dx = g r dy. */
+    double k1 = j->training ? sdy / count : 0.0, k2 = j->training ? sdy_xhat / count : 0.0;
+    for (int n = 0; n < N; n++) {
+        size_t off = ((size_t)n * C + c) * HW;
+        for (int i = 0; i < HW; i++) {
+            double xhat = (x[off + i] - m) * r;
+            j->dx[off + i] += (float)(g * r * (dy[off + i] - k1 - xhat * k2));
+        }
+    }
 }
 
 void msd_batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
                             const float *x, const float *gamma, const float *mean,
                             const float *rstd, int training, int N, int C, int HW)
 {
-    double count = (double)N * HW;
-#pragma omp parallel for schedule(static) if (count * C > 32768)
-    for (int c = 0; c < C; c++) {
-        double m = mean[c], r = rstd[c], g = gamma ? gamma[c] : 1.0;
-        double sdy = 0, sdy_xhat = 0;
-        for (int n = 0; n < N; n++) {
-            size_t off = ((size_t)n * C + c) * HW;
-            for (int i = 0; i < HW; i++) {
-                sdy += dy[off + i];
-                sdy_xhat += dy[off + i] * ((x[off + i] - m) * r);
-            }
-        }
-        if (dgamma)
-            dgamma[c] += (float)sdy_xhat;
-        if (dbeta)
-            dbeta[c] += (float)sdy;
-        if (!dx)
-            continue;
-        /* Training: mean and var depend on x, so
-         * dx = g r (dy - mean(dy) - xhat mean(dy xhat)); eval: dx = g r dy. */
-        double k1 = training ? sdy / count : 0.0, k2 = training ? sdy_xhat / count : 0.0;
-        for (int n = 0; n < N; n++) {
-            size_t off = ((size_t)n * C + c) * HW;
-            for (int i = 0; i < HW; i++) {
-                double xhat = (x[off + i] - m) * r;
-                dx[off + i] += (float)(g * r * (dy[off + i] - k1 - xhat * k2));
-            }
-        }
-    }
+    bn_backward_job j = {dx, dgamma, dbeta, dy, x, gamma, mean, rstd, training, N, C, HW};
+    msd_parallel_for(C, (size_t)N * HW * C > BN_SERIAL_MAX ? MSD_ALL_THREADS : 1,
+                     bn_backward_chunk, &j);
 }
 
 /* ---- GroupNorm kernels ------------------------------------------------ */
