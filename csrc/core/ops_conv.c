@@ -1,14 +1,15 @@
 /* Convolutions: conv2d and conv_transpose2d, forward and backward, through
- * im2col / col2im and cblas_sgemm over chunks of the batch.
+ * im2col / col2im and msd_sgemm over chunks of the batch.
  *
  * Column layout: a "col" matrix is (C*kh*kw, nb*Ho*Wo) row-major, row
  * (c, ki, kj), column (n, oy, ox), so that one GEMM covers nb images at
  * once; small maps (4x4, 1x1) would give GEMMs too thin to be fast if done
  * image by image. GEMM results come out channel-major (Cout, nb*L) and are
  * moved to NCHW with a copy, which costs little next to the GEMM. */
-#include <cblas.h>
+#include <stdatomic.h>
 #include <string.h>
 
+#include "gemm.h"
 #include "ops.h"
 #include "threads.h"
 
@@ -217,79 +218,222 @@ typedef struct conv_job {
     int N, Cin, H, W, Cout, kh, kw, stride, pad, Ho, Wo, nbmax;
 } conv_job;
 
-static void conv2d_forward_chunk(void *ctx, int g, int tid)
+/* ---- patches packed straight into GEMM panels ----------------------------
+ * The GEMMs of a convolution read image patches: row (c, ki, kj), column
+ * (n, oy, ox) holds x[n, c, oy*s - p + ki, ox*s - p + kj] (0 in the
+ * padding). Instead of an im2col matrix, these packers write the patches
+ * directly into msd_sgemm_pack's panels (gemm.h), once per use. */
+typedef struct patches {
+    const float *x; /* (nb, C, H, W): the group's first image */
+    int C, H, W, kh, kw, s, p, Ho, Wo;
+} patches;
+
+/* Writes n values of patch row (c, ki, kj) for the columns starting at
+ * (img, oy, ox) into dst, walking along output rows. */
+static void patch_row(float *dst, const patches *q, int c, int ki, int kj, int img, int oy,
+                      int ox, int n)
 {
-    const conv_job *j = ctx;
-    int N = j->N, Cin = j->Cin, H = j->H, W = j->W, Cout = j->Cout, nbmax = j->nbmax;
-    int Ho = j->Ho, Wo = j->Wo;
-    size_t K = j->K, L = (size_t)Ho * Wo;
-    const float *w = j->w;
-    int n0 = g * nbmax, nb = N - n0 < nbmax ? N - n0 : nbmax;
-    float *col = j->sc->data + j->per * (size_t)tid, *tmp = col + K * nbmax * L;
-    size_t ncols = (size_t)nb * L;
-    im2col(col, j->x + (size_t)n0 * Cin * H * W, nb, Cin, H, W, j->kh, j->kw, j->stride, j->pad,
-           Ho, Wo);
-    /* tmp (Cout, nb*L) = w (Cout, K) col (K, nb*L) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cout, (int)ncols, (int)K, 1.0f, w,
-                (int)K, col, (int)ncols, 0.0f, tmp, (int)ncols);
+    int lo, hi, s = q->s;
+    valid_range(kj, s, q->p, q->W, q->Wo, &lo, &hi);
+    for (int jj = 0; jj < n;) {
+        int run = q->Wo - ox < n - jj ? q->Wo - ox : n - jj;
+        int iy = oy * s - q->p + ki;
+        float *d = dst + jj - ox; /* d[o] for output column o */
+        if (iy < 0 || iy >= q->H) {
+            for (int o = ox; o < ox + run; o++)
+                d[o] = 0.0f;
+        } else {
+            const float *src =
+                q->x + ((size_t)img * q->C + c) * q->H * q->W + (size_t)iy * q->W + kj - q->p;
+            int a = lo > ox ? lo : ox, b = hi < ox + run ? hi : ox + run;
+            int o = ox;
+            for (; o < a && o < ox + run; o++)
+                d[o] = 0.0f;
+            if (s == 1)
+                for (; o < b; o++)
+                    d[o] = src[o];
+            else
+                for (; o < b; o++)
+                    d[o] = src[o * s];
+            for (; o < ox + run; o++)
+                d[o] = 0.0f;
+        }
+        jj += run;
+        ox += run;
+        if (ox == q->Wo) {
+            ox = 0;
+            if (++oy == q->Ho) {
+                oy = 0;
+                img++;
+            }
+        }
+    }
+}
+
+/* msd_pack_b_fn for op(B) = the patch matrix (C*kh*kw, nb*Ho*Wo): conv2d's
+ * forward, and its input gradient written as a convolution. */
+static void pack_patches(void *ctx, float *bp, int p0, int kc, int j0, int nc, int nr)
+{
+    const patches *q = ctx;
+    int L = q->Ho * q->Wo, taps = q->kh * q->kw;
+    for (int jr = 0; jr < nc; jr += nr, bp += (size_t)kc * nr) {
+        int n = nc - jr < nr ? nc - jr : nr, j = j0 + jr;
+        int img = j / L, oy = j % L / q->Wo, ox = j % q->Wo;
+        for (int k = 0; k < kc; k++) {
+            int r = p0 + k, c = r / taps, t = r % taps;
+            patch_row(bp + (size_t)k * nr, q, c, t / q->kw, t % q->kw, img, oy, ox, n);
+            for (int jj = n; jj < nr; jj++)
+                bp[(size_t)k * nr + jj] = 0.0f;
+        }
+    }
+}
+
+/* msd_pack_b_fn for op(B) = the patch matrix transposed (nb*Ho*Wo,
+ * C*kh*kw): conv2d's weight gradient dy . patches^T. */
+static void pack_patches_t(void *ctx, float *bp, int p0, int kc, int j0, int nc, int nr)
+{
+    const patches *q = ctx;
+    int L = q->Ho * q->Wo, taps = q->kh * q->kw;
+    float row[256];
+    for (int jr = 0; jr < nc; jr += nr, bp += (size_t)kc * nr) {
+        int n = nc - jr < nr ? nc - jr : nr;
+        for (int jj = 0; jj < nr; jj++) {
+            if (jj >= n) {
+                for (int k = 0; k < kc; k++)
+                    bp[(size_t)k * nr + jj] = 0.0f;
+                continue;
+            }
+            int r = j0 + jr + jj, c = r / taps, t = r % taps;
+            /* one patch row over the kc columns, in pieces of 256 */
+            for (int k0 = 0; k0 < kc; k0 += 256) {
+                int m = kc - k0 < 256 ? kc - k0 : 256, pix = p0 + k0;
+                patch_row(row, q, c, t / q->kw, t % q->kw, pix / L, pix % L / q->Wo,
+                          pix % q->Wo, m);
+                for (int k = 0; k < m; k++)
+                    bp[(size_t)(k0 + k) * nr + jj] = row[k];
+            }
+        }
+    }
+}
+
+/* Images per group of a conv2d loop: about GROUP_COLS output columns, so
+ * that small maps (8x8) still give GEMMs wide enough to be fast. */
+#define GROUP_COLS 1024
+
+static int group_images(int N, size_t L)
+{
+    size_t nb = L >= GROUP_COLS ? 1 : GROUP_COLS / L;
+    return nb > (size_t)N ? N : (int)nb;
+}
+
+/* One conv2d GEMM pass per group: y (N, Cout, Ho, Wo) (=, or += with add)
+ * conv of x (N, Cin, H, W) with w (Cout, Cin, kh, kw) plus b. Thread tid's
+ * scratch: sc->data + per*tid, Cout x nb*L for the GEMM's channel-major
+ * result (also dy's channel-major copy in the weight-gradient pass, whose
+ * group g partial dw goes to sp->data + nw*g). failed is set when a GEMM
+ * could not get its packing buffer. */
+typedef struct conv2d_job {
+    float *y;
+    const float *x, *w, *b, *dy;
+    const msd_storage *sc, *sp;
+    size_t per, nw;
+    int N, Cin, H, W, Cout, kh, kw, stride, pad, Ho, Wo, nbmax, add;
+    atomic_int failed;
+} conv2d_job;
+
+static void conv2d_gemm_chunk(void *ctx, int g, int tid)
+{
+    conv2d_job *j = ctx;
+    int n0 = g * j->nbmax, nb = j->N - n0 < j->nbmax ? j->N - n0 : j->nbmax, Cout = j->Cout;
+    size_t L = (size_t)j->Ho * j->Wo, ncols = (size_t)nb * L;
+    int K = j->Cin * j->kh * j->kw;
+    patches q = { j->x + (size_t)n0 * j->Cin * j->H * j->W, j->Cin, j->H, j->W, j->kh, j->kw,
+                  j->stride, j->pad, j->Ho, j->Wo };
+    float *tmp = j->sc->data + j->per * (size_t)tid;
+    /* tmp (Cout, nb*L) = w (Cout, K) patches (K, nb*L) */
+    if (msd_sgemm_pack(0, Cout, (int)ncols, K, 1.0f, j->w, K, pack_patches, &q, 0.0f, tmp,
+                       (int)ncols) != MSD_OK) {
+        atomic_store(&j->failed, 1);
+        return;
+    }
     for (int n = 0; n < nb; n++)
         for (int c = 0; c < Cout; c++) {
             float *dst = j->y + ((size_t)(n0 + n) * Cout + c) * L;
-            const float *src = tmp + ((size_t)c * nb + n) * L;
+            const float *src = tmp + (size_t)c * ncols + (size_t)n * L;
             float bc = j->b ? j->b[c] : 0.0f;
-            for (size_t l = 0; l < L; l++)
-                dst[l] = src[l] + bc;
+            if (j->add)
+                for (size_t l = 0; l < L; l++)
+                    dst[l] += src[l];
+            else
+                for (size_t l = 0; l < L; l++)
+                    dst[l] = src[l] + bc;
         }
+}
+
+/* Runs conv2d_gemm_chunk over the batch; add = 1 adds into y (no bias). */
+static int conv2d_gemm(const char *op, float *y, const float *x, const float *w, const float *b,
+                       int N, int Cin, int H, int W, int Cout, int kh, int kw, int stride,
+                       int pad, int add)
+{
+    int Ho = (H + 2 * pad - kh) / stride + 1, Wo = (W + 2 * pad - kw) / stride + 1;
+    size_t L = (size_t)Ho * Wo;
+    int nbmax = group_images(N, L), G = (N + nbmax - 1) / nbmax, nthr;
+    size_t per = (size_t)Cout * nbmax * L;
+    msd_storage *sc;
+    int rc = scratch(op, per, G, &nthr, &sc);
+    if (rc != MSD_OK)
+        return rc;
+    conv2d_job j = { .y = y, .x = x, .w = w, .b = b, .sc = sc, .per = per, .N = N, .Cin = Cin,
+                     .H = H, .W = W, .Cout = Cout, .kh = kh, .kw = kw, .stride = stride,
+                     .pad = pad, .Ho = Ho, .Wo = Wo, .nbmax = nbmax, .add = add };
+    atomic_init(&j.failed, 0);
+    msd_parallel_for(G, nthr, conv2d_gemm_chunk, &j);
+    msd_storage_release(sc);
+    if (atomic_load(&j.failed))
+        return msd_error(MSD_ERR_MEM, "%s: out of memory for the GEMM's packing buffers", op);
+    return MSD_OK;
 }
 
 int msd_conv2d_forward(float *y, const float *x, const float *w, const float *b, int N, int Cin,
                        int H, int W, int Cout, int kh, int kw, int stride, int pad)
 {
     int Ho = (H + 2 * pad - kh) / stride + 1, Wo = (W + 2 * pad - kw) / stride + 1;
-    size_t L = (size_t)Ho * Wo, K = (size_t)Cin * kh * kw;
-    if (N == 0 || L == 0)
+    if (N == 0 || Ho <= 0 || Wo <= 0)
         return MSD_OK;
-    int nbmax = chunk_images(N, K > (size_t)Cout ? K : (size_t)Cout, L);
-    int G = (N + nbmax - 1) / nbmax, nthr;
-    size_t per = (K + Cout) * nbmax * L;
-    msd_storage *sc;
-    int rc = scratch("conv2d", per, G, &nthr, &sc);
-    if (rc != MSD_OK)
-        return rc;
-    conv_job j = {.y = y, .x = x, .w = w, .b = b, .sc = sc, .per = per, .K = K, .N = N,
-                  .Cin = Cin, .H = H, .W = W, .Cout = Cout, .kh = kh, .kw = kw,
-                  .stride = stride, .pad = pad, .Ho = Ho, .Wo = Wo, .nbmax = nbmax};
-    msd_parallel_for(G, nthr, conv2d_forward_chunk, &j);
-    msd_storage_release(sc);
-    return MSD_OK;
+    return conv2d_gemm("conv2d", y, x, w, b, N, Cin, H, W, Cout, kh, kw, stride, pad, 0);
 }
 
-static void conv2d_backward_chunk(void *ctx, int g, int tid)
+/* Weight-gradient pass, group g: partial g (Cout, K) = dy (Cout, nb*L)
+ * patches^T (nb*L, K), dy first copied channel-major into the scratch. */
+static void conv2d_dw_chunk(void *ctx, int g, int tid)
 {
-    const conv_job *j = ctx;
-    int N = j->N, Cin = j->Cin, H = j->H, W = j->W, Cout = j->Cout, nbmax = j->nbmax;
-    int Ho = j->Ho, Wo = j->Wo;
-    size_t K = j->K, L = (size_t)Ho * Wo, nw = j->nw;
-    const float *w = j->w;
-    const msd_storage *sp = j->sp;
-    int n0 = g * nbmax, nb = N - n0 < nbmax ? N - n0 : nbmax;
-    int ncols = (int)((size_t)nb * L);
-    float *col = j->sc->data + j->per * (size_t)tid, *dyt = col + K * nbmax * L;
+    conv2d_job *j = ctx;
+    int n0 = g * j->nbmax, nb = j->N - n0 < j->nbmax ? j->N - n0 : j->nbmax, Cout = j->Cout;
+    size_t L = (size_t)j->Ho * j->Wo;
+    int K = j->Cin * j->kh * j->kw, ncols = (int)((size_t)nb * L);
+    patches q = { j->x + (size_t)n0 * j->Cin * j->H * j->W, j->Cin, j->H, j->W, j->kh, j->kw,
+                  j->stride, j->pad, j->Ho, j->Wo };
+    float *dyt = j->sc->data + j->per * (size_t)tid;
     to_channel_major(dyt, j->dy + (size_t)n0 * Cout * L, nb, Cout, L);
-    if (sp) {
-        /* partial g (Cout, K) = dy (Cout, nb*L) col^T (nb*L, K) */
-        im2col(col, j->x + (size_t)n0 * Cin * H * W, nb, Cin, H, W, j->kh, j->kw, j->stride,
-               j->pad, Ho, Wo);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cout, (int)K, ncols, 1.0f, dyt,
-                    ncols, col, ncols, 0.0f, sp->data + nw * g, (int)K);
-    }
-    if (j->dx) {
-        /* dcol (K, nb*L) = w^T (K, Cout) dy (Cout, nb*L), then scattered into dx */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, ncols, Cout, 1.0f, w,
-                    (int)K, dyt, ncols, 0.0f, col, ncols);
-        col2im_add(j->dx + (size_t)n0 * Cin * H * W, col, nb, Cin, H, W, j->kh, j->kw, j->stride,
-                   j->pad, Ho, Wo);
-    }
+    if (msd_sgemm_pack(0, Cout, K, ncols, 1.0f, dyt, ncols, pack_patches_t, &q, 0.0f,
+                       j->sp->data + j->nw * g, K) != MSD_OK)
+        atomic_store(&j->failed, 1);
+}
+
+/* Input-gradient pass otherwise (stride > 1, kh != kw or pad >= kh): dcol (K, nb*L) =
+ * w^T (K, Cout) dy (Cout, nb*L), scattered into dx by col2im. Scratch:
+ * dyt (Cout x nb*L) then dcol (K x nb*L). */
+static void conv2d_dx_col_chunk(void *ctx, int g, int tid)
+{
+    conv2d_job *j = ctx;
+    int n0 = g * j->nbmax, nb = j->N - n0 < j->nbmax ? j->N - n0 : j->nbmax, Cout = j->Cout;
+    size_t L = (size_t)j->Ho * j->Wo;
+    int K = j->Cin * j->kh * j->kw, ncols = (int)((size_t)nb * L);
+    float *dyt = j->sc->data + j->per * (size_t)tid, *col = dyt + (size_t)Cout * j->nbmax * L;
+    to_channel_major(dyt, j->dy + (size_t)n0 * Cout * L, nb, Cout, L);
+    msd_sgemm(1, 0, K, ncols, Cout, 1.0f, j->w, K, dyt, ncols, 0.0f, col, ncols);
+    col2im_add(j->y + (size_t)n0 * j->Cin * j->H * j->W, col, nb, j->Cin, j->H, j->W, j->kh,
+               j->kw, j->stride, j->pad, j->Ho, j->Wo);
 }
 
 int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
@@ -298,17 +442,38 @@ int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
 {
     int Ho = (H + 2 * pad - kh) / stride + 1, Wo = (W + 2 * pad - kw) / stride + 1;
     size_t L = (size_t)Ho * Wo, K = (size_t)Cin * kh * kw;
-    if (N == 0 || L == 0)
+    if (N == 0 || Ho <= 0 || Wo <= 0)
         return MSD_OK;
     if (db)
         bias_grad(db, dy, N, Cout, L);
+    int rc = MSD_OK;
+    if (dx && stride == 1 && kh == kw && pad < kh) {
+        /* with stride 1, dx is the convolution of dy, padded by k-1-p, with
+         * the kernel flipped and its in/out channels swapped: wf (Cin, Cout,
+         * kh, kw), wf[i][o][a][b] = w[o][i][kh-1-a][kw-1-b] */
+        msd_storage *wf = msd_storage_new(K * Cout);
+        if (!wf)
+            return msd_error(MSD_ERR_MEM, "conv2d backward: out of memory for a flipped "
+                                          "kernel of %zu floats", K * Cout);
+        int taps = kh * kw;
+        for (int o = 0; o < Cout; o++)
+            for (int i = 0; i < Cin; i++)
+                for (int t = 0; t < taps; t++)
+                    wf->data[((size_t)i * Cout + o) * taps + taps - 1 - t] =
+                        w[((size_t)o * Cin + i) * taps + t];
+        rc = conv2d_gemm("conv2d backward", dx, dy, wf->data, NULL, N, Cout, Ho, Wo, Cin, kh, kw,
+                         1, kh - 1 - pad, 1);
+        msd_storage_release(wf);
+        if (rc != MSD_OK)
+            return rc;
+        dx = NULL;
+    }
     if (!dx && !dw)
         return MSD_OK;
-    int nbmax = chunk_images(N, K > (size_t)Cout ? K : (size_t)Cout, L);
-    int G = (N + nbmax - 1) / nbmax, nthr;
-    size_t per = (K + Cout) * nbmax * L, nw = (size_t)Cout * K;
+    int nbmax = group_images(N, L), G = (N + nbmax - 1) / nbmax, nthr;
+    size_t per = (size_t)Cout * nbmax * L + (dx ? K * nbmax * L : 0), nw = (size_t)Cout * K;
     msd_storage *sc, *sp = NULL;
-    int rc = scratch("conv2d backward", per, G, &nthr, &sc);
+    rc = scratch("conv2d backward", per, G, &nthr, &sc);
     if (rc != MSD_OK)
         return rc;
     if (dw && !(sp = msd_storage_new(nw * G))) {
@@ -316,14 +481,23 @@ int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
         return msd_error(MSD_ERR_MEM, "conv2d backward: out of memory for %d partial weight "
                                       "gradients of %zu floats", G, nw);
     }
-    conv_job j = {.dx = dx, .x = x, .w = w, .dy = dy, .sc = sc, .sp = sp, .per = per, .nw = nw,
-                  .K = K, .N = N, .Cin = Cin, .H = H, .W = W, .Cout = Cout, .kh = kh, .kw = kw,
-                  .stride = stride, .pad = pad, .Ho = Ho, .Wo = Wo, .nbmax = nbmax};
-    msd_parallel_for(G, nthr, conv2d_backward_chunk, &j);
-    if (dw)
-        reduce_partials(dw, sp->data, G, nw);
+    conv2d_job j = { .y = dx, .x = x, .w = w, .dy = dy, .sc = sc, .sp = sp, .per = per,
+                     .nw = nw, .N = N, .Cin = Cin, .H = H, .W = W, .Cout = Cout, .kh = kh,
+                     .kw = kw, .stride = stride, .pad = pad, .Ho = Ho, .Wo = Wo,
+                     .nbmax = nbmax };
+    atomic_init(&j.failed, 0);
+    if (dw) {
+        msd_parallel_for(G, nthr, conv2d_dw_chunk, &j);
+        if (!atomic_load(&j.failed))
+            reduce_partials(dw, sp->data, G, nw);
+    }
+    if (dx)
+        msd_parallel_for(G, nthr, conv2d_dx_col_chunk, &j);
     msd_storage_release(sp);
     msd_storage_release(sc);
+    if (atomic_load(&j.failed))
+        return msd_error(MSD_ERR_MEM, "conv2d backward: out of memory for the GEMM's packing "
+                                      "buffers");
     return MSD_OK;
 }
 
@@ -341,7 +515,7 @@ static void conv_transpose2d_forward_chunk(void *ctx, int g, int tid)
     float *col = j->sc->data + j->per * (size_t)tid, *xt = col + K * nbmax * L;
     float *yg = j->y + (size_t)n0 * Cout * Lo;
     to_channel_major(xt, j->x + (size_t)n0 * Cin * L, nb, Cin, L);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, ncols, Cin, 1.0f, w, (int)K,
+    msd_sgemm(1, 0, (int)K, ncols, Cin, 1.0f, w, (int)K,
                 xt, ncols, 0.0f, col, ncols);
     for (int n = 0; n < nb; n++)
         for (int c = 0; c < Cout; c++) {
@@ -394,12 +568,12 @@ static void conv_transpose2d_backward_chunk(void *ctx, int g, int tid)
     if (sp) {
         /* partial g (Cin, K) = x (Cin, nb*L) dcol^T (nb*L, K) */
         to_channel_major(t, j->x + (size_t)n0 * Cin * L, nb, Cin, L);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Cin, (int)K, ncols, 1.0f, t,
+        msd_sgemm(0, 1, Cin, (int)K, ncols, 1.0f, t,
                     ncols, dcol, ncols, 0.0f, sp->data + nw * g, (int)K);
     }
     if (j->dx) {
         /* dx (Cin, nb*L) = w (Cin, K) dcol (K, nb*L), added back in NCHW order */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cin, ncols, (int)K, 1.0f, w,
+        msd_sgemm(0, 0, Cin, ncols, (int)K, 1.0f, w,
                     (int)K, dcol, ncols, 0.0f, t, ncols);
         for (int n = 0; n < nb; n++)
             for (int c = 0; c < Cin; c++) {

@@ -202,10 +202,14 @@ static void test_conv2d_vs_naive(void)
         { 1, 2, 5, 5, 3, 4, 2, 1 },   /* even kernel, stride and padding */
         { 2, 3, 2, 3, 2, 3, 1, 2 },   /* padding larger than the image */
     };
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        CHECK(!check_against_naive(0, &cases[i], 1, 100 + (unsigned)i));
-        CHECK(!check_against_naive(0, &cases[i], 0, 200 + (unsigned)i));
+    for (int isa = 0; isa <= msd_isa_best(); isa++) { /* every kernel level */
+        CHECK_OK(msd_isa_set(isa));
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+            CHECK(!check_against_naive(0, &cases[i], 1, 100 + (unsigned)i));
+            CHECK(!check_against_naive(0, &cases[i], 0, 200 + (unsigned)i));
+        }
     }
+    CHECK_OK(msd_isa_set(msd_isa_best()));
 }
 
 static void test_conv2d_chunked_batch(void)
@@ -213,7 +217,14 @@ static void test_conv2d_chunked_batch(void)
     /* 2304 x 256 columns per image: the batch is split into several GEMM
      * chunks with a remainder */
     const geom g = { 9, 256, 16, 16, 4, 3, 1, 1 };
-    CHECK(!check_against_naive(0, &g, 1, 7));
+    /* 8x8 maps: 16 images per group, two groups */
+    const geom g8 = { 20, 5, 8, 8, 7, 3, 1, 1 };
+    for (int isa = 0; isa <= msd_isa_best(); isa++) {
+        CHECK_OK(msd_isa_set(isa));
+        CHECK(!check_against_naive(0, &g, 1, 7));
+        CHECK(!check_against_naive(0, &g8, 1, 8));
+    }
+    CHECK_OK(msd_isa_set(msd_isa_best()));
 }
 
 static void test_conv_transpose2d_vs_naive(void)
@@ -224,10 +235,14 @@ static void test_conv_transpose2d_vs_naive(void)
         { 2, 3, 4, 5, 2, 3, 2, 1 }, /* overlapping windows with padding */
         { 1, 2, 3, 3, 2, 3, 1, 1 }, /* stride 1 */
     };
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        CHECK(!check_against_naive(1, &cases[i], 1, 300 + (unsigned)i));
-        CHECK(!check_against_naive(1, &cases[i], 0, 400 + (unsigned)i));
+    for (int isa = 0; isa <= msd_isa_best(); isa++) {
+        CHECK_OK(msd_isa_set(isa));
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+            CHECK(!check_against_naive(1, &cases[i], 1, 300 + (unsigned)i));
+            CHECK(!check_against_naive(1, &cases[i], 0, 400 + (unsigned)i));
+        }
     }
+    CHECK_OK(msd_isa_set(msd_isa_best()));
 }
 
 static void test_conv_transpose2d_chunked_batch(void)
