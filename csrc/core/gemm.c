@@ -1,18 +1,19 @@
-/* msd_sgemm (gemm.h): packed, blocked GEMM in the manner of Goto and BLIS.
+/* msd_sgemm (gemm.h): blocked GEMM in the manner of Goto and BLIS, with the
+ * A operand read in place through offset tables.
  *
  * Loops, outermost first: columns of C in blocks of NC, K in blocks of KC
- * (op(B)'s KC x NC block is packed once, into NR-wide panels), rows of C in
- * blocks of MC (op(A)'s MC x KC block packed into MR-tall panels), then NR
- * columns and MR rows, where a micro-kernel keeps the MR x NR tile of C in
- * registers for the whole KC-long dot products. One B micro-panel (KC x NR)
- * stays in L1 while the A micro-panels stream past it from L2.
+ * (op(B)'s KC x NC block is packed once, into NR-wide panels, zero-padded),
+ * then NR columns and MR rows, where a micro-kernel keeps the MR x NR tile of
+ * C in registers for the whole KC-long dot products. A is never packed: the
+ * kernel broadcasts A[i, k] = base[rowoff[i] + koff[k]] from MR row pointers
+ * and the koff table, so the same kernels serve plain matrices (rowoff =
+ * i*lda, koff = k, or transposed) and convolution patches read from a padded
+ * image (ops_conv.c), without an im2col matrix. The A rows of one tile
+ * (MR x KC) stay in L1 while the B panel streams past from L1/L2.
  *
- * Packed layouts (k-major, zero-padded to full panels so the kernels never
- * test bounds inside the k loop):
- *   A panel: ap[k*MR + i] = op(A)[ic+ir+i, pc+k]
- *   B panel: bp[k*NR + j] = op(B)[pc+k, jc+jr+j]
- * Each kernel sums over k in the same order, so a level's result does not
- * depend on the blocking of M or N, nor on the thread that runs it. */
+ * Packed B layout: bp[k*NR + j] = op(B)[pc+k, jc+jr+j], k-major panels.
+ * Each kernel sums over k in the same order (KC blocks, then k), so a
+ * level's result does not depend on M, N, the blocking or the thread. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,17 +24,18 @@
 #endif
 
 #include "cpu.h"
-#include "error.h"
 #include "gemm.h"
 
-#define KC 192
-#define MC 96
+#define KC 128
 #define NC 1920 /* a multiple of every NR below */
+#define MAX_MR 8
 
-/* kc x (MR x NR) tile: C = alpha * (a panel . b panel) + beta * C, on an
- * m x n corner (m <= MR, n <= NR); with beta == 0, C is not read. */
-typedef void (*kernel_fn)(int kc, const float *a, const float *b, float *c, size_t ldc, int m,
-                          int n, float alpha, float beta);
+/* One MR x NR tile over kc: C = alpha * sum_k A[i, k] b[k, j] + beta * C on
+ * its m x n corner (m <= MR, n <= NR), where A[i, k] = a[i][koff[k]] (rows
+ * i >= m point at a valid row and are not stored); with beta == 0, C is not
+ * read. */
+typedef void (*kernel_fn)(int kc, const float *const *a, const int *koff, const float *b,
+                          float *c, size_t ldc, int m, int n, float alpha, float beta);
 
 struct impl {
     int mr, nr;
@@ -57,14 +59,16 @@ static void store_tile(float *c, size_t ldc, const float *t, int nr, int m, int 
 #define G_MR 4
 #define G_NR 16
 
-static void kernel_generic(int kc, const float *a, const float *b, float *c, size_t ldc, int m,
-                           int n, float alpha, float beta)
+static void kernel_generic(int kc, const float *const *a, const int *koff, const float *b,
+                           float *c, size_t ldc, int m, int n, float alpha, float beta)
 {
     float t[G_MR * G_NR] = { 0 };
-    for (int k = 0; k < kc; k++, a += G_MR, b += G_NR)
-        for (int i = 0; i < G_MR; i++)
+    for (int k = 0; k < kc; k++, b += G_NR)
+        for (int i = 0; i < G_MR; i++) {
+            float ai = a[i][koff[k]];
             for (int j = 0; j < G_NR; j++)
-                t[i * G_NR + j] += a[i] * b[j];
+                t[i * G_NR + j] += ai * b[j];
+        }
     store_tile(c, ldc, t, G_NR, m, n, alpha, beta);
 }
 
@@ -75,18 +79,19 @@ static void kernel_generic(int kc, const float *a, const float *b, float *c, siz
 #define A2_NR 16
 
 __attribute__((target("avx2,fma"))) static void
-kernel_avx2(int kc, const float *a, const float *b, float *c, size_t ldc, int m, int n,
-            float alpha, float beta)
+kernel_avx2(int kc, const float *const *a, const int *koff, const float *b, float *c, size_t ldc,
+            int m, int n, float alpha, float beta)
 {
     __m256 acc[A2_MR][2];
 #pragma GCC unroll 6
     for (int i = 0; i < A2_MR; i++)
         acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-    for (int k = 0; k < kc; k++, a += A2_MR, b += A2_NR) {
+    for (int k = 0; k < kc; k++, b += A2_NR) {
         __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+        int o = koff[k];
 #pragma GCC unroll 6
         for (int i = 0; i < A2_MR; i++) {
-            __m256 ai = _mm256_broadcast_ss(a + i);
+            __m256 ai = _mm256_broadcast_ss(a[i] + o);
             acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
             acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
         }
@@ -113,44 +118,50 @@ kernel_avx2(int kc, const float *a, const float *b, float *c, size_t ldc, int m,
     store_tile(c, ldc, t, A2_NR, m, n, alpha, beta);
 }
 
-/* ---- AVX-512: 8 x 48, 24 zmm accumulators -------------------------------
- * Per k: 3 loads of B and 8 broadcasts of A feed 24 FMAs, so the two FMA
- * ports, not the loads, set the pace. */
+/* ---- AVX-512: 6 x 64, 24 zmm accumulators -------------------------------
+ * Per k: 4 loads of B and 6 broadcasts of A feed 24 FMAs, so the two FMA
+ * ports, not the loads, set the pace. NR = 64 fits the model's 64 and 128
+ * output channels exactly. */
 
-#define A5_MR 8
-#define A5_NR 48
+#define A5_MR 6
+#define A5_NR 64
 
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma"))) static void
-kernel_avx512(int kc, const float *a, const float *b, float *c, size_t ldc, int m, int n,
-              float alpha, float beta)
+kernel_avx512(int kc, const float *const *a, const int *koff, const float *b, float *c,
+              size_t ldc, int m, int n, float alpha, float beta)
 {
-    __m512 acc[A5_MR][3];
-#pragma GCC unroll 8
+    __m512 acc[A5_MR][4];
+    const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
+#pragma GCC unroll 6
     for (int i = 0; i < A5_MR; i++)
-        acc[i][0] = acc[i][1] = acc[i][2] = _mm512_setzero_ps();
-    for (int k = 0; k < kc; k++, a += A5_MR, b += A5_NR) {
-        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16), b2 = _mm512_load_ps(b + 32);
-#pragma GCC unroll 8
+        acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = _mm512_setzero_ps();
+    for (int k = 0; k < kc; k++, b += A5_NR) {
+        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+        __m512 b2 = _mm512_load_ps(b + 32), b3 = _mm512_load_ps(b + 48);
+        int o = koff[k];
+        __m512 ai[A5_MR] = { _mm512_set1_ps(a0[o]), _mm512_set1_ps(a1[o]), _mm512_set1_ps(a2[o]),
+                             _mm512_set1_ps(a3[o]), _mm512_set1_ps(a4[o]), _mm512_set1_ps(a5[o]) };
+#pragma GCC unroll 6
         for (int i = 0; i < A5_MR; i++) {
-            __m512 ai = _mm512_set1_ps(a[i]);
-            acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
-            acc[i][2] = _mm512_fmadd_ps(ai, b2, acc[i][2]);
+            acc[i][0] = _mm512_fmadd_ps(ai[i], b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(ai[i], b1, acc[i][1]);
+            acc[i][2] = _mm512_fmadd_ps(ai[i], b2, acc[i][2]);
+            acc[i][3] = _mm512_fmadd_ps(ai[i], b3, acc[i][3]);
         }
     }
     /* masks for the columns < n of each 16-wide vector */
-    __mmask16 mk[3];
-    for (int j = 0; j < 3; j++) {
+    __mmask16 mk[4];
+    for (int j = 0; j < 4; j++) {
         int r = n - 16 * j;
         r = r < 0 ? 0 : r > 16 ? 16 : r;
         mk[j] = (__mmask16)((1u << r) - 1u);
     }
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-#pragma GCC unroll 8
+#pragma GCC unroll 6
     for (int i = 0; i < A5_MR; i++) {
         if (i >= m)
             break;
-        for (int j = 0; j < 3; j++) {
+        for (int j = 0; j < 4; j++) {
             float *p = c + i * ldc + 16 * j;
             __m512 v = _mm512_mul_ps(acc[i][j], va);
             if (beta != 0.0f)
@@ -171,47 +182,10 @@ static const struct impl impls[MSD_ISA_COUNT] = {
 
 /* ---- packing ------------------------------------------------------------ */
 
-/* op(A)[i0 .. i0+mc, p0 .. p0+kc] into ceil(mc/mr) panels of kc x mr */
-static void pack_a(float *ap, const float *A, int lda, int transa, int i0, int mc, int p0, int kc,
-                   int mr)
+/* op(B)[p0 .. p0+kc, j0 .. j0+nc] into ceil(nc/nr) panels of kc x nr */
+static void pack_b(float *bp, const float *B, int ldb, int transb, int p0, int kc, int j0, int nc,
+                   int nr)
 {
-    for (int ir = 0; ir < mc; ir += mr) {
-        int m = mc - ir < mr ? mc - ir : mr;
-        if (transa) {
-            /* op(A)[i, k] = A[k*lda + i]: mr contiguous values per k */
-            const float *src = A + (size_t)p0 * lda + i0 + ir;
-            for (int k = 0; k < kc; k++, ap += mr, src += lda) {
-                for (int i = 0; i < m; i++)
-                    ap[i] = src[i];
-                for (int i = m; i < mr; i++)
-                    ap[i] = 0.0f;
-            }
-        } else {
-            const float *src = A + (size_t)(i0 + ir) * lda + p0;
-            for (int i = 0; i < mr; i++) {
-                if (i < m)
-                    for (int k = 0; k < kc; k++)
-                        ap[k * mr + i] = src[(size_t)i * lda + k];
-                else
-                    for (int k = 0; k < kc; k++)
-                        ap[k * mr + i] = 0.0f;
-            }
-            ap += (size_t)kc * mr;
-        }
-    }
-}
-
-struct matrix_b {
-    const float *B;
-    int ldb, transb;
-};
-
-/* msd_pack_b_fn for a matrix B (struct matrix_b) */
-static void pack_b(void *ctx, float *bp, int p0, int kc, int j0, int nc, int nr)
-{
-    const struct matrix_b *mb = ctx;
-    const float *B = mb->B;
-    int ldb = mb->ldb, transb = mb->transb;
     for (int jr = 0; jr < nc; jr += nr) {
         int n = nc - jr < nr ? nc - jr : nr;
         if (!transb) {
@@ -223,6 +197,7 @@ static void pack_b(void *ctx, float *bp, int p0, int kc, int j0, int nc, int nr)
                     bp[j] = 0.0f;
             }
         } else {
+            /* op(B)[k, j] = B[j*ldb + k]: read along k, write across panels */
             const float *src = B + (size_t)(j0 + jr) * ldb + p0;
             for (int j = 0; j < nr; j++) {
                 if (j < n)
@@ -239,7 +214,7 @@ static void pack_b(void *ctx, float *bp, int p0, int kc, int j0, int nc, int nr)
 
 /* ---- per-thread packing buffers ----------------------------------------- */
 
-#define BUF_FLOATS ((size_t)MC * KC + (size_t)KC * NC)
+#define BUF_FLOATS ((size_t)KC * NC)
 
 static pthread_key_t buf_key;
 static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
@@ -270,6 +245,24 @@ static float *thread_buffer(void)
 
 /* ---- the product ---------------------------------------------------------- */
 
+/* A, addressed as A[i, k] = base[row(i) + col(k)], row(i) = rowoff[i] or
+ * i*rs, col(k) = koff[k] or k*ks (when the table is NULL). */
+typedef struct operand_a {
+    const float *base;
+    const int *rowoff, *koff;
+    size_t rs, ks;
+} operand_a;
+
+static const float *a_row(const operand_a *a, int i)
+{
+    return a->base + (a->rowoff ? (size_t)a->rowoff[i] : (size_t)i * a->rs);
+}
+
+static size_t a_col(const operand_a *a, int k)
+{
+    return a->koff ? (size_t)a->koff[k] : (size_t)k * a->ks;
+}
+
 static void scale_c(float *C, int ldc, int M, int N, float beta)
 {
     for (int i = 0; i < M; i++)
@@ -277,45 +270,57 @@ static void scale_c(float *C, int ldc, int M, int N, float beta)
             C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
 }
 
-/* The fallback without buffers: plain dot products. */
-static void gemm_unblocked(int transa, int transb, int M, int N, int K, float alpha,
-                           const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                           int ldc)
+/* The fallback without a buffer: plain dot products. */
+static void gemm_unblocked(const operand_a *a, int transb, int M, int N, int K, float alpha,
+                           const float *B, int ldb, float beta, float *C, int ldc)
 {
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
+            const float *ar = a_row(a, i);
             float s = 0.0f;
             for (int k = 0; k < K; k++)
-                s += (transa ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]) *
-                     (transb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
+                s += ar[a_col(a, k)] * (transb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
             float *p = C + (size_t)i * ldc + j;
             *p = beta == 0.0f ? alpha * s : alpha * s + beta * *p;
         }
 }
 
-/* The product through packed blocks; buf holds BUF_FLOATS floats. */
-static void gemm_blocked(float *buf, int transa, int M, int N, int K, float alpha, const float *A,
-                         int lda, msd_pack_b_fn pack, void *ctx, float beta, float *C, int ldc)
+static void gemm(const operand_a *a, int transb, int M, int N, int K, float alpha,
+                 const float *B, int ldb, float beta, float *C, int ldc)
 {
+    if (M <= 0 || N <= 0)
+        return;
+    if (K <= 0 || alpha == 0.0f) {
+        scale_c(C, ldc, M, N, beta);
+        return;
+    }
+    float *bp = thread_buffer();
+    if (!bp) {
+        gemm_unblocked(a, transb, M, N, K, alpha, B, ldb, beta, C, ldc);
+        return;
+    }
     const struct impl *im = &impls[msd_isa_get()];
-    int mr = im->mr, nr = im->nr, mcb = MC / mr * mr;
-    float *ap = buf, *bp = buf + (size_t)MC * KC;
+    int mr = im->mr, nr = im->nr;
+    int koff[KC];
+    const float *rows[MAX_MR];
     for (int jc = 0; jc < N; jc += NC) {
         int nc = N - jc < NC ? N - jc : NC;
         for (int pc = 0; pc < K; pc += KC) {
             int kc = K - pc < KC ? K - pc : KC;
             /* the first K block applies beta, the later ones accumulate */
             float bet = pc == 0 ? beta : 1.0f;
-            pack(ctx, bp, pc, kc, jc, nc, nr);
-            for (int ic = 0; ic < M; ic += mcb) {
-                int mc = M - ic < mcb ? M - ic : mcb;
-                pack_a(ap, A, lda, transa, ic, mc, pc, kc, mr);
+            pack_b(bp, B, ldb, transb, pc, kc, jc, nc, nr);
+            for (int k = 0; k < kc; k++)
+                koff[k] = (int)a_col(a, pc + k);
+            for (int ir = 0; ir < M; ir += mr) {
+                int m = M - ir < mr ? M - ir : mr;
+                /* rows past m repeat the last one: computed, never stored */
+                for (int i = 0; i < mr; i++)
+                    rows[i] = a_row(a, ir + (i < m ? i : m - 1));
                 for (int jr = 0; jr < nc; jr += nr)
-                    for (int ir = 0; ir < mc; ir += mr)
-                        im->kernel(kc, ap + (size_t)ir * kc, bp + (size_t)jr * kc,
-                                   C + (size_t)(ic + ir) * ldc + jc + jr, (size_t)ldc,
-                                   mc - ir < mr ? mc - ir : mr, nc - jr < nr ? nc - jr : nr,
-                                   alpha, bet);
+                    im->kernel(kc, rows, koff, bp + (size_t)jr * kc,
+                               C + (size_t)ir * ldc + jc + jr, (size_t)ldc, m,
+                               nc - jr < nr ? nc - jr : nr, alpha, bet);
             }
         }
     }
@@ -324,34 +329,14 @@ static void gemm_blocked(float *buf, int transa, int M, int N, int K, float alph
 void msd_sgemm(int transa, int transb, int M, int N, int K, float alpha, const float *A,
                int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
-    if (M <= 0 || N <= 0)
-        return;
-    if (K <= 0 || alpha == 0.0f) {
-        scale_c(C, ldc, M, N, beta);
-        return;
-    }
-    float *buf = thread_buffer();
-    if (!buf) {
-        gemm_unblocked(transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        return;
-    }
-    struct matrix_b mb = { B, ldb, transb };
-    gemm_blocked(buf, transa, M, N, K, alpha, A, lda, pack_b, &mb, beta, C, ldc);
+    operand_a a = { A, NULL, NULL, transa ? 1 : (size_t)lda, transa ? (size_t)lda : 1 };
+    gemm(&a, transb, M, N, K, alpha, B, ldb, beta, C, ldc);
 }
 
-int msd_sgemm_pack(int transa, int M, int N, int K, float alpha, const float *A, int lda,
-                   msd_pack_b_fn pack, void *ctx, float beta, float *C, int ldc)
+void msd_sgemm_offsets(int M, int N, int K, float alpha, const float *base, const int *rowoff,
+                       const int *koff, int transb, const float *B, int ldb, float beta,
+                       float *C, int ldc)
 {
-    if (M <= 0 || N <= 0)
-        return MSD_OK;
-    if (K <= 0 || alpha == 0.0f) {
-        scale_c(C, ldc, M, N, beta);
-        return MSD_OK;
-    }
-    float *buf = thread_buffer();
-    if (!buf)
-        return msd_error(MSD_ERR_MEM, "gemm: out of memory for a packing buffer of %zu floats",
-                         BUF_FLOATS);
-    gemm_blocked(buf, transa, M, N, K, alpha, A, lda, pack, ctx, beta, C, ldc);
-    return MSD_OK;
+    operand_a a = { base, rowoff, koff, 0, 0 };
+    gemm(&a, transb, M, N, K, alpha, B, ldb, beta, C, ldc);
 }

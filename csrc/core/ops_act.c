@@ -5,6 +5,7 @@
 #include <stddef.h>
 
 #include "ops.h"
+#include "reduce.h"
 #include "threads.h"
 
 #define INV_SQRT2 0.70710678118654752440f
@@ -69,13 +70,7 @@ static inline float normal_cdf(float v)
  * element is independent). */
 #define ACT_BLOCK 16384
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(MINISD_NATIVE)
-#define MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define MULTIVERSION
-#endif
-
-MULTIVERSION
+MSD_MULTIVERSION
 static void gelu_fwd_range(float *y, const float *x, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -84,7 +79,7 @@ static void gelu_fwd_range(float *y, const float *x, size_t n)
     }
 }
 
-MULTIVERSION
+MSD_MULTIVERSION
 static void gelu_bwd_range(float *dx, const float *dy, const float *x, size_t n)
 {
     for (size_t i = 0; i < n; i++) {

@@ -11,6 +11,7 @@
 
 #include "gemm.h"
 #include "ops.h"
+#include "reduce.h"
 #include "threads.h"
 
 /* Target size in floats of one group's column matrix (2 MiB): the batch is
@@ -125,18 +126,16 @@ typedef struct bias_grad_job {
     size_t L;
 } bias_grad_job;
 
-/* Chunk c: db[c] += the sum of channel c of dy, in double. */
+/* Chunk c: db[c] += the sum of channel c of dy, in double (reduce.h). */
+MSD_MULTIVERSION
 static void bias_grad_chunk(void *ctx, int c, int tid)
 {
     const bias_grad_job *j = ctx;
-    double acc = 0;
+    double acc[MSD_LANES] = { 0 };
     (void)tid;
-    for (int n = 0; n < j->N; n++) {
-        const float *p = j->dy + ((size_t)n * j->C + c) * j->L;
-        for (size_t l = 0; l < j->L; l++)
-            acc += p[l];
-    }
-    j->db[c] += (float)acc;
+    for (int n = 0; n < j->N; n++)
+        msd_sum_lanes(acc, j->dy + ((size_t)n * j->C + c) * j->L, j->L);
+    j->db[c] += (float)msd_lanes_total(acc);
 }
 
 /* db[c] += sum of dy (N, C, L) over n and l. */
@@ -172,34 +171,42 @@ static int scratch(const char *op, size_t n_per, int G, int *nthr, msd_storage *
     return MSD_OK;
 }
 
-/* Elements of dw per reduce_partials chunk. */
+/* Elements per reduce_partials chunk. */
 #define REDUCE_BLOCK 4096
 
+/* dw (rows, cols) += the sum of G partials, each (rows, cols) or, with
+ * transposed, (cols, rows); summed in group order, in double. Each chunk
+ * walks a block of the partials' own layout, so the G streams it reads are
+ * sequential. */
 typedef struct reduce_job {
     float *dw;
     const float *part;
-    int G;
-    size_t n;
+    int G, rows, cols, transposed;
 } reduce_job;
 
 static void reduce_chunk(void *ctx, int k, int tid)
 {
     const reduce_job *j = ctx;
-    size_t lo = (size_t)k * REDUCE_BLOCK, hi = lo + REDUCE_BLOCK < j->n ? lo + REDUCE_BLOCK : j->n;
+    size_t n = (size_t)j->rows * j->cols, lo = (size_t)k * REDUCE_BLOCK;
+    size_t hi = lo + REDUCE_BLOCK < n ? lo + REDUCE_BLOCK : n;
     (void)tid;
-    for (size_t i = lo; i < hi; i++) {
+    for (size_t at = lo; at < hi; at++) {
         double acc = 0;
         for (int g = 0; g < j->G; g++)
-            acc += j->part[(size_t)g * j->n + i];
-        j->dw[i] += (float)acc;
+            acc += j->part[(size_t)g * n + at];
+        /* at is (r, c) of the partial: (c, r) of dw when transposed */
+        size_t to = j->transposed ? at % j->rows * j->cols + at / j->rows : at;
+        j->dw[to] += (float)acc;
     }
 }
 
-/* dw (rows, cols) += the sum of G partial (rows, cols) matrices in group
- * order, in double: the same result for any thread count. */
-static void reduce_partials(float *dw, const float *part, int G, size_t n)
+/* The same result for any thread count: each element is summed by one
+ * thread, in group order. */
+static void reduce_partials(float *dw, const float *part, int G, int rows, int cols,
+                            int transposed)
 {
-    reduce_job j = {dw, part, G, n};
+    reduce_job j = { dw, part, G, rows, cols, transposed };
+    size_t n = (size_t)rows * cols;
     msd_parallel_for((int)((n + REDUCE_BLOCK - 1) / REDUCE_BLOCK),
                      n * (size_t)G > 2 * CONV_SERIAL_MAX ? MSD_ALL_THREADS : 1, reduce_chunk, &j);
 }
@@ -218,106 +225,20 @@ typedef struct conv_job {
     int N, Cin, H, W, Cout, kh, kw, stride, pad, Ho, Wo, nbmax;
 } conv_job;
 
-/* ---- patches packed straight into GEMM panels ----------------------------
- * The GEMMs of a convolution read image patches: row (c, ki, kj), column
- * (n, oy, ox) holds x[n, c, oy*s - p + ki, ox*s - p + kj] (0 in the
- * padding). Instead of an im2col matrix, these packers write the patches
- * directly into msd_sgemm_pack's panels (gemm.h), once per use. */
-typedef struct patches {
-    const float *x; /* (nb, C, H, W): the group's first image */
-    int C, H, W, kh, kw, s, p, Ho, Wo;
-} patches;
+/* ---- conv2d: patches read in place from a padded copy ---------------------
+ * A group of nb images is copied once into xp (nb, C, Hp, Wp) with its zero
+ * padding (Hp = H + 2p, Wp = W + 2p). The patch matrix, row (c, ki, kj) and
+ * column (n, oy, ox), is then xp[pix(n, oy, ox) + tap(c, ki, kj)] with
+ *   pix = (n*C*Hp + oy*s)*Wp + ox*s,   tap = (c*Hp + ki)*Wp + kj,
+ * so msd_sgemm_offsets reads it through two offset tables with no im2col
+ * matrix and no bounds tests. Forward computes y^T (pixels x Cout) =
+ * patches^T w^T, whose 64 or 128 columns fit the kernel's tile, and
+ * transposes the result into NCHW; the weight gradient computes dw^T (taps x
+ * Cout) = patches dy^T. */
 
-/* Writes n values of patch row (c, ki, kj) for the columns starting at
- * (img, oy, ox) into dst, walking along output rows. */
-static void patch_row(float *dst, const patches *q, int c, int ki, int kj, int img, int oy,
-                      int ox, int n)
-{
-    int lo, hi, s = q->s;
-    valid_range(kj, s, q->p, q->W, q->Wo, &lo, &hi);
-    for (int jj = 0; jj < n;) {
-        int run = q->Wo - ox < n - jj ? q->Wo - ox : n - jj;
-        int iy = oy * s - q->p + ki;
-        float *d = dst + jj - ox; /* d[o] for output column o */
-        if (iy < 0 || iy >= q->H) {
-            for (int o = ox; o < ox + run; o++)
-                d[o] = 0.0f;
-        } else {
-            const float *src =
-                q->x + ((size_t)img * q->C + c) * q->H * q->W + (size_t)iy * q->W + kj - q->p;
-            int a = lo > ox ? lo : ox, b = hi < ox + run ? hi : ox + run;
-            int o = ox;
-            for (; o < a && o < ox + run; o++)
-                d[o] = 0.0f;
-            if (s == 1)
-                for (; o < b; o++)
-                    d[o] = src[o];
-            else
-                for (; o < b; o++)
-                    d[o] = src[o * s];
-            for (; o < ox + run; o++)
-                d[o] = 0.0f;
-        }
-        jj += run;
-        ox += run;
-        if (ox == q->Wo) {
-            ox = 0;
-            if (++oy == q->Ho) {
-                oy = 0;
-                img++;
-            }
-        }
-    }
-}
-
-/* msd_pack_b_fn for op(B) = the patch matrix (C*kh*kw, nb*Ho*Wo): conv2d's
- * forward, and its input gradient written as a convolution. */
-static void pack_patches(void *ctx, float *bp, int p0, int kc, int j0, int nc, int nr)
-{
-    const patches *q = ctx;
-    int L = q->Ho * q->Wo, taps = q->kh * q->kw;
-    for (int jr = 0; jr < nc; jr += nr, bp += (size_t)kc * nr) {
-        int n = nc - jr < nr ? nc - jr : nr, j = j0 + jr;
-        int img = j / L, oy = j % L / q->Wo, ox = j % q->Wo;
-        for (int k = 0; k < kc; k++) {
-            int r = p0 + k, c = r / taps, t = r % taps;
-            patch_row(bp + (size_t)k * nr, q, c, t / q->kw, t % q->kw, img, oy, ox, n);
-            for (int jj = n; jj < nr; jj++)
-                bp[(size_t)k * nr + jj] = 0.0f;
-        }
-    }
-}
-
-/* msd_pack_b_fn for op(B) = the patch matrix transposed (nb*Ho*Wo,
- * C*kh*kw): conv2d's weight gradient dy . patches^T. */
-static void pack_patches_t(void *ctx, float *bp, int p0, int kc, int j0, int nc, int nr)
-{
-    const patches *q = ctx;
-    int L = q->Ho * q->Wo, taps = q->kh * q->kw;
-    float row[256];
-    for (int jr = 0; jr < nc; jr += nr, bp += (size_t)kc * nr) {
-        int n = nc - jr < nr ? nc - jr : nr;
-        for (int jj = 0; jj < nr; jj++) {
-            if (jj >= n) {
-                for (int k = 0; k < kc; k++)
-                    bp[(size_t)k * nr + jj] = 0.0f;
-                continue;
-            }
-            int r = j0 + jr + jj, c = r / taps, t = r % taps;
-            /* one patch row over the kc columns, in pieces of 256 */
-            for (int k0 = 0; k0 < kc; k0 += 256) {
-                int m = kc - k0 < 256 ? kc - k0 : 256, pix = p0 + k0;
-                patch_row(row, q, c, t / q->kw, t % q->kw, pix / L, pix % L / q->Wo,
-                          pix % q->Wo, m);
-                for (int k = 0; k < m; k++)
-                    bp[(size_t)(k0 + k) * nr + jj] = row[k];
-            }
-        }
-    }
-}
-
-/* Images per group of a conv2d loop: about GROUP_COLS output columns, so
- * that small maps (8x8) still give GEMMs wide enough to be fast. */
+/* Images per group: about GROUP_COLS output pixels, so that small maps (8x8)
+ * still give GEMMs tall enough to be fast. Fixed for a shape: results do not
+ * depend on the thread count. */
 #define GROUP_COLS 1024
 
 static int group_images(int N, size_t L)
@@ -326,123 +247,177 @@ static int group_images(int N, size_t L)
     return nb > (size_t)N ? N : (int)nb;
 }
 
-/* One conv2d GEMM pass per group: y (N, Cout, Ho, Wo) (=, or += with add)
- * conv of x (N, Cin, H, W) with w (Cout, Cin, kh, kw) plus b. Thread tid's
- * scratch: sc->data + per*tid, Cout x nb*L for the GEMM's channel-major
- * result (also dy's channel-major copy in the weight-gradient pass, whose
- * group g partial dw goes to sp->data + nw*g). failed is set when a GEMM
- * could not get its packing buffer. */
+/* Geometry of one conv2d (input H x W, output Ho x Wo) and of its padded
+ * group copy. */
+typedef struct conv_geom {
+    int N, Cin, H, W, Cout, kh, kw, s, p, Ho, Wo, Hp, Wp, nbmax;
+} conv_geom;
+
+static conv_geom make_geom(int N, int Cin, int H, int W, int Cout, int kh, int kw, int s, int p)
+{
+    conv_geom g = { N, Cin, H, W, Cout, kh, kw, s, p, (H + 2 * p - kh) / s + 1,
+                    (W + 2 * p - kw) / s + 1, H + 2 * p, W + 2 * p, 0 };
+    g.nbmax = group_images(N, (size_t)g.Ho * g.Wo);
+    return g;
+}
+
+/* Floats of per-thread scratch for one group: xp, then the two offset
+ * tables (ints, stored in float-sized slots), then extra floats. */
+static size_t group_scratch(const conv_geom *g, size_t extra)
+{
+    size_t L = (size_t)g->Ho * g->Wo;
+    return (size_t)g->nbmax * g->Cin * g->Hp * g->Wp + (size_t)g->nbmax * L +
+           (size_t)g->Cin * g->kh * g->kw + extra;
+}
+
+/* Fills sc (group_scratch floats) for images [n0, n0+nb) of x: xp, pix
+ * offsets (nb*L) and tap offsets (Cin*kh*kw); returns xp and the tables. */
+static const float *group_patches(float *sc, const conv_geom *g, const float *x, int n0, int nb,
+                                  int **pix, int **tap, float **extra)
+{
+    int C = g->Cin, H = g->H, W = g->W, Hp = g->Hp, Wp = g->Wp, p = g->p;
+    size_t L = (size_t)g->Ho * g->Wo, plane = (size_t)Hp * Wp;
+    float *xp = sc;
+    for (int n = 0; n < nb; n++)
+        for (int c = 0; c < C; c++) {
+            float *d = xp + ((size_t)n * C + c) * plane;
+            const float *src = x + ((size_t)(n0 + n) * C + c) * H * W;
+            memset(d, 0, (size_t)p * Wp * sizeof *d);
+            for (int iy = 0; iy < H; iy++) {
+                float *row = d + (size_t)(iy + p) * Wp;
+                for (int i = 0; i < p; i++)
+                    row[i] = row[p + W + i] = 0.0f;
+                memcpy(row + p, src + (size_t)iy * W, (size_t)W * sizeof *row);
+            }
+            memset(d + (size_t)(H + p) * Wp, 0, (size_t)p * Wp * sizeof *d);
+        }
+    int *pt = (int *)(xp + (size_t)g->nbmax * C * plane), *tt = pt + (size_t)g->nbmax * L;
+    for (int n = 0, j = 0; n < nb; n++)
+        for (int oy = 0; oy < g->Ho; oy++)
+            for (int ox = 0; ox < g->Wo; ox++, j++)
+                pt[j] = (int)(((size_t)n * C * Hp + (size_t)oy * g->s) * Wp + (size_t)ox * g->s);
+    for (int c = 0, r = 0; c < C; c++)
+        for (int ki = 0; ki < g->kh; ki++)
+            for (int kj = 0; kj < g->kw; kj++, r++)
+                tt[r] = (int)(((size_t)c * Hp + ki) * Wp + kj);
+    *pix = pt;
+    *tap = tt;
+    if (extra)
+        *extra = (float *)(tt + (size_t)C * g->kh * g->kw);
+    return xp;
+}
+
+/* One conv2d pass: thread tid's scratch is sc->data + per*tid; a
+ * weight-gradient pass writes group g's dw^T to sp->data + nw*g. */
 typedef struct conv2d_job {
-    float *y;
+    conv_geom g;
+    float *y; /* forward: y (=, or += with add); backward: dx */
     const float *x, *w, *b, *dy;
     const msd_storage *sc, *sp;
     size_t per, nw;
-    int N, Cin, H, W, Cout, kh, kw, stride, pad, Ho, Wo, nbmax, add;
-    atomic_int failed;
+    int add;
 } conv2d_job;
 
-static void conv2d_gemm_chunk(void *ctx, int g, int tid)
+static void conv2d_gemm_chunk(void *ctx, int gi, int tid)
 {
-    conv2d_job *j = ctx;
-    int n0 = g * j->nbmax, nb = j->N - n0 < j->nbmax ? j->N - n0 : j->nbmax, Cout = j->Cout;
-    size_t L = (size_t)j->Ho * j->Wo, ncols = (size_t)nb * L;
-    int K = j->Cin * j->kh * j->kw;
-    patches q = { j->x + (size_t)n0 * j->Cin * j->H * j->W, j->Cin, j->H, j->W, j->kh, j->kw,
-                  j->stride, j->pad, j->Ho, j->Wo };
-    float *tmp = j->sc->data + j->per * (size_t)tid;
-    /* tmp (Cout, nb*L) = w (Cout, K) patches (K, nb*L) */
-    if (msd_sgemm_pack(0, Cout, (int)ncols, K, 1.0f, j->w, K, pack_patches, &q, 0.0f, tmp,
-                       (int)ncols) != MSD_OK) {
-        atomic_store(&j->failed, 1);
-        return;
-    }
+    const conv2d_job *j = ctx;
+    const conv_geom *g = &j->g;
+    int n0 = gi * g->nbmax, nb = g->N - n0 < g->nbmax ? g->N - n0 : g->nbmax, Cout = g->Cout;
+    int K = g->Cin * g->kh * g->kw;
+    size_t L = (size_t)g->Ho * g->Wo, ncols = (size_t)nb * L;
+    int *pix, *tap;
+    float *yt;
+    const float *xp = group_patches(j->sc->data + j->per * (size_t)tid, g, j->x, n0, nb, &pix,
+                                    &tap, &yt);
+    /* yt (nb*L, Cout) = patches^T (nb*L, K) w^T (K, Cout) */
+    msd_sgemm_offsets((int)ncols, Cout, K, 1.0f, xp, pix, tap, 1, j->w, K, 0.0f, yt, Cout);
+    /* into NCHW, 16 pixels at a time: their Cout values stay in L1 */
     for (int n = 0; n < nb; n++)
-        for (int c = 0; c < Cout; c++) {
-            float *dst = j->y + ((size_t)(n0 + n) * Cout + c) * L;
-            const float *src = tmp + (size_t)c * ncols + (size_t)n * L;
-            float bc = j->b ? j->b[c] : 0.0f;
-            if (j->add)
-                for (size_t l = 0; l < L; l++)
-                    dst[l] += src[l];
-            else
-                for (size_t l = 0; l < L; l++)
-                    dst[l] = src[l] + bc;
+        for (size_t l0 = 0; l0 < L; l0 += 16) {
+            size_t l1 = l0 + 16 < L ? l0 + 16 : L;
+            for (int c = 0; c < Cout; c++) {
+                float *dst = j->y + ((size_t)(n0 + n) * Cout + c) * L;
+                const float *src = yt + (size_t)n * L * Cout + c;
+                float bc = j->b ? j->b[c] : 0.0f;
+                if (j->add)
+                    for (size_t l = l0; l < l1; l++)
+                        dst[l] += src[l * Cout];
+                else
+                    for (size_t l = l0; l < l1; l++)
+                        dst[l] = src[l * Cout] + bc;
+            }
         }
 }
 
-/* Runs conv2d_gemm_chunk over the batch; add = 1 adds into y (no bias). */
+/* y (N, Cout, Ho, Wo) = (or += with add, bias ignored) conv2d of x with w. */
 static int conv2d_gemm(const char *op, float *y, const float *x, const float *w, const float *b,
-                       int N, int Cin, int H, int W, int Cout, int kh, int kw, int stride,
-                       int pad, int add)
+                       const conv_geom *g, int add)
 {
-    int Ho = (H + 2 * pad - kh) / stride + 1, Wo = (W + 2 * pad - kw) / stride + 1;
-    size_t L = (size_t)Ho * Wo;
-    int nbmax = group_images(N, L), G = (N + nbmax - 1) / nbmax, nthr;
-    size_t per = (size_t)Cout * nbmax * L;
+    int G = (g->N + g->nbmax - 1) / g->nbmax, nthr;
+    size_t per = group_scratch(g, (size_t)g->nbmax * g->Ho * g->Wo * g->Cout);
     msd_storage *sc;
     int rc = scratch(op, per, G, &nthr, &sc);
     if (rc != MSD_OK)
         return rc;
-    conv2d_job j = { .y = y, .x = x, .w = w, .b = b, .sc = sc, .per = per, .N = N, .Cin = Cin,
-                     .H = H, .W = W, .Cout = Cout, .kh = kh, .kw = kw, .stride = stride,
-                     .pad = pad, .Ho = Ho, .Wo = Wo, .nbmax = nbmax, .add = add };
-    atomic_init(&j.failed, 0);
+    conv2d_job j = { .g = *g, .y = y, .x = x, .w = w, .b = b, .sc = sc, .per = per, .add = add };
     msd_parallel_for(G, nthr, conv2d_gemm_chunk, &j);
     msd_storage_release(sc);
-    if (atomic_load(&j.failed))
-        return msd_error(MSD_ERR_MEM, "%s: out of memory for the GEMM's packing buffers", op);
     return MSD_OK;
 }
 
 int msd_conv2d_forward(float *y, const float *x, const float *w, const float *b, int N, int Cin,
                        int H, int W, int Cout, int kh, int kw, int stride, int pad)
 {
-    int Ho = (H + 2 * pad - kh) / stride + 1, Wo = (W + 2 * pad - kw) / stride + 1;
-    if (N == 0 || Ho <= 0 || Wo <= 0)
+    conv_geom g = make_geom(N, Cin, H, W, Cout, kh, kw, stride, pad);
+    if (N == 0 || g.Ho <= 0 || g.Wo <= 0)
         return MSD_OK;
-    return conv2d_gemm("conv2d", y, x, w, b, N, Cin, H, W, Cout, kh, kw, stride, pad, 0);
+    return conv2d_gemm("conv2d", y, x, w, b, &g, 0);
 }
 
-/* Weight-gradient pass, group g: partial g (Cout, K) = dy (Cout, nb*L)
- * patches^T (nb*L, K), dy first copied channel-major into the scratch. */
-static void conv2d_dw_chunk(void *ctx, int g, int tid)
+/* Weight-gradient pass, group gi: dw^T partial (K, Cout) = patches (K,
+ * nb*L) dy^T (nb*L, Cout), dy first copied channel-major (Cout, nb*L). */
+static void conv2d_dw_chunk(void *ctx, int gi, int tid)
 {
-    conv2d_job *j = ctx;
-    int n0 = g * j->nbmax, nb = j->N - n0 < j->nbmax ? j->N - n0 : j->nbmax, Cout = j->Cout;
-    size_t L = (size_t)j->Ho * j->Wo;
-    int K = j->Cin * j->kh * j->kw, ncols = (int)((size_t)nb * L);
-    patches q = { j->x + (size_t)n0 * j->Cin * j->H * j->W, j->Cin, j->H, j->W, j->kh, j->kw,
-                  j->stride, j->pad, j->Ho, j->Wo };
-    float *dyt = j->sc->data + j->per * (size_t)tid;
+    const conv2d_job *j = ctx;
+    const conv_geom *g = &j->g;
+    int n0 = gi * g->nbmax, nb = g->N - n0 < g->nbmax ? g->N - n0 : g->nbmax, Cout = g->Cout;
+    int K = g->Cin * g->kh * g->kw;
+    size_t L = (size_t)g->Ho * g->Wo;
+    int ncols = (int)((size_t)nb * L);
+    int *pix, *tap;
+    float *dyt;
+    const float *xp = group_patches(j->sc->data + j->per * (size_t)tid, g, j->x, n0, nb, &pix,
+                                    &tap, &dyt);
     to_channel_major(dyt, j->dy + (size_t)n0 * Cout * L, nb, Cout, L);
-    if (msd_sgemm_pack(0, Cout, K, ncols, 1.0f, dyt, ncols, pack_patches_t, &q, 0.0f,
-                       j->sp->data + j->nw * g, K) != MSD_OK)
-        atomic_store(&j->failed, 1);
+    msd_sgemm_offsets(K, Cout, ncols, 1.0f, xp, tap, pix, 1, dyt, ncols, 0.0f,
+                      j->sp->data + j->nw * gi, Cout);
 }
 
-/* Input-gradient pass otherwise (stride > 1, kh != kw or pad >= kh): dcol (K, nb*L) =
- * w^T (K, Cout) dy (Cout, nb*L), scattered into dx by col2im. Scratch:
- * dyt (Cout x nb*L) then dcol (K x nb*L). */
-static void conv2d_dx_col_chunk(void *ctx, int g, int tid)
+/* Input-gradient pass when it is not a convolution of dy (stride > 1,
+ * kh != kw or pad >= kh): dcol (K, nb*L) = w^T (K, Cout) dy (Cout, nb*L),
+ * scattered into dx by col2im. Scratch: dyt (Cout, nb*L), dcol (K, nb*L). */
+static void conv2d_dx_col_chunk(void *ctx, int gi, int tid)
 {
-    conv2d_job *j = ctx;
-    int n0 = g * j->nbmax, nb = j->N - n0 < j->nbmax ? j->N - n0 : j->nbmax, Cout = j->Cout;
-    size_t L = (size_t)j->Ho * j->Wo;
-    int K = j->Cin * j->kh * j->kw, ncols = (int)((size_t)nb * L);
-    float *dyt = j->sc->data + j->per * (size_t)tid, *col = dyt + (size_t)Cout * j->nbmax * L;
+    const conv2d_job *j = ctx;
+    const conv_geom *g = &j->g;
+    int n0 = gi * g->nbmax, nb = g->N - n0 < g->nbmax ? g->N - n0 : g->nbmax, Cout = g->Cout;
+    int K = g->Cin * g->kh * g->kw;
+    size_t L = (size_t)g->Ho * g->Wo;
+    int ncols = (int)((size_t)nb * L);
+    float *dyt = j->sc->data + j->per * (size_t)tid, *col = dyt + (size_t)Cout * g->nbmax * L;
     to_channel_major(dyt, j->dy + (size_t)n0 * Cout * L, nb, Cout, L);
     msd_sgemm(1, 0, K, ncols, Cout, 1.0f, j->w, K, dyt, ncols, 0.0f, col, ncols);
-    col2im_add(j->y + (size_t)n0 * j->Cin * j->H * j->W, col, nb, j->Cin, j->H, j->W, j->kh,
-               j->kw, j->stride, j->pad, j->Ho, j->Wo);
+    col2im_add(j->y + (size_t)n0 * g->Cin * g->H * g->W, col, nb, g->Cin, g->H, g->W, g->kh,
+               g->kw, g->s, g->p, g->Ho, g->Wo);
 }
 
 int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                         const float *w, int N, int Cin, int H, int W, int Cout, int kh, int kw,
                         int stride, int pad)
 {
-    int Ho = (H + 2 * pad - kh) / stride + 1, Wo = (W + 2 * pad - kw) / stride + 1;
-    size_t L = (size_t)Ho * Wo, K = (size_t)Cin * kh * kw;
-    if (N == 0 || Ho <= 0 || Wo <= 0)
+    conv_geom g = make_geom(N, Cin, H, W, Cout, kh, kw, stride, pad);
+    size_t L = (size_t)g.Ho * g.Wo, K = (size_t)Cin * kh * kw;
+    if (N == 0 || g.Ho <= 0 || g.Wo <= 0)
         return MSD_OK;
     if (db)
         bias_grad(db, dy, N, Cout, L);
@@ -461,8 +436,8 @@ int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
                 for (int t = 0; t < taps; t++)
                     wf->data[((size_t)i * Cout + o) * taps + taps - 1 - t] =
                         w[((size_t)o * Cin + i) * taps + t];
-        rc = conv2d_gemm("conv2d backward", dx, dy, wf->data, NULL, N, Cout, Ho, Wo, Cin, kh, kw,
-                         1, kh - 1 - pad, 1);
+        conv_geom gx = make_geom(N, Cout, g.Ho, g.Wo, Cin, kh, kw, 1, kh - 1 - pad);
+        rc = conv2d_gemm("conv2d backward", dx, dy, wf->data, NULL, &gx, 1);
         msd_storage_release(wf);
         if (rc != MSD_OK)
             return rc;
@@ -470,8 +445,11 @@ int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
     }
     if (!dx && !dw)
         return MSD_OK;
-    int nbmax = group_images(N, L), G = (N + nbmax - 1) / nbmax, nthr;
-    size_t per = (size_t)Cout * nbmax * L + (dx ? K * nbmax * L : 0), nw = (size_t)Cout * K;
+    int G = (N + g.nbmax - 1) / g.nbmax, nthr;
+    size_t slab = (size_t)Cout * g.nbmax * L, nw = (size_t)Cout * K;
+    size_t per = dx ? slab + K * g.nbmax * L : 0;
+    if (dw && group_scratch(&g, slab) > per)
+        per = group_scratch(&g, slab);
     msd_storage *sc, *sp = NULL;
     rc = scratch("conv2d backward", per, G, &nthr, &sc);
     if (rc != MSD_OK)
@@ -481,23 +459,16 @@ int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
         return msd_error(MSD_ERR_MEM, "conv2d backward: out of memory for %d partial weight "
                                       "gradients of %zu floats", G, nw);
     }
-    conv2d_job j = { .y = dx, .x = x, .w = w, .dy = dy, .sc = sc, .sp = sp, .per = per,
-                     .nw = nw, .N = N, .Cin = Cin, .H = H, .W = W, .Cout = Cout, .kh = kh,
-                     .kw = kw, .stride = stride, .pad = pad, .Ho = Ho, .Wo = Wo,
-                     .nbmax = nbmax };
-    atomic_init(&j.failed, 0);
+    conv2d_job j = { .g = g, .y = dx, .x = x, .w = w, .dy = dy, .sc = sc, .sp = sp, .per = per,
+                     .nw = nw };
     if (dw) {
         msd_parallel_for(G, nthr, conv2d_dw_chunk, &j);
-        if (!atomic_load(&j.failed))
-            reduce_partials(dw, sp->data, G, nw);
+        reduce_partials(dw, sp->data, G, Cout, (int)K, 1);
     }
     if (dx)
         msd_parallel_for(G, nthr, conv2d_dx_col_chunk, &j);
     msd_storage_release(sp);
     msd_storage_release(sc);
-    if (atomic_load(&j.failed))
-        return msd_error(MSD_ERR_MEM, "conv2d backward: out of memory for the GEMM's packing "
-                                      "buffers");
     return MSD_OK;
 }
 
@@ -614,7 +585,7 @@ int msd_conv_transpose2d_backward(float *dx, float *dw, float *db, const float *
                   .stride = stride, .pad = pad, .Ho = Ho, .Wo = Wo, .nbmax = nbmax};
     msd_parallel_for(G, nthr, conv_transpose2d_backward_chunk, &j);
     if (dw)
-        reduce_partials(dw, sp->data, G, nw);
+        reduce_partials(dw, sp->data, G, Cin, (int)K, 0);
     msd_storage_release(sp);
     msd_storage_release(sc);
     return MSD_OK;

@@ -9,6 +9,7 @@
 #include <stddef.h>
 
 #include "ops.h"
+#include "reduce.h"
 #include "threads.h"
 
 /* ---- BatchNorm2d kernels ---------------------------------------------- */
@@ -25,7 +26,8 @@ typedef struct bn_stats_job {
 } bn_stats_job;
 
 /* Chunk c: channel c's mean and var. Channels are independent: each is
- * summed by one thread, in order. */
+ * summed by one thread, in a fixed order (reduce.h). */
+MSD_MULTIVERSION
 static void bn_stats_chunk(void *ctx, int c, int tid)
 {
     const bn_stats_job *j = ctx;
@@ -33,22 +35,14 @@ static void bn_stats_chunk(void *ctx, int c, int tid)
     size_t count = (size_t)N * HW;
     (void)tid;
     /* two passes in double: the one-pass E[x^2]-E[x]^2 loses digits */
-    double s = 0;
-    for (int n = 0; n < N; n++) {
-        const float *p = j->x + ((size_t)n * C + c) * HW;
-        for (int i = 0; i < HW; i++)
-            s += p[i];
-    }
-    double m = count ? s / (double)count : 0.0, q = 0;
-    for (int n = 0; n < N; n++) {
-        const float *p = j->x + ((size_t)n * C + c) * HW;
-        for (int i = 0; i < HW; i++) {
-            double d = p[i] - m;
-            q += d * d;
-        }
-    }
+    double s[MSD_LANES] = { 0 }, q[MSD_LANES] = { 0 };
+    for (int n = 0; n < N; n++)
+        msd_sum_lanes(s, j->x + ((size_t)n * C + c) * HW, (size_t)HW);
+    double m = count ? msd_lanes_total(s) / (double)count : 0.0;
+    for (int n = 0; n < N; n++)
+        msd_sumsq_dev_lanes(q, j->x + ((size_t)n * C + c) * HW, (size_t)HW, m);
     j->mean[c] = (float)m;
-    j->var[c] = count ? (float)(q / (double)count) : 0.0f;
+    j->var[c] = count ? (float)(msd_lanes_total(q) / (double)count) : 0.0f;
 }
 
 void msd_batchnorm_stats(float *mean, float *var, const float *x, int N, int C, int HW)
@@ -95,6 +89,7 @@ typedef struct bn_backward_job {
 } bn_backward_job;
 
 /* Chunk c: channel c's dgamma, dbeta and dx. */
+MSD_MULTIVERSION
 static void bn_backward_chunk(void *ctx, int c, int tid)
 {
     const bn_backward_job *j = ctx;
@@ -102,15 +97,14 @@ static void bn_backward_chunk(void *ctx, int c, int tid)
     const float *x = j->x, *dy = j->dy;
     double count = (double)N * HW;
     double m = j->mean[c], r = j->rstd[c], g = j->gamma ? j->gamma[c] : 1.0;
-    double sdy = 0, sdy_xhat = 0;
+    double a_dy[MSD_LANES] = { 0 }, a_dyx[MSD_LANES] = { 0 };
     (void)tid;
     for (int n = 0; n < N; n++) {
         size_t off = ((size_t)n * C + c) * HW;
-        for (int i = 0; i < HW; i++) {
-            sdy += dy[off + i];
-            sdy_xhat += dy[off + i] * ((x[off + i] - m) * r);
-        }
+        msd_sum_lanes(a_dy, dy + off, (size_t)HW);
+        msd_dot_dev_lanes(a_dyx, dy + off, x + off, (size_t)HW, m);
     }
+    double sdy = msd_lanes_total(a_dy), sdy_xhat = msd_lanes_total(a_dyx) * r;
     if (j->dgamma)
         j->dgamma[c] += (float)sdy_xhat;
     if (j->dbeta)
@@ -118,14 +112,16 @@ static void bn_backward_chunk(void *ctx, int c, int tid)
     if (!j->dx)
         return;
     /* Training: mean and var depend on x, so
-     * dx = g r (dy - mean(dy) - xhat mean(dy xhat)); eval: dx = g r dy. */
+     * dx = g r (dy - mean(dy) - xhat mean(dy xhat)); eval: dx = g r dy.
+     * Folded in double into dx += a dy + b x + e, applied in float. */
     double k1 = j->training ? sdy / count : 0.0, k2 = j->training ? sdy_xhat / count : 0.0;
+    float a = (float)(g * r), b = (float)(-g * r * r * k2), e = (float)(g * r * (m * r * k2 - k1));
     for (int n = 0; n < N; n++) {
         size_t off = ((size_t)n * C + c) * HW;
-        for (int i = 0; i < HW; i++) {
-            double xhat = (x[off + i] - m) * r;
-            j->dx[off + i] += (float)(g * r * (dy[off + i] - k1 - xhat * k2));
-        }
+        float *d = j->dx + off;
+        const float *pd = dy + off, *px = x + off;
+        for (int i = 0; i < HW; i++)
+            d[i] += a * pd[i] + b * px[i] + e;
     }
 }
 

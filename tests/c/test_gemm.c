@@ -85,10 +85,10 @@ static int one_case(int ta, int tb, int M, int N, int K, float alpha, float beta
 
 static void test_all_levels(void)
 {
-    /* around the tiles (4x16, 6x16, 8x48), the blocks (MC 96, KC 192) and
+    /* around the tiles (4x16, 6x16, 6x64), the blocks (KC 128, NC 1920) and
      * the conv shapes of the model (64 x 576, 576 x 64...) */
     static const int dims[][3] = {
-        { 1, 1, 1 },    { 3, 5, 7 },     { 8, 48, 16 },   { 9, 49, 17 },  { 7, 47, 193 },
+        { 1, 1, 1 },    { 3, 5, 7 },     { 6, 64, 16 },   { 7, 65, 129 }, { 7, 47, 257 },
         { 6, 16, 5 },   { 13, 33, 2 },   { 64, 256, 576 }, { 97, 100, 385 },
         { 5, 1921, 3 }, { 128, 64, 200 }, { 3, 256, 64 },
     };
@@ -119,38 +119,41 @@ static void test_degenerate(void)
     CHECK(C[0] == 9);
 }
 
-/* msd_sgemm_pack with a packer reading a (K, N) matrix gives the same bits
- * as msd_sgemm on that matrix, zero-padding the last panel itself. */
-typedef struct { const float *B; int ldb; } mat;
-
-static void pack_mat(void *ctx, float *bp, int p0, int kc, int j0, int nc, int nr)
+/* msd_sgemm_offsets: A given by offset tables (here a transposed matrix,
+ * read with lda 2000, and a gathered one) matches msd_sgemm on the same
+ * values, bit for bit: the same kernel sums in the same order. */
+static void test_offsets(void)
 {
-    const mat *m = ctx;
-    for (int jr = 0; jr < nc; jr += nr, bp += (size_t)kc * nr)
-        for (int k = 0; k < kc; k++)
-            for (int j = 0; j < nr; j++)
-                bp[k * nr + j] = jr + j < nc ? m->B[(size_t)(p0 + k) * m->ldb + j0 + jr + j] : 0;
-}
-
-static void test_pack(void)
-{
-    enum { M = 70, N = 2000, K = 400 };
-    float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * K * N);
+    enum { M = 70, N = 130, K = 400, LDA = 2000 };
+    float *A = malloc(sizeof(float) * K * LDA), *B = malloc(sizeof(float) * K * N);
+    float *G = malloc(sizeof(float) * M * K);
     float *C1 = malloc(sizeof(float) * M * N), *C2 = malloc(sizeof(float) * M * N);
-    for (int i = 0; i < M * K; i++)
+    int rowoff[M], koff[K];
+    for (int i = 0; i < K * LDA; i++)
         A[i] = frand();
     for (int i = 0; i < K * N; i++)
         B[i] = frand();
+    /* A^T[i, k] = A[k*LDA + i*3]: rows 3 apart, columns LDA apart */
+    for (int i = 0; i < M; i++)
+        rowoff[i] = 3 * i;
+    for (int k = 0; k < K; k++)
+        koff[k] = k * LDA;
+    for (int i = 0; i < M; i++)
+        for (int k = 0; k < K; k++)
+            G[i * K + k] = A[k * LDA + 3 * i];
     for (int isa = 0; isa <= msd_isa_best(); isa++) {
         CHECK_OK(msd_isa_set(isa));
-        mat m = { B, N };
-        msd_sgemm(1, 0, M, N, K, 1.0f, A, M, B, N, 0.0f, C1, N);
-        CHECK_OK(msd_sgemm_pack(1, M, N, K, 1.0f, A, M, pack_mat, &m, 0.0f, C2, N));
-        CHECK(memcmp(C1, C2, sizeof(float) * M * N) == 0);
+        for (int tb = 0; tb < 2; tb++) {
+            /* tb: the same B read as its own transpose (N, K) */
+            msd_sgemm(0, tb, M, N, K, 1.0f, G, K, B, tb ? K : N, 0.0f, C1, N);
+            msd_sgemm_offsets(M, N, K, 1.0f, A, rowoff, koff, tb, B, tb ? K : N, 0.0f, C2, N);
+            CHECK(memcmp(C1, C2, sizeof(float) * M * N) == 0);
+        }
     }
     CHECK_OK(msd_isa_set(msd_isa_best()));
     free(A);
     free(B);
+    free(G);
     free(C1);
     free(C2);
 }
@@ -182,6 +185,6 @@ int main(void)
     RUN(test_levels);
     RUN(test_degenerate);
     RUN(test_all_levels);
-    RUN(test_pack);
+    RUN(test_offsets);
     return TEST_SUMMARY();
 }
