@@ -1,19 +1,23 @@
 /* msd_sgemm (gemm.h): blocked GEMM in the manner of Goto and BLIS, with the
  * A operand read in place through offset tables.
  *
- * Loops, outermost first: columns of C in blocks of NC, K in blocks of KC
- * (op(B)'s KC x NC block is packed once, into NR-wide panels, zero-padded),
- * then NR columns and MR rows, where a micro-kernel keeps the MR x NR tile of
- * C in registers for the whole KC-long dot products. A is never packed: the
+ * Loops, outermost first: columns of C in blocks of NC, K in blocks of kc
+ * (op(B)'s kc x NC block is packed once, into NR-wide panels, zero-padded),
+ * then MR rows and NR columns, where a micro-kernel keeps the MR x NR tile of
+ * C in registers for the whole kc-long dot products. kc is as large as the
+ * buffer allows (BUF_FLOATS / NC rounded up to NR): the whole K for the
+ * narrow products of convolutions (N = 64 or 128 channels), so each tile of
+ * C is written once, and at least KC_MIN for wide ones. A is never packed: the
  * kernel broadcasts A[i, k] = base[rowoff[i] + koff[k]] from MR row pointers
  * and the koff table, so the same kernels serve plain matrices (rowoff =
  * i*lda, koff = k, or transposed) and convolution patches read from a padded
  * image (ops_conv.c), without an im2col matrix. The A rows of one tile
- * (MR x KC) stay in L1 while the B panel streams past from L1/L2.
+ * (MR x kc) stay in L1 while the B panel streams past from L2.
  *
  * Packed B layout: bp[k*NR + j] = op(B)[pc+k, jc+jr+j], k-major panels.
- * Each kernel sums over k in the same order (KC blocks, then k), so a
- * level's result does not depend on M, N, the blocking or the thread. */
+ * Each kernel sums over k in the same order (kc blocks, then k), so a
+ * level's result does not depend on M, the thread or the call; kc depends
+ * on N alone. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,7 +30,7 @@
 #include "cpu.h"
 #include "gemm.h"
 
-#define KC 128
+#define KC_MIN 128
 #define NC 1920 /* a multiple of every NR below */
 #define MAX_MR 8
 
@@ -214,7 +218,10 @@ static void pack_b(float *bp, const float *B, int ldb, int transb, int p0, int k
 
 /* ---- per-thread packing buffers ----------------------------------------- */
 
-#define BUF_FLOATS ((size_t)KC * NC)
+#define BUF_FLOATS ((size_t)KC_MIN * NC)
+/* the koff table after the floats: one int per k of the largest block,
+ * BUF_FLOATS / 16 (16 is the narrowest NR) */
+#define KOFF_MAX (BUF_FLOATS / 16)
 
 static pthread_key_t buf_key;
 static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
@@ -225,7 +232,8 @@ static void buf_key_init(void)
     buf_key_ok = pthread_key_create(&buf_key, free) == 0;
 }
 
-/* This thread's buffer of BUF_FLOATS floats (64-byte aligned), freed when
+/* This thread's buffer of BUF_FLOATS floats and KOFF_MAX ints (64-byte
+ * aligned), freed when
  * the thread exits; NULL when it cannot be had. */
 static float *thread_buffer(void)
 {
@@ -234,7 +242,7 @@ static float *thread_buffer(void)
         return NULL;
     float *p = pthread_getspecific(buf_key);
     if (!p) {
-        p = aligned_alloc(64, BUF_FLOATS * sizeof *p);
+        p = aligned_alloc(64, BUF_FLOATS * sizeof *p + KOFF_MAX * sizeof(int));
         if (p && pthread_setspecific(buf_key, p) != 0) {
             free(p);
             p = NULL;
@@ -301,12 +309,16 @@ static void gemm(const operand_a *a, int transb, int M, int N, int K, float alph
     }
     const struct impl *im = &impls[msd_isa_get()];
     int mr = im->mr, nr = im->nr;
-    int koff[KC];
+    int *koff = (int *)(bp + BUF_FLOATS);
     const float *rows[MAX_MR];
+    int ncb = N < NC ? N : NC, ncp = (ncb + nr - 1) / nr * nr;
+    int kcb = (int)(BUF_FLOATS / (size_t)ncp);
+    if (kcb > K)
+        kcb = K;
     for (int jc = 0; jc < N; jc += NC) {
         int nc = N - jc < NC ? N - jc : NC;
-        for (int pc = 0; pc < K; pc += KC) {
-            int kc = K - pc < KC ? K - pc : KC;
+        for (int pc = 0; pc < K; pc += kcb) {
+            int kc = K - pc < kcb ? K - pc : kcb;
             /* the first K block applies beta, the later ones accumulate */
             float bet = pc == 0 ? beta : 1.0f;
             pack_b(bp, B, ldb, transb, pc, kc, jc, nc, nr);

@@ -85,12 +85,12 @@ static int one_case(int ta, int tb, int M, int N, int K, float alpha, float beta
 
 static void test_all_levels(void)
 {
-    /* around the tiles (4x16, 6x16, 6x64), the blocks (KC 128, NC 1920) and
-     * the conv shapes of the model (64 x 576, 576 x 64...) */
+    /* around the tiles (4x16, 6x16, 6x64), the blocks (NC 1920; K split in
+     * blocks when N is wide) and the model's conv shapes (64 x 576...) */
     static const int dims[][3] = {
         { 1, 1, 1 },    { 3, 5, 7 },     { 6, 64, 16 },   { 7, 65, 129 }, { 7, 47, 257 },
         { 6, 16, 5 },   { 13, 33, 2 },   { 64, 256, 576 }, { 97, 100, 385 },
-        { 5, 1921, 3 }, { 128, 64, 200 }, { 3, 256, 64 },
+        { 5, 1921, 3 }, { 128, 64, 200 }, { 3, 256, 64 }, { 9, 1930, 300 },
     };
     int best = msd_isa_best();
     for (int isa = 0; isa <= best; isa++) {
