@@ -30,7 +30,7 @@ void lbind_gc_hint(lua_State *L, size_t bytes)
     if (bytes < 64 * 1024)
         return;
     double live = (double)msd_memory_stats().live_bytes;
-    if (live > 2.0 * base + 64.0 * 1024 * 1024) {
+    if (live > 1.25 * base + 32.0 * 1024 * 1024) {
         lua_gc(L, LUA_GCCOLLECT, 0);
         base = (double)msd_memory_stats().live_bytes;
     }
@@ -273,6 +273,27 @@ static int l_get_threads(lua_State *L)
 {
     lua_pushinteger(L, msd_get_threads());
     return 1;
+}
+
+/* set_isa(name): the kernel level for everything ("generic", "avx2",
+ * "avx512"); an error names the levels and the CPU's best. */
+static int l_set_isa(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    int isa = msd_isa_from_name(name);
+    if (isa < 0)
+        return luaL_argerror(L, 1, lua_pushfstring(L, "unknown kernel level '%s' (expected "
+                                                   "generic, avx2 or avx512)", name));
+    lbind_check_rc(L, msd_isa_set(isa));
+    return 0;
+}
+
+/* get_isa() -> the level in use, the best this CPU runs */
+static int l_get_isa(lua_State *L)
+{
+    lua_pushstring(L, msd_isa_name(msd_isa_get()));
+    lua_pushstring(L, msd_isa_name(msd_isa_best()));
+    return 2;
 }
 
 static int l_memory_stats(lua_State *L)
@@ -712,6 +733,8 @@ static const luaL_Reg functions[] = {
     { "is_grad_enabled", l_grad_enabled },
     { "set_threads", l_set_threads },
     { "get_threads", l_get_threads },
+    { "set_isa", l_set_isa },
+    { "get_isa", l_get_isa },
     { "memory_stats", l_memory_stats },
     { "clock", l_clock },
     { NULL, NULL },
