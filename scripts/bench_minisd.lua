@@ -1,8 +1,9 @@
--- Benchmark of minisd on the seed's ContextUnet (n_feat 64, 3x16x16, n_cfeat 5):
--- one training step (batch 100, forward + MSE on noise + backward + Adam) and
--- 25-step DDIM sampling of 32 images (eval, no_grad). Run by bench_vs_torch.sh.
--- Usage: lua5.4 scripts/bench_minisd.lua THREADS TRAIN_STEPS WARMUP SAMPLE_RUNS
--- Prints "key value" lines: train_ms, sample_ms, peak_rss_mb.
+-- minisd side of scripts/bench_vs_torch.sh, on the seed's ContextUnet (n_feat 64,
+-- 3x16x16, n_cfeat 5): training steps (batch 100: forward + MSE on noise + backward +
+-- Adam) and 25-step DDIM sampling (eval, no_grad).
+-- Usage: lua5.4 scripts/bench_minisd.lua THREADS TRAIN_STEPS WARMUP SAMPLE_RUNS [SAMPLE_N]
+--   TRAIN_STEPS 0 skips training; SAMPLE_RUNS 0 skips sampling; SAMPLE_N defaults to 32.
+-- Prints "key value" lines: train_ms, train_loss, sample_ms, sample_absmean, peak_rss_mb.
 
 local minisd = require("minisd")
 local models = require("minisd.models")
@@ -12,6 +13,7 @@ local threads = tonumber(arg[1]) or 1
 local n_steps = tonumber(arg[2]) or 10
 local warmup = tonumber(arg[3]) or 2
 local n_sample = tonumber(arg[4]) or 3
+local sample_n = tonumber(arg[5]) or 32
 
 minisd.set_threads(threads)
 minisd.manual_seed(0)
@@ -28,42 +30,45 @@ local function median(t)
   return (t[n / 2] + t[n / 2 + 1]) / 2
 end
 
-local B = 100
-local x = minisd.randn({ B, 3, 16, 16 }, gen)
-local noise = minisd.randn({ B, 3, 16, 16 }, gen)
-local t = minisd.rand({ B, 1, 1, 1 }, gen)
-local c = minisd.rand({ B, 5 }, gen)
-
-model:train()
-local times = {}
-local loss
-for i = 1, warmup + n_steps do
-  local t0 = minisd.clock()
-  local pred = model(x, t, c)
-  loss = minisd.mse_loss(pred, noise)
-  opt:zero_grad()
-  loss:backward()
-  opt:step()
-  local dt = minisd.clock() - t0
-  if i > warmup then
-    times[#times + 1] = dt
+if n_steps > 0 then
+  local B = 100
+  local x = minisd.randn({ B, 3, 16, 16 }, gen)
+  local noise = minisd.randn({ B, 3, 16, 16 }, gen)
+  local t = minisd.rand({ B, 1, 1, 1 }, gen)
+  local c = minisd.rand({ B, 5 }, gen)
+  model:train()
+  local times = {}
+  local loss
+  for i = 1, warmup + n_steps do
+    local t0 = minisd.clock()
+    local pred = model(x, t, c)
+    loss = minisd.mse_loss(pred, noise)
+    opt:zero_grad()
+    loss:backward()
+    opt:step()
+    local dt = minisd.clock() - t0
+    if i > warmup then
+      times[#times + 1] = dt
+    end
   end
+  io.write(string.format("train_ms %.3f\n", median(times) * 1000))
+  io.write(string.format("train_loss %.6f\n", loss:item()))
 end
-io.write(string.format("train_ms %.3f\n", median(times) * 1000))
-io.write(string.format("train_loss %.6f\n", loss:item()))
 
-local stimes = {}
-local out
-for i = 1, 1 + n_sample do
-  local t0 = minisd.clock()
-  out = diffusion.sample(model, { n = 32, sampler = "ddim", steps = 25, seed = 7 })
-  local dt = minisd.clock() - t0
-  if i > 1 then
-    stimes[#stimes + 1] = dt
+if n_sample > 0 then
+  local stimes = {}
+  local out
+  for i = 1, 1 + n_sample do
+    local t0 = minisd.clock()
+    out = diffusion.sample(model, { n = sample_n, sampler = "ddim", steps = 25, seed = 7 })
+    local dt = minisd.clock() - t0
+    if i > 1 then
+      stimes[#stimes + 1] = dt
+    end
   end
+  io.write(string.format("sample_ms %.3f\n", median(stimes) * 1000))
+  io.write(string.format("sample_absmean %.6f\n", out:abs():mean():item()))
 end
-io.write(string.format("sample_ms %.3f\n", median(stimes) * 1000))
-io.write(string.format("sample_absmean %.6f\n", out:abs():mean():item()))
 
 local f = io.open("/proc/self/status", "r")
 if f then

@@ -1,16 +1,22 @@
 #!/bin/sh
-# minisd vs PyTorch on the seed's ContextUnet, in one run on this machine with
-# the same thread count for both:
-#   (a) one training step, batch 100 (forward + MSE on noise + backward + Adam),
-#       median of --steps steps after --warmup steps;
-#   (b) 25 DDIM steps for 32 images (eval, no_grad), median of --sample-runs runs
-#       after one warm-up run;
-#   (c) peak RSS of each process.
-# Ratios are torch time / minisd time: > 1 means minisd is faster.
+# minisd vs PyTorch on the seed's ContextUnet, side by side in one run on this
+# machine. PyTorch runs in its best CPU configuration: torch threads = cores and
+# OPENBLAS_NUM_THREADS=1 (its own OpenBLAS pool would otherwise oversubscribe the
+# cores and slow PyTorch down); --also-installed adds PyTorch as installed.
+#   train   one training step, batch 100 (forward + MSE + backward + Adam),
+#           median of --steps steps after --warmup, THREADS threads
+#   ddim32  25 DDIM steps x 32 images (eval, no_grad), THREADS threads
+#   ddim1   25 DDIM steps x 1 image, 1 thread
+#   rss     peak RSS of the training process
+#   busy    minisd, 25 DDIM steps x 8 images with one core held by a busy loop:
+#           THREADS threads against 1 thread (>= 1.0: more threads never hurt)
+# Ratios are PyTorch time / minisd time: > 1 means minisd is faster.
 #
 # Usage: scripts/bench_vs_torch.sh [--threads N] [--steps N] [--warmup N]
 #          [--sample-runs N] [--build DIR] [--lua lua5.4|luajit] [--no-build]
-# A benchmark, never a test: it prints numbers and asserts nothing.
+#          [--also-installed] [--no-busy]
+# A benchmark, never a test: it prints numbers and asserts nothing. Run it on an
+# idle machine (a training run in the background halves what it measures).
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,6 +27,8 @@ SRUNS=3
 BUILD="$ROOT/build-bench"
 LUA=lua5.4
 DO_BUILD=1
+INSTALLED=0
+BUSY=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --threads) THREADS=$2; shift 2 ;;
@@ -30,7 +38,9 @@ while [ $# -gt 0 ]; do
         --build) BUILD=$2; shift 2 ;;
         --lua) LUA=$2; shift 2 ;;
         --no-build) DO_BUILD=0; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --also-installed) INSTALLED=1; shift ;;
+        --no-busy) BUSY=0; shift ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "bench_vs_torch.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -45,28 +55,48 @@ else
     CPATH_DIR="$BUILD"
 fi
 
-# one BLAS / OpenMP thread setting for both processes
-export OMP_NUM_THREADS="$THREADS" OPENBLAS_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
-
-MS_OUT=$(cd "$ROOT" && LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;" \
-    LUA_CPATH="$CPATH_DIR/?.so;;" "$LUA" scripts/bench_minisd.lua \
-    "$THREADS" "$STEPS" "$WARMUP" "$SRUNS")
-PT_OUT=$(cd "$ROOT" && /usr/bin/python3 scripts/bench_torch.py "$THREADS" "$STEPS" "$WARMUP" "$SRUNS")
-
+ms() { # THREADS STEPS WARMUP SAMPLE_RUNS SAMPLE_N
+    (cd "$ROOT" && LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;" \
+        LUA_CPATH="$CPATH_DIR/?.so;;" "$LUA" scripts/bench_minisd.lua "$@")
+}
+pt() { # same arguments; PyTorch at its best
+    (cd "$ROOT" && OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS="$1" MKL_NUM_THREADS=1 \
+        /usr/bin/python3 scripts/bench_torch.py "$@")
+}
 get() { printf '%s\n' "$1" | awk -v k="$2" '$1 == k { print $2 }'; }
+row() { # label minisd torch
+    printf '%-40s %10.1f %10.1f %9.2f\n' "$1" "$2" "$3" "$(echo "$3 / $2" | bc -l)"
+}
 
-MS_TRAIN=$(get "$MS_OUT" train_ms); PT_TRAIN=$(get "$PT_OUT" train_ms)
-MS_SAMP=$(get "$MS_OUT" sample_ms); PT_SAMP=$(get "$PT_OUT" sample_ms)
-MS_RSS=$(get "$MS_OUT" peak_rss_mb); PT_RSS=$(get "$PT_OUT" peak_rss_mb)
+MS_MAIN=$(ms "$THREADS" "$STEPS" "$WARMUP" "$SRUNS" 32)
+PT_MAIN=$(pt "$THREADS" "$STEPS" "$WARMUP" "$SRUNS" 32)
+MS_ONE=$(ms 1 0 0 "$SRUNS" 1)
+PT_ONE=$(pt 1 0 0 "$SRUNS" 1)
 TORCH_VER=$(/usr/bin/python3 -c 'import torch; print(torch.__version__)')
 
-echo "ContextUnet(3, n_feat=64, n_cfeat=5, 16x16); threads=$THREADS; $LUA; torch $TORCH_VER"
-echo "$(uname -m), $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')"
-printf '%-34s %12s %12s %10s\n' "" "minisd" "pytorch" "torch/msd"
-printf '%-34s %12.1f %12.1f %10.2f\n' "train step, batch 100 (ms, median)" \
-    "$MS_TRAIN" "$PT_TRAIN" "$(echo "$PT_TRAIN / $MS_TRAIN" | bc -l)"
-printf '%-34s %12.1f %12.1f %10.2f\n' "DDIM 25 steps x 32 images (ms)" \
-    "$MS_SAMP" "$PT_SAMP" "$(echo "$PT_SAMP / $MS_SAMP" | bc -l)"
-printf '%-34s %12.1f %12.1f %10.2f\n' "peak RSS (MiB)" \
-    "$MS_RSS" "$PT_RSS" "$(echo "$PT_RSS / $MS_RSS" | bc -l)"
-echo "(last loss: minisd $(get "$MS_OUT" train_loss), torch $(get "$PT_OUT" train_loss))"
+echo "ContextUnet(3, n_feat=64, n_cfeat=5, 16x16); threads=$THREADS; $LUA; torch $TORCH_VER (OPENBLAS_NUM_THREADS=1)"
+echo "$(uname -m), $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(nproc) cores"
+printf '%-40s %10s %10s %9s\n' "" "minisd" "pytorch" "torch/msd"
+row "train step, batch 100 (ms, median)" "$(get "$MS_MAIN" train_ms)" "$(get "$PT_MAIN" train_ms)"
+row "DDIM 25 steps x 32 images (ms)" "$(get "$MS_MAIN" sample_ms)" "$(get "$PT_MAIN" sample_ms)"
+row "DDIM 25 steps x 1 image, 1 thread (ms)" "$(get "$MS_ONE" sample_ms)" "$(get "$PT_ONE" sample_ms)"
+row "peak RSS while training (MiB)" "$(get "$MS_MAIN" peak_rss_mb)" "$(get "$PT_MAIN" peak_rss_mb)"
+echo "(last training loss: minisd $(get "$MS_MAIN" train_loss), torch $(get "$PT_MAIN" train_loss))"
+
+if [ "$INSTALLED" = 1 ]; then
+    PT_INST=$(cd "$ROOT" && /usr/bin/python3 scripts/bench_torch.py "$THREADS" "$STEPS" "$WARMUP" "$SRUNS" 32)
+    echo "PyTorch as installed (its OpenBLAS pool unpinned): train $(get "$PT_INST" train_ms) ms," \
+        "DDIM x 32 $(get "$PT_INST" sample_ms) ms"
+fi
+
+if [ "$BUSY" = 1 ]; then
+    sh -c 'while :; do :; done' &
+    SPIN=$!
+    trap 'kill $SPIN 2>/dev/null' EXIT INT TERM
+    B_ONE=$(ms 1 0 0 "$SRUNS" 8)
+    B_ALL=$(ms "$THREADS" 0 0 "$SRUNS" 8)
+    kill $SPIN 2>/dev/null || true
+    printf '%-40s %10s %10s %9s\n' "one core busy, DDIM 25 x 8 (ms)" "1 thread" "$THREADS threads" "1/$THREADS"
+    printf '%-40s %10.1f %10.1f %9.2f\n' "" "$(get "$B_ONE" sample_ms)" "$(get "$B_ALL" sample_ms)" \
+        "$(echo "$(get "$B_ONE" sample_ms) / $(get "$B_ALL" sample_ms)" | bc -l)"
+fi
