@@ -201,15 +201,19 @@ static void pack_b(float *bp, const float *B, int ldb, int transb, int p0, int k
                     bp[j] = 0.0f;
             }
         } else {
-            /* op(B)[k, j] = B[j*ldb + k]: read along k, write across panels */
+            /* op(B)[k, j] = B[j*ldb + k]: a transpose, in blocks of 16 k
+             * so that the nr rows being read and the 16 panel rows being
+             * written stay in L1 */
             const float *src = B + (size_t)(j0 + jr) * ldb + p0;
-            for (int j = 0; j < nr; j++) {
-                if (j < n)
-                    for (int k = 0; k < kc; k++)
-                        bp[k * nr + j] = src[(size_t)j * ldb + k];
-                else
-                    for (int k = 0; k < kc; k++)
-                        bp[k * nr + j] = 0.0f;
+            for (int k0 = 0; k0 < kc; k0 += 16) {
+                int k1 = kc - k0 < 16 ? kc : k0 + 16;
+                for (int j = 0; j < nr; j++)
+                    if (j < n)
+                        for (int k = k0; k < k1; k++)
+                            bp[k * nr + j] = src[(size_t)j * ldb + k];
+                    else
+                        for (int k = k0; k < k1; k++)
+                            bp[k * nr + j] = 0.0f;
             }
             bp += (size_t)kc * nr;
         }
