@@ -45,11 +45,20 @@ int msd_cat(int n, msd_tensor *const *xs, int dim, msd_tensor **out);
  * x (N,Cin,H,W). conv2d: w (Cout,Cin,kh,kw), b (Cout) or NULL;
  * out (N,Cout,(H+2p-kh)/s+1,(W+2p-kw)/s+1). conv_transpose2d: w
  * (Cin,Cout,kh,kw) as PyTorch's ConvTranspose2d; out (N,Cout,(H-1)s-2p+kh,
- * (W-1)s-2p+kw). Both go through cblas_sgemm over the whole batch. */
+ * (W-1)s-2p+kw). Both go through msd_sgemm (gemm.h) over groups of images. */
 int msd_conv2d(msd_tensor *x, msd_tensor *w, msd_tensor *b, int stride, int padding,
                msd_tensor **out);
 int msd_conv_transpose2d(msd_tensor *x, msd_tensor *w, msd_tensor *b, int stride, int padding,
                          msd_tensor **out);
+/* Inference only (records no node; MSD_ERR_STATE when grad mode is on and
+ * an input requires grad): gelu(batch_norm2d(conv2d(x, w, b), eval)) when
+ * gelu, else without the GELU, in one pass over the output: the BatchNorm's
+ * per-channel scale and shift and the GELU are applied while each image's
+ * output is in cache. The same bits as the three ops one after another.
+ * running_mean and running_var are required; bn_weight, bn_bias may be NULL. */
+int msd_conv2d_bn_act(msd_tensor *x, msd_tensor *w, msd_tensor *b, int stride, int padding,
+                      msd_tensor *bn_weight, msd_tensor *bn_bias, msd_tensor *running_mean,
+                      msd_tensor *running_var, float eps, int gelu, msd_tensor **out);
 /* Raw kernels. x (N,Cin,H,W); b (Cout) or NULL. conv2d: w (Cout,Cin,kh,kw),
  * y (N,Cout,Ho,Wo) with Ho = (H+2pad-kh)/stride+1. conv_transpose2d:
  * w (Cin,Cout,kh,kw), y (N,Cout,(H-1)stride-2pad+kh, ...). Backward ADDS
@@ -119,6 +128,8 @@ int msd_gelu(msd_tensor *x, msd_tensor **out);
 int msd_relu(msd_tensor *x, msd_tensor **out);
 /* Kernels: y, x, dx, dy of n elements; backward ADDS to dx. */
 void msd_gelu_forward(float *y, const float *x, size_t n);
+/* y = gelu(y) in place, on the calling thread (for fused epilogues). */
+void msd_gelu_forward_inplace(float *y, size_t n);
 void msd_gelu_backward(float *dx, const float *dy, const float *x, size_t n);
 void msd_relu_forward(float *y, const float *x, size_t n);
 void msd_relu_backward(float *dx, const float *dy, const float *x, size_t n);

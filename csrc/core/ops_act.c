@@ -80,6 +80,15 @@ static void gelu_fwd_range(float *y, const float *x, size_t n)
 }
 
 MSD_MULTIVERSION
+void msd_gelu_forward_inplace(float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float v = y[i];
+        y[i] = v * normal_cdf(v);
+    }
+}
+
+MSD_MULTIVERSION
 static void gelu_bwd_range(float *dx, const float *dy, const float *x, size_t n)
 {
     for (size_t i = 0; i < n; i++) {

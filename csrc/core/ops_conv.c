@@ -6,6 +6,7 @@
  * once; small maps (4x4, 1x1) would give GEMMs too thin to be fast if done
  * image by image. GEMM results come out channel-major (Cout, nb*L) and are
  * moved to NCHW with a copy, which costs little next to the GEMM. */
+#include <math.h>
 #include <stdatomic.h>
 #include <string.h>
 
@@ -316,6 +317,8 @@ typedef struct conv2d_job {
     const msd_storage *sc, *sp;
     size_t per, nw;
     int add;
+    const float *post_a, *post_b; /* forward epilogue y = y a + b per channel, or NULL */
+    int gelu;                     /* then y = gelu(y) */
 } conv2d_job;
 
 static void conv2d_gemm_chunk(void *ctx, int gi, int tid)
@@ -332,11 +335,12 @@ static void conv2d_gemm_chunk(void *ctx, int gi, int tid)
     /* yt (nb*L, Cout) = patches^T (nb*L, K) w^T (K, Cout) */
     msd_sgemm_offsets((int)ncols, Cout, K, 1.0f, xp, pix, tap, 1, j->w, K, 0.0f, yt, Cout);
     /* into NCHW, 16 pixels at a time: their Cout values stay in L1 */
-    for (int n = 0; n < nb; n++)
+    for (int n = 0; n < nb; n++) {
+        float *yn = j->y + (size_t)(n0 + n) * Cout * L;
         for (size_t l0 = 0; l0 < L; l0 += 16) {
             size_t l1 = l0 + 16 < L ? l0 + 16 : L;
             for (int c = 0; c < Cout; c++) {
-                float *dst = j->y + ((size_t)(n0 + n) * Cout + c) * L;
+                float *dst = yn + (size_t)c * L;
                 const float *src = yt + (size_t)n * L * Cout + c;
                 float bc = j->b ? j->b[c] : 0.0f;
                 if (j->add)
@@ -347,11 +351,24 @@ static void conv2d_gemm_chunk(void *ctx, int gi, int tid)
                         dst[l] = src[l * Cout] + bc;
             }
         }
+        /* the fused BatchNorm (eval) and GELU, while the image is in cache:
+         * the same float operations as msd_batchnorm_forward and GELU */
+        if (j->post_a)
+            for (int c = 0; c < Cout; c++) {
+                float *row = yn + (size_t)c * L, a = j->post_a[c], b = j->post_b[c];
+                for (size_t l = 0; l < L; l++)
+                    row[l] = row[l] * a + b;
+            }
+        if (j->gelu)
+            msd_gelu_forward_inplace(yn, (size_t)Cout * L);
+    }
 }
 
-/* y (N, Cout, Ho, Wo) = (or += with add, bias ignored) conv2d of x with w. */
+/* y (N, Cout, Ho, Wo) = (or += with add, bias ignored) conv2d of x with w;
+ * then, when post_a is given, y = y post_a + post_b per channel, and GELU. */
 static int conv2d_gemm(const char *op, float *y, const float *x, const float *w, const float *b,
-                       const conv_geom *g, int add)
+                       const conv_geom *g, int add, const float *post_a, const float *post_b,
+                       int gelu)
 {
     int G = (g->N + g->nbmax - 1) / g->nbmax, nthr;
     size_t per = group_scratch(g, (size_t)g->nbmax * g->Ho * g->Wo * g->Cout);
@@ -359,7 +376,8 @@ static int conv2d_gemm(const char *op, float *y, const float *x, const float *w,
     int rc = scratch(op, per, G, &nthr, &sc);
     if (rc != MSD_OK)
         return rc;
-    conv2d_job j = { .g = *g, .y = y, .x = x, .w = w, .b = b, .sc = sc, .per = per, .add = add };
+    conv2d_job j = { .g = *g, .y = y, .x = x, .w = w, .b = b, .sc = sc, .per = per, .add = add,
+                     .post_a = post_a, .post_b = post_b, .gelu = gelu };
     msd_parallel_for(G, nthr, conv2d_gemm_chunk, &j);
     msd_storage_release(sc);
     return MSD_OK;
@@ -371,7 +389,7 @@ int msd_conv2d_forward(float *y, const float *x, const float *w, const float *b,
     conv_geom g = make_geom(N, Cin, H, W, Cout, kh, kw, stride, pad);
     if (N == 0 || g.Ho <= 0 || g.Wo <= 0)
         return MSD_OK;
-    return conv2d_gemm("conv2d", y, x, w, b, &g, 0);
+    return conv2d_gemm("conv2d", y, x, w, b, &g, 0, NULL, NULL, 0);
 }
 
 /* Weight-gradient pass, group gi: dw^T partial (K, Cout) = patches (K,
@@ -437,7 +455,7 @@ int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
                     wf->data[((size_t)i * Cout + o) * taps + taps - 1 - t] =
                         w[((size_t)o * Cin + i) * taps + t];
         conv_geom gx = make_geom(N, Cout, g.Ho, g.Wo, Cin, kh, kw, 1, kh - 1 - pad);
-        rc = conv2d_gemm("conv2d backward", dx, dy, wf->data, NULL, &gx, 1);
+        rc = conv2d_gemm("conv2d backward", dx, dy, wf->data, NULL, &gx, 1, NULL, NULL, 0);
         msd_storage_release(wf);
         if (rc != MSD_OK)
             return rc;
@@ -698,6 +716,65 @@ int msd_conv_transpose2d(msd_tensor *x, msd_tensor *w, msd_tensor *b, int stride
                          msd_tensor **out)
 {
     return conv_any(1, x, w, b, stride, padding, out);
+}
+
+int msd_conv2d_bn_act(msd_tensor *x, msd_tensor *w, msd_tensor *b, int stride, int padding,
+                      msd_tensor *bn_weight, msd_tensor *bn_bias, msd_tensor *running_mean,
+                      msd_tensor *running_var, float eps, int gelu, msd_tensor **out)
+{
+    const char *op = "conv2d_bn_act";
+    int os[4];
+    int rc = conv_check(op, x, w, b, stride, padding, 0, os);
+    if (rc != MSD_OK)
+        return rc;
+    msd_tensor *bn[4] = { running_mean, running_var, bn_weight, bn_bias };
+    static const char *const bn_names[4] = { "running_mean", "running_var", "weight", "bias" };
+    for (int i = 0; i < 4; i++) {
+        if (!bn[i] && i < 2)
+            return msd_error(MSD_ERR_ARG, "%s: %s is required", op, bn_names[i]);
+        if (bn[i] && (bn[i]->ndim != 1 || bn[i]->shape[0] != os[1])) {
+            char bs[64];
+            return msd_error(MSD_ERR_SHAPE, "%s: BatchNorm %s %s must be [%d], the conv's "
+                             "output channels", op, bn_names[i],
+                             msd_tensor_shape_str(bs, sizeof bs, bn[i]), os[1]);
+        }
+    }
+    if (!(eps >= 0))
+        return msd_error(MSD_ERR_ARG, "%s: eps must be >= 0, got %g", op, eps);
+    msd_tensor *in[7] = { x, w, b, bn_weight, bn_bias, running_mean, running_var };
+    for (int i = 0; i < 7; i++)
+        if (in[i] && msd_grad_enabled() && msd_requires_grad(in[i]))
+            return msd_error(MSD_ERR_STATE, "%s: inference only (it records no gradient), but "
+                             "grad mode is on and an input requires grad", op);
+    int C = os[1];
+    msd_storage *ab = msd_storage_new(2 * (size_t)C);
+    msd_tensor *y = ab ? msd_tensor_empty(4, os) : NULL;
+    if (!y) {
+        msd_storage_release(ab);
+        return MSD_ERR_MEM;
+    }
+    /* y = conv * a + b with BatchNorm's eval rstd, a and b, computed with
+     * the very operations of msd_batch_norm2d: the same bits */
+    const float *rm = msd_tensor_data(running_mean), *rv = msd_tensor_data(running_var);
+    const float *gm = bn_weight ? msd_tensor_data(bn_weight) : NULL;
+    const float *bt = bn_bias ? msd_tensor_data(bn_bias) : NULL;
+    for (int c = 0; c < C; c++) {
+        float rstd = (float)(1.0 / sqrt((double)rv[c] + eps));
+        float a = rstd * (gm ? gm[c] : 1.0f);
+        ab->data[c] = a;
+        ab->data[C + c] = (bt ? bt[c] : 0.0f) - rm[c] * a;
+    }
+    conv_geom g = make_geom(x->shape[0], x->shape[1], x->shape[2], x->shape[3], C, w->shape[2],
+                            w->shape[3], stride, padding);
+    rc = conv2d_gemm(op, msd_tensor_data(y), msd_tensor_data(x), msd_tensor_data(w),
+                     b ? msd_tensor_data(b) : NULL, &g, 0, ab->data, ab->data + C, gelu);
+    msd_storage_release(ab);
+    if (rc != MSD_OK) {
+        msd_tensor_release(y);
+        return rc;
+    }
+    *out = y;
+    return MSD_OK;
 }
 
 static float *data_or_null(msd_tensor *t)

@@ -40,6 +40,22 @@ static int l_ops_conv2d(lua_State *L)
     return lbind_result(L, msd_conv2d(x, w, b, stride, padding, box), box);
 }
 
+/* conv2d_bn_act(x, w, b, stride, padding, bn_weight, bn_bias, running_mean,
+ *               running_var, eps, gelu): inference only */
+static int l_ops_conv2d_bn_act(lua_State *L)
+{
+    msd_tensor *x = lbind_check_tensor(L, 1), *w = lbind_check_tensor(L, 2);
+    msd_tensor *b = lbind_opt_tensor(L, 3);
+    int stride = lbind_check_int(L, 4), padding = lbind_check_int(L, 5);
+    msd_tensor *bw = lbind_opt_tensor(L, 6), *bb = lbind_opt_tensor(L, 7);
+    msd_tensor *rm = lbind_check_tensor(L, 8), *rv = lbind_check_tensor(L, 9);
+    float eps = (float)luaL_checknumber(L, 10);
+    int gelu = lua_toboolean(L, 11);
+    msd_tensor **box = lbind_new_box(L);
+    return lbind_result(L, msd_conv2d_bn_act(x, w, b, stride, padding, bw, bb, rm, rv, eps, gelu,
+                                             box), box);
+}
+
 /* conv_transpose2d(x, w [, b [, stride=1 [, padding=0]]]) */
 static int l_ops_conv_transpose2d(lua_State *L)
 {
@@ -111,6 +127,7 @@ static const luaL_Reg functions[] = {
     { "sqrt", l_ops_sqrt },
     { "exp", l_ops_exp },
     { "conv2d", l_ops_conv2d },
+    { "conv2d_bn_act", l_ops_conv2d_bn_act },
     { "conv_transpose2d", l_ops_conv_transpose2d },
     { "batch_norm2d", l_ops_batch_norm2d },
     { "group_norm", l_ops_group_norm },

@@ -1051,8 +1051,23 @@ Sequential.__len = Sequential.len
 -- @return the last module's output
 function Sequential:forward(x)
   local mods = rawget(self, "_modules")
-  for _, name in ipairs(mods.keys) do
-    x = mods.map[name](x)
+  local keys, map = mods.keys, mods.map
+  local fuse = not minisd.is_grad_enabled()
+  local i = 1
+  while i <= #keys do
+    local m = map[keys[i]]
+    local bn = fuse and map[keys[i + 1]]
+    -- Conv2d, BatchNorm2d in eval [, GELU] under no_grad: one fused pass, same bits
+    if bn and getmetatable(m) == Conv2d and getmetatable(bn) == BatchNorm2d
+      and not bn.training and bn.track_running_stats then
+      local gelu = getmetatable(map[keys[i + 2]]) == M.GELU
+      x = minisd.conv2d_bn_act(x, m.weight, m.bias, m.stride, m.padding, bn.weight, bn.bias,
+        bn.running_mean, bn.running_var, bn.eps, gelu)
+      i = i + (gelu and 3 or 2)
+    else
+      x = m(x)
+      i = i + 1
+    end
   end
   return x
 end

@@ -377,6 +377,60 @@ static void test_conv_no_grad_records_nothing(void)
     msd_tensor_release(w);
 }
 
+/* The fused inference op gives the same bits as conv2d, batch_norm2d (eval)
+ * and gelu one after another, at every kernel level, with or without GELU,
+ * conv bias and BatchNorm affine; and refuses what it cannot do. */
+static void test_conv2d_bn_act(void)
+{
+    int sx[4] = { 5, 6, 8, 8 }, sw[4] = { 7, 6, 3, 3 }, sc[1] = { 7 };
+    msd_tensor *x = gc_randn_like(4, sx, 21), *w = gc_randn_like(4, sw, 22);
+    msd_tensor *b = gc_randn_like(1, sc, 23), *gm = gc_randn_like(1, sc, 24);
+    msd_tensor *bt = gc_randn_like(1, sc, 25), *rm = gc_randn_like(1, sc, 26);
+    msd_tensor *rv = gc_randn_like(1, sc, 27);
+    float *pv = msd_tensor_data(rv);
+    for (int c = 0; c < 7; c++) /* a variance is positive */
+        pv[c] = pv[c] * pv[c] + 0.1f;
+    for (int isa = 0; isa <= msd_isa_best(); isa++) {
+        CHECK_OK(msd_isa_set(isa));
+        for (int v = 0; v < 4; v++) {
+            int gelu = v & 1, affine = v & 2;
+            msd_tensor *c1, *n1, *ref, *fused;
+            CHECK_OK(msd_conv2d(x, w, affine ? b : NULL, 1, 1, &c1));
+            CHECK_OK(msd_batch_norm2d(c1, affine ? gm : NULL, affine ? bt : NULL, rm, rv, 0, 0.1f,
+                                      1e-5f, &n1));
+            if (gelu)
+                CHECK_OK(msd_gelu(n1, &ref));
+            else
+                ref = msd_tensor_retain(n1);
+            CHECK_OK(msd_conv2d_bn_act(x, w, affine ? b : NULL, 1, 1, affine ? gm : NULL,
+                                       affine ? bt : NULL, rm, rv, 1e-5f, gelu, &fused));
+            CHECK(memcmp(msd_tensor_data(ref), msd_tensor_data(fused),
+                         msd_tensor_numel(ref) * sizeof(float)) == 0);
+            msd_tensor_release(c1);
+            msd_tensor_release(n1);
+            msd_tensor_release(ref);
+            msd_tensor_release(fused);
+        }
+    }
+    CHECK_OK(msd_isa_set(msd_isa_best()));
+    msd_tensor *y = NULL;
+    CHECK(msd_conv2d_bn_act(x, w, b, 1, 1, gm, bt, NULL, rv, 1e-5f, 1, &y) == MSD_ERR_ARG);
+    CHECK(strstr(msd_last_error(), "running_mean is required") != NULL);
+    CHECK(msd_conv2d_bn_act(x, w, b, 1, 1, x, bt, rm, rv, 1e-5f, 1, &y) == MSD_ERR_SHAPE);
+    CHECK(strstr(msd_last_error(), "must be [7]") != NULL);
+    w->requires_grad = 1;
+    CHECK(msd_conv2d_bn_act(x, w, b, 1, 1, gm, bt, rm, rv, 1e-5f, 1, &y) == MSD_ERR_STATE);
+    CHECK(strstr(msd_last_error(), "inference only") != NULL);
+    msd_set_grad_enabled(0);
+    CHECK_OK(msd_conv2d_bn_act(x, w, b, 1, 1, gm, bt, rm, rv, 1e-5f, 1, &y));
+    msd_set_grad_enabled(1);
+    CHECK(y != NULL && y->shape[1] == 7);
+    msd_tensor_release(y);
+    msd_tensor *all[7] = { x, w, b, gm, bt, rm, rv };
+    for (int i = 0; i < 7; i++)
+        msd_tensor_release(all[i]);
+}
+
 int main(void)
 {
     RUN(test_conv2d_hand_values);
@@ -388,5 +442,6 @@ int main(void)
     RUN(test_conv_transpose2d_gradcheck);
     RUN(test_conv_errors);
     RUN(test_conv_no_grad_records_nothing);
+    RUN(test_conv2d_bn_act);
     return TEST_SUMMARY();
 }

@@ -399,5 +399,29 @@ describe("minisd.nn", function()
       assert.is_true(y2:mean():item() > 1) -- not normalised by the batch
       assert.are.equal(1, bn.num_batches_tracked:item())
     end)
+
+    it("fuses Conv2d, BatchNorm2d and GELU in eval under no_grad, to the same bits", function()
+      local g = minisd.Generator(5)
+      local net = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, { gen = g }), nn.BatchNorm2d(8),
+        nn.GELU(), nn.Conv2d(8, 4, 3, 1, 1, { gen = g }), nn.BatchNorm2d(4), nn.ReLU())
+      net(minisd.randn({ 6, 3, 8, 8 }, g)) -- training: running stats move off 0 and 1
+      net:eval()
+      local x = minisd.randn({ 3, 3, 8, 8 }, g)
+      local plain = net(x) -- grad mode: the layers one by one
+      local calls = 0
+      local fused_op = minisd.conv2d_bn_act
+      minisd.conv2d_bn_act = function(...)
+        calls = calls + 1
+        return fused_op(...)
+      end
+      local fused = minisd.no_grad(function() return net(x) end)
+      minisd.conv2d_bn_act = fused_op
+      assert.are.equal(2, calls) -- conv+bn+gelu, then conv+bn (ReLU stays apart)
+      assert.are.equal(0, ((fused - plain):abs()):max())
+      net:train()
+      calls = 0
+      minisd.no_grad(function() return net(x) end) -- training BatchNorm: never fused
+      assert.are.equal(0, calls)
+    end)
   end)
 end)
