@@ -2,7 +2,8 @@
  * against OpenBLAS's cblas_sgemm (single-threaded, the core as OpenBLAS
  * detected it), on the matrix shapes of the sprite model's convolutions.
  * Built as build/bench_gemm; prints GFLOPS, asserts nothing.
- * Usage: build/bench_gemm [seconds per measurement, default 0.3]
+ * Usage: build/bench_gemm [seconds per measurement, default 0.3; the best of
+ * 10 windows is shown]
  * Try OPENBLAS_CORETYPE=SkylakeX to see OpenBLAS with its AVX-512 kernel
  * where it does not recognise the CPU. */
 #define _POSIX_C_SOURCE 200809L
@@ -55,22 +56,29 @@ int main(int argc, char **argv)
         double flop = 2.0 * M * N * K;
         printf("%4d x %4d x %4d  %s\n", M, N, K, shapes[s].what);
         for (int lib = 0; lib <= msd_isa_best() + 1; lib++) {
-            int reps = 0;
-            double t0 = now(), t;
-            do {
-                if (lib <= msd_isa_best()) {
-                    msd_isa_set(lib);
-                    msd_sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
-                } else {
-                    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
-                                tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb,
-                                0.0f, C, N);
-                }
-                reps++;
-                t = now() - t0;
-            } while (t < budget);
-            printf("    %-10s %7.1f GFLOPS\n", lib <= msd_isa_best() ? msd_isa_name(lib) : "openblas",
-                   flop * reps / t / 1e9);
+            /* the best of 10 windows: other tenants of a shared machine
+             * only ever slow a window down */
+            double best = 0;
+            for (int win = 0; win < 10; win++) {
+                int reps = 0;
+                double t0 = now(), t;
+                do {
+                    if (lib <= msd_isa_best()) {
+                        msd_isa_set(lib);
+                        msd_sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
+                    } else {
+                        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
+                                    tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A, lda, B,
+                                    ldb, 0.0f, C, N);
+                    }
+                    reps++;
+                    t = now() - t0;
+                } while (t < budget / 10);
+                if (flop * reps / t / 1e9 > best)
+                    best = flop * reps / t / 1e9;
+            }
+            printf("    %-10s %7.1f GFLOPS\n",
+                   lib <= msd_isa_best() ? msd_isa_name(lib) : "openblas", best);
         }
     }
     msd_isa_set(msd_isa_best());

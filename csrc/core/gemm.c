@@ -4,20 +4,18 @@
  * Loops, outermost first: columns of C in blocks of NC, K in blocks of kc
  * (op(B)'s kc x NC block is packed once, into NR-wide panels, zero-padded),
  * then MR rows and NR columns, where a micro-kernel keeps the MR x NR tile of
- * C in registers for the whole kc-long dot products. kc is as large as the
- * buffer allows (BUF_FLOATS / NC rounded up to NR): the whole K for the
- * narrow products of convolutions (N = 64 or 128 channels), so each tile of
- * C is written once, and at least KC_MIN for wide ones. A is never packed: the
+ * C in registers for the whole kc-long dot products (kc <= KC = 128, so that
+ * a B micro-panel, 32 KiB for NR = 64, stays in L1 across all the rows; a
+ * whole-K panel from L2 measured 20-30% slower). A is never packed: the
  * kernel broadcasts A[i, k] = base[rowoff[i] + koff[k]] from MR row pointers
  * and the koff table, so the same kernels serve plain matrices (rowoff =
  * i*lda, koff = k, or transposed) and convolution patches read from a padded
  * image (ops_conv.c), without an im2col matrix. The A rows of one tile
- * (MR x kc) stay in L1 while the B panel streams past from L2.
+ * (MR x kc) and the B micro-panel stay in L1.
  *
  * Packed B layout: bp[k*NR + j] = op(B)[pc+k, jc+jr+j], k-major panels.
- * Each kernel sums over k in the same order (kc blocks, then k), so a
- * level's result does not depend on M, the thread or the call; kc depends
- * on N alone. */
+ * Each kernel sums over k in the same order (KC blocks, then k), so a
+ * level's result does not depend on M, N, the blocking or the thread. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +28,7 @@
 #include "cpu.h"
 #include "gemm.h"
 
-#define KC_MIN 128
+#define KC 128
 #define NC 1920 /* a multiple of every NR below */
 #define MAX_MR 8
 
@@ -143,14 +141,17 @@ kernel_avx512(int kc, const float *const *a, const int *koff, const float *b, fl
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
         __m512 b2 = _mm512_load_ps(b + 32), b3 = _mm512_load_ps(b + 48);
         int o = koff[k];
-        __m512 ai[A5_MR] = { _mm512_set1_ps(a0[o]), _mm512_set1_ps(a1[o]), _mm512_set1_ps(a2[o]),
-                             _mm512_set1_ps(a3[o]), _mm512_set1_ps(a4[o]), _mm512_set1_ps(a5[o]) };
+        const float *ar[A5_MR] = { a0, a1, a2, a3, a4, a5 };
+        /* one broadcast at a time: 24 accumulators, 4 B vectors and one
+         * broadcast fit the 32 registers (six live broadcasts spilled two
+         * accumulators to the stack, a chain through memory every k) */
 #pragma GCC unroll 6
         for (int i = 0; i < A5_MR; i++) {
-            acc[i][0] = _mm512_fmadd_ps(ai[i], b0, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(ai[i], b1, acc[i][1]);
-            acc[i][2] = _mm512_fmadd_ps(ai[i], b2, acc[i][2]);
-            acc[i][3] = _mm512_fmadd_ps(ai[i], b3, acc[i][3]);
+            __m512 ai = _mm512_set1_ps(ar[i][o]);
+            acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
+            acc[i][2] = _mm512_fmadd_ps(ai, b2, acc[i][2]);
+            acc[i][3] = _mm512_fmadd_ps(ai, b3, acc[i][3]);
         }
     }
     /* masks for the columns < n of each 16-wide vector */
@@ -222,10 +223,7 @@ static void pack_b(float *bp, const float *B, int ldb, int transb, int p0, int k
 
 /* ---- per-thread packing buffers ----------------------------------------- */
 
-#define BUF_FLOATS ((size_t)KC_MIN * NC)
-/* the koff table after the floats: one int per k of the largest block,
- * BUF_FLOATS / 16 (16 is the narrowest NR) */
-#define KOFF_MAX (BUF_FLOATS / 16)
+#define BUF_FLOATS ((size_t)KC * NC)
 
 static pthread_key_t buf_key;
 static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
@@ -236,8 +234,7 @@ static void buf_key_init(void)
     buf_key_ok = pthread_key_create(&buf_key, free) == 0;
 }
 
-/* This thread's buffer of BUF_FLOATS floats and KOFF_MAX ints (64-byte
- * aligned), freed when
+/* This thread's buffer of BUF_FLOATS floats (64-byte aligned), freed when
  * the thread exits; NULL when it cannot be had. */
 static float *thread_buffer(void)
 {
@@ -246,7 +243,7 @@ static float *thread_buffer(void)
         return NULL;
     float *p = pthread_getspecific(buf_key);
     if (!p) {
-        p = aligned_alloc(64, BUF_FLOATS * sizeof *p + KOFF_MAX * sizeof(int));
+        p = aligned_alloc(64, BUF_FLOATS * sizeof *p);
         if (p && pthread_setspecific(buf_key, p) != 0) {
             free(p);
             p = NULL;
@@ -313,16 +310,12 @@ static void gemm(const operand_a *a, int transb, int M, int N, int K, float alph
     }
     const struct impl *im = &impls[msd_isa_get()];
     int mr = im->mr, nr = im->nr;
-    int *koff = (int *)(bp + BUF_FLOATS);
+    int koff[KC];
     const float *rows[MAX_MR];
-    int ncb = N < NC ? N : NC, ncp = (ncb + nr - 1) / nr * nr;
-    int kcb = (int)(BUF_FLOATS / (size_t)ncp);
-    if (kcb > K)
-        kcb = K;
     for (int jc = 0; jc < N; jc += NC) {
         int nc = N - jc < NC ? N - jc : NC;
-        for (int pc = 0; pc < K; pc += kcb) {
-            int kc = K - pc < kcb ? K - pc : kcb;
+        for (int pc = 0; pc < K; pc += KC) {
+            int kc = K - pc < KC ? K - pc : KC;
             /* the first K block applies beta, the later ones accumulate */
             float bet = pc == 0 ? beta : 1.0f;
             pack_b(bp, B, ldb, transb, pc, kc, jc, nc, nr);
