@@ -32,10 +32,12 @@ static double naive_pool(const float *x, int H, int W, int plane, int oy, int ox
 
 static void test_pool_vs_naive(void)
 {
-    const int shapes[][4] = { { 2, 3, 8, 8 }, { 1, 2, 5, 7 }, { 3, 1, 16, 16 } };
+    /* the last shape, 135168 elements in 33 plane blocks, runs on the thread pool */
+    const int shapes[][4] = { { 2, 3, 8, 8 }, { 1, 2, 5, 7 }, { 3, 1, 16, 16 },
+                              { 4, 132, 16, 16 } };
     const pool_ctx ctxs[] = { { 1, 2, 2 }, { 1, 4, 4 }, { 1, 3, 2 }, { 0, 2, 2 }, { 0, 4, 4 },
                               { 0, 3, 1 } };
-    for (size_t a = 0; a < 3; a++)
+    for (size_t a = 0; a < 4; a++)
         for (size_t b = 0; b < sizeof ctxs / sizeof *ctxs; b++) {
             const int *s = shapes[a];
             const pool_ctx *c = &ctxs[b];
