@@ -18,7 +18,7 @@ dependencies = {
   "lua >= 5.1",
 }
 external_dependencies = {
-  -- found by CMake through pkg-config: openblas, libpng
+  -- found by CMake through pkg-config: libpng
 }
 build = {
   type = "cmake",

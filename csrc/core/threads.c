@@ -21,11 +21,8 @@
  * sides of each condition variable follow the usual rule: the waiter checks
  * under the mutex, the notifier changes the atomic before taking the mutex,
  * so no wake-up is lost.
- *
- * OpenBLAS's own pool is kept at one thread: it is called from inside
- * chunks, and its workers would spin and compete with ours. */
+ */
 #define _POSIX_C_SOURCE 200809L
-#include <cblas.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -245,17 +242,8 @@ void msd_parallel_for(int nchunks, int max_threads, msd_chunk_fn fn, void *ctx)
         fn(ctx, c, 0);
 }
 
-static atomic_flag blas_single = ATOMIC_FLAG_INIT;
-
-static void blas_single_thread(void)
-{
-    if (!atomic_flag_test_and_set(&blas_single))
-        openblas_set_num_threads(1);
-}
-
 __attribute__((constructor)) static void threads_init(void)
 {
-    blas_single_thread();
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     atomic_store(&wanted, n < 1 ? 1 : n > MSD_MAX_THREADS ? MSD_MAX_THREADS : (int)n);
 }
@@ -263,7 +251,6 @@ __attribute__((constructor)) static void threads_init(void)
 void msd_set_threads(int n)
 {
     n = n < 1 ? 1 : n > MSD_MAX_THREADS ? MSD_MAX_THREADS : n;
-    blas_single_thread();
     atomic_store(&wanted, n);
     /* stop surplus workers now if the pool is free; else the next loop will */
     if (!atomic_flag_test_and_set_explicit(&owner, memory_order_acquire)) {

@@ -10,9 +10,7 @@
  *
  * Results never depend on the thread count as long as a chunk's result
  * depends only on its index: callers that reduce keep one partial result
- * per chunk and combine them in chunk order.
- *
- * OpenBLAS is kept at one thread (the core calls it from inside chunks). */
+ * per chunk and combine them in chunk order. */
 #ifndef MSD_THREADS_H
 #define MSD_THREADS_H
 
