@@ -1,13 +1,14 @@
 /* Convolutions: conv2d and conv_transpose2d, forward and backward, through
- * im2col / col2im and msd_sgemm over chunks of the batch.
+ * msd_sgemm (gemm.h) over groups of images of the batch.
  *
- * Column layout: a "col" matrix is (C*kh*kw, nb*Ho*Wo) row-major, row
- * (c, ki, kj), column (n, oy, ox), so that one GEMM covers nb images at
- * once; small maps (4x4, 1x1) would give GEMMs too thin to be fast if done
- * image by image. GEMM results come out channel-major (Cout, nb*L) and are
- * moved to NCHW with a copy, which costs little next to the GEMM. */
+ * conv2d reads its image patches in place from a zero-padded copy of each
+ * group (see "conv2d: patches read in place" below); its input gradient is
+ * a convolution too when the stride is 1. conv_transpose2d, and conv2d's
+ * input gradient otherwise, go through a "col" matrix: (C*kh*kw, nb*Ho*Wo)
+ * row-major, row (c, ki, kj), column (n, oy, ox), so that one GEMM covers
+ * nb images at once; small maps (4x4, 1x1) would give GEMMs too thin to be
+ * fast if done image by image. */
 #include <math.h>
-#include <stdatomic.h>
 #include <string.h>
 
 #include "gemm.h"
@@ -504,8 +505,7 @@ static void conv_transpose2d_forward_chunk(void *ctx, int g, int tid)
     float *col = j->sc->data + j->per * (size_t)tid, *xt = col + K * nbmax * L;
     float *yg = j->y + (size_t)n0 * Cout * Lo;
     to_channel_major(xt, j->x + (size_t)n0 * Cin * L, nb, Cin, L);
-    msd_sgemm(1, 0, (int)K, ncols, Cin, 1.0f, w, (int)K,
-                xt, ncols, 0.0f, col, ncols);
+    msd_sgemm(1, 0, (int)K, ncols, Cin, 1.0f, w, (int)K, xt, ncols, 0.0f, col, ncols);
     for (int n = 0; n < nb; n++)
         for (int c = 0; c < Cout; c++) {
             float bc = j->b ? j->b[c] : 0.0f;
@@ -557,13 +557,12 @@ static void conv_transpose2d_backward_chunk(void *ctx, int g, int tid)
     if (sp) {
         /* partial g (Cin, K) = x (Cin, nb*L) dcol^T (nb*L, K) */
         to_channel_major(t, j->x + (size_t)n0 * Cin * L, nb, Cin, L);
-        msd_sgemm(0, 1, Cin, (int)K, ncols, 1.0f, t,
-                    ncols, dcol, ncols, 0.0f, sp->data + nw * g, (int)K);
+        msd_sgemm(0, 1, Cin, (int)K, ncols, 1.0f, t, ncols, dcol, ncols, 0.0f,
+                  sp->data + nw * g, (int)K);
     }
     if (j->dx) {
         /* dx (Cin, nb*L) = w (Cin, K) dcol (K, nb*L), added back in NCHW order */
-        msd_sgemm(0, 0, Cin, ncols, (int)K, 1.0f, w,
-                    (int)K, dcol, ncols, 0.0f, t, ncols);
+        msd_sgemm(0, 0, Cin, ncols, (int)K, 1.0f, w, (int)K, dcol, ncols, 0.0f, t, ncols);
         for (int n = 0; n < nb; n++)
             for (int c = 0; c < Cin; c++) {
                 float *dst = j->dx + ((size_t)(n0 + n) * Cin + c) * L;
