@@ -30,7 +30,7 @@
 
 #define KC 128
 #define NC 1920 /* a multiple of every NR below */
-#define MAX_MR 8
+#define MAX_MR 8 /* at least every MR below */
 
 /* One MR x NR tile over kc: C = alpha * sum_k A[i, k] b[k, j] + beta * C on
  * its m x n corner (m <= MR, n <= NR), where A[i, k] = a[i][koff[k]] (rows
