@@ -20,10 +20,15 @@ msd_tensor **lbind_new_box(lua_State *L)
 
 /* Lua's collector sees only the small boxes of tensors, not their storage,
  * so a C-side pause rule decides when to collect: once the live tensor
- * bytes exceed twice (plus 64 MiB) what was live after the last collection,
- * a full collection frees the unreachable tensors. (LUA_GCSTEP with a size
- * would inflate Lua's own heap estimate for good, so that its collections
- * become ever rarer and tensor memory grows by a whole graph per step.) */
+ * bytes exceed 1.25 times (plus 32 MiB) what was live after the last
+ * collection, a full collection frees the unreachable tensors. A full
+ * collection of the Lua heap of a training loop (350 KiB) takes 0.1 ms,
+ * and collecting this early keeps a step's dead activations from piling
+ * up beside the next step's: peak RSS while training the default model
+ * went from 930 to 550 MiB ("twice plus 64 MiB" let them pile up).
+ * (LUA_GCSTEP with a size would inflate Lua's own heap estimate for good,
+ * so that its collections become ever rarer and tensor memory grows by a
+ * whole graph per step.) */
 void lbind_gc_hint(lua_State *L, size_t bytes)
 {
     static _Thread_local double base = 0;
