@@ -56,21 +56,37 @@ static void store_tile(float *c, size_t ldc, const float *t, int nr, int m, int 
         }
 }
 
-/* ---- generic: 4 x 16, plain C the compiler may vectorise --------------- */
+/* ---- generic: 4 x 8 in 4-float vectors ------------------------------------
+ * GCC's and Clang's vector extension: SSE2 on any x86-64, NEON on ARM64 (a
+ * LÖVE game on an ARM Mac), scalar code elsewhere; 8 accumulators fit the
+ * 16 registers of SSE2. The products are not fused (the build does not
+ * contract), so the sums match the scalar order of the other kernels' tiles
+ * only to rounding, like every level. */
 
 #define G_MR 4
-#define G_NR 16
+#define G_NR 8
+
+typedef float v4f __attribute__((vector_size(16)));
 
 static void kernel_generic(int kc, const float *const *a, const int *koff, const float *b,
                            float *c, size_t ldc, int m, int n, float alpha, float beta)
 {
-    float t[G_MR * G_NR] = { 0 };
-    for (int k = 0; k < kc; k++, b += G_NR)
+    v4f acc[G_MR][2] = { { { 0 } } };
+    const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
+    for (int k = 0; k < kc; k++, b += G_NR) {
+        v4f b0, b1;
+        memcpy(&b0, b, sizeof b0);
+        memcpy(&b1, b + 4, sizeof b1);
+        int o = koff[k];
+        float av[G_MR] = { a0[o], a1[o], a2[o], a3[o] };
         for (int i = 0; i < G_MR; i++) {
-            float ai = a[i][koff[k]];
-            for (int j = 0; j < G_NR; j++)
-                t[i * G_NR + j] += ai * b[j];
+            v4f ai = { av[i], av[i], av[i], av[i] };
+            acc[i][0] += ai * b0;
+            acc[i][1] += ai * b1;
         }
+    }
+    float t[G_MR * G_NR];
+    memcpy(t, acc, sizeof t);
     store_tile(c, ldc, t, G_NR, m, n, alpha, beta);
 }
 
