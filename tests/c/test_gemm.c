@@ -85,7 +85,7 @@ static int one_case(int ta, int tb, int M, int N, int K, float alpha, float beta
 
 static void test_all_levels(void)
 {
-    /* around the tiles (4x16, 6x16, 6x64), the blocks (NC 1920; K split in
+    /* around the tiles (4x8, 6x16, 6x64), the blocks (NC 1920; K split in
      * blocks when N is wide) and the model's conv shapes (64 x 576...) */
     static const int dims[][3] = {
         { 1, 1, 1 },    { 3, 5, 7 },     { 6, 64, 16 },   { 7, 65, 129 }, { 7, 47, 257 },
