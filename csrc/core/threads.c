@@ -21,6 +21,13 @@
  * sides of each condition variable follow the usual rule: the waiter checks
  * under the mutex, the notifier changes the atomic before taking the mutex,
  * so no wake-up is lost.
+ *
+ * A shared CPU: when another process holds a core, a worker that claimed a
+ * chunk may be descheduled in the middle of it and the owner waits for it.
+ * The owner keeps a moving average of the share of each parallel loop it
+ * spent waiting; past WAIT_SHARE it runs the next BACKOFF_LOOPS loops
+ * inline (one thread, as fast as the pool could be then) and tries again.
+ * Chunks are the same either way, so results do not change.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
@@ -40,6 +47,11 @@
 #define SPIN_NS 20000L
 #endif
 
+/* The owner's wait share (moving average over about 8 loops) past which
+ * the pool steps aside, and for how many loops. */
+#define WAIT_SHARE 0.35
+#define BACKOFF_LOOPS 256
+
 typedef struct worker {
     pthread_t thread;
     int tid;        /* 1..; the owner is 0 */
@@ -54,6 +66,8 @@ static worker workers[MSD_MAX_THREADS - 1];
 static int nworkers;
 static int started_for; /* the thread count the workers were started for; 0: none */
 static uint32_t generation;
+static double wait_share; /* moving average of the owner's waiting share */
+static int backoff;       /* loops still to run inline */
 
 /* The current job. */
 static _Atomic uint64_t ticket;
@@ -96,6 +110,13 @@ static int keep_spinning(spin *s)
         return 1;
     }
     return (now.tv_sec - s->t0.tv_sec) * 1000000000L + (now.tv_nsec - s->t0.tv_nsec) < SPIN_NS;
+}
+
+static double seconds(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 static inline uint32_t gen_of(uint64_t t)
@@ -210,7 +231,12 @@ void msd_parallel_for(int nchunks, int max_threads, msd_chunk_fn fn, void *ctx)
         int have = pool_threads();
         if (nthr > have)
             nthr = have;
+        if (backoff > 0) { /* the CPU is shared: this loop runs inline */
+            backoff--;
+            nthr = 1;
+        }
         if (nthr > 1) {
+            double t0 = seconds();
             job_fn = fn;
             job_ctx = ctx;
             job_n = nchunks;
@@ -225,6 +251,7 @@ void msd_parallel_for(int nchunks, int max_threads, msd_chunk_fn fn, void *ctx)
 
             run_chunks(generation, 0);
             /* only chunks being run by others remain: wait for them */
+            double t1 = seconds();
             spin sp = {0};
             while (atomic_load_explicit(&left, memory_order_acquire) != 0)
                 if (!keep_spinning(&sp)) {
@@ -233,6 +260,14 @@ void msd_parallel_for(int nchunks, int max_threads, msd_chunk_fn fn, void *ctx)
                         pthread_cond_wait(&job_done, &lock);
                     pthread_mutex_unlock(&lock);
                 }
+            double t2 = seconds();
+            if (t2 > t0) {
+                wait_share += ((t2 - t1) / (t2 - t0) - wait_share) / 8.0;
+                if (wait_share > WAIT_SHARE) {
+                    backoff = BACKOFF_LOOPS;
+                    wait_share = 0.0;
+                }
+            }
             atomic_flag_clear_explicit(&owner, memory_order_release);
             return;
         }

@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "minisd.h"
 #include "test.h"
@@ -240,6 +241,54 @@ static void test_same_bits_any_thread_count(void)
     CHECK(same);
 }
 
+/* A worker that is slow to finish its chunks (as one without a core is):
+ * the owner, left waiting for most of each loop, steps aside and runs the
+ * following loops inline on tid 0, every chunk still exactly once. */
+typedef struct slow_ctx {
+    atomic_int runs[8];
+    atomic_int off_owner;
+} slow_ctx;
+
+/* every chunk takes 1 ms, on a worker 20 ms */
+static void slow_chunk(void *ctx, int chunk, int tid)
+{
+    slow_ctx *c = ctx;
+    atomic_fetch_add(&c->runs[chunk], 1);
+    if (tid != 0)
+        atomic_fetch_add(&c->off_owner, 1);
+    struct timespec ts = { 0, tid != 0 ? 20000000 : 1000000 };
+    nanosleep(&ts, NULL);
+}
+
+static void test_steps_aside_for_a_slow_worker(void)
+{
+    int saved = msd_get_threads();
+    msd_set_threads(2);
+    int helped = 0, inline_tail = 0;
+    for (int loop = 0; loop < 40; loop++) {
+        slow_ctx c;
+        memset(&c, 0, sizeof c);
+        msd_parallel_for(8, MSD_ALL_THREADS, slow_chunk, &c);
+        for (int k = 0; k < 8; k++)
+            CHECK(atomic_load(&c.runs[k]) == 1);
+        if (atomic_load(&c.off_owner) > 0) {
+            helped++;
+            inline_tail = 0;
+        } else {
+            inline_tail++;
+        }
+    }
+    msd_set_threads(saved);
+    if (helped == 0) { /* the worker never got a core: nothing to step aside for */
+        printf("     (the worker never ran a chunk here)\n");
+        return;
+    }
+    /* the owner runs 7 chunks in 7 ms and waits 13 ms for the worker's:
+     * once the moving average of that share passes 0.35 (about 6 loops),
+     * it runs the next 256 loops inline, the last 10 of these 40 at least */
+    CHECK(inline_tail >= 10);
+}
+
 int main(void)
 {
     RUN(test_every_chunk_once);
@@ -248,6 +297,7 @@ int main(void)
     RUN(test_resize);
     RUN(test_concurrent_callers);
     RUN(test_same_bits_any_thread_count);
+    RUN(test_steps_aside_for_a_slow_worker);
     msd_set_threads(1); /* stops the workers: nothing left running at exit */
     return TEST_SUMMARY();
 }
