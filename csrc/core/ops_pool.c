@@ -9,76 +9,6 @@
 #define POOL_PLANES 16
 #define POOL_SERIAL_MAX 32768
 
-typedef struct pool_job {
-    float *out, *idx;
-    const float *in, *in2;
-    int NC, H, W, k, s, max;
-} pool_job;
-
-static void max_fwd_planes(float *y, float *idx, const float *x, int p0, int p1, int H, int W,
-                           int k, int s);
-static void max_bwd_planes(float *dx, const float *dy, const float *idx, int p0, int p1, int H,
-                           int W, int k, int s);
-static void avg_fwd_planes(float *y, const float *x, int p0, int p1, int H, int W, int k, int s);
-static void avg_bwd_planes(float *dx, const float *dy, int p0, int p1, int H, int W, int k,
-                           int s);
-
-/* chunk c: planes [c*POOL_PLANES, ...) of the job's direction and kind */
-static void pool_fwd_chunk(void *ctx, int c, int tid)
-{
-    const pool_job *j = ctx;
-    int p0 = c * POOL_PLANES, p1 = p0 + POOL_PLANES < j->NC ? p0 + POOL_PLANES : j->NC;
-    (void)tid;
-    if (j->max)
-        max_fwd_planes(j->out, j->idx, j->in, p0, p1, j->H, j->W, j->k, j->s);
-    else
-        avg_fwd_planes(j->out, j->in, p0, p1, j->H, j->W, j->k, j->s);
-}
-
-static void pool_bwd_chunk(void *ctx, int c, int tid)
-{
-    const pool_job *j = ctx;
-    int p0 = c * POOL_PLANES, p1 = p0 + POOL_PLANES < j->NC ? p0 + POOL_PLANES : j->NC;
-    (void)tid;
-    if (j->max)
-        max_bwd_planes(j->out, j->in, j->in2, p0, p1, j->H, j->W, j->k, j->s);
-    else
-        avg_bwd_planes(j->out, j->in, p0, p1, j->H, j->W, j->k, j->s);
-}
-
-static void pool_run(msd_chunk_fn fn, pool_job *j)
-{
-    size_t n = (size_t)j->NC * j->H * j->W;
-    msd_parallel_for((j->NC + POOL_PLANES - 1) / POOL_PLANES,
-                     n > POOL_SERIAL_MAX ? MSD_ALL_THREADS : 1, fn, j);
-}
-
-void msd_max_pool2d_forward(float *y, float *idx, const float *x, int NC, int H, int W,
-                            int k, int s)
-{
-    pool_job j = { y, idx, x, NULL, NC, H, W, k, s, 1 };
-    pool_run(pool_fwd_chunk, &j);
-}
-
-void msd_max_pool2d_backward(float *dx, const float *dy, const float *idx, int NC, int H, int W,
-                             int k, int s)
-{
-    pool_job j = { dx, NULL, dy, idx, NC, H, W, k, s, 1 };
-    pool_run(pool_bwd_chunk, &j);
-}
-
-void msd_avg_pool2d_forward(float *y, const float *x, int NC, int H, int W, int k, int s)
-{
-    pool_job j = { y, NULL, x, NULL, NC, H, W, k, s, 0 };
-    pool_run(pool_fwd_chunk, &j);
-}
-
-void msd_avg_pool2d_backward(float *dx, const float *dy, int NC, int H, int W, int k, int s)
-{
-    pool_job j = { dx, NULL, dy, NULL, NC, H, W, k, s, 0 };
-    pool_run(pool_bwd_chunk, &j);
-}
-
 /* y, idx: planes [p0, p1) of the output; x: the whole input */
 static void max_fwd_planes(float *y, float *idx, const float *x, int p0, int p1, int H, int W,
                            int k, int s)
@@ -160,6 +90,70 @@ static void avg_bwd_planes(float *dx, const float *dy, int p0, int p1, int H, in
                 }
             }
     }
+}
+
+/* ---- the kernels: blocks of planes on the pool --------------------------- */
+
+typedef struct pool_job {
+    float *out, *idx;
+    const float *in, *in2;
+    int NC, H, W, k, s, max;
+} pool_job;
+
+/* chunk c: planes [c*POOL_PLANES, ...) of the job's direction and kind */
+static void pool_fwd_chunk(void *ctx, int c, int tid)
+{
+    const pool_job *j = ctx;
+    int p0 = c * POOL_PLANES, p1 = p0 + POOL_PLANES < j->NC ? p0 + POOL_PLANES : j->NC;
+    (void)tid;
+    if (j->max)
+        max_fwd_planes(j->out, j->idx, j->in, p0, p1, j->H, j->W, j->k, j->s);
+    else
+        avg_fwd_planes(j->out, j->in, p0, p1, j->H, j->W, j->k, j->s);
+}
+
+static void pool_bwd_chunk(void *ctx, int c, int tid)
+{
+    const pool_job *j = ctx;
+    int p0 = c * POOL_PLANES, p1 = p0 + POOL_PLANES < j->NC ? p0 + POOL_PLANES : j->NC;
+    (void)tid;
+    if (j->max)
+        max_bwd_planes(j->out, j->in, j->in2, p0, p1, j->H, j->W, j->k, j->s);
+    else
+        avg_bwd_planes(j->out, j->in, p0, p1, j->H, j->W, j->k, j->s);
+}
+
+static void pool_run(msd_chunk_fn fn, pool_job *j)
+{
+    size_t n = (size_t)j->NC * j->H * j->W;
+    msd_parallel_for((j->NC + POOL_PLANES - 1) / POOL_PLANES,
+                     n > POOL_SERIAL_MAX ? MSD_ALL_THREADS : 1, fn, j);
+}
+
+void msd_max_pool2d_forward(float *y, float *idx, const float *x, int NC, int H, int W,
+                            int k, int s)
+{
+    pool_job j = { y, idx, x, NULL, NC, H, W, k, s, 1 };
+    pool_run(pool_fwd_chunk, &j);
+}
+
+void msd_max_pool2d_backward(float *dx, const float *dy, const float *idx, int NC, int H, int W,
+                             int k, int s)
+{
+    pool_job j = { dx, NULL, dy, idx, NC, H, W, k, s, 1 };
+    pool_run(pool_bwd_chunk, &j);
+}
+
+void msd_avg_pool2d_forward(float *y, const float *x, int NC, int H, int W, int k, int s)
+{
+    pool_job j = { y, NULL, x, NULL, NC, H, W, k, s, 0 };
+    pool_run(pool_fwd_chunk, &j);
+}
+
+void msd_avg_pool2d_backward(float *dx, const float *dy, int NC, int H, int W, int k, int s)
+{
+    pool_job j = { dx, NULL, dy, NULL, NC, H, W, k, s, 0 };
+    pool_run(pool_bwd_chunk, &j);
 }
 
 /* Checks x, k and stride; writes the output shape into os. */
