@@ -94,6 +94,12 @@ int msd_group_norm(msd_tensor *x, int groups, msd_tensor *weight, msd_tensor *bi
  * backward with training=1 treats mean and rstd as functions of x (batch
  * stats); with training=0 as constants (running stats). */
 void msd_batchnorm_stats(float *mean, float *var, const float *x, int N, int C, int HW);
+/* rstd[c] = 1/sqrt(var[c] + eps), computed in double (rstd may be var). */
+void msd_batchnorm_rstd(float *rstd, const float *var, int C, float eps);
+/* The forward's per-channel y = x a + b: a = rstd gamma, b = beta - mean a.
+ * Exported so that a fused op (msd_conv2d_bn_act) applies the same bits. */
+void msd_batchnorm_fold(float *a, float *b, const float *mean, const float *rstd,
+                        const float *gamma, const float *beta, int C);
 void msd_batchnorm_forward(float *y, const float *x, const float *mean, const float *rstd,
                            const float *gamma, const float *beta, int N, int C, int HW);
 void msd_batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,

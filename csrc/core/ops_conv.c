@@ -8,7 +8,6 @@
  * row-major, row (c, ki, kj), column (n, oy, ox), so that one GEMM covers
  * nb images at once; small maps (4x4, 1x1) would give GEMMs too thin to be
  * fast if done image by image. */
-#include <math.h>
 #include <string.h>
 
 #include "gemm.h"
@@ -746,27 +745,23 @@ int msd_conv2d_bn_act(msd_tensor *x, msd_tensor *w, msd_tensor *b, int stride, i
             return msd_error(MSD_ERR_STATE, "%s: inference only (it records no gradient), but "
                              "grad mode is on and an input requires grad", op);
     int C = os[1];
-    msd_storage *ab = msd_storage_new(2 * (size_t)C);
+    msd_storage *ab = msd_storage_new(3 * (size_t)C);
     msd_tensor *y = ab ? msd_tensor_empty(4, os) : NULL;
     if (!y) {
         msd_storage_release(ab);
         return MSD_ERR_MEM;
     }
-    /* y = conv * a + b with BatchNorm's eval rstd, a and b, computed with
-     * the very operations of msd_batch_norm2d: the same bits */
-    const float *rm = msd_tensor_data(running_mean), *rv = msd_tensor_data(running_var);
-    const float *gm = bn_weight ? msd_tensor_data(bn_weight) : NULL;
-    const float *bt = bn_bias ? msd_tensor_data(bn_bias) : NULL;
-    for (int c = 0; c < C; c++) {
-        float rstd = (float)(1.0 / sqrt((double)rv[c] + eps));
-        float a = rstd * (gm ? gm[c] : 1.0f);
-        ab->data[c] = a;
-        ab->data[C + c] = (bt ? bt[c] : 0.0f) - rm[c] * a;
-    }
+    /* y = conv * a + b with BatchNorm's eval rstd, a and b, computed by
+     * the kernels msd_batch_norm2d uses: the same bits */
+    float *a = ab->data, *sh = a + C, *rstd = sh + C;
+    msd_batchnorm_rstd(rstd, msd_tensor_data(running_var), C, eps);
+    msd_batchnorm_fold(a, sh, msd_tensor_data(running_mean), rstd,
+                       bn_weight ? msd_tensor_data(bn_weight) : NULL,
+                       bn_bias ? msd_tensor_data(bn_bias) : NULL, C);
     conv_geom g = make_geom(x->shape[0], x->shape[1], x->shape[2], x->shape[3], C, w->shape[2],
                             w->shape[3], stride, padding);
     rc = conv2d_gemm(op, msd_tensor_data(y), msd_tensor_data(x), msd_tensor_data(w),
-                     b ? msd_tensor_data(b) : NULL, &g, 0, ab->data, ab->data + C, gelu);
+                     b ? msd_tensor_data(b) : NULL, &g, 0, a, sh, gelu);
     msd_storage_release(ab);
     if (rc != MSD_OK) {
         msd_tensor_release(y);

@@ -59,15 +59,35 @@ typedef struct bn_forward_job {
 } bn_forward_job;
 
 /* Chunk n: image n, every channel. */
+/* The normalisation and the affine folded into y = x a + b for channel c. */
+static inline void fold_channel(float *a, float *b, const float *mean, const float *rstd,
+                                const float *gamma, const float *beta, int c)
+{
+    *a = rstd[c] * (gamma ? gamma[c] : 1.0f);
+    *b = (beta ? beta[c] : 0.0f) - mean[c] * *a;
+}
+
+void msd_batchnorm_fold(float *a, float *b, const float *mean, const float *rstd,
+                        const float *gamma, const float *beta, int C)
+{
+    for (int c = 0; c < C; c++)
+        fold_channel(a + c, b + c, mean, rstd, gamma, beta, c);
+}
+
+void msd_batchnorm_rstd(float *rstd, const float *var, int C, float eps)
+{
+    for (int c = 0; c < C; c++)
+        rstd[c] = (float)(1.0 / sqrt((double)var[c] + eps));
+}
+
 static void bn_forward_chunk(void *ctx, int n, int tid)
 {
     const bn_forward_job *j = ctx;
     int C = j->C, HW = j->HW;
     (void)tid;
     for (int c = 0; c < C; c++) {
-        /* fold the normalisation and the affine into y = x * a + b */
-        float a = j->rstd[c] * (j->gamma ? j->gamma[c] : 1.0f);
-        float b = (j->beta ? j->beta[c] : 0.0f) - j->mean[c] * a;
+        float a, b;
+        fold_channel(&a, &b, j->mean, j->rstd, j->gamma, j->beta, c);
         size_t off = ((size_t)n * C + c) * HW;
         for (int i = 0; i < HW; i++)
             j->y[off + i] = j->x[off + i] * a + b;
@@ -316,14 +336,12 @@ int msd_batch_norm2d(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
                 rv[c] = (1.0f - momentum) * rv[c] + momentum * (float)(pr[c] * unbias);
             }
         }
-        for (int c = 0; c < C; c++)
-            pr[c] = (float)(1.0 / sqrt((double)pr[c] + eps));
+        msd_batchnorm_rstd(pr, pr, C, eps);
     } else {
         const float *rm = msd_tensor_data(running_mean), *rv = msd_tensor_data(running_var);
-        for (int c = 0; c < C; c++) {
+        for (int c = 0; c < C; c++)
             pm[c] = rm[c];
-            pr[c] = (float)(1.0 / sqrt((double)rv[c] + eps));
-        }
+        msd_batchnorm_rstd(pr, rv, C, eps);
     }
     msd_batchnorm_forward(msd_tensor_data(o), msd_tensor_data(x), pm, pr, data_or_null(weight),
                           data_or_null(bias), N, C, HW);
