@@ -27,6 +27,8 @@ parser:option("--channels", "3 (RGB over --background) or 4 (RGBA); default: the
 parser:option("--background", "Background colour for 3-channel training of RGBA data.", "#ffffff")
 parser:option("--seed", "Random seed.", "0"):convert(tonumber)
 parser:option("--threads", "Threads for the maths (default: all cores).", nil):convert(tonumber)
+parser:option("--precision", "Convolution precision: fp32, or bf16 (bfloat16 products, fp32 "
+  .. "sums; fast on CPUs with AMX). Kept by --resume.", nil):choices({ "fp32", "bf16" })
 parser:option("--out", "Output directory (checkpoint, sample grids, model).", "runs/sprites")
 parser:option("--resume", "Continue the run saved in this directory.")
 parser:option("--sample-every", "Write a sample grid every N epochs (0: never).", "1")
@@ -81,7 +83,8 @@ run_main("train.lua", function()
   local res = require("minisd.train").run({
     data = a.data, context = a.context, epochs = a.epochs, epochs_given = epochs_given,
     batch_size = a.batch_size, lr = a.lr, n_feat = a.n_feat, channels = a.channels,
-    background = a.background, seed = a.seed, threads = a.threads, out = a.out,
+    background = a.background, seed = a.seed, threads = a.threads, precision = a.precision,
+    out = a.out,
     resume = a.resume, sample_every = a.sample_every, sample_steps = a.sample_steps,
     limit = a.limit, stop_after = a.stop_after, flip = not a.no_flip, progress = a.progress,
     quiet = a.quiet,

@@ -2,7 +2,9 @@
 -- 3x16x16, n_cfeat 5): training steps (batch 100: forward + MSE on noise + backward +
 -- Adam) and 25-step DDIM sampling (eval, no_grad).
 -- Usage: lua5.4 scripts/bench_minisd.lua THREADS TRAIN_STEPS WARMUP SAMPLE_RUNS [SAMPLE_N]
---   TRAIN_STEPS 0 skips training; SAMPLE_RUNS 0 skips sampling; SAMPLE_N defaults to 32.
+--          [PRECISION]
+--   TRAIN_STEPS 0 skips training; SAMPLE_RUNS 0 skips sampling; SAMPLE_N defaults to 32;
+--   PRECISION is fp32 (the default) or bf16 (minisd.set_precision).
 -- Prints "key value" lines: train_ms, train_loss, sample_ms, sample_absmean, peak_rss_mb.
 
 local minisd = require("minisd")
@@ -14,8 +16,10 @@ local n_steps = tonumber(arg[2]) or 10
 local warmup = tonumber(arg[3]) or 2
 local n_sample = tonumber(arg[4]) or 3
 local sample_n = tonumber(arg[5]) or 32
+local precision = arg[6] or "fp32"
 
 minisd.set_threads(threads)
+minisd.set_precision(precision)
 minisd.manual_seed(0)
 local model = models.ContextUnet({ in_channels = 3, n_feat = 64, n_cfeat = 5, height = 16 })
 local opt = minisd.optim.Adam(model:parameters(), { lr = 1e-3 })

@@ -12,6 +12,9 @@ enum msd_isa {
     MSD_ISA_GENERIC = 0, /* portable C: whatever the compiler's baseline allows */
     MSD_ISA_AVX2 = 1,    /* AVX2 + FMA (Haswell and later, Zen) */
     MSD_ISA_AVX512 = 2,  /* AVX-512 F/BW/DQ/VL (Skylake-X and later, Zen 4) */
+    MSD_ISA_AMX = 3,     /* AVX-512 + AMX-BF16 tiles, granted by the kernel (Sapphire
+                          * Rapids and later): bf16 convolutions on the tiles; fp32
+                          * work runs the AVX-512 kernels */
     MSD_ISA_COUNT
 };
 
@@ -27,10 +30,33 @@ int msd_isa_get(void);
  * cannot run it. Not to be called while other threads run kernels. */
 int msd_isa_set(int isa);
 
-/* "generic", "avx2", "avx512"; NULL when isa is out of range. */
+/* "generic", "avx2", "avx512", "amx"; NULL when isa is out of range. */
 const char *msd_isa_name(int isa);
 
 /* The level called name, or -1. */
 int msd_isa_from_name(const char *name);
+
+/* The precision of conv2d's products (forward and both gradients).
+ * MSD_PREC_FP32, the default, keeps every PyTorch parity result.
+ * MSD_PREC_BF16 rounds both inputs of each product (image or gradient, and
+ * weights) to bfloat16, round-to-nearest-even with subnormals flushed to
+ * zero as the hardware does, and accumulates in fp32: at level
+ * MSD_ISA_AMX on the AMX tiles (several times faster), below it by the
+ * fp32 kernels on the rounded values (the same numbers up to the order of
+ * the sums, slower than fp32). Other ops stay fp32. */
+enum msd_precision { MSD_PREC_FP32 = 0, MSD_PREC_BF16 = 1, MSD_PREC_COUNT };
+
+/* The precision in use (MSD_PREC_FP32 until set). */
+int msd_precision_get(void);
+
+/* Sets it for all threads; MSD_ERR_ARG when out of range. Not to be called
+ * while other threads run kernels. */
+int msd_precision_set(int precision);
+
+/* "fp32", "bf16"; NULL when out of range. */
+const char *msd_precision_name(int precision);
+
+/* The precision called name, or -1. */
+int msd_precision_from_name(const char *name);
 
 #endif

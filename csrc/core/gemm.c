@@ -198,6 +198,7 @@ static const struct impl impls[MSD_ISA_COUNT] = {
 #ifdef MSD_X86
     [MSD_ISA_AVX2] = { A2_MR, A2_NR, kernel_avx2 },
     [MSD_ISA_AVX512] = { A5_MR, A5_NR, kernel_avx512 },
+    [MSD_ISA_AMX] = { A5_MR, A5_NR, kernel_avx512 },
 #endif
 };
 

@@ -7,9 +7,16 @@
  * input gradient otherwise, go through a "col" matrix: (C*kh*kw, nb*Ho*Wo)
  * row-major, row (c, ki, kj), column (n, oy, ox), so that one GEMM covers
  * nb images at once; small maps (4x4, 1x1) would give GEMMs too thin to be
- * fast if done image by image. */
+ * fast if done image by image.
+ *
+ * With the bf16 precision (cpu.h), conv2d's products take bf16-rounded
+ * inputs: on the AMX tiles when msd_amx_conv_ok (conv_amx.h), else through
+ * the paths below after rounding the weights and each group's copies of the
+ * image and of dy. */
 #include <string.h>
 
+#include "conv_amx.h"
+#include "cpu.h"
 #include "gemm.h"
 #include "ops.h"
 #include "reduce.h"
@@ -319,7 +326,56 @@ typedef struct conv2d_job {
     int add;
     const float *post_a, *post_b; /* forward epilogue y = y a + b per channel, or NULL */
     int gelu;                     /* then y = gelu(y) */
+    int amx;                      /* bf16 on the AMX tiles ... */
+    const uint16_t *wa;           /* ... with these packed weights (forward) */
+    int round;                    /* bf16 without the tiles: round the group's copies */
 } conv2d_job;
+
+/* The AMX geometry of group gi. */
+static msd_amx_conv amx_group(const conv_geom *g, int nb)
+{
+    msd_amx_conv c = { nb, g->Cin, g->H, g->W, g->Cout, g->kh, g->kw, g->p };
+    return c;
+}
+
+/* Floats of scratch for one group on the tiles. */
+static size_t amx_scratch_floats(const conv_geom *g)
+{
+    msd_amx_conv c = amx_group(g, g->nbmax);
+    return (msd_amx_conv_scratch(&c) + sizeof(float) - 1) / sizeof(float);
+}
+
+/* The weights for a bf16 pass, in *ws: packed for the tiles when amx, else
+ * a copy rounded to bf16 (which the pass then uses instead of w). */
+static int bf16_weights(const char *op, const float *w, int Cout, int Cin, int taps, int amx,
+                        msd_storage **ws)
+{
+    size_t n = (size_t)Cout * Cin * taps;
+    *ws = msd_storage_new(amx ? (n + 1) / 2 : n);
+    if (!*ws)
+        return msd_error(MSD_ERR_MEM, "%s: out of memory for %zu bf16 weights", op, n);
+    if (amx) {
+        msd_amx_pack_weights((uint16_t *)(*ws)->data, w, Cout, Cin, taps);
+    } else {
+        memcpy((*ws)->data, w, n * sizeof *w);
+        msd_round_bf16((*ws)->data, n);
+    }
+    return MSD_OK;
+}
+
+/* The fused BatchNorm (eval) and GELU on image yn (Cout, L), while it is in
+ * cache: the same float operations as msd_batchnorm_forward and GELU. */
+static void conv2d_epilogue(const conv2d_job *j, float *yn, size_t L)
+{
+    if (j->post_a)
+        for (int c = 0; c < j->g.Cout; c++) {
+            float *row = yn + (size_t)c * L, a = j->post_a[c], b = j->post_b[c];
+            for (size_t l = 0; l < L; l++)
+                row[l] = row[l] * a + b;
+        }
+    if (j->gelu)
+        msd_gelu_forward_inplace(yn, (size_t)j->g.Cout * L);
+}
 
 static void conv2d_gemm_chunk(void *ctx, int gi, int tid)
 {
@@ -328,10 +384,20 @@ static void conv2d_gemm_chunk(void *ctx, int gi, int tid)
     int n0 = gi * g->nbmax, nb = g->N - n0 < g->nbmax ? g->N - n0 : g->nbmax, Cout = g->Cout;
     int K = g->Cin * g->kh * g->kw;
     size_t L = (size_t)g->Ho * g->Wo, ncols = (size_t)nb * L;
+    float *sc = j->sc->data + j->per * (size_t)tid;
+    if (j->amx) {
+        msd_amx_conv c = amx_group(g, nb);
+        msd_amx_conv_forward(&c, j->y + (size_t)n0 * Cout * L, j->add, j->b,
+                             j->x + (size_t)n0 * g->Cin * g->H * g->W, j->wa, sc);
+        for (int n = 0; n < nb; n++)
+            conv2d_epilogue(j, j->y + (size_t)(n0 + n) * Cout * L, L);
+        return;
+    }
     int *pix, *tap;
     float *yt;
-    const float *xp = group_patches(j->sc->data + j->per * (size_t)tid, g, j->x, n0, nb, &pix,
-                                    &tap, &yt);
+    const float *xp = group_patches(sc, g, j->x, n0, nb, &pix, &tap, &yt);
+    if (j->round)
+        msd_round_bf16((float *)xp, (size_t)nb * g->Cin * g->Hp * g->Wp);
     /* yt (nb*L, Cout) = patches^T (nb*L, K) w^T (K, Cout) */
     msd_sgemm_offsets((int)ncols, Cout, K, 1.0f, xp, pix, tap, 1, j->w, K, 0.0f, yt, Cout);
     /* into NCHW, 16 pixels at a time: their Cout values stay in L1 */
@@ -351,16 +417,7 @@ static void conv2d_gemm_chunk(void *ctx, int gi, int tid)
                         dst[l] = src[l * Cout] + bc;
             }
         }
-        /* the fused BatchNorm (eval) and GELU, while the image is in cache:
-         * the same float operations as msd_batchnorm_forward and GELU */
-        if (j->post_a)
-            for (int c = 0; c < Cout; c++) {
-                float *row = yn + (size_t)c * L, a = j->post_a[c], b = j->post_b[c];
-                for (size_t l = 0; l < L; l++)
-                    row[l] = row[l] * a + b;
-            }
-        if (j->gelu)
-            msd_gelu_forward_inplace(yn, (size_t)Cout * L);
+        conv2d_epilogue(j, yn, L);
     }
 }
 
@@ -371,15 +428,25 @@ static int conv2d_gemm(const char *op, float *y, const float *x, const float *w,
                        int gelu)
 {
     int G = (g->N + g->nbmax - 1) / g->nbmax, nthr;
-    size_t per = group_scratch(g, (size_t)g->nbmax * g->Ho * g->Wo * g->Cout);
-    msd_storage *sc;
-    int rc = scratch(op, per, G, &nthr, &sc);
+    int bf16 = msd_precision_get() == MSD_PREC_BF16;
+    int amx = bf16 && msd_amx_conv_ok(g->Cin, g->Cout, g->s);
+    size_t per = amx ? amx_scratch_floats(g)
+                     : group_scratch(g, (size_t)g->nbmax * g->Ho * g->Wo * g->Cout);
+    msd_storage *sc, *ws = NULL;
+    int rc = bf16 ? bf16_weights(op, w, g->Cout, g->Cin, g->kh * g->kw, amx, &ws) : MSD_OK;
     if (rc != MSD_OK)
         return rc;
-    conv2d_job j = { .g = *g, .y = y, .x = x, .w = w, .b = b, .sc = sc, .per = per, .add = add,
-                     .post_a = post_a, .post_b = post_b, .gelu = gelu };
+    if ((rc = scratch(op, per, G, &nthr, &sc)) != MSD_OK) {
+        msd_storage_release(ws);
+        return rc;
+    }
+    conv2d_job j = { .g = *g, .y = y, .x = x, .w = bf16 && !amx ? ws->data : w, .b = b,
+                     .sc = sc, .per = per, .add = add, .post_a = post_a, .post_b = post_b,
+                     .gelu = gelu, .amx = amx,
+                     .wa = amx ? (const uint16_t *)ws->data : NULL, .round = bf16 && !amx };
     msd_parallel_for(G, nthr, conv2d_gemm_chunk, &j);
     msd_storage_release(sc);
+    msd_storage_release(ws);
     return MSD_OK;
 }
 
@@ -402,11 +469,21 @@ static void conv2d_dw_chunk(void *ctx, int gi, int tid)
     int K = g->Cin * g->kh * g->kw;
     size_t L = (size_t)g->Ho * g->Wo;
     int ncols = (int)((size_t)nb * L);
+    float *sc = j->sc->data + j->per * (size_t)tid;
+    if (j->amx) {
+        msd_amx_conv c = amx_group(g, nb);
+        msd_amx_conv_dw(&c, j->sp->data + j->nw * gi, j->x + (size_t)n0 * g->Cin * g->H * g->W,
+                        j->dy + (size_t)n0 * Cout * L, sc);
+        return;
+    }
     int *pix, *tap;
     float *dyt;
-    const float *xp = group_patches(j->sc->data + j->per * (size_t)tid, g, j->x, n0, nb, &pix,
-                                    &tap, &dyt);
+    const float *xp = group_patches(sc, g, j->x, n0, nb, &pix, &tap, &dyt);
     to_channel_major(dyt, j->dy + (size_t)n0 * Cout * L, nb, Cout, L);
+    if (j->round) {
+        msd_round_bf16((float *)xp, (size_t)nb * g->Cin * g->Hp * g->Wp);
+        msd_round_bf16(dyt, (size_t)Cout * ncols);
+    }
     msd_sgemm_offsets(K, Cout, ncols, 1.0f, xp, tap, pix, 1, dyt, ncols, 0.0f,
                       j->sp->data + j->nw * gi, Cout);
 }
@@ -424,6 +501,8 @@ static void conv2d_dx_col_chunk(void *ctx, int gi, int tid)
     int ncols = (int)((size_t)nb * L);
     float *dyt = j->sc->data + j->per * (size_t)tid, *col = dyt + (size_t)Cout * g->nbmax * L;
     to_channel_major(dyt, j->dy + (size_t)n0 * Cout * L, nb, Cout, L);
+    if (j->round)
+        msd_round_bf16(dyt, (size_t)Cout * ncols);
     msd_sgemm(1, 0, K, ncols, Cout, 1.0f, j->w, K, dyt, ncols, 0.0f, col, ncols);
     col2im_add(j->y + (size_t)n0 * g->Cin * g->H * g->W, col, nb, g->Cin, g->H, g->W, g->kh,
                g->kw, g->s, g->p, g->Ho, g->Wo);
@@ -464,29 +543,43 @@ int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
     if (!dx && !dw)
         return MSD_OK;
     int G = (N + g.nbmax - 1) / g.nbmax, nthr;
+    int bf16 = msd_precision_get() == MSD_PREC_BF16;
+    int amx = bf16 && dw && msd_amx_conv_ok(Cin, Cout, stride);
     size_t slab = (size_t)Cout * g.nbmax * L, nw = (size_t)Cout * K;
     size_t per = dx ? slab + K * g.nbmax * L : 0;
-    if (dw && group_scratch(&g, slab) > per)
-        per = group_scratch(&g, slab);
-    msd_storage *sc, *sp = NULL;
-    rc = scratch("conv2d backward", per, G, &nthr, &sc);
-    if (rc != MSD_OK)
+    size_t per_dw = amx ? amx_scratch_floats(&g) : group_scratch(&g, slab);
+    if (dw && per_dw > per)
+        per = per_dw;
+    msd_storage *sc, *sp = NULL, *ws = NULL;
+    /* the col path of dx uses w: rounded when bf16 */
+    if (bf16 && dx && (rc = bf16_weights("conv2d backward", w, Cout, Cin, kh * kw, 0, &ws)))
         return rc;
+    rc = scratch("conv2d backward", per, G, &nthr, &sc);
+    if (rc != MSD_OK) {
+        msd_storage_release(ws);
+        return rc;
+    }
     if (dw && !(sp = msd_storage_new(nw * G))) {
         msd_storage_release(sc);
+        msd_storage_release(ws);
         return msd_error(MSD_ERR_MEM, "conv2d backward: out of memory for %d partial weight "
                                       "gradients of %zu floats", G, nw);
     }
-    conv2d_job j = { .g = g, .y = dx, .x = x, .w = w, .dy = dy, .sc = sc, .sp = sp, .per = per,
-                     .nw = nw };
+    conv2d_job j = { .g = g, .y = dx, .x = x, .w = ws ? ws->data : w, .dy = dy, .sc = sc,
+                     .sp = sp, .per = per, .nw = nw, .round = bf16 && !amx };
     if (dw) {
+        j.amx = amx;
         msd_parallel_for(G, nthr, conv2d_dw_chunk, &j);
         reduce_partials(dw, sp->data, G, Cout, (int)K, 1);
     }
-    if (dx)
+    if (dx) {
+        j.amx = 0;
+        j.round = bf16;
         msd_parallel_for(G, nthr, conv2d_dx_col_chunk, &j);
+    }
     msd_storage_release(sp);
     msd_storage_release(sc);
+    msd_storage_release(ws);
     return MSD_OK;
 }
 

@@ -281,14 +281,14 @@ static int l_get_threads(lua_State *L)
 }
 
 /* set_isa(name): the kernel level for everything ("generic", "avx2",
- * "avx512"); an error names the levels and the CPU's best. */
+ * "avx512", "amx"); an error names the levels and the CPU's best. */
 static int l_set_isa(lua_State *L)
 {
     const char *name = luaL_checkstring(L, 1);
     int isa = msd_isa_from_name(name);
     if (isa < 0)
         return luaL_argerror(L, 1, lua_pushfstring(L, "unknown kernel level '%s' (expected "
-                                                   "generic, avx2 or avx512)", name));
+                                                   "generic, avx2, avx512 or amx)", name));
     lbind_check_rc(L, msd_isa_set(isa));
     return 0;
 }
@@ -298,6 +298,27 @@ static int l_get_isa(lua_State *L)
 {
     lua_pushstring(L, msd_isa_name(msd_isa_get()));
     lua_pushstring(L, msd_isa_name(msd_isa_best()));
+    return 2;
+}
+
+/* set_precision(name): "fp32" or "bf16" for conv2d's products (cpu.h) */
+static int l_set_precision(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    int p = msd_precision_from_name(name);
+    if (p < 0)
+        return luaL_argerror(L, 1, lua_pushfstring(L, "unknown precision '%s' (expected fp32 "
+                                                   "or bf16)", name));
+    lbind_check_rc(L, msd_precision_set(p));
+    return 0;
+}
+
+/* get_precision() -> "fp32" or "bf16", and whether bf16 runs on the AMX
+ * tiles at the level in use */
+static int l_get_precision(lua_State *L)
+{
+    lua_pushstring(L, msd_precision_name(msd_precision_get()));
+    lua_pushboolean(L, msd_isa_get() == MSD_ISA_AMX);
     return 2;
 }
 
@@ -740,6 +761,8 @@ static const luaL_Reg functions[] = {
     { "get_threads", l_get_threads },
     { "set_isa", l_set_isa },
     { "get_isa", l_get_isa },
+    { "set_precision", l_set_precision },
+    { "get_precision", l_get_precision },
     { "memory_stats", l_memory_stats },
     { "clock", l_clock },
     { NULL, NULL },

@@ -10,7 +10,8 @@ local M = {}
 
 M.defaults = {
   data = nil, context = false, epochs = 32, batch_size = 100, lr = 1e-3, n_feat = 64,
-  channels = nil, background = "#ffffff", seed = 0, threads = nil, out = "runs/sprites",
+  channels = nil, background = "#ffffff", seed = 0, threads = nil, precision = "fp32",
+  out = "runs/sprites",
   sample_every = 1, sample_steps = 25, stop_after = nil, limit = nil, flip = true,
   progress = "auto", quiet = false,
 }
@@ -266,6 +267,7 @@ function M.run(args)
   if args.threads then
     minisd.set_threads(args.threads)
   end
+  minisd.set_precision(args.precision)
 
   local data_opts = { channels = args.channels, background = args.background }
   local ds, derr = minisd.data.load(args.data, data_opts)

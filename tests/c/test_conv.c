@@ -1,8 +1,11 @@
 /* conv2d and conv_transpose2d: forward and backward against naive direct
  * loops (including batches large enough to be split into GEMM chunks),
  * gradients against finite differences, and shape errors. */
+#include <float.h>
 #include <string.h>
 
+#include "conv_amx.h"
+#include "cpu.h"
 #include "gradcheck.h"
 #include "test.h"
 
@@ -124,11 +127,34 @@ static double max_rel(const float *a, const double *b, size_t n)
     return worst;
 }
 
+/* bf16 of v by arithmetic, independent of the library's bit tricks: the
+ * 8-bit significand rounded to nearest even (the default rounding mode of
+ * nearbyint), subnormals flushed to zero. */
+static float bf16_value(float v)
+{
+    if (!(fabsf(v) >= FLT_MIN))
+        return v != v ? v : copysignf(0.0f, v);
+    int e;
+    double m = frexp(v, &e); /* v = m 2^e, 0.5 <= |m| < 1 */
+    return (float)ldexp(nearbyint(m * 256.0) / 256.0, e);
+}
+
+/* A copy of n floats, rounded by bf16_value when bf16. */
+static float *copy_rounded(const float *a, size_t n, int bf16)
+{
+    float *c = malloc(n * sizeof *c);
+    for (size_t i = 0; i < n; i++)
+        c[i] = bf16 ? bf16_value(a[i]) : a[i];
+    return c;
+}
+
 /* Runs the op on random x, w, b (or no bias), compares y with the naive
  * loop, then runs backward with a random dy through the tape and compares
- * dx, dw, db with the naive gradients. */
+ * dx, dw, db with the naive gradients. In bf16 precision the naive loops
+ * take x, w and dy rounded to bf16 (the bias and its gradient stay fp32). */
 static int check_against_naive(int transposed, const geom *g, int with_bias, unsigned seed)
 {
+    int bf16 = msd_precision_get() == MSD_PREC_BF16;
     int sx[4] = { g->N, g->Cin, g->H, g->W };
     int sw[4] = { transposed ? g->Cin : g->Cout, transposed ? g->Cout : g->Cin, g->k, g->k };
     int sb[1] = { g->Cout };
@@ -154,7 +180,8 @@ static int check_against_naive(int transposed, const geom *g, int with_bias, uns
     size_t ny = msd_tensor_numel(y), nx = msd_tensor_numel(x), nw = msd_tensor_numel(w);
     double *ref = calloc(ny + nx + nw + g->Cout, sizeof *ref);
     double *rdx = ref + ny, *rdw = rdx + nx, *rdb = rdw + nw;
-    const float *px = msd_tensor_data(x), *pw = msd_tensor_data(w);
+    float *px = copy_rounded(msd_tensor_data(x), nx, bf16);
+    float *pw = copy_rounded(msd_tensor_data(w), nw, bf16);
     const float *pb = b ? msd_tensor_data(b) : NULL;
     if (transposed)
         naive_convt(ref, px, pw, pb, g);
@@ -171,10 +198,21 @@ static int check_against_naive(int transposed, const geom *g, int with_bias, uns
         bad = 1;
     }
     if (!bad) {
+        float *pdy = copy_rounded(msd_tensor_data(dy), ny, bf16);
         if (transposed)
-            naive_convt_grad(rdx, rdw, rdb, msd_tensor_data(dy), px, pw, g);
+            naive_convt_grad(rdx, rdw, rdb, pdy, px, pw, g);
         else
-            naive_conv2d_grad(rdx, rdw, rdb, msd_tensor_data(dy), px, pw, g);
+            naive_conv2d_grad(rdx, rdw, rdb, pdy, px, pw, g);
+        if (bf16) { /* db is a sum of the fp32 dy */
+            int L = Ho * Wo;
+            for (int c = 0; c < g->Cout; c++) {
+                rdb[c] = 0;
+                for (int n = 0; n < g->N; n++)
+                    for (int l = 0; l < L; l++)
+                        rdb[c] += msd_tensor_data(dy)[((size_t)n * g->Cout + c) * L + l];
+            }
+        }
+        free(pdy);
         double ex = max_rel(msd_tensor_data(x->grad), rdx, nx);
         double ew = max_rel(msd_tensor_data(w->grad), rdw, nw);
         double eb = b ? max_rel(msd_tensor_data(b->grad), rdb, g->Cout) : 0;
@@ -185,6 +223,8 @@ static int check_against_naive(int transposed, const geom *g, int with_bias, uns
         }
     }
     free(ref);
+    free(px);
+    free(pw);
     msd_tensor_release(dy);
     msd_tensor_release(y);
     msd_tensor_release(x);
@@ -210,6 +250,71 @@ static void test_conv2d_vs_naive(void)
         }
     }
     CHECK_OK(msd_isa_set(msd_isa_best()));
+}
+
+/* bf16 by arithmetic against hand-worked bits, and the library's rounding
+ * (used by the paths without tiles) against it. */
+static void test_bf16_rounding(void)
+{
+    /* 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to even (1); 1 +
+     * 3*2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: to even (1 + 2^-6) */
+    const float in[] = { 1.0f + 1.0f / 256, 1.0f + 3.0f / 256, 0.1f, -7.7f, 1e-40f, -1e-40f,
+                         3.4e38f, -INFINITY };
+    const uint16_t bits[] = { 0x3f80, 0x3f82, 0x3dcd, 0xc0f6, 0x0000, 0x8000, 0x7f80, 0xff80 };
+    for (size_t i = 0; i < sizeof in / sizeof *in; i++) {
+        CHECK(msd_bf16_from_float(in[i]) == bits[i]);
+        float v = in[i];
+        msd_round_bf16(&v, 1);
+        float r = bf16_value(in[i]);
+        CHECK(memcmp(&v, &r, sizeof v) == 0 || (i == 6 && isinf(v))); /* 3.4e38 rounds up to inf */
+    }
+    uint16_t nan = msd_bf16_from_float(NAN);
+    CHECK((nan & 0x7f80) == 0x7f80 && (nan & 0x7f) != 0);
+    for (unsigned k = 0; k < 100000; k++) { /* random normal floats */
+        float v = (float)ldexp((double)(k * 2654435761u % 1000003u) / 1000003.0 + 0.5,
+                               (int)(k % 200) - 100) * (k & 1 ? -1.0f : 1.0f);
+        float a = v;
+        msd_round_bf16(&a, 1);
+        if (a != bf16_value(v)) {
+            fprintf(stderr, "  bf16(%.9g): library %.9g, arithmetic %.9g\n", v, a,
+                    bf16_value(v));
+            CHECK(0);
+            break;
+        }
+    }
+}
+
+/* conv2d in bf16 precision at every level: on the AMX tiles where the level
+ * and shape allow it (channels multiples of 32, stride 1), else the fp32
+ * kernels on rounded copies; both against the naive loops on rounded
+ * inputs. */
+static void test_conv2d_bf16(void)
+{
+    const geom cases[] = {
+        { 2, 64, 16, 16, 64, 3, 1, 1 },  /* the model's 16x16 layers */
+        { 3, 64, 8, 8, 128, 3, 1, 1 },   /* 8x8, wider out */
+        { 9, 128, 4, 4, 32, 3, 1, 1 },   /* 4x4, several groups */
+        { 1, 32, 7, 5, 32, 3, 1, 0 },    /* no padding, odd sizes */
+        { 2, 32, 5, 6, 64, 3, 1, 2 },    /* padding 2 */
+        { 2, 32, 6, 6, 32, 1, 1, 0 },    /* 1x1 */
+        { 2, 3, 8, 8, 32, 3, 1, 1 },     /* 3 channels in: no tiles */
+        { 2, 32, 8, 8, 32, 3, 2, 1 },    /* stride 2: no tiles, dx through col2im */
+    };
+    CHECK_OK(msd_precision_set(MSD_PREC_BF16));
+    for (int isa = 0; isa <= msd_isa_best(); isa++) {
+        CHECK_OK(msd_isa_set(isa));
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+            if (check_against_naive(0, &cases[i], (int)(i & 1), 500 + (unsigned)i)) {
+                fprintf(stderr, "  bf16 case %zu at level %s\n", i, msd_isa_name(isa));
+                CHECK(0);
+            }
+        }
+    }
+    CHECK_OK(msd_isa_set(msd_isa_best()));
+    CHECK_OK(msd_precision_set(MSD_PREC_FP32));
+    CHECK(msd_precision_set(MSD_PREC_COUNT) == MSD_ERR_ARG);
+    CHECK(msd_precision_from_name("bf16") == MSD_PREC_BF16);
+    CHECK(msd_precision_from_name("fp16") == -1);
 }
 
 static void test_conv2d_chunked_batch(void)
@@ -436,6 +541,8 @@ int main(void)
     RUN(test_conv2d_hand_values);
     RUN(test_conv2d_vs_naive);
     RUN(test_conv2d_chunked_batch);
+    RUN(test_bf16_rounding);
+    RUN(test_conv2d_bf16);
     RUN(test_conv_transpose2d_vs_naive);
     RUN(test_conv_transpose2d_chunked_batch);
     RUN(test_conv2d_gradcheck);

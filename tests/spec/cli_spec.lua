@@ -92,6 +92,25 @@ describe("train.lua", function()
     end
   end)
 
+  it("trains in bf16, keeps the precision in the checkpoint and resumes it exactly", function()
+    -- n_feat 32: the convolutions have 32 and 64 channels, the AMX tiles' shapes
+    local opts = "train.lua " .. TINY:gsub("%-%-n%-feat 8", "--n-feat 32") .. " --epochs 2"
+    local a, b, c = tmp .. "/bf_a", tmp .. "/bf_b", tmp .. "/fp_c"
+    assert.is_true((sh(opts .. " --precision bf16 --out " .. a)))
+    assert.is_true((sh(opts .. " --out " .. c)))
+    local ok, _, out = sh(opts .. " --precision bf16 --stop-after 2 --out " .. b)
+    assert.is_true(ok, out)
+    ok, _, out = sh("train.lua --resume " .. b .. " --quiet")
+    assert.is_true(ok, out)
+    assert.are.equal(read_all(a .. "/losses.tsv"), read_all(b .. "/losses.tsv"))
+    local la, lc = read_losses(a .. "/losses.tsv"), read_losses(c .. "/losses.tsv")
+    assert.are.equal(#la, #lc)
+    -- the same first batch; bf16 rounding moves the losses a little, not a lot
+    local l1, l2 = tonumber(la[#la].loss), tonumber(lc[#lc].loss)
+    assert.are_not.equal(la[#la].loss, lc[#lc].loss)
+    assert.is_true(math.abs(l1 - l2) < 0.1 * l2, la[#la].loss .. " vs " .. lc[#lc].loss)
+  end)
+
   it("saves a checkpoint and exits 130 on Ctrl-C", function()
     local dir = tmp .. "/int"
     local cmd = string.format([[%s train.lua --limit 400 --batch-size 8 --n-feat 8 --epochs 50 \
