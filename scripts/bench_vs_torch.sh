@@ -10,11 +10,15 @@
 #   rss     peak RSS of the training process
 #   busy    minisd, 25 DDIM steps x 8 images with one core held by a busy loop:
 #           THREADS threads against 1 thread (>= 1.0: more threads never hurt)
+#   bf16    train, ddim32 and ddim1 again with minisd.set_precision("bf16") (on the
+#           AMX tiles where the CPU has them), against the same PyTorch fp32 times:
+#           PyTorch 1.13 cannot run this model in bf16 on a CPU (autocast stops at
+#           GroupNorm, model.bfloat16() at the 1x1 -> 4x4 ConvTranspose2d)
 # Ratios are PyTorch time / minisd time: > 1 means minisd is faster.
 #
 # Usage: scripts/bench_vs_torch.sh [--threads N] [--steps N] [--warmup N]
 #          [--sample-runs N] [--build DIR] [--lua lua5.4|luajit] [--no-build]
-#          [--also-installed] [--no-busy]
+#          [--also-installed] [--no-busy] [--no-bf16]
 # A benchmark, never a test: it prints numbers and asserts nothing. Run it on an
 # idle machine (a training run in the background halves what it measures).
 set -eu
@@ -29,6 +33,7 @@ LUA=lua5.4
 DO_BUILD=1
 INSTALLED=0
 BUSY=1
+BF16=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --threads) THREADS=$2; shift 2 ;;
@@ -40,7 +45,8 @@ while [ $# -gt 0 ]; do
         --no-build) DO_BUILD=0; shift ;;
         --also-installed) INSTALLED=1; shift ;;
         --no-busy) BUSY=0; shift ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        --no-bf16) BF16=0; shift ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "bench_vs_torch.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -55,7 +61,7 @@ else
     CPATH_DIR="$BUILD"
 fi
 
-ms() { # THREADS STEPS WARMUP SAMPLE_RUNS SAMPLE_N
+ms() { # THREADS STEPS WARMUP SAMPLE_RUNS SAMPLE_N [PRECISION]
     (cd "$ROOT" && LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;" \
         LUA_CPATH="$CPATH_DIR/?.so;;" "$LUA" scripts/bench_minisd.lua "$@")
 }
@@ -72,6 +78,10 @@ MS_MAIN=$(ms "$THREADS" "$STEPS" "$WARMUP" "$SRUNS" 32)
 PT_MAIN=$(pt "$THREADS" "$STEPS" "$WARMUP" "$SRUNS" 32)
 MS_ONE=$(ms 1 0 0 "$SRUNS" 1)
 PT_ONE=$(pt 1 0 0 "$SRUNS" 1)
+if [ "$BF16" = 1 ]; then
+    MS_BF=$(ms "$THREADS" "$STEPS" "$WARMUP" "$SRUNS" 32 bf16)
+    MS_BF_ONE=$(ms 1 0 0 "$SRUNS" 1 bf16)
+fi
 TORCH_VER=$(/usr/bin/python3 -c 'import torch; print(torch.__version__)')
 
 echo "ContextUnet(3, n_feat=64, n_cfeat=5, 16x16); threads=$THREADS; $LUA; torch $TORCH_VER (OPENBLAS_NUM_THREADS=1)"
@@ -82,6 +92,15 @@ row "DDIM 25 steps x 32 images (ms)" "$(get "$MS_MAIN" sample_ms)" "$(get "$PT_M
 row "DDIM 25 steps x 1 image, 1 thread (ms)" "$(get "$MS_ONE" sample_ms)" "$(get "$PT_ONE" sample_ms)"
 row "peak RSS while training (MiB)" "$(get "$MS_MAIN" peak_rss_mb)" "$(get "$PT_MAIN" peak_rss_mb)"
 echo "(last training loss: minisd $(get "$MS_MAIN" train_loss), torch $(get "$PT_MAIN" train_loss))"
+if [ "$BF16" = 1 ]; then
+    echo "minisd in bf16 ($(cd "$ROOT" && LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;" \
+        LUA_CPATH="$CPATH_DIR/?.so;;" "$LUA" -e 'local m = require("minisd")
+        print(select(2, m.get_precision()) and "AMX tiles" or "no AMX: fp32 kernels on rounded inputs")')) against PyTorch fp32 (best):"
+    row "bf16 train step, batch 100 (ms, median)" "$(get "$MS_BF" train_ms)" "$(get "$PT_MAIN" train_ms)"
+    row "bf16 DDIM 25 steps x 32 images (ms)" "$(get "$MS_BF" sample_ms)" "$(get "$PT_MAIN" sample_ms)"
+    row "bf16 DDIM 25 x 1 image, 1 thread (ms)" "$(get "$MS_BF_ONE" sample_ms)" "$(get "$PT_ONE" sample_ms)"
+    row "bf16 peak RSS while training (MiB)" "$(get "$MS_BF" peak_rss_mb)" "$(get "$PT_MAIN" peak_rss_mb)"
+fi
 
 if [ "$INSTALLED" = 1 ]; then
     PT_INST=$(cd "$ROOT" && /usr/bin/python3 scripts/bench_torch.py "$THREADS" "$STEPS" "$WARMUP" "$SRUNS" 32)

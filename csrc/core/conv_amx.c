@@ -237,11 +237,11 @@ __attribute__((target(AMX))) void msd_amx_conv_forward(const msd_amx_conv *c, fl
                 const uint16_t *bb = xv + 2 * (q0 + off);
                 for (int c0 = 0; c0 < Cin; c0 += 32, a += 32, bb += 32 * g.Pbuf) {
                     _tile_loadd(4, a, (long)(kt * 2));
-                    _tile_loadd(5, a + 16 * kt, (long)(kt * 2));
                     _tile_loadd(6, bb, (long)(g.Pbuf * 4));
-                    _tile_loadd(7, bb + 32, (long)(g.Pbuf * 4));
                     _tile_dpbf16ps(0, 4, 6);
+                    _tile_loadd(7, bb + 32, (long)(g.Pbuf * 4));
                     _tile_dpbf16ps(1, 4, 7);
+                    _tile_loadd(5, a + 16 * kt, (long)(kt * 2));
                     _tile_dpbf16ps(2, 5, 6);
                     _tile_dpbf16ps(3, 5, 7);
                 }
