@@ -86,6 +86,13 @@ int msd_conv_transpose2d_backward(float *dx, float *dw, float *db, const float *
 int msd_batch_norm2d(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
                      msd_tensor *running_mean, msd_tensor *running_var, int training,
                      float momentum, float eps, msd_tensor **out);
+/* gelu(batch_norm2d(...)) as one op, for training: the same bits as the two
+ * ops, with one pass over the output instead of two, and the BatchNorm's
+ * output neither kept for the backward (it is recomputed from x there) nor
+ * written to memory. */
+int msd_batch_norm2d_gelu(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
+                          msd_tensor *running_mean, msd_tensor *running_var, int training,
+                          float momentum, float eps, msd_tensor **out);
 int msd_group_norm(msd_tensor *x, int groups, msd_tensor *weight, msd_tensor *bias, float eps,
                    msd_tensor **out);
 /* Kernels. BatchNorm2d: x, y, dx, dy (N,C,HW); gamma, beta, dgamma, dbeta
@@ -136,6 +143,9 @@ int msd_relu(msd_tensor *x, msd_tensor **out);
 void msd_gelu_forward(float *y, const float *x, size_t n);
 /* y = gelu(y) in place, on the calling thread (for fused epilogues). */
 void msd_gelu_forward_inplace(float *y, size_t n);
+/* t[i] = dy[i] * gelu'(t[i]): the GELU's input gradient over its input
+ * values t, in place (msd_gelu_backward's bits, written instead of added). */
+void msd_gelu_backward_inplace(float *t, const float *dy, size_t n);
 void msd_gelu_backward(float *dx, const float *dy, const float *x, size_t n);
 void msd_relu_forward(float *y, const float *x, size_t n);
 void msd_relu_backward(float *dx, const float *dy, const float *x, size_t n);

@@ -97,6 +97,15 @@ static void gelu_bwd_range(float *dx, const float *dy, const float *x, size_t n)
     }
 }
 
+MSD_MULTIVERSION
+void msd_gelu_backward_inplace(float *t, const float *dy, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float v = t[i];
+        t[i] = dy[i] * (normal_cdf(v) + v * INV_SQRT_2PI * exp_neg(-0.5f * v * v));
+    }
+}
+
 /* A GELU loop over n elements: out is y (forward) or dx (backward); dy is
  * NULL in forward. Chunk k covers block k. */
 typedef struct gelu_job {

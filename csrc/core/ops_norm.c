@@ -55,10 +55,9 @@ void msd_batchnorm_stats(float *mean, float *var, const float *x, int N, int C, 
 typedef struct bn_forward_job {
     float *y;
     const float *x, *mean, *rstd, *gamma, *beta;
-    int C, HW;
+    int C, HW, gelu;
 } bn_forward_job;
 
-/* Chunk n: image n, every channel. */
 /* The normalisation and the affine folded into y = x a + b for channel c. */
 static inline void fold_channel(float *a, float *b, const float *mean, const float *rstd,
                                 const float *gamma, const float *beta, int c)
@@ -80,6 +79,8 @@ void msd_batchnorm_rstd(float *rstd, const float *var, int C, float eps)
         rstd[c] = (float)(1.0 / sqrt((double)var[c] + eps));
 }
 
+/* Chunk n: image n, every channel; with gelu, GELU applied to each plane
+ * while it is in cache (the bits of msd_gelu on the BatchNorm output). */
 static void bn_forward_chunk(void *ctx, int n, int tid)
 {
     const bn_forward_job *j = ctx;
@@ -91,38 +92,63 @@ static void bn_forward_chunk(void *ctx, int n, int tid)
         size_t off = ((size_t)n * C + c) * HW;
         for (int i = 0; i < HW; i++)
             j->y[off + i] = j->x[off + i] * a + b;
+        if (j->gelu)
+            msd_gelu_forward_inplace(j->y + off, (size_t)HW);
     }
+}
+
+static void bn_forward(float *y, const float *x, const float *mean, const float *rstd,
+                       const float *gamma, const float *beta, int N, int C, int HW, int gelu)
+{
+    bn_forward_job j = {y, x, mean, rstd, gamma, beta, C, HW, gelu};
+    msd_parallel_for(N, (size_t)N * C * HW > BN_SERIAL_MAX ? MSD_ALL_THREADS : 1,
+                     bn_forward_chunk, &j);
 }
 
 void msd_batchnorm_forward(float *y, const float *x, const float *mean, const float *rstd,
                            const float *gamma, const float *beta, int N, int C, int HW)
 {
-    bn_forward_job j = {y, x, mean, rstd, gamma, beta, C, HW};
-    msd_parallel_for(N, (size_t)N * C * HW > BN_SERIAL_MAX ? MSD_ALL_THREADS : 1,
-                     bn_forward_chunk, &j);
+    bn_forward(y, x, mean, rstd, gamma, beta, N, C, HW, 0);
 }
 
 typedef struct bn_backward_job {
     float *dx, *dgamma, *dbeta;
-    const float *dy, *x, *gamma, *mean, *rstd;
+    const float *dy, *x, *gamma, *beta, *mean, *rstd;
     int training, N, C, HW;
+    float *scratch; /* with GELU: N*HW floats per thread; else NULL */
 } bn_backward_job;
 
-/* Chunk c: channel c's dgamma, dbeta and dx. */
+/* Chunk c: channel c's dgamma, dbeta and dx. With GELU (scratch set), dy is
+ * the gradient of the GELU's output: the BatchNorm's output is recomputed
+ * with the forward's bits, and its gradient dy * gelu'(y) is kept in the
+ * thread's scratch and used as dy below. */
 MSD_MULTIVERSION
 static void bn_backward_chunk(void *ctx, int c, int tid)
 {
     const bn_backward_job *j = ctx;
     int N = j->N, C = j->C, HW = j->HW;
-    const float *x = j->x, *dy = j->dy;
+    const float *x = j->x, *dy = j->dy + (size_t)c * HW;
+    size_t dys = (size_t)C * HW; /* from image n to n+1 in dy */
     double count = (double)N * HW;
     double m = j->mean[c], r = j->rstd[c], g = j->gamma ? j->gamma[c] : 1.0;
     double a_dy[MSD_LANES] = { 0 }, a_dyx[MSD_LANES] = { 0 };
-    (void)tid;
+    if (j->scratch) {
+        float *t = j->scratch + (size_t)tid * N * HW, fa, fb;
+        fold_channel(&fa, &fb, j->mean, j->rstd, j->gamma, j->beta, c);
+        for (int n = 0; n < N; n++) {
+            const float *px = x + ((size_t)n * C + c) * HW;
+            float *tn = t + (size_t)n * HW;
+            for (int i = 0; i < HW; i++)
+                tn[i] = px[i] * fa + fb;
+            msd_gelu_backward_inplace(tn, dy + (size_t)n * dys, (size_t)HW);
+        }
+        dy = t;
+        dys = (size_t)HW;
+    }
     for (int n = 0; n < N; n++) {
         size_t off = ((size_t)n * C + c) * HW;
-        msd_sum_lanes(a_dy, dy + off, (size_t)HW);
-        msd_dot_dev_lanes(a_dyx, dy + off, x + off, (size_t)HW, m);
+        msd_sum_lanes(a_dy, dy + n * dys, (size_t)HW);
+        msd_dot_dev_lanes(a_dyx, dy + n * dys, x + off, (size_t)HW, m);
     }
     double sdy = msd_lanes_total(a_dy), sdy_xhat = msd_lanes_total(a_dyx) * r;
     if (j->dgamma)
@@ -139,7 +165,7 @@ static void bn_backward_chunk(void *ctx, int c, int tid)
     for (int n = 0; n < N; n++) {
         size_t off = ((size_t)n * C + c) * HW;
         float *d = j->dx + off;
-        const float *pd = dy + off, *px = x + off;
+        const float *pd = dy + n * dys, *px = x + off;
         for (int i = 0; i < HW; i++)
             d[i] += a * pd[i] + b * px[i] + e;
     }
@@ -149,7 +175,8 @@ void msd_batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float 
                             const float *x, const float *gamma, const float *mean,
                             const float *rstd, int training, int N, int C, int HW)
 {
-    bn_backward_job j = {dx, dgamma, dbeta, dy, x, gamma, mean, rstd, training, N, C, HW};
+    bn_backward_job j = {dx, dgamma, dbeta, dy, x, gamma, NULL, mean, rstd, training, N, C, HW,
+                         NULL};
     msd_parallel_for(C, (size_t)N * HW * C > BN_SERIAL_MAX ? MSD_ALL_THREADS : 1,
                      bn_backward_chunk, &j);
 }
@@ -264,10 +291,12 @@ static const float *data_or_null(const msd_tensor *t)
 }
 
 /* The common end of batch_norm2d and group_norm: records the node (inputs
- * x, weight, bias; saved mean and rstd; iarg[0] = arg) and hands o to *out.
- * Drops the caller's references to mean and rstd, and to o on failure. */
+ * x, weight, bias; saved mean and rstd; iarg[0] = arg, iarg[1] = arg2) and
+ * hands o to *out. Drops the caller's references to mean and rstd, and to o
+ * on failure. */
 static int finish(msd_op op, msd_tensor *x, msd_tensor *weight, msd_tensor *bias, int arg,
-                  msd_tensor *o, msd_tensor *mean, msd_tensor *rstd, msd_tensor **out)
+                  int arg2, msd_tensor *o, msd_tensor *mean, msd_tensor *rstd,
+                  msd_tensor **out)
 {
     msd_tensor *in[3] = { x, weight, bias };
     msd_node *node;
@@ -276,6 +305,7 @@ static int finish(msd_op op, msd_tensor *x, msd_tensor *weight, msd_tensor *bias
         msd_node_save(node, 0, mean);
         msd_node_save(node, 1, rstd);
         node->iarg[0] = arg;
+        node->iarg[1] = arg2;
     }
     if (rc == MSD_OK)
         *out = o;
@@ -286,9 +316,10 @@ static int finish(msd_op op, msd_tensor *x, msd_tensor *weight, msd_tensor *bias
     return rc;
 }
 
-int msd_batch_norm2d(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
-                     msd_tensor *running_mean, msd_tensor *running_var, int training,
-                     float momentum, float eps, msd_tensor **out)
+/* batch_norm2d, then GELU when gelu. */
+static int batch_norm(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
+                      msd_tensor *running_mean, msd_tensor *running_var, int training,
+                      float momentum, float eps, int gelu, msd_tensor **out)
 {
     char b1[64];
     int rc;
@@ -343,9 +374,10 @@ int msd_batch_norm2d(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
             pm[c] = rm[c];
         msd_batchnorm_rstd(pr, rv, C, eps);
     }
-    msd_batchnorm_forward(msd_tensor_data(o), msd_tensor_data(x), pm, pr, data_or_null(weight),
-                          data_or_null(bias), N, C, HW);
-    return finish(MSD_OP_BATCH_NORM2D, x, weight, bias, training != 0, o, mean, rstd, out);
+    bn_forward(msd_tensor_data(o), msd_tensor_data(x), pm, pr, data_or_null(weight),
+               data_or_null(bias), N, C, HW, gelu);
+    return finish(MSD_OP_BATCH_NORM2D, x, weight, bias, training != 0, gelu, o, mean, rstd,
+                  out);
 fail:
     msd_tensor_release(o);
     msd_tensor_release(mean);
@@ -353,15 +385,40 @@ fail:
     return rc;
 }
 
+int msd_batch_norm2d(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
+                     msd_tensor *running_mean, msd_tensor *running_var, int training,
+                     float momentum, float eps, msd_tensor **out)
+{
+    return batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, 0,
+                      out);
+}
+
+int msd_batch_norm2d_gelu(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
+                          msd_tensor *running_mean, msd_tensor *running_var, int training,
+                          float momentum, float eps, msd_tensor **out)
+{
+    return batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, 1,
+                      out);
+}
+
 int msd_grad_batch_norm2d(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 {
     const msd_tensor *x = n->in[0];
-    msd_batchnorm_backward(dx[0] ? msd_tensor_data(dx[0]) : NULL,
-                           dx[1] ? msd_tensor_data(dx[1]) : NULL,
-                           dx[2] ? msd_tensor_data(dx[2]) : NULL, msd_tensor_data(dy),
-                           msd_tensor_data(x), data_or_null(n->in[1]),
-                           msd_tensor_data(n->saved[0]), msd_tensor_data(n->saved[1]),
-                           n->iarg[0], x->shape[0], x->shape[1], x->shape[2] * x->shape[3]);
+    int N = x->shape[0], C = x->shape[1], HW = x->shape[2] * x->shape[3];
+    int nthr = (size_t)N * HW * C > BN_SERIAL_MAX ? msd_get_threads() : 1;
+    msd_storage *scratch = NULL;
+    if (n->iarg[1] && !(scratch = msd_storage_new((size_t)nthr * N * HW)))
+        return msd_error(MSD_ERR_MEM, "batch_norm2d_gelu backward: out of memory for %d "
+                         "scratch channels of %d floats", nthr, N * HW);
+    bn_backward_job j = { dx[0] ? msd_tensor_data(dx[0]) : NULL,
+                          dx[1] ? msd_tensor_data(dx[1]) : NULL,
+                          dx[2] ? msd_tensor_data(dx[2]) : NULL,
+                          msd_tensor_data(dy), msd_tensor_data(x), data_or_null(n->in[1]),
+                          data_or_null(n->in[2]), msd_tensor_data(n->saved[0]),
+                          msd_tensor_data(n->saved[1]), n->iarg[0], N, C, HW,
+                          scratch ? scratch->data : NULL };
+    msd_parallel_for(C, nthr, bn_backward_chunk, &j); /* tid < nthr: scratch for each */
+    msd_storage_release(scratch);
     return MSD_OK;
 }
 
@@ -398,7 +455,7 @@ int msd_group_norm(msd_tensor *x, int groups, msd_tensor *weight, msd_tensor *bi
     msd_groupnorm_forward(msd_tensor_data(o), msd_tensor_data(mean), msd_tensor_data(rstd),
                           msd_tensor_data(x), data_or_null(weight), data_or_null(bias), N, C, HW,
                           groups, eps);
-    return finish(MSD_OP_GROUP_NORM, x, weight, bias, groups, o, mean, rstd, out);
+    return finish(MSD_OP_GROUP_NORM, x, weight, bias, groups, 0, o, mean, rstd, out);
 fail:
     msd_tensor_release(o);
     msd_tensor_release(mean);

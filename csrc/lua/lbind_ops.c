@@ -67,7 +67,8 @@ static int l_ops_conv_transpose2d(lua_State *L)
 }
 
 /* batch_norm2d(x, running_mean, running_var [, weight [, bias [, training=false
- *              [, momentum=0.1 [, eps=1e-5]]]]]) */
+ *              [, momentum=0.1 [, eps=1e-5 [, gelu=false]]]]]]): with gelu, GELU
+ * applied to the result in the same op */
 static int l_ops_batch_norm2d(lua_State *L)
 {
     msd_tensor *x = lbind_check_tensor(L, 1);
@@ -75,8 +76,10 @@ static int l_ops_batch_norm2d(lua_State *L)
     msd_tensor *w = lbind_opt_tensor(L, 4), *b = lbind_opt_tensor(L, 5);
     int training = lua_toboolean(L, 6);
     float momentum = (float)luaL_optnumber(L, 7, 0.1), eps = (float)luaL_optnumber(L, 8, 1e-5);
+    int gelu = lua_toboolean(L, 9);
     msd_tensor **box = lbind_new_box(L);
-    return lbind_result(L, msd_batch_norm2d(x, w, b, rm, rv, training, momentum, eps, box), box);
+    return lbind_result(L, (gelu ? msd_batch_norm2d_gelu : msd_batch_norm2d)(
+                               x, w, b, rm, rv, training, momentum, eps, box), box);
 }
 
 /* group_norm(x, groups [, weight [, bias [, eps=1e-5]]]) */

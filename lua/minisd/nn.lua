@@ -824,8 +824,10 @@ function BatchNorm2d:init(...)
 end
 
 --- @param x tensor (N, C, H, W)
+-- @param gelu (optional) apply GELU to the result in the same op (what
+--   Sequential does for a BatchNorm2d followed by a GELU)
 -- @return tensor (N, C, H, W)
-function BatchNorm2d:forward(x)
+function BatchNorm2d:forward(x, gelu)
   local track = self.track_running_stats
   if self.training and track then
     local nbt = self.num_batches_tracked
@@ -833,7 +835,7 @@ function BatchNorm2d:forward(x)
   end
   return minisd.batch_norm2d(x, track and self.running_mean or nil,
     track and self.running_var or nil, self.weight, self.bias,
-    self.training or not track, self.momentum, self.eps)
+    self.training or not track, self.momentum, self.eps, gelu)
 end
 
 function BatchNorm2d:extra_repr()
@@ -1064,6 +1066,10 @@ function Sequential:forward(x)
       x = minisd.conv2d_bn_act(x, m.weight, m.bias, m.stride, m.padding, bn.weight, bn.bias,
         bn.running_mean, bn.running_var, bn.eps, gelu)
       i = i + (gelu and 3 or 2)
+    elseif getmetatable(m) == BatchNorm2d and getmetatable(map[keys[i + 1]]) == M.GELU then
+      -- BatchNorm2d, GELU (training): one op, the same bits, no BatchNorm output kept
+      x = m:forward(x, true)
+      i = i + 2
     else
       x = m(x)
       i = i + 1

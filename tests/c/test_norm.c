@@ -147,6 +147,78 @@ static void test_batch_norm_grads(void)
     }
 }
 
+static int call_bn_gelu(msd_tensor *const *in, void *ctx, msd_tensor **out)
+{
+    bn_ctx *c = ctx;
+    return msd_batch_norm2d_gelu(in[0], in[1], in[2], c->rm, c->rv, c->training, 0.1f, 1e-5f,
+                                 out);
+}
+
+/* batch_norm2d_gelu: finite differences, and the same values as
+ * batch_norm2d then gelu (forward, running stats and every gradient), with
+ * several threads (each has its own scratch in backward). */
+static void test_batch_norm_gelu(void)
+{
+    int s[4] = { 2, 3, 3, 3 }, C = 3;
+    for (int training = 0; training < 2; training++) {
+        msd_tensor *in[3] = { leaf(4, s, 31 + training), uniform(C, 0.5f, 1.5f, 32),
+                              gc_randn_like(1, &C, 33) };
+        in[1]->requires_grad = in[2]->requires_grad = 1;
+        bn_ctx ctx = { uniform(C, -0.5f, 0.5f, 34), uniform(C, 0.5f, 1.5f, 35), training };
+        CHECK(!gradcheck(training ? "batch_norm2d_gelu train" : "batch_norm2d_gelu eval",
+                         call_bn_gelu, &ctx, 3, in, 1e-3, 1e-2, 2e-3));
+        for (int i = 0; i < 3; i++)
+            msd_tensor_release(in[i]);
+        msd_tensor_release(ctx.rm);
+        msd_tensor_release(ctx.rv);
+    }
+    int big[4] = { 5, 8, 16, 16 }, C8 = 8, threads = msd_get_threads();
+    msd_set_threads(2);
+    for (int training = 0; training < 2; training++) {
+        msd_tensor *x[2], *w[2], *b[2], *rm[2], *rv[2], *y[2], *dy = gc_randn_like(4, big, 40);
+        for (int k = 0; k < 2; k++) { /* k = 0: fused; 1: two ops */
+            x[k] = leaf(4, big, 41);
+            w[k] = uniform(C8, 0.5f, 1.5f, 42);
+            b[k] = gc_randn_like(1, &C8, 43);
+            w[k]->requires_grad = b[k]->requires_grad = 1;
+            rm[k] = uniform(C8, -0.5f, 0.5f, 44);
+            rv[k] = uniform(C8, 0.5f, 1.5f, 45);
+            if (k == 0) {
+                CHECK_OK(msd_batch_norm2d_gelu(x[k], w[k], b[k], rm[k], rv[k], training, 0.1f,
+                                               1e-5f, &y[k]));
+            } else {
+                msd_tensor *t;
+                CHECK_OK(msd_batch_norm2d(x[k], w[k], b[k], rm[k], rv[k], training, 0.1f, 1e-5f,
+                                          &t));
+                CHECK_OK(msd_gelu(t, &y[k]));
+                msd_tensor_release(t);
+            }
+            CHECK_OK(msd_backward(y[k], dy, 0));
+        }
+        const msd_tensor *pairs[][2] = { { y[0], y[1] }, { x[0]->grad, x[1]->grad },
+                                         { w[0]->grad, w[1]->grad }, { b[0]->grad, b[1]->grad },
+                                         { rm[0], rm[1] }, { rv[0], rv[1] } };
+        for (size_t p = 0; p < sizeof pairs / sizeof *pairs; p++) {
+            size_t n = msd_tensor_numel(pairs[p][0]), diff = 0;
+            const float *u = msd_tensor_data(pairs[p][0]), *v = msd_tensor_data(pairs[p][1]);
+            for (size_t i = 0; i < n; i++)
+                diff += u[i] != v[i];
+            if (diff) {
+                fprintf(stderr, "  training %d, pair %zu: %zu of %zu values differ\n", training,
+                        p, diff, n);
+                CHECK(0);
+            }
+        }
+        for (int k = 0; k < 2; k++) {
+            msd_tensor *ts[6] = { x[k], w[k], b[k], rm[k], rv[k], y[k] };
+            for (int i = 0; i < 6; i++)
+                msd_tensor_release(ts[i]);
+        }
+        msd_tensor_release(dy);
+    }
+    msd_set_threads(threads);
+}
+
 /* In training mode the gradient w.r.t. x sums to 0 over each channel
  * (shifting a channel changes nothing); in eval mode it is w/sqrt(rv+eps). */
 static void test_batch_norm_grad_structure(void)
@@ -312,6 +384,7 @@ int main(void)
     RUN(test_batch_norm_training_forward_and_running_stats);
     RUN(test_batch_norm_eval_forward);
     RUN(test_batch_norm_grads);
+    RUN(test_batch_norm_gelu);
     RUN(test_batch_norm_grad_structure);
     RUN(test_batch_norm_errors);
     RUN(test_group_norm_forward);
