@@ -85,6 +85,23 @@ static size_t align64(size_t n)
     return (n + 63) / 64 * 64;
 }
 
+/* In one channel row of a flat layout (total positions of sz bytes, at
+ * row), zeroes every position outside the rows x cols block that the image
+ * copies write in each of nb images (image n's block starts at position
+ * n*plane + y0*Wp + x0): the padding frames and the tail. */
+static void zero_outside(char *row, size_t sz, const grid *g, int nb, int y0, int x0, int rows,
+                         int cols, size_t total)
+{
+    size_t at = 0;
+    for (int n = 0; n < nb; n++)
+        for (int r = 0; r < rows; r++) {
+            size_t first = (size_t)n * g->plane + (size_t)(y0 + r) * g->Wp + (size_t)x0;
+            memset(row + at * sz, 0, (first - at) * sz);
+            at = first + (size_t)cols;
+        }
+    memset(row + at * sz, 0, (total - at) * sz);
+}
+
 size_t msd_amx_conv_scratch(const msd_amx_conv *c)
 {
     grid g = make_grid(c);
@@ -206,7 +223,9 @@ __attribute__((target(AMX))) void msd_amx_conv_forward(const msd_amx_conv *c, fl
     uint16_t *xv = scratch;
     long *opos = (long *)((char *)scratch + align64((size_t)Cin * g.Pbuf * 2));
     /* xv: channel pairs interleaved, zero in the padding and the tail */
-    memset(xv, 0, (size_t)Cin * g.Pbuf * 2);
+    for (int cp = 0; cp < Cin / 2; cp++)
+        zero_outside((char *)(xv + 2 * (size_t)cp * g.Pbuf), 4, &g, c->nb, pad, pad, H, W,
+                     g.Pbuf);
     for (int n = 0; n < c->nb; n++)
         for (int cp = 0; cp < Cin / 2; cp++) {
             const float *x0 = x + ((size_t)n * Cin + 2 * cp) * H * W, *x1 = x0 + (size_t)H * W;
@@ -279,7 +298,8 @@ __attribute__((target(AMX))) void msd_amx_conv_dw(const msd_amx_conv *c, float *
     uint16_t *dyc = (uint16_t *)((char *)scratch + align64((size_t)Cin * g.Pbuf * 2));
     uint16_t *dyv = (uint16_t *)((char *)dyc + align64(g.Pc * (size_t)Cout * 2));
     /* xc: channel-major, zero in the padding and the tail */
-    memset(xc, 0, (size_t)Cin * g.Pbuf * 2);
+    for (int ci = 0; ci < Cin; ci++)
+        zero_outside((char *)(xc + (size_t)ci * g.Pbuf), 2, &g, c->nb, pad, pad, H, W, g.Pbuf);
     for (int n = 0; n < c->nb; n++)
         for (int ci = 0; ci < Cin; ci++) {
             const float *src = x + ((size_t)n * Cin + ci) * H * W;
@@ -289,7 +309,8 @@ __attribute__((target(AMX))) void msd_amx_conv_dw(const msd_amx_conv *c, float *
         }
     /* dy channel-major at the output positions q, zero at the others; then
      * each pair of positions (a 32-bit word) transposed: dyv (Pc/2, Cout) */
-    memset(dyc, 0, g.Pc * (size_t)Cout * 2);
+    for (int co = 0; co < Cout; co++)
+        zero_outside((char *)(dyc + (size_t)co * g.Pc), 2, &g, c->nb, 0, 0, g.Ho, g.Wo, g.Pc);
     for (int n = 0; n < c->nb; n++)
         for (int co = 0; co < Cout; co++) {
             const float *src = dy + ((size_t)n * Cout + co) * L;
