@@ -17,6 +17,7 @@ parser:option("--threads", "Threads for the maths (default: all cores).", nil)
 parser:option("--seed", "Random seed of both runs.", "0"):convert(tonumber)
 parser:option("--out", "Directory for the two runs.", "runs/precision")
 parser:option("--count", "Sprites in the sampled batch.", "32"):convert(tonumber)
+parser:flag("--reuse", "Do not train: compare the runs already in --out.")
 local a = parser:parse()
 for _, k in ipairs({ "steps", "window", "count" }) do
   if not a[k] or a[k] < 1 or a[k] ~= math.floor(a[k]) then
@@ -27,10 +28,9 @@ end
 local function read_losses(path)
   local f = assert(io.open(path, "r"))
   local losses = {}
-  f:read("l") -- header
+  f:read("l") -- header: epoch, step in the epoch, loss, lr; one row per step, in order
   for line in f:lines() do
-    local _, step, loss = line:match("^(%d+)\t(%d+)\t([^\t]+)\t")
-    losses[tonumber(step)] = tonumber(loss)
+    losses[#losses + 1] = tonumber(line:match("^%d+\t%d+\t([^\t]+)\t"))
   end
   f:close()
   return losses
@@ -46,14 +46,20 @@ run_main("compare_precision.lua", function()
   for _, p in ipairs({ "fp32", "bf16" }) do
     local out = a.out .. "/" .. p
     local t0 = os.clock()
-    local wall0 = os.time()
-    train.run({ context = true, epochs = 1000, seed = a.seed, threads = a.threads,
-      precision = p, out = out, stop_after = a.steps, sample_every = 0, quiet = true })
-    times[p] = { cpu = os.clock() - t0, wall = os.time() - wall0 }
+    if not a.reuse then
+      train.run({ context = true, epochs = 1000, seed = a.seed, threads = a.threads,
+        precision = p, out = out, stop_after = a.steps, sample_every = 0, quiet = true })
+    end
+    times[p] = os.clock() - t0
     runs[p] = read_losses(out .. "/losses.tsv")
+    if #runs[p] < a.steps then
+      error(string.format("%s/losses.tsv has %d steps, not %d", out, #runs[p], a.steps), 0)
+    end
   end
-  print(string.format("\n%d steps each; CPU time fp32 %.0f s, bf16 %.0f s", a.steps,
-    times.fp32.cpu, times.bf16.cpu))
+  if not a.reuse then
+    print(string.format("\n%d steps each; CPU time fp32 %.0f s, bf16 %.0f s", a.steps,
+      times.fp32, times.bf16))
+  end
   print(string.format("%-13s %10s %10s %9s", "steps", "fp32 loss", "bf16 loss", "bf16/fp32"))
   for s0 = 1, a.steps, a.window do
     local s1 = math.min(a.steps, s0 + a.window - 1)
@@ -70,11 +76,15 @@ run_main("compare_precision.lua", function()
   local model = require("minisd.models").from_config(info.config)
   model:load_state_dict(info.model_state)
   model:eval()
-  local names = model.config.label_names
-  local ctx = {}
+  local K = model.config.n_cfeat
+  local rows = {} -- each label in turn, one-hot
   for i = 1, a.count do
-    ctx[i] = names[(i - 1) % #names + 1]
+    rows[i] = {}
+    for k = 1, K do
+      rows[i][k] = ((i - 1) % K + 1 == k) and 1 or 0
+    end
   end
+  local ctx = minisd.tensor(rows)
   local out = {}
   for _, p in ipairs({ "fp32", "bf16" }) do
     minisd.set_precision(p)
