@@ -12,9 +12,9 @@ local parser = argparse("eval_quality.lua",
   .. "features to the real sprites (with real and noise reference values), memorisation and "
   .. "alpha. Deterministic for a seed.")
 parser:epilog([[
-Samples: N per label for the context accuracy, plus one per held-out real sprite (with its
-context row) for the Frechet distance. The real held-out sprites and Gaussian noise are
-measured the same way, as references.
+Samples: N per label for the context accuracy; the Frechet distance takes one sample per
+held-out real sprite, with its context (the labelled ones shared with the accuracy samples),
+so that it compares with the real held-out sprites (and Gaussian noise) measured the same way.
 Examples:
   lua scripts/eval_quality.lua runs/sprites/model.safetensors
   lua scripts/eval_quality.lua model.safetensors --n 60 --guidance 3 --json quality.json]])

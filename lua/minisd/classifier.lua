@@ -54,8 +54,8 @@ function M.default_path()
   if is_file(beside) then
     return beside
   end
-  local root = data_dir:match("^(.*)/[^/]*$") or "."
-  return root .. "/models/" .. M.FILE
+  local root = data_dir:match("^(.*)/[^/]*$")
+  return (root and (root .. "/") or "") .. "models/" .. M.FILE
 end
 
 --- Loads a classifier file.

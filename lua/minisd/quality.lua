@@ -315,10 +315,11 @@ M.defaults = { n = 100, sampler = "ddim", steps = 25, guidance = 2, seed = 0 }
 local EVAL_OPTS = { "n", "sampler", "steps", "guidance", "seed", "classifier", "data",
   "on_progress" }
 
--- Samples in chunks of at most 100 (memory), all from one generator.
+-- Samples one picture per context row, in chunks of at most 100 (memory), all from one
+-- generator.
 local SAMPLE_CHUNK = 100
 
-local function sample_rows(model, rows, opts, gen, progress, what)
+local function sample_rows(model, rows, opts, guidance, gen, progress, what)
   local n = #rows
   local out = {}
   for i0 = 1, n, SAMPLE_CHUNK do
@@ -329,7 +330,7 @@ local function sample_rows(model, rows, opts, gen, progress, what)
     end
     out[#out + 1] = minisd.diffusion.sample(model, {
       n = m, context = minisd.tensor(ctx), sampler = opts.sampler, steps = opts.steps,
-      guidance = opts.guidance, generator = gen,
+      guidance = guidance, generator = gen,
     })
     progress(string.format("sampled %s: %d/%d", what, i0 + m - 1, n))
   end
@@ -415,21 +416,39 @@ local function features_of(cls, x)
   return f
 end
 
--- n samples per label, classified: the fraction given the label asked for, and the count of
--- every class given.
-local function context_accuracy(inp, opts, gen, progress)
+-- The label k of a one-hot context row, or nil.
+local function label_of(row)
+  local k
+  for j, v in ipairs(row) do
+    if v == 1 and not k then
+      k = j
+    elseif v ~= 0 then
+      return nil
+    end
+  end
+  return k
+end
+
+-- For each label, max(n, h) conditional samples, h being the number of held-out sprites with
+-- that label: the first n are classified for the context accuracy, the first h join the
+-- Frechet set. Returns the accuracy table, the Frechet set's labelled part and all samples.
+local function context_accuracy(inp, opts, held_per_label, gen, progress)
   local names, class_names = inp.model.config.label_names, inp.cls.config.class_names
-  local per_label, predicted, samples = {}, {}, {}
+  local per_label, predicted, all, fd_part = {}, {}, {}, {}
   local right = 0
   for k, name in ipairs(names) do
+    local h = held_per_label[k] or 0
     local rows = {}
-    for i = 1, opts.n do
+    for i = 1, math.max(opts.n, h) do
       rows[i] = one_hot(k, #names)
     end
-    local x = sample_rows(inp.model, rows, opts, gen, progress, name)
-    samples[k] = x
+    local x = sample_rows(inp.model, rows, opts, opts.guidance, gen, progress, name)
+    all[#all + 1] = x
+    if h > 0 then
+      fd_part[#fd_part + 1] = x:narrow(1, 1, h)
+    end
     local counts = {}
-    for _, p in ipairs(classifier.predict(inp.cls, classifier.prepare(x,
+    for _, p in ipairs(classifier.predict(inp.cls, classifier.prepare(x:narrow(1, 1, opts.n),
         inp.cls.config.background))) do
       counts[class_names[p]] = (counts[class_names[p]] or 0) + 1
     end
@@ -444,17 +463,19 @@ local function context_accuracy(inp, opts, gen, progress)
     classifier_heldout = summary.heldout_label_accuracy,
     classifier_heldout_per_label = summary.heldout_per_class or {},
     classifier_heldout_all = summary.heldout_accuracy,
-  }, minisd.cat(samples, 1)
+  }, fd_part, all
 end
 
 --- Measures a diffusion model: context accuracy, Frechet distances (samples, and the
 -- references real held-out and Gaussian noise, all against the classifier's training split of
 -- the real sprites), memorisation and alpha. Deterministic for a seed.
 --
--- Samples: `n` per label (one-hot contexts) for the context accuracy; one per held-out real
--- sprite, with that sprite's context row (null rows included), for the Frechet distance, so
--- that samples and the real held-out reference have the same size and label mix. Both sets
--- count for memorisation and alpha.
+-- Samples: for each label, max(n, h) with its one-hot context, h being the number of held-out
+-- sprites with that label; the first n measure the context accuracy. The Frechet set is one
+-- sample per held-out sprite with that sprite's context row: the first h of each label, then
+-- one per held-out null-context sprite (sampled without guidance, which does nothing for a
+-- null context), so that it has the size and label mix of the real held-out reference. All
+-- samples count for memorisation and alpha.
 -- @param model a ContextUnet or the path of a model file
 -- @param opts optional {n = 100, sampler = "ddim", steps = 25 (for either sampler: DDPM's
 --   full chain of 500 would take 20 times as long), guidance = 2, seed = 0, classifier = a
@@ -486,21 +507,40 @@ function M.evaluate(model, opts)
   local real_rows = features_of(inp.cls, ds.images):totable()
   local ref = M.gaussian_stats(pick(real_rows, inp.train))
   local fd_real = M.frechet_distance(pick(real_rows, inp.held), ref)
-  -- one random stream per part, so that no part's numbers depend on another's size
+  -- one random stream per part, so that the noise does not depend on the options
   local shape = ds.images:shape()
   local noise = minisd.randn({ #inp.held, shape[2], shape[3], shape[4] },
     minisd.Generator(3 * opts.seed))
   local fd_noise = M.frechet_distance(features_of(inp.cls, noise), ref)
   progress("reference statistics of the real sprites and of noise")
 
-  local accuracy, acc_samples = context_accuracy(inp, opts,
+  local held_per_label, unguided, guided = {}, {}, {}
+  for _, row in ipairs(pick(ds.labels:totable(), inp.held)) do
+    local k = label_of(row)
+    if k then
+      held_per_label[k] = (held_per_label[k] or 0) + 1
+    else
+      local null = true
+      for _, v in ipairs(row) do
+        null = null and v == 0
+      end
+      table.insert(null and unguided or guided, row) -- guided: mixed labels
+    end
+  end
+  local accuracy, fd_parts, all = context_accuracy(inp, opts, held_per_label,
     minisd.Generator(3 * opts.seed + 1), progress)
+  local fd_gen = minisd.Generator(3 * opts.seed + 2)
+  for _, part in ipairs({ { unguided, 0 }, { guided, opts.guidance } }) do
+    if #part[1] > 0 then
+      local x = sample_rows(inp.model, part[1], opts, part[2], fd_gen, progress,
+        part[2] == 0 and "the null context" or "mixed contexts")
+      fd_parts[#fd_parts + 1] = x
+      all[#all + 1] = x
+    end
+  end
+  local fd_samples = M.frechet_distance(features_of(inp.cls, minisd.cat(fd_parts, 1)), ref)
 
-  local fd_set = sample_rows(inp.model, pick(ds.labels:totable(), inp.held), opts,
-    minisd.Generator(3 * opts.seed + 2), progress, "the held-out label mix")
-  local fd_samples = M.frechet_distance(features_of(inp.cls, fd_set), ref)
-
-  local all = minisd.cat({ acc_samples, fd_set }, 1)
+  all = minisd.cat(all, 1)
   local threshold = M.memorisation_threshold(ds.images)
   local mem = M.memorisation(all, ds.images, { threshold = threshold })
   progress("memorisation and alpha")
