@@ -299,9 +299,9 @@ function M.alpha_fraction(x, opts)
   end
   local lo, hi = opts.low or M.ALPHA_LOW, opts.high or M.ALPHA_HIGH
   local a = image.to_unit(x:narrow(2, 4, 1))
-  -- exact steps in C: clamp((a - lo) * FAR, 0, 1) is 1 where a > lo and 0 elsewhere (any
-  -- float difference times FAR is past 1), and likewise for a < hi; so the sum of both is 2
-  -- inside the interval and 1 outside it
+  -- steps computed in C: clamp(a * FAR - lo * FAR, 0, 1) is 1 where a > lo and 0 elsewhere
+  -- (any difference a - lo above float rounding, times FAR, is past 1), and likewise for
+  -- a < hi; so the sum of both is 2 inside the interval and 1 outside it
   local above = minisd.image_affine_clamp(a, FAR, -lo * FAR, 0, 1)
   local below = minisd.image_affine_clamp(a, -FAR, hi * FAR, 0, 1)
   local count = (above + below):sum():item() - a:numel()
