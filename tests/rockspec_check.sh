@@ -17,6 +17,8 @@ LUA_CPATH="$tree/lib/lua/5.4/?.so" lua5.4 -e '
   end)
   local ds = assert(minisd.data.load())
   assert(ds.n == 1806 and #ds.label_names == 5, "the bundled dataset from the installed rock")
+  local cls = assert(minisd.classifier.load())
+  assert(cls.training_summary.split.n == 1806, "the sprite classifier from the installed rock")
   assert(y:numel() == 768, "forward from the installed rock")
   local s = minisd.sched.get("ddim").new({})
   s:set_timesteps(5)

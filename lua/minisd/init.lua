@@ -67,6 +67,7 @@ local lazy = {
   nn = "minisd.nn", optim = "minisd.optim", data = "minisd.data", context = "minisd.context",
   image = "minisd.image", diffusion = "minisd.diffusion", models = "minisd.models",
   train = "minisd.train", json = "minisd.json", sched = "minisd.sched",
+  quality = "minisd.quality", classifier = "minisd.classifier", linalg = "minisd.linalg",
 }
 
 return setmetatable(M, {

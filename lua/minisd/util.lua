@@ -73,4 +73,22 @@ function M.options(who, opts, defaults, level)
   return out
 end
 
+--- A path without "dir/../" steps and "./" segments: "scripts/../models/x" -> "models/x".
+-- Purely textual (symbolic links are not followed).
+-- @param path string
+-- @return the shorter path
+function M.normalize_path(path)
+  path = path:gsub("/%./", "/"):gsub("^%./(.)", "%1")
+  local prev
+  repeat
+    prev = path
+    path = path:gsub("([^/]+)/%.%./", function(seg)
+      if seg ~= ".." and seg ~= "." then
+        return ""
+      end
+    end)
+  until path == prev
+  return path
+end
+
 return M

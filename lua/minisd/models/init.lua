@@ -4,8 +4,10 @@
 local M = {}
 
 local unet = require("minisd.models.context_unet")
+local sprite_classifier = require("minisd.models.sprite_classifier")
 
 M.context_unet = unet
+M.sprite_classifier = sprite_classifier
 
 --- The seed's ContextUnet: `ContextUnet{in_channels=3, n_feat=64, n_cfeat=5, height=16}`.
 -- @param opts config (see minisd.models.context_unet)
@@ -14,7 +16,14 @@ function M.ContextUnet(opts)
   return unet.ContextUnet(opts)
 end
 
-local builders = { ContextUnet = M.ContextUnet }
+--- The sprite classifier of `minisd.quality` (see minisd.models.sprite_classifier).
+-- @param opts config
+-- @return model
+function M.SpriteClassifier(opts)
+  return sprite_classifier.SpriteClassifier(opts)
+end
+
+local builders = { ContextUnet = M.ContextUnet, SpriteClassifier = M.SpriteClassifier }
 
 --- Builds an untrained model from an architecture name and its config table.
 -- @param config table (as stored in a model file's "minisd.config")
@@ -23,7 +32,8 @@ function M.from_config(config, arch)
   arch = arch or "ContextUnet"
   local build = builders[arch]
   if not build then
-    error(string.format("unknown architecture '%s' (known: ContextUnet)", tostring(arch)), 2)
+    error(string.format("unknown architecture '%s' (known: %s)", tostring(arch),
+      table.concat(require("minisd.util").sorted_keys(builders), ", ")), 2)
   end
   return build(config)
 end

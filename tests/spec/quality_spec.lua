@@ -1,0 +1,297 @@
+-- minisd.quality and scripts/eval_quality.lua: each metric on known inputs, the Frechet
+-- distance against numpy (tests/fixtures/gen_quality.py), and a whole evaluation of a tiny
+-- untrained model.
+local minisd = require("minisd")
+local quality = require("minisd.quality")
+local json = require("minisd.json")
+local H = require("helpers")
+
+local fixture = assert(loadfile(H.root .. "/tests/fixtures/quality.lua"))()
+
+local function rows(f)
+  local out = {}
+  for i = 1, f.shape[1] do
+    out[i] = {}
+    for j = 1, f.shape[2] do
+      out[i][j] = f.data[(i - 1) * f.shape[2] + j]
+    end
+  end
+  return out
+end
+
+local function shifted(r, shift)
+  local out = {}
+  for i, row in ipairs(r) do
+    out[i] = {}
+    for j, v in ipairs(row) do
+      out[i][j] = v + shift[j]
+    end
+  end
+  return out
+end
+
+describe("quality.frechet_distance", function()
+  local a, b = rows(fixture.a), rows(fixture.b)
+
+  it("is ~0 for a set against itself", function()
+    assert.is_true(math.abs(quality.frechet_distance(a, a)) < 1e-9)
+    assert.is_true(math.abs(fixture.fd_aa.data[1]) < 1e-9) -- numpy agrees
+  end)
+
+  it("is |shift|^2 for a set against itself shifted (the covariances are equal)", function()
+    local shift = { 0.5, -1, 0, 2, 0.25, 0 }
+    local fd = quality.frechet_distance(a, shifted(a, shift))
+    assert.is_true(math.abs(fd - (0.25 + 1 + 4 + 0.0625)) < 1e-9, fd)
+  end)
+
+  it("has the closed form |mu1 - mu2|^2 + sum (sqrt s1 - sqrt s2)^2 for diagonal covariances",
+    function()
+      local s1 = { mu = { 0, 1, 2 }, sigma = { { 4, 0, 0 }, { 0, 1, 0 }, { 0, 0, 9 } } }
+      local s2 = { mu = { 1, 1, 0 }, sigma = { { 1, 0, 0 }, { 0, 0.25, 0 }, { 0, 0, 9 } } }
+      -- 1 + 0 + 4, plus (2 - 1)^2 + (1 - 0.5)^2 + 0
+      assert.is_true(math.abs(quality.frechet_distance(s1, s2) - 6.25) < 1e-12)
+    end)
+
+  it("matches numpy's value, computed there through the eigenvalues of S1 S2", function()
+    local fd = quality.frechet_distance(a, b)
+    local expected = fixture.fd_ab.data[1]
+    assert.is_true(math.abs(fd - expected) < 1e-8 * expected,
+      string.format("%.12g vs numpy %.12g", fd, expected))
+    assert.is_true(math.abs(quality.frechet_distance(b, a) - fd) < 1e-9 * fd) -- symmetric
+  end)
+
+  it("fits the mean and the unbiased covariance as numpy does", function()
+    local st = quality.gaussian_stats(b)
+    H.assert_close(st.mu, fixture.mu_b.data, 1e-8, 1e-9, "mean")
+    local cov = {}
+    for _, r in ipairs(st.sigma) do
+      for _, v in ipairs(r) do
+        cov[#cov + 1] = v
+      end
+    end
+    H.assert_close(cov, fixture.cov_b.data, 1e-8, 1e-9, "covariance")
+    assert.are.equal(40, st.n)
+  end)
+
+  it("takes (N, D) tensors and rejects mismatched feature sizes", function()
+    local t = minisd.tensor(a)
+    assert.is_true(math.abs(quality.frechet_distance(t, t)) < 1e-9)
+    local ok, err = pcall(quality.frechet_distance, a, { { 1, 2 }, { 3, 4 } })
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("6 features against 2", 1, true), err)
+  end)
+end)
+
+describe("quality.percentile", function()
+  it("interpolates between order statistics as numpy does", function()
+    assert.are.equal(2.5, quality.percentile({ 4, 1, 3, 2 }, 50))
+    assert.are.equal(1, quality.percentile({ 4, 1, 3, 2 }, 0))
+    assert.are.equal(4, quality.percentile({ 4, 1, 3, 2 }, 100))
+    local v = {}
+    for i = 1, 101 do
+      v[i] = 102 - i
+    end
+    assert.are.equal(2, quality.percentile(v, 1))
+  end)
+end)
+
+describe("quality.nearest_real_distances", function()
+  -- the same distances by brute force: every value, every real picture and its mirror image
+  local function brute(x, real, exclude_self)
+    local xt, rt = x:totable(), real:totable()
+    local out = {}
+    for i, xi in ipairs(xt) do
+      local best = math.huge
+      for j, rj in ipairs(rt) do
+        if not (exclude_self and i == j) then
+          for _, flip in ipairs({ false, true }) do
+            local s = 0
+            for c = 1, #xi do
+              for h = 1, #xi[c] do
+                local W = #xi[c][h]
+                for w = 1, W do
+                  local v = math.max(-1, math.min(1, xi[c][h][w]))
+                  local r = rj[c][h][flip and (W + 1 - w) or w]
+                  s = s + (v - r) ^ 2
+                end
+              end
+            end
+            best = math.min(best, s)
+          end
+        end
+      end
+      out[i] = math.sqrt(best)
+    end
+    return out
+  end
+
+  it("agrees with a brute-force search (clamping, mirror images, excluding self)", function()
+    local g = minisd.Generator(5)
+    local real = minisd.rand({ 7, 2, 3, 4 }, g) * 2 - 1
+    local x = minisd.randn({ 5, 2, 3, 4 }, g)
+    H.assert_close(quality.nearest_real_distances(x, real), brute(x, real), 1e-4, 1e-4, "x")
+    H.assert_close(quality.nearest_real_distances(real, real, { exclude_self = true }),
+      brute(real, real, true), 1e-4, 1e-4, "real")
+    -- a mirror image of a real picture is at distance 0
+    local d = quality.nearest_real_distances(minisd.image_flip(real:narrow(1, 3, 1), 4), real)
+    assert.is_true(d[1] < 1e-3, d[1])
+  end)
+end)
+
+describe("quality.memorisation", function()
+  local ds = assert(minisd.data.load())
+  local threshold = quality.memorisation_threshold(ds.images)
+
+  it("has a positive threshold on the bundled sprites", function()
+    assert.is_true(threshold > 0, threshold)
+  end)
+
+  it("is 1 for copies of real sprites and for their mirror images", function()
+    local idx = {}
+    for i = 1, 40 do
+      idx[i] = 45 * i
+    end
+    local copies = minisd.image_gather(ds.images, idx)
+    local m = quality.memorisation(copies, ds.images, { threshold = threshold })
+    assert.are.equal(1, m.fraction)
+    assert.are.equal(40, m.count)
+    local mirrored = minisd.image_flip(copies, 4)
+    assert.are.equal(1, quality.memorisation(mirrored, ds.images,
+      { threshold = threshold }).fraction)
+  end)
+
+  it("is 0 for Gaussian noise", function()
+    local noise = minisd.randn({ 40, 4, 16, 16 }, minisd.Generator(3))
+    local m = quality.memorisation(noise, ds.images, { threshold = threshold })
+    assert.are.equal(0, m.fraction)
+    assert.are.equal(40, m.n)
+  end)
+end)
+
+describe("quality.alpha_fraction", function()
+  it("counts alpha values strictly inside (0.02, 0.98) after mapping to [0, 1]", function()
+    -- alpha in [0, 1]: outside, inside, inside, inside, outside, and clamped ends
+    local a01 = { 0, 0.01, 0.019, 0.021, 0.5, 0.979, 0.981, 1 }
+    local alpha = {}
+    for i, v in ipairs(a01) do
+      alpha[i] = 2 * v - 1
+    end
+    alpha[#alpha + 1] = -1.5 -- clamps to 0
+    alpha[#alpha + 1] = 1.5  -- clamps to 1
+    local n = #alpha
+    local x = minisd.cat({ minisd.zeros({ 1, 3, 1, n }), minisd.tensor(alpha):reshape(1, 1, 1, n) },
+      2)
+    assert.are.equal(3 / n, quality.alpha_fraction(x))
+    assert.are.equal(1 / n, quality.alpha_fraction(x, { low = 0.4, high = 0.6 }))
+  end)
+
+  it("is 0 for the bundled sprites (alpha 0 or 255) and nil without an alpha channel", function()
+    assert.are.equal(0, quality.alpha_fraction(assert(minisd.data.load()).images))
+    assert.is_nil(quality.alpha_fraction(minisd.zeros({ 2, 3, 4, 4 })))
+  end)
+end)
+
+describe("quality.evaluate and scripts/eval_quality.lua", function()
+  local tmp = H.tmpdir()
+  minisd.manual_seed(11)
+  local tiny = minisd.models.ContextUnet({ in_channels = 4, n_feat = 8 })
+  local tiny_path = tmp .. "/tiny.safetensors"
+  assert(tiny:save(tiny_path))
+  local opts = { n = 2, steps = 2, seed = 3 }
+  local r1 -- the in-process result, compared with the command line's below
+
+  local function sh(args)
+    return H.run(H.lua_bin .. " scripts/eval_quality.lua " .. args)
+  end
+
+  it("measures a tiny untrained model", function()
+    r1 = assert(quality.evaluate(tiny_path, opts))
+    local f = r1.frechet
+    assert.are.equal(360, f.n)
+    assert.is_true(f.real_heldout >= 0 and f.real_heldout < f.noise,
+      string.format("real %.3f, noise %.3f", f.real_heldout, f.noise))
+    assert.is_true(f.samples > f.real_heldout)
+    -- the held-out split's labelled sprites (57 + 81 + 4 + 29 + 18, each more than n = 2 per
+    -- label) and 171 null-context ones: the Frechet set is every sample drawn
+    assert.are.equal(360, r1.memorisation.n)
+    assert.are.equal(360, r1.samples)
+    assert.are.equal(0, r1.memorisation.fraction)
+    assert.are.equal(0, r1.alpha.real)
+    assert.is_true(r1.alpha.fraction > 0) -- an untrained model's alpha is anything
+    local ca = r1.context_accuracy
+    local sum = 0
+    for _, name in ipairs(r1.config.label_names) do
+      sum = sum + ca.per_label[name]
+    end
+    assert.are.equal(ca.overall, sum / 5)
+    local text = quality.format(r1)
+    for _, want in ipairs({ "context accuracy", "side-facing", "Frechet distance",
+      "reference: real held-out sprites (360)", "memorisation", "alpha" }) do
+      assert.truthy(text:find(want, 1, true), "missing " .. want .. " in\n" .. text)
+    end
+  end)
+
+  it("gives the same numbers from the command line (--json, another thread count)", function()
+    local ok, _, out = sh(tiny_path .. " --n 2 --steps 2 --seed 3 --threads 1 --quiet --json "
+      .. tmp .. "/q.json")
+    assert.is_true(ok, out)
+    assert.truthy(out:find("overall (mean over labels)", 1, true), out)
+    local r = assert(json.decode(H.read_file(tmp .. "/q.json")))
+    local expected = json.decode(json.encode(r1))
+    for _, k in ipairs({ "options", "context_accuracy", "frechet", "memorisation", "alpha",
+      "samples" }) do
+      assert.are.same(expected[k], r[k], k)
+    end
+  end)
+
+  it("returns nil and a message for a missing file or a model of the wrong kind", function()
+    local r, err = quality.evaluate(tmp .. "/missing.safetensors", opts)
+    assert.is_nil(r)
+    assert.truthy(err:find("cannot open", 1, true), err)
+    r, err = quality.evaluate(H.root .. "/models/sprite-classifier.safetensors", opts)
+    assert.is_nil(r)
+    assert.truthy(err:find("is a SpriteClassifier, not a ContextUnet", 1, true), err)
+    local other = minisd.models.ContextUnet({ in_channels = 4, n_feat = 8, n_cfeat = 2,
+      label_names = { "cat", "dog" } })
+    r, err = quality.evaluate(other, opts)
+    assert.is_nil(r)
+    assert.truthy(err:find("labels (cat, dog) are not the classifier's", 1, true), err)
+    r, err = quality.evaluate(tiny, { n = 2, classifier = tmp .. "/none.safetensors" })
+    assert.is_nil(r)
+    assert.truthy(err:find("classifier: ", 1, true), err)
+  end)
+
+  it("rejects bad options", function()
+    local ok, err = pcall(quality.evaluate, tiny, { samples = 3 })
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("unknown option 'samples'", 1, true), err)
+    ok, err = pcall(quality.evaluate, tiny, { n = 0 })
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("n must be a positive integer", 1, true), err)
+  end)
+
+  it("prints --help with its options", function()
+    local ok, _, out = sh("--help")
+    assert.is_true(ok, out)
+    for _, opt in ipairs({ "--n", "--sampler", "--steps", "--guidance", "--seed", "--threads",
+      "--json", "--classifier" }) do
+      assert.truthy(out:find(opt, 1, true), "missing " .. opt)
+    end
+  end)
+
+  it("fails with a message and no traceback for a missing file or a wrong model", function()
+    local cases = {
+      { "/nonexistent/model.safetensors", "cannot open /nonexistent/model.safetensors" },
+      { "models/sprite-classifier.safetensors", "is a SpriteClassifier, not a ContextUnet" },
+      { "data/sprites.png", "data/sprites.png" },
+      { "x.safetensors --n 0", "--n must be an integer >= 1" },
+    }
+    for _, c in ipairs(cases) do
+      local ok, code, out = sh(c[1])
+      assert.is_false(ok, c[1])
+      assert.are_not.equal(0, code)
+      assert.truthy(out:find(c[2], 1, true), c[1] .. " gave: " .. out)
+      assert.falsy(out:find("traceback", 1, true), out)
+    end
+  end)
+end)
