@@ -12,7 +12,9 @@ Examples:
   lua sample.lua model.safetensors --context hero --context "food,spell=0.6" -n 8 --guidance 2
   lua sample.lua model.safetensors --sampler ddpm --animate denoise.png
   lua sample.lua model.safetensors --list-contexts]])
-parser:argument("model", "Model file (.safetensors written by train.lua or model:save).")
+parser:argument("model", "Model file (.safetensors written by train.lua or model:save; "
+  .. "default: the shipped models/sprites-context.safetensors).")
+  :args("?")
 parser:option("--context -c", "Context expression, e.g. hero, hero+food, \"hero,food=0.6\", none; "
   .. "repeat for several rows.")
   :count("*")

@@ -37,25 +37,11 @@ for k in pairs(M.defaults) do
 end
 table.sort(TRAIN_OPTS)
 
-local function is_file(path)
-  local f = io.open(path, "rb")
-  if f then
-    f:close()
-  end
-  return f ~= nil
-end
-
 --- Where the shipped classifier is: beside the bundled dataset of an installed rock, else
 -- `models/` next to the `data/` folder of a source tree.
 -- @return the path (the file may be missing)
 function M.default_path()
-  local data_dir = util.normalize_path(require("minisd.data").data_dir())
-  local beside = data_dir .. "/" .. M.FILE
-  if is_file(beside) then
-    return beside
-  end
-  local root = data_dir:match("^(.*)/[^/]*$")
-  return (root and (root .. "/") or "") .. "models/" .. M.FILE
+  return require("minisd.models").shipped_path(M.FILE)
 end
 
 --- Loads a classifier file.

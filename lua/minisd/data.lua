@@ -31,14 +31,7 @@ local check_opts = util.check_options
 
 -- ---- files ---------------------------------------------------------------------------------
 
-local function is_file(path)
-  local f = io.open(path, "rb")
-  if not f then
-    return false
-  end
-  f:close()
-  return minisd.list_dir(path) == nil -- a folder opens on some systems
-end
+local is_file = require("minisd.util").is_file
 
 local function dirname(path)
   return path:match("^(.*)/[^/]*$") or "."

@@ -28,13 +28,7 @@ local function path_join(a, b)
   return (a:sub(-1) == "/") and (a .. b) or (a .. "/" .. b)
 end
 
-local function file_exists(p)
-  local f = io.open(p, "rb")
-  if f then
-    f:close()
-  end
-  return f ~= nil
-end
+local file_exists = require("minisd.util").is_file
 
 local function mkdir_p(dir)
   local ok = os.execute("mkdir -p '" .. dir:gsub("'", "'\\''") .. "'")

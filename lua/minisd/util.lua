@@ -73,6 +73,20 @@ function M.options(who, opts, defaults, level)
   return out
 end
 
+--- Whether path names a readable regular file (a folder opens on Linux, but reading it
+-- fails with an error where a file, even an empty one, gives data or a plain end of file).
+-- @param path string
+-- @return boolean
+function M.is_file(path)
+  local f = io.open(path, "rb")
+  if not f then
+    return false
+  end
+  local data, err = f:read(0)
+  f:close()
+  return data ~= nil or err == nil
+end
+
 --- A path without "dir/../" steps and "./" segments: "scripts/../models/x" -> "models/x".
 -- Purely textual (symbolic links are not followed).
 -- @param path string

@@ -174,7 +174,6 @@ describe("sample.lua", function()
       { model_path .. " -c dragon", "dragon" },
       { model_path .. " --sampler euler", "must be one of 'ddim', 'ddpm'" },
       { model_path .. " -n 0", "--count must be an integer >= 1" },
-      { "", "missing argument 'model'" },
     }
     for _, c in ipairs(cases) do
       local ok, code, out = sh("sample.lua " .. c[1])
@@ -182,6 +181,13 @@ describe("sample.lua", function()
       assert.are_not.equal(0, code)
       assert.truthy(out:find(c[2], 1, true), c[1] .. " gave: " .. out)
     end
+    -- no model file given and none shipped where MINISD_DATA says
+    local ok, code, out = H.run("MINISD_DATA=" .. tmp .. "/nowhere " .. H.lua_bin
+      .. " sample.lua -o " .. tmp .. "/none.png")
+    assert.is_false(ok)
+    assert.are_not.equal(0, code)
+    assert.truthy(out:find("no shipped model at " .. tmp .. "/models/sprites-context", 1, true),
+      out)
   end)
 end)
 

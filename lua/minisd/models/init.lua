@@ -38,15 +38,42 @@ function M.from_config(config, arch)
   return build(config)
 end
 
+--- The shipped sprite model: `models/` + this name in a source tree.
+M.DEFAULT_MODEL = "sprites-context.safetensors"
+
+--- Where a shipped model file is: beside the bundled dataset of an installed rock (LuaRocks
+-- installs `models/*.safetensors` into `minisd/data/`), else `models/` next to the `data/`
+-- folder of a source tree.
+-- @param file the file name (default: DEFAULT_MODEL)
+-- @return the path (the file may be missing)
+function M.shipped_path(file)
+  local util = require("minisd.util")
+  file = file or M.DEFAULT_MODEL
+  local data_dir = util.normalize_path(require("minisd.data").data_dir())
+  local beside = data_dir .. "/" .. file
+  if util.is_file(beside) then
+    return beside
+  end
+  local root = data_dir:match("^(.*)/[^/]*$")
+  return (root and (root .. "/") or "") .. "models/" .. file
+end
+
 --- Loads a model file written by model:save / train.lua: rebuilds the
 -- architecture from the file's metadata and loads the weights (strict).
 -- A PyTorch state_dict saved as safetensors without minisd metadata loads as
 -- the default ContextUnet config (n_feat and channels read off the weights).
--- @param path .safetensors file
+-- @param path .safetensors file (default: the shipped sprite model, `shipped_path()`)
 -- @return model (in eval mode), or nil and a message
 function M.load_model(path)
   local minisd = require("minisd")
   local json = require("minisd.json")
+  if path == nil then
+    path = M.shipped_path()
+    if not require("minisd.util").is_file(path) then
+      return nil, "load_model: no shipped model at " .. path .. " (give a model file, or "
+        .. "train one with train.lua)"
+    end
+  end
   if type(path) ~= "string" then
     error("load_model: expected a file name, got " .. type(path), 2)
   end
