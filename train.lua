@@ -39,6 +39,9 @@ parser:option("--limit", "Use only the first N sprites (quick experiments).")
 parser:option("--stop-after", "Stop after N optimizer steps, saving a checkpoint as Ctrl-C does.")
   :convert(tonumber)
 parser:flag("--no-flip", "Do not augment with horizontal flips.")
+parser:option("--ema", "Keep an exponential moving average of the weights with this decay "
+  .. "(e.g. 0.999); model.safetensors then holds the averaged weights (0: off).", "0")
+  :convert(tonumber)
 parser:option("--progress", "Progress display: auto, bar or plain.", "auto")
   :choices({ "auto", "bar", "plain" })
 parser:flag("--quiet", "Print only the summary.")
@@ -62,6 +65,9 @@ positive_int("--sample-every", a.sample_every, true)
 positive_int("--sample-steps", a.sample_steps)
 positive_int("--limit", a.limit)
 positive_int("--stop-after", a.stop_after)
+if a.ema == nil or a.ema < 0 or a.ema >= 1 then
+  parser:error("--ema must be a number in [0, 1), got " .. tostring(a.ema))
+end
 if a.lr == nil or a.lr <= 0 then
   parser:error("--lr must be a positive number")
 end
@@ -86,7 +92,8 @@ run_main("train.lua", function()
     background = a.background, seed = a.seed, threads = a.threads, precision = a.precision,
     out = a.out,
     resume = a.resume, sample_every = a.sample_every, sample_steps = a.sample_steps,
-    limit = a.limit, stop_after = a.stop_after, flip = not a.no_flip, progress = a.progress,
+    limit = a.limit, stop_after = a.stop_after, flip = not a.no_flip, ema = a.ema,
+    progress = a.progress,
     quiet = a.quiet,
   })
   if res.interrupted then

@@ -12,7 +12,7 @@ M.defaults = {
   data = nil, context = false, epochs = 32, batch_size = 100, lr = 1e-3, n_feat = 64,
   channels = nil, background = "#ffffff", seed = 0, threads = nil, precision = "fp32",
   out = "runs/sprites",
-  sample_every = 1, sample_steps = 25, stop_after = nil, limit = nil, flip = true,
+  sample_every = 1, sample_steps = 25, stop_after = nil, limit = nil, flip = true, ema = 0,
   progress = "auto", quiet = false,
 }
 
@@ -115,6 +115,9 @@ local function save_checkpoint(dir, state)
   for name, t in pairs(state.model:state_dict()) do
     tensors["model." .. name] = t
   end
+  for name, t in pairs(state.ema or {}) do
+    tensors["ema." .. name] = t
+  end
   local optim_tree = flatten(state.optimizer:state_dict(), "optim", tensors)
   local dtypes = {}
   for name in pairs(tensors) do
@@ -149,14 +152,19 @@ local function load_checkpoint(dir)
     return nil, path .. " is not a minisd training checkpoint (no minisd.checkpoint metadata)"
   end
   local info = json.decode(raw)
-  local model_sd = {}
+  local model_sd, ema = {}, {}
   for name, t in pairs(tensors) do
     local k = name:match("^model%.(.*)$")
     if k then
       model_sd[k] = t
     end
+    k = name:match("^ema%.(.*)$")
+    if k then
+      ema[k] = t
+    end
   end
   info.model_state = model_sd
+  info.ema_state = next(ema) and ema or nil
   info.optim = unflatten(info.optim, tensors)
   return info
 end
@@ -215,6 +223,56 @@ local function contexts_for_grid(names)
     rows[#rows + 1] = r
   end
   return minisd.tensor(rows)
+end
+
+-- ---- EMA of the weights -------------------------------------------------
+
+--- A new EMA of the model's parameters (copies of them, by name), or the one
+-- a checkpoint kept.
+local function new_ema(model, saved)
+  local ema = {}
+  for name, p in pairs(model:named_parameters()) do
+    ema[name] = saved and assert(saved[name], "checkpoint has no EMA of " .. name)
+      or p:clone()
+  end
+  return ema
+end
+
+--- ema = d ema + (1 - d) p after optimizer step `step`, with the warm-up
+-- d = min(decay, (1 + step) / (10 + step)) so that the first steps do not
+-- keep the random initial weights for long.
+local function update_ema(ema, model, decay, step)
+  local d = math.min(decay, (1 + step) / (10 + step))
+  minisd.no_grad(function()
+    for name, p in pairs(model:named_parameters()) do
+      ema[name]:copy_(ema[name] * d + p * (1 - d))
+    end
+  end)
+end
+
+--- Runs fn with the EMA weights in the model's parameters (when ema is
+-- given), then puts the trained weights back.
+local function with_ema(model, ema, fn)
+  if not ema then
+    return fn()
+  end
+  local params, saved = model:named_parameters(), {}
+  minisd.no_grad(function()
+    for name, p in pairs(params) do
+      saved[name] = p:clone()
+      p:copy_(ema[name])
+    end
+  end)
+  local ok, res = pcall(fn)
+  minisd.no_grad(function()
+    for name, p in pairs(params) do
+      p:copy_(saved[name])
+    end
+  end)
+  if not ok then
+    error(res, 0)
+  end
+  return res
 end
 
 local function sample_grid(model, args, epoch, path)
@@ -318,7 +376,8 @@ function M.run(args)
     log:write("epoch\tstep\tloss\tlr\n")
   end
 
-  local state = { model = model, optimizer = opt, generator = gen, args = args }
+  local ema = args.ema > 0 and new_ema(model, resume and resume.ema_state) or nil
+  local state = { model = model, optimizer = opt, generator = gen, args = args, ema = ema }
   local last_loss, interrupted = nil, false
 
   local function epoch_loop(epoch)
@@ -343,6 +402,9 @@ function M.run(args)
         opt:step()
         last_loss = loss:item()
         global_step = global_step + 1
+        if ema then
+          update_ema(ema, model, args.ema, global_step)
+        end
         images_seen = images_seen + x:shape()[1]
         log:write(string.format("%d\t%d\t%.9g\t%.9g\n", epoch, step, last_loss, opt.lr))
         local wall = minisd.clock() - t_start
@@ -374,8 +436,10 @@ function M.run(args)
       end
       progress:finish_line()
       if args.sample_every > 0 and (epoch % args.sample_every == 0 or epoch == args.epochs) then
-        sample_grid(model, args, epoch,
-          path_join(args.out, string.format("samples_epoch%03d.png", epoch)))
+        with_ema(model, ema, function()
+          sample_grid(model, args, epoch,
+            path_join(args.out, string.format("samples_epoch%03d.png", epoch)))
+        end)
       end
     end
   end)
@@ -391,11 +455,14 @@ function M.run(args)
   }
   if not interrupted then
     summary.model_path = path_join(args.out, "model.safetensors")
-    model:save(summary.model_path, { training = {
-      epochs = args.epochs, steps = global_step, batch_size = args.batch_size, lr = args.lr,
-      final_loss = last_loss, seed = args.seed, context = args.context and true or false,
-      dataset = args.data or "bundled", images = ds.n,
-    } })
+    with_ema(model, ema, function()
+      assert(model:save(summary.model_path, { training = {
+        epochs = args.epochs, steps = global_step, batch_size = args.batch_size, lr = args.lr,
+        final_loss = last_loss, seed = args.seed, context = args.context and true or false,
+        dataset = args.data or "bundled", images = ds.n, ema = args.ema,
+        precision = args.precision,
+      } }))
+    end)
   end
   return summary
 end

@@ -92,6 +92,32 @@ describe("train.lua", function()
     end
   end)
 
+  it("keeps an EMA of the weights: in the model file, in the checkpoint, exact on resume",
+    function()
+      local opts = "train.lua " .. TINY .. " --context --epochs 2 --ema 0.9"
+      local a, b = tmp .. "/ema_a", tmp .. "/ema_b"
+      assert.is_true((sh(opts .. " --out " .. a)))
+      local ok, _, out = sh(opts .. " --stop-after 4 --out " .. b)
+      assert.is_true(ok, out)
+      ok, _, out = sh("train.lua --resume " .. b .. " --quiet")
+      assert.is_true(ok, out)
+      local ma = minisd.load_safetensors(a .. "/model.safetensors")
+      local mb = minisd.load_safetensors(b .. "/model.safetensors")
+      local info = require("minisd.train").load_checkpoint(a)
+      local n = 0
+      for name, t in pairs(info.ema_state) do
+        n = n + 1
+        assert.are.same(t:totable(), ma[name]:totable(), name)
+        assert.are.same(t:totable(), mb[name]:totable(), name)
+      end
+      assert.is_true(n > 10)
+      -- after 6 steps with decay min(0.9, (1 + s) / (10 + s)) the average lags the weights
+      local w = "init_conv.conv1.0.weight"
+      local lag = (info.model_state[w] - ma[w]):abs():max()
+      assert.is_true(lag > 1e-6, "EMA equals the trained weights")
+      assert.is_true(lag < 0.05, "EMA far from the trained weights: " .. lag)
+    end)
+
   it("trains in bf16, keeps the precision in the checkpoint and resumes it exactly", function()
     -- n_feat 32: the convolutions have 32 and 64 channels, the AMX tiles' shapes
     local opts = "train.lua " .. TINY:gsub("%-%-n%-feat 8", "--n-feat 32") .. " --epochs 2"
