@@ -16,7 +16,8 @@ parser:argument("model", "Model file (.safetensors written by train.lua or model
   .. "default: the shipped models/sprites-context.safetensors).")
   :args("?")
 parser:option("--context -c", "Context expression, e.g. hero, hero+food, \"hero,food=0.6\", none; "
-  .. "repeat for several rows.")
+  .. "repeat for several rows (default: a row per label when the model was trained with them, "
+  .. "else none).")
   :count("*")
 parser:option("-n --count", "Sprites per context.", "8"):convert(tonumber)
 parser:option("--sampler", "ddim or ddpm.", "ddim"):choices({ "ddim", "ddpm" })
@@ -79,8 +80,9 @@ local function main()
     return
   end
   local exprs = a.context
-  if #exprs == 0 then
-    exprs = { "none" }
+  if #exprs == 0 then -- a row per label from a model trained with them, else unconditional
+    local trained = model.training_summary
+    exprs = (trained and trained.context) and names or { "none" }
   end
   local rows = {}
   for _, e in ipairs(exprs) do

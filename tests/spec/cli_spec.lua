@@ -174,6 +174,20 @@ describe("sample.lua", function()
     assert.are.same({ 4, 2 * (2 * 17 + 1), 2 * (3 * 17 + 1) }, img:shape())
   end)
 
+  it("samples a row per label, with no --context, from a model trained with contexts",
+    function()
+      local m = minisd.models.ContextUnet({ n_feat = 8, in_channels = 4 })
+      local with, without = tmp .. "/ctx.safetensors", tmp .. "/noctx.safetensors"
+      m:save(with, { training = { context = true } })
+      m:save(without, { training = { context = false } })
+      for _, case in ipairs({ { with, 5 }, { without, 1 } }) do
+        local out = tmp .. "/rows.png"
+        local ok, _, log = sh("sample.lua " .. case[1] .. " -n 2 --steps 2 --scale 1 -o " .. out)
+        assert.is_true(ok, log)
+        assert.are.same({ 4, case[2] * 17 + 1, 2 * 17 + 1 }, minisd.load_png(out):shape())
+      end
+    end)
+
   it("writes one RGBA PNG per sprite and an animation strip", function()
     local each, anim = tmp .. "/each", tmp .. "/anim.png"
     local ok, _, log = sh("sample.lua " .. model_path .. " -n 2 --steps 4 --frames 4 --scale 1 -o "
