@@ -1,10 +1,11 @@
--- run from the repository root: lua examples/sample_custom.lua MODEL [OUT_PREFIX]
+-- run from the repository root: lua examples/sample_custom.lua [MODEL [OUT_PREFIX]]
+-- (MODEL: default the shipped models/sprites-context.safetensors)
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 package.cpath = (rawget(_G, "jit") and "build/luajit/?.so;" or "build/?.so;") .. package.cpath
 local minisd = require("minisd")
 local image = minisd.image
 
-local model = assert(minisd.load_model(arg[1] or "runs/sprites/model.safetensors"))
+local model = assert(minisd.load_model(arg[1]))
 local names = model.config.label_names
 local n = 2 * #names
 local rows = {}

@@ -1,6 +1,7 @@
 -- minisd in LÖVE 11: generates a batch of 16x16 sprites at run time, one denoising step
 -- per frame, and shows them sharpening live.
 -- Run from the repository root: love examples/love [path/to/model.safetensors]
+-- (default: the shipped models/sprites-context.safetensors)
 -- Keys: space = new batch (new seed), 1-5 = context label, 0 = no context, escape = quit.
 -- luacheck: std luajit, globals love game
 
@@ -49,7 +50,7 @@ local function new_batch()
 end
 
 function love.load(args)
-  local path = (args and args[1]) or os.getenv("MINISD_MODEL") or (source .. "/model.safetensors")
+  local path = (args and args[1]) or os.getenv("MINISD_MODEL") -- nil: the shipped model
   local model, err = minisd.load_model(path)
   if not model then
     game.message = "could not load the model:\n" .. tostring(err)
