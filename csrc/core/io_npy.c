@@ -242,9 +242,10 @@ int msd_npy_load(const char *path, msd_tensor **out)
         hlen = (size_t)le(buf + 8, 4);
         hstart = 12;
     } else {
+        int minor = buf[7]; /* read before the buffer goes */
         free(buf);
         return msd_error(MSD_ERR_FORMAT, "load_npy: '%s': unsupported format version %d.%d",
-                         path, major, buf[7]);
+                         path, major, minor);
     }
     if (hlen > size - hstart) {
         free(buf);

@@ -18,12 +18,15 @@
  * cancel). Checked against erf and exp in double over a wide range in
  * test_act_loss.c: a few 1e-7 relative error, like a float erff. */
 
-/* e^a for a <= 0 (a below -87 gives about 1.6e-38; NaN gives NaN):
- * a = k ln2 + r with |r| <= ln2/2, e^r by its degree-7 Taylor polynomial
- * (truncation < 1e-8 relative), 2^k put straight into the exponent bits. */
+/* e^a for a <= 0 (a below -87, or NaN, gives about 1.6e-38: the callers'
+ * other factor carries a NaN through): a = k ln2 + r with |r| <= ln2/2, e^r
+ * by its degree-7 Taylor polynomial (truncation < 1e-8 relative), 2^k put
+ * straight into the exponent bits. The clamp is written so that NaN fails
+ * the comparison and becomes -87: k stays in [-126, 0], and the conversion
+ * to int and the shift below are always defined. */
 static inline float exp_neg(float a)
 {
-    a = a < -87.0f ? -87.0f : a;
+    a = a > -87.0f ? a : -87.0f;
     float fk = (a * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(a / ln2) */
     float r = a - fk * 0.693145751953125f - fk * 1.428606765330187e-06f;
     float p = 1.0f / 5040.0f;

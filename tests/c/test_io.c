@@ -149,6 +149,10 @@ static void test_npy_errors(void)
     CHECK(msd_npy_load(tmp("c.npy"), &t) == MSD_ERR_FORMAT && has("past the end"));
     CHECK(write_bytes(tmp("c.npy"), "\x93NUMPZ\x01\x00\x00\x00", 10) == 0);
     CHECK(msd_npy_load(tmp("c.npy"), &t) == MSD_ERR_FORMAT && has("magic"));
+    /* an unknown version, named as the file gives it (the message once read the freed
+     * buffer) */
+    CHECK(write_bytes(tmp("c.npy"), "\x93NUMPY\x09\x07\x00\x00", 10) == 0);
+    CHECK(msd_npy_load(tmp("c.npy"), &t) == MSD_ERR_FORMAT && has("unsupported format version 9.7"));
     const char *hdrs[] = {
         "{'descr': '<f4', 'fortran_order': False, 'shape': (2147483647, 2147483647), }",
         "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000,), }",
