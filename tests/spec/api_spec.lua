@@ -58,3 +58,25 @@ describe("the engine API as scripts use it", function()
     assert.are.equal("x", meta.note)
   end)
 end)
+
+describe("load_model", function()
+  it("says a file's metadata is damaged instead of loading a default model", function()
+    local tmp = H.tmpdir()
+    minisd.manual_seed(3)
+    local m = minisd.models.ContextUnet({ n_feat = 8, in_channels = 4 })
+    local sd = m:state_dict()
+    local cases = {
+      { { ["minisd.config"] = '{"n_feat": 8, "in_channels": 4' }, "minisd.config" },
+      { { ["minisd.config"] = minisd.json.encode(m.config), ["minisd.training"] = "{steps" },
+        "minisd.training" },
+    }
+    for i, c in ipairs(cases) do
+      local path = tmp .. "/bad" .. i .. ".safetensors"
+      minisd.save_safetensors(path, sd, c[1])
+      local model, err = minisd.load_model(path)
+      assert.is_nil(model, "case " .. i)
+      assert.truthy(err:find(c[2] .. " metadata is not a JSON object", 1, true), err)
+      assert.truthy(err:find("damaged", 1, true), err)
+    end
+  end)
+end)

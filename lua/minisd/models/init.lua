@@ -89,9 +89,12 @@ function M.load_model(path)
   meta = meta or {}
   local config
   if meta["minisd.config"] then
-    local okj, cfg = pcall(json.decode, meta["minisd.config"])
-    if not okj then
-      return nil, string.format("load_model: %s: bad minisd.config metadata: %s", path, cfg)
+    -- json.decode returns nil and a message on bad JSON (and raises on a bug)
+    local okj, cfg, jerr = pcall(json.decode, meta["minisd.config"])
+    if not okj or type(cfg) ~= "table" then
+      return nil, string.format("load_model: %s: its minisd.config metadata is not a JSON "
+        .. "object (%s); the file is damaged", path,
+        tostring(not okj and cfg or jerr or ("a JSON " .. type(cfg))))
     end
     config = cfg
   else
@@ -117,7 +120,11 @@ function M.load_model(path)
   end
   if meta["minisd.training"] then
     local okt, tr = pcall(json.decode, meta["minisd.training"])
-    model.training_summary = okt and tr or nil
+    if not okt or type(tr) ~= "table" then
+      return nil, string.format("load_model: %s: its minisd.training metadata is not a JSON "
+        .. "object; the file is damaged", path)
+    end
+    model.training_summary = tr
   end
   model:eval()
   return model
