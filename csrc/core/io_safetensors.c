@@ -915,22 +915,32 @@ int msd_safetensors_save(const char *path, const msd_safetensors *st)
         if (!valid_utf8(st->meta_keys[i]) || !valid_utf8(st->meta_values[i]))
             return msd_error(MSD_ERR_ARG, "save_safetensors: '%s': metadata '%s' is not valid "
                              "UTF-8", path, st->meta_keys[i]);
-    int *order = malloc(((size_t)st->count + 1) * sizeof *order);
+    /* tensors and metadata keys in name order: the same file for the same content, whatever
+     * order the caller (a Lua table) gave them in */
+    int *order = malloc(((size_t)st->count + (size_t)st->meta_count + 1) * sizeof *order);
     if (!order)
         return msd_error(MSD_ERR_MEM, "save_safetensors: '%s': out of memory", path);
+    int *morder = order + st->count;
     for (int i = 0; i < st->count; i++) { /* insertion sort: qsort has no context in C11 */
         int k = i;
         for (; k > 0 && before(st, i, order[k - 1]); k--)
             order[k] = order[k - 1];
         order[k] = i;
     }
+    for (int i = 0; i < st->meta_count; i++) {
+        int k = i;
+        for (; k > 0 && strcmp(st->meta_keys[i], st->meta_keys[morder[k - 1]]) < 0; k--)
+            morder[k] = morder[k - 1];
+        morder[k] = i;
+    }
 
     sbuf h = { 0 };
     sb_str(&h, "{");
     if (st->meta_count) {
         sb_str(&h, "\"__metadata__\":{");
-        for (int i = 0; i < st->meta_count; i++) {
-            if (i)
+        for (int k = 0; k < st->meta_count; k++) {
+            int i = morder[k];
+            if (k)
                 sb_str(&h, ",");
             sb_json(&h, st->meta_keys[i]);
             sb_str(&h, ":");

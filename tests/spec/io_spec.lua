@@ -75,6 +75,28 @@ describe("minisd io", function()
   end)
 
   describe("safetensors", function()
+    it("writes tensors and metadata in name order: the same bytes for the same content",
+      function()
+        local dir = H.tmpdir()
+        local names = { "zeta", "alpha", "mid", "beta", "omega", "kappa", "delta", "nu" }
+        local ts, meta = {}, {}
+        for i, name in ipairs(names) do
+          ts[name] = minisd.full({ i }, i)
+          meta["k_" .. name] = name
+        end
+        minisd.save_safetensors(dir .. "/a.safetensors", ts, meta)
+        local header = read(dir .. "/a.safetensors"):sub(9, 600)
+        table.sort(names)
+        local at_t, at_m = 0, 0
+        for _, name in ipairs(names) do
+          local t = header:find('"' .. name .. '":{"dtype"', 1, true)
+          local m = header:find('"k_' .. name .. '":', 1, true)
+          assert.is_true(t ~= nil and t > at_t, name)
+          assert.is_true(m ~= nil and m > at_m, "k_" .. name)
+          at_t, at_m = t, m
+        end
+      end)
+
     it("reads the reference file: all dtypes and the metadata", function()
       local ts, meta = minisd.load_safetensors(FIX .. "ref.safetensors")
       local n = 0
