@@ -331,18 +331,20 @@ typedef struct conv2d_job {
     int round;                    /* bf16 without the tiles: round the group's copies */
 } conv2d_job;
 
-/* The AMX geometry of group gi. */
+/* The AMX geometry of a group of nb images. */
 static msd_amx_conv amx_group(const conv_geom *g, int nb)
 {
     msd_amx_conv c = { nb, g->Cin, g->H, g->W, g->Cout, g->kh, g->kw, g->p };
     return c;
 }
 
-/* Floats of scratch for one group on the tiles. */
+/* Floats of scratch for one group on the tiles: a multiple of 16, so that
+ * each thread's part of the (64-byte aligned) storage is 64-byte aligned
+ * too, as msd_amx_conv_scratch asks. */
 static size_t amx_scratch_floats(const conv_geom *g)
 {
     msd_amx_conv c = amx_group(g, g->nbmax);
-    return (msd_amx_conv_scratch(&c) + sizeof(float) - 1) / sizeof(float);
+    return (msd_amx_conv_scratch(&c) + 63) / 64 * 16;
 }
 
 /* The weights for a bf16 pass, in *ws: packed for the tiles when amx, else
