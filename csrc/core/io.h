@@ -118,6 +118,10 @@ const char *msd_safetensors_get_meta(const msd_safetensors *st, const char *key)
  * strings. MSD_ERR_FORMAT (naming the file and, where there is one, the
  * tensor) otherwise. */
 int msd_safetensors_load(const char *path, msd_safetensors *st);
+/* The same from the size bytes at buf (the caller's; not kept), e.g. a file
+ * a game read from its archive; name stands for the file in messages. */
+int msd_safetensors_load_mem(const char *name, const unsigned char *buf, size_t size,
+                             msd_safetensors *st);
 
 /* Saves st: compact JSON header with "__metadata__" first (when non-empty),
  * then the tensors in data order: I64 tensors first, then F32, each group

@@ -743,17 +743,23 @@ int msd_safetensors_load(const char *path, msd_safetensors *st)
     int rc = msd_file_read_all("load_safetensors", path, &buf, &size);
     if (rc)
         return rc;
-    if (size < 8) {
-        free(buf);
+    rc = msd_safetensors_load_mem(path, buf, size, st);
+    free(buf);
+    return rc;
+}
+
+int msd_safetensors_load_mem(const char *path, const unsigned char *buf, size_t size,
+                             msd_safetensors *st)
+{
+    msd_safetensors_init(st);
+    int rc;
+    if (size < 8)
         return msd_error(MSD_ERR_FORMAT, "load_safetensors: '%s': truncated: %zu bytes, no "
                          "header length", path, size);
-    }
     unsigned long long hlen = le64(buf);
-    if (hlen > size - 8 || hlen > HEADER_MAX) {
-        free(buf);
+    if (hlen > size - 8 || hlen > HEADER_MAX)
         return msd_error(MSD_ERR_FORMAT, "load_safetensors: '%s': header length %llu runs past "
                          "the end of the %zu-byte file", path, hlen, size);
-    }
     jparser p = { buf + 8, buf + 8 + hlen, buf + 8, path, MSD_OK };
     jval root;
     memset(&root, 0, sizeof root);
@@ -766,7 +772,6 @@ int msd_safetensors_load(const char *path, msd_safetensors *st)
     if (rc == MSD_OK)
         rc = load_entries(path, &root, buf + 8 + hlen, size - 8 - hlen, st);
     jfree(&root);
-    free(buf);
     if (rc)
         msd_safetensors_free(st);
     return rc;

@@ -59,12 +59,18 @@ static msd_safetensors *new_holder(lua_State *L)
     return st;
 }
 
-/* minisd.load_safetensors(path) -> tensors (name -> tensor), metadata (key -> string) */
-static int l_io_load_safetensors(lua_State *L)
+/* minisd.load_safetensors(path) -> tensors (name -> tensor), metadata (key -> string);
+ * minisd.load_safetensors_string(bytes [, name]): the same from the file's bytes */
+static int load_safetensors(lua_State *L, int from_string)
 {
-    const char *path = luaL_checkstring(L, 1);
+    size_t len;
+    const char *arg = luaL_checklstring(L, 1, &len);
+    const char *name = from_string ? luaL_optstring(L, 2, "(bytes)") : arg;
+    lua_settop(L, 2);
     msd_safetensors *st = new_holder(L);
-    lbind_check_rc(L, msd_safetensors_load(path, st));
+    lbind_check_rc(L, from_string ? msd_safetensors_load_mem(name, (const unsigned char *)arg,
+                                                             len, st)
+                                  : msd_safetensors_load(arg, st));
     lua_createtable(L, 0, st->count);
     size_t bytes = 0;
     for (int i = 0; i < st->count; i++) {
@@ -82,6 +88,16 @@ static int l_io_load_safetensors(lua_State *L)
     msd_safetensors_free(st);
     lbind_gc_hint(L, bytes);
     return 2;
+}
+
+static int l_io_load_safetensors(lua_State *L)
+{
+    return load_safetensors(L, 0);
+}
+
+static int l_io_load_safetensors_string(lua_State *L)
+{
+    return load_safetensors(L, 1);
 }
 
 /* minisd.save_safetensors(path, tensors, metadata?, opts?): tensors maps
@@ -178,6 +194,7 @@ static const luaL_Reg io_funcs[] = {
     { "load_npy", l_io_load_npy },
     { "save_npy", l_io_save_npy },
     { "load_safetensors", l_io_load_safetensors },
+    { "load_safetensors_string", l_io_load_safetensors_string },
     { "save_safetensors", l_io_save_safetensors },
     { "load_png", l_io_load_png },
     { "save_png", l_io_save_png },

@@ -57,10 +57,11 @@ function M.cross_entropy(logits, target)
 end
 
 --- Loads a model file (safetensors with minisd metadata) ready to use.
--- @param path model file
+-- @param path model file, or its bytes (default: the shipped sprite model)
+-- @param name (optional, with bytes) what to call them in messages
 -- @return model, or nil and a message
-function M.load_model(path)
-  return require("minisd.models").load_model(path)
+function M.load_model(path, name)
+  return require("minisd.models").load_model(path, name)
 end
 
 local lazy = {

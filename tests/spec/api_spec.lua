@@ -80,3 +80,32 @@ describe("load_model", function()
     end
   end)
 end)
+
+describe("loading from bytes", function()
+  it("gives the same model as the file, and names the bytes in errors", function()
+    local tmp = H.tmpdir()
+    minisd.manual_seed(4)
+    local m = minisd.models.ContextUnet({ n_feat = 8, in_channels = 4 })
+    local path = tmp .. "/m.safetensors"
+    assert(m:save(path, { training = { context = true } }))
+    local bytes = H.read_file(path)
+    local a = assert(minisd.load_model(path))
+    local b = assert(minisd.load_model(bytes))
+    local sa, sb = a:state_dict(), b:state_dict()
+    for name, t in pairs(sa) do
+      assert.are.same(t:totable(), sb[name]:totable(), name)
+    end
+    assert.are.same(a.config, b.config)
+    assert.is_true(b.training_summary.context)
+    local ts, meta = minisd.load_safetensors_string(bytes)
+    assert.are.same(sa["init_conv.conv1.0.weight"]:totable(), ts["init_conv.conv1.0.weight"]:totable())
+    assert.are.equal("ContextUnet", meta["minisd.arch"])
+    -- a damaged copy: the message names what the caller called the bytes
+    local model, err = minisd.load_model(bytes:sub(1, 200), "game/sprites.safetensors")
+    assert.is_nil(model)
+    assert.truthy(err:find("game/sprites.safetensors", 1, true), err)
+    local ok, e2 = pcall(minisd.load_safetensors_string, bytes:sub(1, 5))
+    assert.is_false(ok)
+    assert.truthy(tostring(e2):find("(bytes)': truncated", 1, true), tostring(e2))
+  end)
+end)

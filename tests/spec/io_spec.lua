@@ -77,15 +77,14 @@ describe("minisd io", function()
   describe("safetensors", function()
     it("writes tensors and metadata in name order: the same bytes for the same content",
       function()
-        local dir = H.tmpdir()
         local names = { "zeta", "alpha", "mid", "beta", "omega", "kappa", "delta", "nu" }
         local ts, meta = {}, {}
         for i, name in ipairs(names) do
           ts[name] = minisd.full({ i }, i)
           meta["k_" .. name] = name
         end
-        minisd.save_safetensors(dir .. "/a.safetensors", ts, meta)
-        local header = read(dir .. "/a.safetensors"):sub(9, 600)
+        minisd.save_safetensors(dir .. "/order.safetensors", ts, meta)
+        local header = read(dir .. "/order.safetensors"):sub(9, 600)
         table.sort(names)
         local at_t, at_m = 0, 0
         for _, name in ipairs(names) do

@@ -62,9 +62,12 @@ end
 -- architecture from the file's metadata and loads the weights (strict).
 -- A PyTorch state_dict saved as safetensors without minisd metadata loads as
 -- the default ContextUnet config (n_feat and channels read off the weights).
--- @param path .safetensors file (default: the shipped sprite model, `shipped_path()`)
+-- @param path .safetensors file (default: the shipped sprite model, `shipped_path()`), or the
+--   file's bytes (a string holding NUL bytes, as every safetensors header does: what
+--   `love.filesystem.read` gives a game for a model inside its .love archive)
+-- @param name (optional, with bytes) what to call them in messages (default "(model bytes)")
 -- @return model (in eval mode), or nil and a message
-function M.load_model(path)
+function M.load_model(path, name)
   local minisd = require("minisd")
   local json = require("minisd.json")
   if path == nil then
@@ -75,14 +78,21 @@ function M.load_model(path)
     end
   end
   if type(path) ~= "string" then
-    error("load_model: expected a file name, got " .. type(path), 2)
+    error("load_model: expected a file name or a file's bytes, got " .. type(path), 2)
   end
-  local f = io.open(path, "rb")
-  if not f then
-    return nil, "load_model: cannot open " .. path
+  local ok, tensors, meta
+  if path:find("\0", 1, true) then -- bytes: a path holds no NUL
+    local bytes = path
+    path = name or "(model bytes)"
+    ok, tensors, meta = pcall(minisd.load_safetensors_string, bytes, path)
+  else
+    local f = io.open(path, "rb")
+    if not f then
+      return nil, "load_model: cannot open " .. path
+    end
+    f:close()
+    ok, tensors, meta = pcall(minisd.load_safetensors, path)
   end
-  f:close()
-  local ok, tensors, meta = pcall(minisd.load_safetensors, path)
   if not ok then
     return nil, tostring(tensors)
   end
