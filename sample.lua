@@ -35,6 +35,9 @@ parser:option("--animate", "Also write the denoising animation: a PNG strip (.pn
 parser:option("--frames", "Frames in the animation.", "10"):convert(tonumber)
 parser:option("--each", "Also write one PNG per sprite into this directory (RGBA when the model "
   .. "has 4 channels).")
+parser:option("--alpha-threshold", "Pixel-art alpha for RGBA models: alpha at or above this "
+  .. "value (in [0, 1]) becomes opaque, below it transparent.")
+  :convert(tonumber)
 parser:option("--threads", "Threads for the maths."):convert(tonumber)
 parser:option("--precision", "Convolution precision: fp32, or bf16 (bfloat16 products, fp32 "
   .. "sums; fast on CPUs with AMX).", "fp32"):choices({ "fp32", "bf16" })
@@ -56,6 +59,9 @@ check_int("--threads", a.threads, 1)
 if a.eta == nil or a.eta < 0 then
   parser:error("--eta must be a number >= 0")
 end
+if a.alpha_threshold ~= nil and not (a.alpha_threshold >= 0 and a.alpha_threshold <= 1) then
+  parser:error("--alpha-threshold must be a number in [0, 1], got " .. tostring(a.alpha_threshold))
+end
 if a.guidance == nil then
   parser:error("--guidance must be a number")
 end
@@ -71,6 +77,10 @@ local function main()
   local model, err = minisd.load_model(a.model)
   if not model then
     error(err, 0)
+  end
+  if a.alpha_threshold and model.config.in_channels ~= 4 then
+    error(string.format("--alpha-threshold needs an RGBA model; this one has %d channels",
+      model.config.in_channels), 0)
   end
   local names = model.config.label_names or context.default_names
   if a.list_contexts then
@@ -116,6 +126,9 @@ local function main()
   io.stderr:write(string.format("%ssampled %d sprites in %d steps (%.2f s)\n", tty and "\r" or "",
     #rows, total, minisd.clock() - t0))
   local x = job:result()
+  if a.alpha_threshold then
+    x = image.binary_alpha(x, a.alpha_threshold)
+  end
   assert(image.save_grid(a.out, x, { nrow = a.nrow or a.count, scale = a.scale }))
   print("wrote " .. a.out)
   if a.animate then

@@ -66,6 +66,34 @@ end
 
 local batch_dims = { [3] = true, [4] = true, text = "(N,C,H,W) or (C,H,W)" }
 
+--- Pixel-art alpha: every pixel fully opaque or fully transparent.
+-- @param x RGBA pictures (N,4,H,W) or (4,H,W) in [-1,1], as sampled
+-- @param threshold in [0,1] (default 0.5): alpha (mapped to [0,1]) at or above it becomes
+--   opaque (1), below it transparent (-1); the colour channels are kept
+-- @return a new tensor of x's shape
+function M.binary_alpha(x, threshold)
+  local shape = check_tensor("image.binary_alpha", "x", x, batch_dims)
+  threshold = threshold == nil and 0.5 or threshold
+  if type(threshold) ~= "number" or not (threshold >= 0 and threshold <= 1) then
+    error("image.binary_alpha: threshold must be a number in [0, 1], got "
+      .. tostring(threshold), 2)
+  end
+  local c = shape[#shape - 2]
+  if c ~= 4 then
+    error(string.format("image.binary_alpha: expected RGBA pictures (4 channels), got %d", c), 2)
+  end
+  local t = x:totable()
+  local batch = #shape == 4 and t or { t }
+  for _, img in ipairs(batch) do
+    for _, row in ipairs(img[4]) do
+      for j, a in ipairs(row) do
+        row[j] = (a + 1) / 2 >= threshold and 1 or -1
+      end
+    end
+  end
+  return minisd.tensor(t)
+end
+
 -- A batch from a tensor (N,C,H,W) / (C,H,W) or a list of (C,H,W).
 local function as_batch(fn, images)
   if type(images) == "table" and not minisd.is_tensor(images) then

@@ -174,6 +174,26 @@ describe("sample.lua", function()
     assert.are.same({ 4, 2 * (2 * 17 + 1), 2 * (3 * 17 + 1) }, img:shape())
   end)
 
+  it("writes pixel-art alpha with --alpha-threshold, and refuses it for an RGB model", function()
+    local out = tmp .. "/alpha.png"
+    local ok, _, log = sh("sample.lua " .. model_path .. " -n 3 --steps 2 --scale 1 "
+      .. "--alpha-threshold 0.5 -o " .. out)
+    assert.is_true(ok, log)
+    local img = minisd.load_png(out)
+    local a = img:narrow(1, 4, 1)
+    -- every alpha is 0 or 1: a (1 - a) is 0 everywhere
+    assert.are.equal(0, (a * (a * -1 + 1)):abs():max())
+    assert.is_true(a:max() == 1)
+    local rgb = tmp .. "/rgb.safetensors"
+    minisd.models.ContextUnet({ n_feat = 8, in_channels = 3 }):save(rgb)
+    local code
+    ok, code, log = sh("sample.lua " .. rgb .. " --alpha-threshold 0.5 --steps 2 -o " .. out)
+    assert.is_false(ok)
+    assert.are.equal(1, code)
+    assert.truthy(log:find("--alpha-threshold needs an RGBA model; this one has 3 channels", 1,
+      true), log)
+  end)
+
   it("samples a row per label, with no --context, from a model trained with contexts",
     function()
       local m = minisd.models.ContextUnet({ n_feat = 8, in_channels = 4 })

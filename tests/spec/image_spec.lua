@@ -257,3 +257,22 @@ describe("minisd.image", function()
       "image.save_grid: scale must be an integer >= 1, got 1.5")
   end)
 end)
+
+describe("image.binary_alpha", function()
+  it("makes alpha 0 or 1 at the threshold and keeps the colours", function()
+    -- alpha values in [-1, 1]: (a + 1) / 2 = 0, 0.25, 0.5, 0.75, 1, 0.4999
+    local alpha = { { -1, -0.5, 0 }, { 0.5, 1, -0.0002 } }
+    local x = minisd.tensor({ { { 0.1, 0.2, 0.3 }, { 0.4, 0.5, 0.6 } },
+      { { 1, 1, 1 }, { 1, 1, 1 } }, { { -1, -1, -1 }, { -1, -1, -1 } }, alpha })
+    local y = image.binary_alpha(x):totable()
+    assert.are.same({ { -1, -1, 1 }, { 1, 1, -1 } }, y[4])
+    assert.are.same(x:totable()[1], y[1])
+    local b = image.binary_alpha(minisd.cat({ x:reshape(1, 4, 2, 3), x:reshape(1, 4, 2, 3) }, 1),
+      0.75):totable()
+    assert.are.same({ { -1, -1, -1 }, { 1, 1, -1 } }, b[2][4])
+    assert.has_error(function() image.binary_alpha(minisd.zeros({ 3, 2, 2 })) end,
+      "image.binary_alpha: expected RGBA pictures (4 channels), got 3")
+    assert.has_error(function() image.binary_alpha(x, 2) end,
+      "image.binary_alpha: threshold must be a number in [0, 1], got 2")
+  end)
+end)
