@@ -354,6 +354,12 @@ function M.run(args)
   end
   local diffusion = require("minisd.diffusion")
   local sched = require("minisd.sched").get("ddpm").new(diffusion.schedule_of(model))
+  -- checked before the first step: a bad value would otherwise fail after the first epoch,
+  -- and on every resume of the run
+  if args.sample_every > 0 and args.sample_steps > sched.num_train_timesteps then
+    error(string.format("--sample-steps must be at most %d (the model's diffusion steps), got %d",
+      sched.num_train_timesteps, args.sample_steps), 0)
+  end
 
   local steps_per_epoch = math.ceil(ds.n / args.batch_size)
   local total = steps_per_epoch * args.epochs

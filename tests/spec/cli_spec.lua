@@ -41,6 +41,8 @@ describe("train.lua", function()
       { "--n-feat 12", "multiple of 8" },
       { "--data /nonexistent/sprites.png", "/nonexistent/sprites.png" },
       { "--resume " .. tmp .. "/nothing-here", "no checkpoint" },
+      { TINY .. " --sample-every 1 --sample-steps 600 --out " .. tmp .. "/ss",
+        "--sample-steps must be at most 500" },
     }
     for _, c in ipairs(cases) do
       local ok, code, out = sh("train.lua " .. c[1])
@@ -48,6 +50,7 @@ describe("train.lua", function()
       assert.are_not.equal(0, code)
       assert.truthy(out:find(c[2], 1, true), c[1] .. " gave: " .. out)
     end
+    assert.is_nil(io.open(tmp .. "/ss/checkpoint.safetensors", "rb")) -- refused before a step
   end)
 
   it("lowers the loss on a tiny run and writes a loadable model", function()
