@@ -20,8 +20,11 @@ parser:option("--context -c", "Context expression, e.g. hero, hero+food, \"hero,
   .. "else none).")
   :count("*")
 parser:option("-n --count", "Sprites per context.", "8"):convert(tonumber)
-parser:option("--sampler", "ddim or ddpm.", "ddim"):choices({ "ddim", "ddpm" })
-parser:option("--steps", "Denoising steps (default: 25 for ddim, 500 for ddpm).")
+local sampler_names = require("minisd.sched").names()
+parser:option("--sampler", table.concat(sampler_names, ", ", 1, #sampler_names - 1) .. " or "
+  .. sampler_names[#sampler_names] .. ".", "ddim"):choices(sampler_names)
+parser:option("--steps", "Denoising steps (default: 25 for ddim, 12 for dpmpp_2m, 500 for "
+  .. "ddpm).")
   :convert(tonumber)
 parser:option("--eta", "DDIM eta (0: deterministic).", "0"):convert(tonumber)
 parser:option("--guidance", "Classifier-free guidance scale (0: off).", "0"):convert(tonumber)
@@ -105,7 +108,8 @@ local function main()
   local frames = {}
   local job = minisd.diffusion.start(model, {
     n = #rows, context = ctx, sampler = a.sampler, steps = a.steps,
-    eta = a.sampler == "ddim" and a.eta or nil, guidance = a.guidance, seed = a.seed,
+    eta = require("minisd.sched").get(a.sampler).takes_eta and a.eta or nil,
+    guidance = a.guidance, seed = a.seed,
   })
   local total = job.total
   local frames_wanted = math.min(a.frames, total)

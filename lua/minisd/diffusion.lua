@@ -78,7 +78,9 @@ local sample_options = {
 --- Starts a step-wise sampling job, so a game can spread one run over frames.
 -- @param model a ContextUnet (switched to eval mode for sampling)
 -- @param opts {n=1, context=(K) row, (n, K) tensor, expression or nil,
---   sampler="ddim"|"ddpm", steps=(25 for ddim, T for ddpm), eta=0, guidance=0 (0: off),
+--   sampler=one of minisd.sched.names() ("ddim", "ddpm", "dpmpp_2m"; default "ddim"),
+--   steps=(the sampler's default_steps: 25 for ddim, 12 for dpmpp_2m, T for ddpm),
+--   eta=0 (samplers that take it: ddim), guidance=0 (0: off),
 --   seed= or generator=, on_step=function(i, t, x) end, noise= initial x_T}
 -- @return job with :step(), :done(), :result(), .i, .total
 function M.start(model, opts)
@@ -92,14 +94,14 @@ function M.start(model, opts)
   local sampler = opts.sampler or "ddim"
   local Sched = sched.get(sampler)
   local sopts = M.schedule_of(model)
-  if sampler == "ddim" then
+  if Sched.takes_eta then
     sopts.eta = opts.eta or 0
   elseif opts.eta ~= nil then
-    error("diffusion.sample: eta applies to the ddim sampler only", 3)
+    error(string.format("diffusion.sample: eta does not apply to the %s sampler", Sched.name), 3)
   end
   local s = Sched.new(sopts)
   local T = s.num_train_timesteps
-  s:set_timesteps(opts.steps or (sampler == "ddim" and 25 or T))
+  s:set_timesteps(opts.steps or Sched.default_steps or T)
   local gen = opts.generator or minisd.Generator(opts.seed or 0)
   local C, hgt = opts.channels or cfg.in_channels or 3, opts.size or cfg.height or 16
   local x = opts.noise or minisd.randn({ n, C, hgt, hgt }, gen)

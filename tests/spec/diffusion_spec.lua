@@ -212,7 +212,27 @@ describe("diffusion sampling", function()
     assert.truthy(err:find("unknown scheduler 'euler'", 1, true), err)
     ok, err = pcall(diffusion.sample, model, { sampler = "ddpm", eta = 1 })
     assert.is_false(ok)
-    assert.truthy(err:find("eta applies to the ddim sampler only", 1, true), err)
+    assert.truthy(err:find("eta does not apply to the ddpm sampler", 1, true), err)
+  end)
+
+  it("runs dpmpp_2m: 12 steps by default, deterministic, the solver's own steps", function()
+    local job = diffusion.start(model, { n = 2, seed = 4, sampler = "dpmpp_2m" })
+    assert.are.equal(12, job.total)
+    local a = diffusion.sample(model, { n = 2, seed = 4, sampler = "dpmpp_2m" })
+    local b = diffusion.sample(model, { n = 2, seed = 4, sampler = "dpmpp_2m" })
+    assert.are.same(a:totable(), b:totable())
+    -- by hand with the scheduler and the same starting noise
+    local s = require("minisd.sched.dpmpp_2m").new(diffusion.schedule_of(model))
+    s:set_timesteps(12)
+    local x = minisd.randn({ 2, 3, 16, 16 }, minisd.Generator(4))
+    minisd.no_grad(function()
+      for _, t in ipairs(s.timesteps) do
+        x = s:step(model(x, diffusion.time_input(t, 500, 2)), t, x).prev_sample
+      end
+    end)
+    assert.are.same(x:totable(), a:totable())
+    local c = diffusion.sample(model, { n = 2, seed = 4, sampler = "ddim", steps = 12 })
+    assert.is_true((a - c):abs():max() > 1e-4)
   end)
 
   it("runs the ddpm sampler with 10 steps, noise seeded", function()

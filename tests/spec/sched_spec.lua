@@ -267,8 +267,72 @@ describe("options and errors", function()
   it("sched.get finds the classes by name", function()
     assert.are.equal(DDIM, sched.get("ddim"))
     assert.are.equal(DDPM, sched.get("DDPM"))
-    assert.matches("unknown scheduler 'euler' (allowed: ddim, ddpm)", err_of(sched.get, "euler"),
-      1, true)
+    assert.matches("unknown scheduler 'euler' (allowed: ddim, ddpm, dpmpp_2m)",
+      err_of(sched.get, "euler"), 1, true)
+  end)
+
+  it("is a registry: a sampler defined here works through diffusion.sample", function()
+    assert.are.same({ "ddim", "ddpm", "dpmpp_2m" }, sched.names())
+    -- a one-step sampler that jumps straight to the data prediction
+    local Jump = { name = "jump_test", default_steps = 1 }
+    Jump.__index = Jump
+    function Jump.new(opts)
+      local DDIMc = require("minisd.sched.ddim")
+      local d = DDIMc.new(opts)
+      return setmetatable({ d = d, timesteps = d.timesteps, num_train_timesteps = 500 }, Jump)
+    end
+    function Jump:set_timesteps(n)
+      self.d:set_timesteps(n)
+      self.timesteps = self.d.timesteps
+    end
+    function Jump:step(eps, t, x)
+      return self.d:step(eps, t, x)
+    end
+    sched.register(Jump)
+    assert.are.equal(Jump, sched.get("jump_test"))
+    assert.are.equal("jump_test", sched.names()[4])
+    minisd.manual_seed(1)
+    local model = minisd.models.ContextUnet({ n_feat = 8 })
+    local job = require("minisd.diffusion").start(model, { n = 2, sampler = "jump_test", seed = 3 })
+    assert.are.equal(1, job.total)
+    local a = require("minisd.diffusion").sample(model, { n = 2, sampler = "jump_test", seed = 3 })
+    local b = require("minisd.diffusion").sample(model, { n = 2, sampler = "ddim", steps = 1,
+      seed = 3 })
+    assert.are.same(b:totable(), a:totable())
+  end)
+end)
+
+describe("DPM-Solver++(2M)", function()
+  local DPM = require("minisd.sched.dpmpp_2m")
+
+  it("matches the paper's first- and second-order steps and a 12-step loop", function()
+    local s = DPM.new()
+    s:set_timesteps(12)
+    assert.are.same({ 500, 459, 418 }, { s.timesteps[1], s.timesteps[2], s.timesteps[3] })
+    assert.are.equal(49, s.timesteps[12])
+    local x = F.x
+    for i, t in ipairs(s.timesteps) do
+      x = s:step(dummy_model(x, t), t, x).prev_sample
+      if i == 1 then
+        H.assert_close(x, F.dpmpp_2m_first_step, 1e-5, 1e-6, "first step")
+      elseif i == 2 then
+        H.assert_close(x, F.dpmpp_2m_second_step, 1e-5, 1e-6, "second step")
+      end
+    end
+    H.assert_close(x, F.dpmpp_2m_loop_final, 1e-4, 1e-5, "final")
+    local sm = F.dpmpp_2m_loop_sum_mean:totable()
+    assert.is_true(math.abs(x:sum():item() - sm[1]) < 1e-4 * math.abs(sm[1]))
+  end)
+
+  it("refuses steps out of order, and starts over from the first timestep", function()
+    local s = DPM.new()
+    s:set_timesteps(5)
+    local e = err_of(s.step, s, F.eps, s.timesteps[2], F.x)
+    assert.matches("out of order", e, 1, true)
+    local a = s:step(F.eps, 500, F.x).prev_sample
+    s:step(F.eps, s.timesteps[2], a)
+    local again = s:step(F.eps, 500, F.x).prev_sample -- a new run: first order again
+    assert.are.same(a:totable(), again:totable())
   end)
 end)
 

@@ -18,6 +18,11 @@ local schedule = require("minisd.sched.schedule")
 local DDIM = {}
 DDIM.__index = DDIM
 
+--- Registry entry (minisd.sched): the name, the step count when none is given, and eta.
+DDIM.name = "ddim"
+DDIM.default_steps = 25
+DDIM.takes_eta = true
+
 local DEFAULTS = {
   num_train_timesteps = 500, beta_start = 1e-4, beta_end = 0.02, beta_schedule = "linear",
   eta = 0,

@@ -19,6 +19,9 @@ local schedule = require("minisd.sched.schedule")
 local DDPM = {}
 DDPM.__index = DDPM
 
+--- Registry entry (minisd.sched): the name; no default_steps: all T steps.
+DDPM.name = "ddpm"
+
 --- The variance choices (Ho et al. 2020, sec. 3.2): "fixed_large" is
 -- sigma_t^2 = beta_t (the seed's choice), "fixed_small" the posterior's
 -- beta~_t = (1 - ab_prev) / (1 - ab_t) beta_t (eq. 7; diffusers' default).
