@@ -23,8 +23,8 @@ parser:option("-n --count", "Sprites per context.", "8"):convert(tonumber)
 local sampler_names = require("minisd.sched").names()
 parser:option("--sampler", table.concat(sampler_names, ", ", 1, #sampler_names - 1) .. " or "
   .. sampler_names[#sampler_names] .. ".", "ddim"):choices(sampler_names)
-parser:option("--steps", "Denoising steps (default: 25 for ddim, 12 for dpmpp_2m, 500 for "
-  .. "ddpm).")
+parser:option("--steps", "Denoising steps (default: 25 for ddim and euler_a, 12 for "
+  .. "dpmpp_2m, 500 for ddpm).")
   :convert(tonumber)
 parser:option("--eta", "DDIM eta (0: deterministic).", "0"):convert(tonumber)
 parser:option("--guidance", "Classifier-free guidance scale (0: off).", "0"):convert(tonumber)

@@ -267,12 +267,12 @@ describe("options and errors", function()
   it("sched.get finds the classes by name", function()
     assert.are.equal(DDIM, sched.get("ddim"))
     assert.are.equal(DDPM, sched.get("DDPM"))
-    assert.matches("unknown scheduler 'euler' (allowed: ddim, ddpm, dpmpp_2m)",
+    assert.matches("unknown scheduler 'euler' (allowed: ddim, ddpm, dpmpp_2m, euler_a)",
       err_of(sched.get, "euler"), 1, true)
   end)
 
   it("is a registry: a sampler defined here works through diffusion.sample", function()
-    assert.are.same({ "ddim", "ddpm", "dpmpp_2m" }, sched.names())
+    assert.are.same({ "ddim", "ddpm", "dpmpp_2m", "euler_a" }, sched.names())
     -- a one-step sampler that jumps straight to the data prediction
     local Jump = { name = "jump_test", default_steps = 1 }
     Jump.__index = Jump
@@ -290,7 +290,7 @@ describe("options and errors", function()
     end
     sched.register(Jump)
     assert.are.equal(Jump, sched.get("jump_test"))
-    assert.are.equal("jump_test", sched.names()[4])
+    assert.are.equal("jump_test", sched.names()[5])
     minisd.manual_seed(1)
     local model = minisd.models.ContextUnet({ n_feat = 8 })
     local job = require("minisd.diffusion").start(model, { n = 2, sampler = "jump_test", seed = 3 })
@@ -299,6 +299,21 @@ describe("options and errors", function()
     local b = require("minisd.diffusion").sample(model, { n = 2, sampler = "ddim", steps = 1,
       seed = 3 })
     assert.are.same(b:totable(), a:totable())
+  end)
+end)
+
+describe("Euler ancestral", function()
+  it("matches k-diffusion's formulas, step by step with given noise, over 25 steps", function()
+    local s = require("minisd.sched.euler_a").new()
+    s:set_timesteps(25)
+    local x = F.x
+    for i, t in ipairs(s.timesteps) do
+      x = s:step(dummy_model(x, t), t, x, { noise = loop_noise(t) }).prev_sample
+      if i == 1 then
+        H.assert_close(x, F.euler_a_first_step, 1e-5, 1e-6, "first step")
+      end
+    end
+    H.assert_close(x, F.euler_a_loop_final, 1e-4, 1e-5, "final")
   end)
 end)
 

@@ -49,5 +49,6 @@ end
 M.register(require("minisd.sched.ddim"))
 M.register(require("minisd.sched.ddpm"))
 M.register(require("minisd.sched.dpmpp_2m"))
+M.register(require("minisd.sched.euler_a"))
 
 return M
