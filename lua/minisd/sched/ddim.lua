@@ -23,10 +23,7 @@ DDIM.name = "ddim"
 DDIM.default_steps = 25
 DDIM.takes_eta = true
 
-local DEFAULTS = {
-  num_train_timesteps = 500, beta_start = 1e-4, beta_end = 0.02, beta_schedule = "linear",
-  eta = 0,
-}
+local DEFAULTS = schedule.defaults({ eta = 0 })
 
 --- Creates a DDIM scheduler; its timesteps are all T steps until
 -- set_timesteps is called.

@@ -27,10 +27,7 @@ DDPM.name = "ddpm"
 -- beta~_t = (1 - ab_prev) / (1 - ab_t) beta_t (eq. 7; diffusers' default).
 DDPM.VARIANCE_TYPES = { "fixed_large", "fixed_small" }
 
-local DEFAULTS = {
-  num_train_timesteps = 500, beta_start = 1e-4, beta_end = 0.02, beta_schedule = "linear",
-  variance_type = "fixed_large",
-}
+local DEFAULTS = schedule.defaults({ variance_type = "fixed_large" })
 
 --- Creates a DDPM scheduler with all T timesteps set.
 -- @param opts table: num_train_timesteps (500), beta_start (1e-4), beta_end

@@ -29,9 +29,7 @@ DPM.__index = DPM
 DPM.name = "dpmpp_2m"
 DPM.default_steps = 12
 
-local DEFAULTS = {
-  num_train_timesteps = 500, beta_start = 1e-4, beta_end = 0.02, beta_schedule = "linear",
-}
+local DEFAULTS = schedule.defaults()
 
 --- Creates a DPM-Solver++(2M) scheduler; its timesteps are all T steps until set_timesteps
 -- is called.

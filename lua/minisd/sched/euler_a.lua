@@ -26,9 +26,7 @@ EulerA.__index = EulerA
 EulerA.name = "euler_a"
 EulerA.default_steps = 25
 
-local DEFAULTS = {
-  num_train_timesteps = 500, beta_start = 1e-4, beta_end = 0.02, beta_schedule = "linear",
-}
+local DEFAULTS = schedule.defaults()
 
 --- Creates an Euler ancestral scheduler; its timesteps are all T steps until set_timesteps
 -- is called.

@@ -14,6 +14,19 @@ local M = {}
 --- The beta schedules `new{beta_schedule = ...}` accepts.
 M.BETA_SCHEDULES = { "linear", "scaled_linear", "cosine" }
 
+--- A scheduler's default options: the seed's schedule (500 steps, linear betas from 1e-4 to
+-- 0.02) plus the scheduler's own.
+-- @param own table of the scheduler's options and their defaults, or nil
+-- @return a new table
+function M.defaults(own)
+  local d = { num_train_timesteps = 500, beta_start = 1e-4, beta_end = 0.02,
+    beta_schedule = "linear" }
+  for k, v in pairs(own or {}) do
+    d[k] = v
+  end
+  return d
+end
+
 -- Cosine schedule constants of Nichol & Dhariwal 2021 (sec. 3.2).
 local COSINE_S, COSINE_MAX_BETA = 0.008, 0.999
 
