@@ -112,8 +112,20 @@ size_t msd_amx_conv_scratch(const msd_amx_conv *c)
     return fwd > dw ? fwd : dw;
 }
 
+#ifdef MSD_AMX
+static void pack_weights_avx512(uint16_t *wa, const float *w, int Cout, int Cin, int taps);
+#endif
+
 void msd_amx_pack_weights(uint16_t *wa, const float *w, int Cout, int Cin, int taps)
 {
+#ifdef MSD_AMX
+    /* every call of a bf16 convolution packs its weights: vectorised, so that a batch of
+     * one image does not spend its time here */
+    if (msd_isa_get() >= MSD_ISA_AVX512 && Cin % 16 == 0) {
+        pack_weights_avx512(wa, w, Cout, Cin, taps);
+        return;
+    }
+#endif
     size_t kt = (size_t)taps * Cin;
     for (int co = 0; co < Cout; co++)
         for (int ci = 0; ci < Cin; ci++)
@@ -152,6 +164,25 @@ __attribute__((target(AVX512))) static void to_bf16_pairs(uint16_t *dst, const f
                                          bf16_hi(_mm512_maskz_loadu_ps(m, b + i)));
         _mm512_mask_storeu_epi32(dst + 2 * i, m, _mm512_or_si512(lo, hi));
     }
+}
+
+/* msd_amx_pack_weights for Cin a multiple of 16: 16 input channels of one output channel
+ * and tap at a time, gathered at the stride of the taps */
+__attribute__((target(AVX512))) static void pack_weights_avx512(uint16_t *wa, const float *w,
+                                                                int Cout, int Cin, int taps)
+{
+    size_t kt = (size_t)taps * Cin;
+    __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+                                                       12, 13, 14, 15),
+                                     _mm512_set1_epi32(taps));
+    for (int co = 0; co < Cout; co++)
+        for (int t = 0; t < taps; t++)
+            for (int ci = 0; ci < Cin; ci += 16) {
+                const float *src = w + ((size_t)co * Cin + ci) * taps + t;
+                __m512i h = _mm512_srli_epi32(bf16_hi(_mm512_i32gather_ps(idx, src, 4)), 16);
+                _mm256_storeu_si256((__m256i *)(wa + co * kt + (size_t)t * Cin + ci),
+                                    _mm512_cvtepi32_epi16(h));
+            }
 }
 
 /* dst[i] = bf16(src[i]) for i < n */

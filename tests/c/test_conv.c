@@ -284,6 +284,38 @@ static void test_bf16_rounding(void)
     }
 }
 
+/* The packed weights for the tiles (vectorised at AVX-512 and above): each entry is
+ * msd_bf16_from_float of the weight it moves, at every level, specials included. */
+static void test_bf16_pack_weights(void)
+{
+    enum { CO = 3, CI = 32, TAPS = 9 };
+    static float w[CO * CI * TAPS];
+    static uint16_t wa[CO * CI * TAPS];
+    unsigned st = 11;
+    for (int i = 0; i < CO * CI * TAPS; i++)
+        w[i] = gc_rand(&st) * 3.0f;
+    w[5] = 1e-40f;
+    w[6] = -0.0f;
+    w[7] = NAN;
+    w[8] = INFINITY;
+    w[9] = 1.0f + 1.0f / 256;
+    for (int isa = 0; isa <= msd_isa_best(); isa++) {
+        CHECK_OK(msd_isa_set(isa));
+        memset(wa, 0xff, sizeof wa);
+        msd_amx_pack_weights(wa, w, CO, CI, TAPS);
+        int bad = 0;
+        for (int co = 0; co < CO; co++)
+            for (int ci = 0; ci < CI; ci++)
+                for (int t = 0; t < TAPS; t++)
+                    bad += wa[(co * TAPS + t) * CI + ci] !=
+                           msd_bf16_from_float(w[(co * CI + ci) * TAPS + t]);
+        if (bad)
+            fprintf(stderr, "  level %s: %d packed weights differ\n", msd_isa_name(isa), bad);
+        CHECK(bad == 0);
+    }
+    CHECK_OK(msd_isa_set(msd_isa_best()));
+}
+
 /* conv2d in bf16 precision at every level: on the AMX tiles where the level
  * and shape allow it (channels multiples of 32, stride 1), else the fp32
  * kernels on rounded copies; both against the naive loops on rounded
@@ -542,6 +574,7 @@ int main(void)
     RUN(test_conv2d_vs_naive);
     RUN(test_conv2d_chunked_batch);
     RUN(test_bf16_rounding);
+    RUN(test_bf16_pack_weights);
     RUN(test_conv2d_bf16);
     RUN(test_conv_transpose2d_vs_naive);
     RUN(test_conv_transpose2d_chunked_batch);
