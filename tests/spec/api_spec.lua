@@ -109,3 +109,32 @@ describe("loading from bytes", function()
     assert.truthy(tostring(e2):find("(bytes)': truncated", 1, true), tostring(e2))
   end)
 end)
+
+describe("load_model and bad numbers", function()
+  it("refuses NaN or infinite weights and a negative BatchNorm variance, naming the tensor",
+    function()
+      local tmp = H.tmpdir()
+      minisd.manual_seed(5)
+      local m = minisd.models.ContextUnet({ n_feat = 8 })
+      local cases = {
+        { "out.3.weight", 1, 0 / 0, "tensor out.3.weight holds NaN or infinite values" },
+        { "up0.0.weight", 2, math.huge, "tensor up0.0.weight holds NaN or infinite values" },
+        { "init_conv.conv1.1.running_var", 3, -0.5,
+          "tensor init_conv.conv1.1.running_var (a BatchNorm variance) holds a negative value" },
+      }
+      for i, c in ipairs(cases) do
+        local sd = {}
+        for name, t in pairs(m:state_dict()) do
+          sd[name] = t
+        end
+        local flat = sd[c[1]]:reshape(sd[c[1]]:numel()):totable()
+        flat[c[2]] = c[3]
+        sd[c[1]] = minisd.tensor(flat):reshape(table.unpack(sd[c[1]]:shape()))
+        local path = tmp .. "/bad" .. i .. ".safetensors"
+        minisd.save_safetensors(path, sd, { ["minisd.config"] = minisd.json.encode(m.config) })
+        local model, err = minisd.load_model(path)
+        assert.is_nil(model, c[1])
+        assert.truthy(err:find(c[4], 1, true), err)
+      end
+    end)
+end)
