@@ -98,17 +98,16 @@ function M.load_model(path, name)
   end
   -- a damaged file can hold numbers that load but poison every sample: NaN or infinite
   -- values (the sum of |t| is NaN or infinite then), or a negative BatchNorm variance
-  local names = require("minisd.util").sorted_keys(tensors)
-  for _, name in ipairs(names) do
-    local t = tensors[name]
+  for _, tname in ipairs(require("minisd.util").sorted_keys(tensors)) do
+    local t = tensors[tname]
     local s = t:numel() > 0 and t:abs():sum():item() or 0
     if s ~= s or s == math.huge then
       return nil, string.format("load_model: %s: tensor %s holds NaN or infinite values; the "
-        .. "file is damaged", path, name)
+        .. "file is damaged", path, tname)
     end
-    if name:match("running_var$") and t:numel() > 0 and t:min() < 0 then
+    if tname:match("running_var$") and t:numel() > 0 and t:min() < 0 then
       return nil, string.format("load_model: %s: tensor %s (a BatchNorm variance) holds a "
-        .. "negative value, %g; the file is damaged", path, name, t:min())
+        .. "negative value, %g; the file is damaged", path, tname, t:min())
     end
   end
   meta = meta or {}
