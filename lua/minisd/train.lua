@@ -403,10 +403,20 @@ function M.run(args)
       do
         local loss = diffusion.loss(model, x, args.context and c or nil,
           { scheduler = sched, generator = gen })
+        local value = loss:item()
+        if value ~= value or math.abs(value) == math.huge then
+          -- diverged: no step on a non-finite loss, and the last checkpoint (the end of the
+          -- previous epoch) stays as it was
+          local ckpt = path_join(args.out, CHECKPOINT)
+          error(string.format("training diverged: the loss is %s at epoch %d, step %d; no "
+            .. "model written%s (try a lower --lr, or check the data for NaN)",
+            value ~= value and "NaN" or (value > 0 and "+inf" or "-inf"), epoch, step,
+            file_exists(ckpt) and ("; the last checkpoint is kept: " .. ckpt) or ""), 0)
+        end
         opt:zero_grad()
         loss:backward()
         opt:step()
-        last_loss = loss:item()
+        last_loss = value
         global_step = global_step + 1
         if ema then
           update_ema(ema, model, args.ema, global_step)

@@ -140,6 +140,18 @@ describe("train.lua", function()
     assert.is_true(math.abs(l1 - l2) < 0.1 * l2, la[#la].loss .. " vs " .. lc[#lc].loss)
   end)
 
+  it("stops at the first non-finite loss, writing no model", function()
+    local dir = tmp .. "/diverge"
+    local ok, code, out = sh("train.lua " .. TINY .. " --epochs 3 --lr 1e30 --out " .. dir)
+    assert.is_false(ok)
+    assert.are.equal(1, code)
+    -- NaN here; an overflow elsewhere may give an infinite loss instead
+    assert.truthy(out:find("training diverged: the loss is [%+%-]?%a+ at epoch 1, step 2; no "
+      .. "model written %(try a lower %-%-lr"), out)
+    assert.is_nil(io.open(dir .. "/model.safetensors", "rb"))
+    assert.are.equal(1, #read_losses(dir .. "/losses.tsv")) -- the one finite step
+  end)
+
   it("saves a checkpoint and exits 130 on Ctrl-C", function()
     local dir = tmp .. "/int"
     local cmd = string.format([[%s train.lua --limit 400 --batch-size 8 --n-feat 8 --epochs 50 \
