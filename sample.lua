@@ -48,17 +48,13 @@ parser:flag("--list-contexts", "Print the model's context label names and exit."
 
 local a = parser:parse()
 
-local function check_int(name, v, min)
-  if v ~= nil and (v ~= math.floor(v) or v < min) then
-    parser:error(string.format("%s must be an integer >= %d, got %s", name, min, tostring(v)))
-  end
-end
-check_int("--count", a.count, 1)
-check_int("--steps", a.steps, 1)
-check_int("--scale", a.scale, 1)
-check_int("--nrow", a.nrow, 1)
-check_int("--frames", a.frames, 1)
-check_int("--threads", a.threads, 1)
+local check_int = require("minisd.util").check_int_arg
+check_int(parser, "--count", a.count, 1, true)
+check_int(parser, "--steps", a.steps, 1, true)
+check_int(parser, "--scale", a.scale, 1, true)
+check_int(parser, "--nrow", a.nrow, 1, true)
+check_int(parser, "--frames", a.frames, 1, true)
+check_int(parser, "--threads", a.threads, 1, true)
 if a.eta == nil or a.eta < 0 then
   parser:error("--eta must be a number >= 0")
 end

@@ -34,17 +34,11 @@ parser:flag("--quiet", "No progress messages on stderr.")
 
 local a = parser:parse()
 
-local function check_int(name, v, min)
-  if v == nil or v ~= math.floor(v) or v < min then
-    parser:error(string.format("%s must be an integer >= %d, got %s", name, min, tostring(v)))
-  end
-end
-check_int("--n", a.n, 1)
-check_int("--steps", a.steps, 1)
-check_int("--seed", a.seed, 0)
-if a.threads ~= nil then
-  check_int("--threads", a.threads, 1)
-end
+local check_int = require("minisd.util").check_int_arg
+check_int(parser, "--n", a.n, 1)
+check_int(parser, "--steps", a.steps, 1)
+check_int(parser, "--seed", a.seed, 0)
+check_int(parser, "--threads", a.threads, 1, true)
 if a.guidance == nil then
   parser:error("--guidance must be a number")
 end

@@ -31,21 +31,13 @@ parser:flag("--quiet", "Print only the summary.")
 
 local a = parser:parse()
 
-local function check_int(name, v, min)
-  if v == nil or v ~= math.floor(v) or v < min then
-    parser:error(string.format("%s must be an integer >= %d, got %s", name, min, tostring(v)))
-  end
-end
-check_int("--epochs", a.epochs, 1)
-check_int("--batch-size", a.batch_size, 1)
-check_int("--seed", a.seed, 0)
-check_int("--split-seed", a.split_seed, 0)
-if a.limit ~= nil then
-  check_int("--limit", a.limit, 2)
-end
-if a.threads ~= nil then
-  check_int("--threads", a.threads, 1)
-end
+local check_int = require("minisd.util").check_int_arg
+check_int(parser, "--epochs", a.epochs, 1)
+check_int(parser, "--batch-size", a.batch_size, 1)
+check_int(parser, "--seed", a.seed, 0)
+check_int(parser, "--split-seed", a.split_seed, 0)
+check_int(parser, "--limit", a.limit, 2, true)
+check_int(parser, "--threads", a.threads, 1, true)
 if a.lr == nil or a.lr <= 0 then
   parser:error("--lr must be a positive number")
 end

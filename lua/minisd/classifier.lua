@@ -238,14 +238,7 @@ end
 -- @return the classifier (eval mode, its `training_summary` set), the summary table (the
 --   file's `minisd.training`: split, held-out accuracy, ...) and the list of step losses
 function M.train(opts)
-  local given = util.check_options("classifier.train", opts, TRAIN_OPTS)
-  opts = {}
-  for k, v in pairs(M.defaults) do
-    opts[k] = v
-  end
-  for k, v in pairs(given) do
-    opts[k] = v
-  end
+  opts = util.options("classifier.train", opts, M.defaults, nil, TRAIN_OPTS)
   local ds = opts.data
   if ds == nil or type(ds) == "string" then
     local err

@@ -484,14 +484,7 @@ end
 -- @return the results table (see scripts/eval_quality.lua --json), or nil and a message when a
 --   file is missing or is not the right kind of model
 function M.evaluate(model, opts)
-  local given = util.check_options("quality.evaluate", opts, EVAL_OPTS)
-  opts = {}
-  for k, v in pairs(M.defaults) do
-    opts[k] = v
-  end
-  for k, v in pairs(given) do
-    opts[k] = v
-  end
+  opts = util.options("quality.evaluate", opts, M.defaults, nil, EVAL_OPTS)
   if type(opts.n) ~= "number" or opts.n < 1 or opts.n ~= math.floor(opts.n) then
     error("quality.evaluate: n must be a positive integer, got " .. tostring(opts.n), 2)
   end

@@ -54,15 +54,16 @@ function M.check_options(who, opts, allowed, level)
   return opts
 end
 
---- Checks `opts` against the keys of `defaults` and returns a new table with
--- the defaults filled in.
+--- Checks `opts` against the keys of `defaults` (or against `allowed`) and returns a new
+-- table with the defaults filled in.
 -- @param who the function's name, for messages
 -- @param opts nil or a table
 -- @param defaults table name -> default value
 -- @param level as for check_options
+-- @param allowed (optional) the allowed names, when some have no default
 -- @return the merged options
-function M.options(who, opts, defaults, level)
-  opts = M.check_options(who, opts, defaults, (level or 2) + 1)
+function M.options(who, opts, defaults, level, allowed)
+  opts = M.check_options(who, opts, allowed or defaults, (level or 2) + 1)
   local out = {}
   for k, v in pairs(defaults) do
     out[k] = v
@@ -71,6 +72,21 @@ function M.options(who, opts, defaults, level)
     out[k] = v
   end
   return out
+end
+
+--- For command-line programs: a parser error unless v is an integer >= min.
+-- @param parser the argparse parser (its `error` prints the usage and exits)
+-- @param name the option as the user typed it, e.g. "--steps"
+-- @param v the converted value (nil when the text was not a number)
+-- @param min the smallest value allowed
+-- @param optional when true, nil (the option not given) passes
+function M.check_int_arg(parser, name, v, min, optional)
+  if v == nil and optional then
+    return
+  end
+  if v == nil or v ~= math.floor(v) or v < min then
+    parser:error(string.format("%s must be an integer >= %d, got %s", name, min, tostring(v)))
+  end
 end
 
 --- Whether path names a readable regular file (a folder opens on Linux, but reading it
