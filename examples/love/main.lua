@@ -1,8 +1,12 @@
--- minisd in LÖVE 11: generates a batch of 16x16 sprites at run time, one denoising step
--- per frame, and shows them sharpening live.
+-- minisd in LÖVE 11: generates a batch of 16x16 sprites at run time and shows them
+-- sharpening live. The network runs in a minisd.worker (a love.thread), so the game's
+-- main thread only passes messages and draws: it never waits for the model.
 -- Run from the repository root: love examples/love [path/to/model.safetensors]
 -- (default: the shipped models/sprites-context.safetensors)
 -- Keys: space = new batch (new seed), 1-5 = context label, 0 = no context, escape = quit.
+-- MINISD_LOVE_TEST=N: make N batches, print the main thread's frame times while sampling,
+-- check that the sprites were drawn (a screenshot), and quit (exit status 0 when all went
+-- well); what the test suite and the README's frame-time figures run.
 -- luacheck: std luajit, globals love game
 
 -- Find the minisd Lua modules and the LuaJIT build of the C core relative to this folder
@@ -14,67 +18,125 @@ package.cpath = (os.getenv("MINISD_CPATH") or (root .. "/build/luajit/?.so")) ..
   .. package.cpath
 
 local minisd = require("minisd")
-local image = require("minisd.image")
 
-local SPRITES, STEPS, COLUMNS, PADDING = 8, 25, 4, 1
+local SPRITES, STEPS, COLUMNS, SCALE_MAX = 8, 25, 4, 12
 
 -- The game's state, global so that a test harness can look at it.
 game = {
-  model = nil, job = nil, seed = 1, label = nil, picture = nil, message = nil,
-  batches = 0, steps_shown = 0,
+  worker = nil, request = nil, labels = {}, seed = 1, label = nil, sprites = {},
+  message = nil, batches = 0, step = 0, total = STEPS, frames = {}, sampling = false,
 }
 
--- A LÖVE image of the current samples: [-1,1] -> [0,1], a grid, RGBA bytes.
-local function refresh_picture()
-  local grid = image.grid(image.to_unit(game.job:result()), { nrow = COLUMNS, padding = PADDING })
-  local bytes, w, h = image.rgba_bytes(grid)
-  local data = love.image.newImageData(w, h, "rgba8", bytes)
-  local pic = love.graphics.newImage(data)
-  pic:setFilter("nearest", "nearest")
-  game.picture = pic
+local test_batches = tonumber(os.getenv("MINISD_LOVE_TEST") or "")
+
+-- Sprites from the worker's RGBA byte strings: one LÖVE image each.
+local function show(ev)
+  local list = {}
+  for i, bytes in ipairs(ev.sprites) do
+    local img = love.graphics.newImage(love.image.newImageData(ev.width, ev.height, "rgba8",
+      bytes))
+    img:setFilter("nearest", "nearest")
+    list[i] = img
+  end
+  game.sprites = list
+  game.step, game.total = ev.step, ev.total
 end
 
-local function label_name(k)
-  local names = game.model.config.label_names or {}
-  return names[k]
-end
-
--- Starts a new batch; the steps run in love.update.
+-- Asks for a new batch (cancelling the one under way); the worker does the work.
 local function new_batch()
-  local ctx = game.label and label_name(game.label) or nil
-  game.job = minisd.diffusion.start(game.model, {
-    n = SPRITES, context = ctx, steps = STEPS, seed = game.seed,
+  if game.request then
+    game.worker:cancel(game.request)
+  end
+  local label = game.label and game.labels[game.label] or nil
+  game.request = game.worker:request({
+    n = SPRITES, context = label, seed = game.seed, steps = STEPS,
+    guidance = label and 2 or 0, every = 1, alpha_threshold = 0.5,
   })
-  game.steps_shown = 0
-  refresh_picture()
+  game.step = 0
+  game.sampling = true
 end
 
 function love.load(args)
   local path = (args and args[1]) or os.getenv("MINISD_MODEL") -- nil: the shipped model
-  local model, err = minisd.load_model(path)
-  if not model then
-    game.message = "could not load the model:\n" .. tostring(err)
-      .. "\n\nrun: love examples/love path/to/model.safetensors"
-    print(game.message)
-    return
-  end
-  game.model = model
-  game.seed = os.time() % 100000
+  -- one maths thread: the game keeps the other cores
+  game.worker = minisd.worker.new({ model = path, threads = 1 })
+  game.seed = test_batches and 1 or os.time() % 100000
   new_batch()
 end
 
-function love.update(_dt)
-  local job = game.job
-  if not job or job:done() then
-    return
+local function stats(t)
+  table.sort(t)
+  local sum = 0
+  for _, v in ipairs(t) do
+    sum = sum + v
   end
-  job:step()
-  game.steps_shown = job.i
-  refresh_picture()
-  if job:done() then
-    game.batches = game.batches + 1
-    print(string.format("batch %d done: %d sprites, seed %d, context %s", game.batches,
-      SPRITES, game.seed, tostring(game.label and label_name(game.label) or "none")))
+  local p95 = t[math.max(1, math.ceil(#t * 0.95))]
+  return sum / #t * 1000, p95 * 1000, t[#t] * 1000
+end
+
+-- The test mode's end: frame times, a screenshot check, quit.
+local function finish_test()
+  if os.getenv("MINISD_LOVE_DEBUG") then
+    for i, v in ipairs(game.frames) do
+      if v > 0.03 then print("slow frame", i, v) end
+    end
+  end
+  local mean, p95, max = stats(game.frames)
+  print(string.format("frames while sampling: %d, mean %.1f ms, p95 %.1f ms, max %.1f ms",
+    #game.frames, mean, p95, max))
+  love.graphics.captureScreenshot(function(data)
+    -- the sprite area must not be one colour
+    local w, h = data:getDimensions()
+    local seen, colours = {}, 0
+    for y = 20, math.min(h - 1, 300), 3 do
+      for x = 0, w - 1, 3 do
+        local r, g, b = data:getPixel(x, y)
+        local key = string.format("%.2f %.2f %.2f", r, g, b)
+        if not seen[key] then
+          seen[key], colours = true, colours + 1
+        end
+      end
+    end
+    print(string.format("screenshot: %dx%d, %d colours in the sprite area", w, h, colours))
+    local ok = colours > 8 and game.batches == test_batches
+    print(ok and "love test: ok" or "love test: FAILED")
+    love.event.quit(ok and 0 or 1)
+  end)
+end
+
+function love.update(dt)
+  if game.sampling then
+    game.frames[#game.frames + 1] = dt
+  end
+  for _, ev in ipairs(game.worker:poll()) do
+    if ev.kind == "ready" then
+      game.labels = ev.label_names
+    elseif ev.kind == "error" then
+      game.message = ev.message .. "\n\nrun: love examples/love path/to/model.safetensors"
+      print(game.message)
+      game.sampling = false
+      if test_batches then
+        love.event.quit(1)
+      end
+    elseif ev.id == game.request and (ev.kind == "preview" or ev.kind == "done") then
+      show(ev)
+      if ev.kind == "done" then
+        game.sampling = false
+        game.batches = game.batches + 1
+        print(string.format("batch %d done: %d sprites, seed %d, context %s, %.2f s",
+          game.batches, #ev.sprites, game.seed, tostring(game.labels[game.label or 0] or "none"),
+          ev.seconds))
+        if test_batches then
+          if game.batches < test_batches then
+            game.seed = game.seed + 1
+            game.label = (game.batches % 5) + 1
+            new_batch()
+          else
+            finish_test()
+          end
+        end
+      end
+    end
   end
 end
 
@@ -83,7 +145,7 @@ function love.keypressed(key)
     love.event.quit()
     return
   end
-  if not game.model then
+  if game.message then
     return
   end
   if key == "space" then
@@ -94,10 +156,16 @@ function love.keypressed(key)
     new_batch()
   else
     local k = tonumber(key)
-    if k and k >= 1 and k <= 5 and label_name(k) then
+    if k and k >= 1 and k <= 5 and game.labels[k] then
       game.label = k
       new_batch()
     end
+  end
+end
+
+function love.quit()
+  if game.worker then
+    game.worker:close()
   end
 end
 
@@ -107,21 +175,26 @@ function love.draw()
     love.graphics.print(game.message, 20, 20)
     return
   end
-  if game.picture then
-    local ww, wh = love.graphics.getDimensions()
-    local pw, ph = game.picture:getWidth(), game.picture:getHeight()
-    local scale = math.max(1, math.floor(math.min((ww - 40) / pw, (wh - 100) / ph)))
-    love.graphics.draw(game.picture, math.floor((ww - pw * scale) / 2), 20, 0, scale, scale)
+  local ww, wh = love.graphics.getDimensions()
+  local rows = math.ceil(SPRITES / COLUMNS)
+  local cell = 16 + 1
+  local scale = math.max(1, math.min(SCALE_MAX,
+    math.floor(math.min((ww - 40) / (COLUMNS * cell), (wh - 100) / (rows * cell)))))
+  local x0 = math.floor((ww - COLUMNS * cell * scale) / 2)
+  for i, img in ipairs(game.sprites) do
+    local col, row = (i - 1) % COLUMNS, math.floor((i - 1) / COLUMNS)
+    love.graphics.draw(img, x0 + col * cell * scale, 20 + row * cell * scale, 0, scale, scale)
   end
-  local job = game.job
-  local ctx = game.label and label_name(game.label) or "none"
-  love.graphics.print(string.format("step %d/%d   seed %d   context: %s", job.i, job.total,
-    game.seed, ctx), 20, love.graphics.getHeight() - 60)
+  local ctx = game.label and game.labels[game.label] or "none"
+  local status = game.sampling and string.format("step %d/%d", game.step, game.total)
+    or "done"
+  love.graphics.print(string.format("%s   seed %d   context: %s", status, game.seed, ctx), 20,
+    wh - 60)
   local keys = { "space: new batch   0: no context" }
   for k = 1, 5 do
-    if label_name(k) then
-      keys[#keys + 1] = k .. ": " .. label_name(k)
+    if game.labels[k] then
+      keys[#keys + 1] = k .. ": " .. game.labels[k]
     end
   end
-  love.graphics.print(table.concat(keys, "   "), 20, love.graphics.getHeight() - 35)
+  love.graphics.print(table.concat(keys, "   "), 20, wh - 35)
 end

@@ -1,7 +1,8 @@
 -- A headless smoke test of main.lua under plain LuaJIT: stubs the small part of the LÖVE API
 -- that main.lua uses, builds a tiny random ContextUnet{n_feat=8} in a temporary file, and
 -- runs love.load / love.update / love.draw / love.keypressed for a few batches, checking
--- what the game hands to LÖVE.
+-- what the game hands to LÖVE. Without love.thread, minisd.worker runs its in-line
+-- backend: the same requests and events, one denoising step per poll.
 --   luajit examples/love/smoke.lua      (MINISD_CPATH=path/to/luajit/?.so to pick the core)
 -- luacheck: std luajit, globals love game
 local here = (arg and arg[0] or "examples/love/smoke.lua"):match("^(.*)/[^/]*$") or "."
@@ -48,7 +49,6 @@ love = {
     print = function(text) printed[#printed + 1] = text end,
     clear = function() end,
     getDimensions = function() return 800, 480 end,
-    getHeight = function() return 480 end,
   },
   event = { quit = function() end },
 }
@@ -66,44 +66,52 @@ check(type(love.load) == "function" and type(love.update) == "function"
 
 love.load({ path })
 os.remove(path)
-check(game.model ~= nil, "model loaded: " .. tostring(game.message))
-check(game.job ~= nil and game.picture ~= nil, "a batch started and is shown")
--- 8 sprites of 16x16 in a 4-column grid with 1-pixel padding: 69x35
-check(game.picture:getWidth() == 69 and game.picture:getHeight() == 35,
-  string.format("picture %dx%d", game.picture:getWidth(), game.picture:getHeight()))
+check(game.worker ~= nil and game.request ~= nil, "a worker started and a batch was requested")
 love.draw()
 
+-- runs frames until the current batch is done; returns the number of frames
 local function run_batch(label)
-  local frames, first = 0, game.picture.data.bytes
-  while not game.job:done() do
+  local frames, batches = 0, game.batches
+  local first
+  while game.batches == batches do
     love.update(1 / 60)
     love.draw()
+    check(game.message == nil, "no error: " .. tostring(game.message))
     frames = frames + 1
-    check(frames <= 1000, "the job never finishes")
+    if frames == 2 then
+      first = game.sprites[1].data.bytes
+    end
+    check(frames <= 1000, "the batch never finishes")
   end
-  check(game.steps_shown == game.job.total, "every step shown")
-  check(game.picture.data.bytes ~= first, "the picture changed while denoising")
-  print(string.format("smoke: %s: %d frames, %d steps, seed %d", label, frames, game.job.total,
+  check(game.step == game.total and game.total == 25, "every step shown")
+  check(#game.sprites == 8, "8 sprites shown, got " .. #game.sprites)
+  check(game.sprites[1]:getWidth() == 16 and game.sprites[1]:getHeight() == 16, "16x16 sprites")
+  check(game.sprites[1].data.bytes ~= first, "the sprites changed while denoising")
+  print(string.format("smoke: %s: %d frames, %d steps, seed %d", label, frames, game.total,
     game.seed))
   return frames
 end
 
+-- the inline backend (no love.thread here) runs one step per poll, so one per frame
 check(run_batch("batch 1") == 25, "25 steps, one per frame")
 local seed = game.seed
 love.keypressed("space")
-check(game.seed == seed + 1 and game.job.i == 0, "space starts a new batch with a new seed")
+check(game.seed == seed + 1 and game.step == 0, "space starts a new batch with a new seed")
 run_batch("space")
 love.keypressed("3")
 check(game.label == 3, "key 3 selects the third label")
-run_batch("context " .. game.model.config.label_names[3])
+run_batch("context " .. game.labels[3])
 love.keypressed("0")
-check(game.label == nil and game.job.i == 0, "key 0 clears the context")
+check(game.label == nil and game.step == 0, "key 0 clears the context")
 love.update(1 / 60)
+local req = game.request
 love.keypressed("x") -- ignored
-check(game.job.i == 1, "other keys are ignored")
+check(game.request == req, "other keys are ignored")
 check(game.batches == 3, "3 batches finished, got " .. game.batches)
 for _, f in ipairs(filters) do
   check(f == "nearest/nearest", "filter " .. f)
 end
-check(made > 75 and drawn > 75, "images made and drawn each frame")
+check(made >= 75 * 8 and drawn >= 74 * 8,
+  string.format("sprites made and drawn each frame: %d images, %d draws", made, drawn))
+love.quit()
 print(string.format("smoke: ok (%d images made, %d draws)", made, drawn))

@@ -72,8 +72,50 @@ Job.__index = Job
 
 local sample_options = {
   n = true, context = true, sampler = true, steps = true, eta = true, guidance = true,
-  seed = true, generator = true, on_step = true, channels = true, size = true, noise = true,
+  seed = true, seeds = true, generator = true, on_step = true, channels = true, size = true,
+  noise = true,
 }
+
+-- The per-sprite generators of opts.seeds (a list of n integers), or nil.
+local function sprite_generators(opts, n)
+  local seeds = opts.seeds
+  if seeds == nil then
+    return nil
+  end
+  if type(seeds) ~= "table" or #seeds < 1 then
+    error("diffusion.sample: seeds must be a list of integers, one per sprite, got "
+      .. type(seeds), 4)
+  end
+  if opts.seed ~= nil or opts.generator ~= nil or opts.noise ~= nil then
+    error("diffusion.sample: seeds (one per sprite) cannot be combined with seed, generator "
+      .. "or noise", 4)
+  end
+  if n ~= #seeds then
+    error(string.format("diffusion.sample: %d seeds for n = %d sprites", #seeds, n), 4)
+  end
+  local gens = {}
+  for i, s in ipairs(seeds) do
+    if type(s) ~= "number" or s ~= math.floor(s) or s < 0 or s >= 2 ^ 53 then
+      error(string.format("diffusion.sample: seeds[%d] must be an integer in [0, 2^53), got %s",
+        i, tostring(s)), 4)
+    end
+    gens[i] = minisd.Generator(s)
+  end
+  return gens
+end
+
+-- One (1, ...) draw per generator, stacked: (#gens, ...).
+local function randn_rows(gens, shape)
+  local one = { 1 }
+  for d = 2, #shape do
+    one[d] = shape[d]
+  end
+  local rows = {}
+  for i, g in ipairs(gens) do
+    rows[i] = minisd.randn(one, g)
+  end
+  return #rows == 1 and rows[1] or minisd.cat(rows, 1)
+end
 
 --- Starts a step-wise sampling job, so a game can spread one run over frames.
 -- @param model a ContextUnet (switched to eval mode for sampling)
@@ -81,13 +123,15 @@ local sample_options = {
 --   sampler=one of minisd.sched.names() ("ddim", "ddpm", "dpmpp_2m"; default "ddim"),
 --   steps=(the sampler's default_steps: 25 for ddim, 12 for dpmpp_2m, T for ddpm),
 --   eta=0 (samplers that take it: ddim), guidance=0 (0: off),
---   seed= or generator=, on_step=function(i, t, x) end, noise= initial x_T}
+--   seed= or generator=, or seeds={s1, ..., sn} (one per sprite: each sprite's noise comes
+--   from its own generator, so a sprite of a batch can be made again alone),
+--   on_step=function(i, t, x) end, noise= initial x_T}
 -- @return job with :step(), :done(), :result(), .i, .total
 function M.start(model, opts)
   opts = opts or {}
   check_options("diffusion.sample", opts, sample_options)
   local cfg = model.config or {}
-  local n = opts.n or 1
+  local n = opts.n or (type(opts.seeds) == "table" and #opts.seeds > 0 and #opts.seeds) or 1
   if type(n) ~= "number" or n < 1 or n ~= math.floor(n) then
     error("diffusion.sample: n must be a positive integer, got " .. tostring(opts.n), 3)
   end
@@ -102,9 +146,15 @@ function M.start(model, opts)
   local s = Sched.new(sopts)
   local T = s.num_train_timesteps
   s:set_timesteps(opts.steps or Sched.default_steps or T)
-  local gen = opts.generator or minisd.Generator(opts.seed or 0)
+  local gens = sprite_generators(opts, n)
+  local gen = not gens and (opts.generator or minisd.Generator(opts.seed or 0)) or nil
   local C, hgt = opts.channels or cfg.in_channels or 3, opts.size or cfg.height or 16
-  local x = opts.noise or minisd.randn({ n, C, hgt, hgt }, gen)
+  local x
+  if gens then
+    x = randn_rows(gens, { n, C, hgt, hgt })
+  else
+    x = opts.noise or minisd.randn({ n, C, hgt, hgt }, gen)
+  end
   local ctx = opts.context
   local K = cfg.n_cfeat or 5
   if type(ctx) == "string" or (type(ctx) == "table" and not minisd.is_tensor(ctx)) then
@@ -132,8 +182,8 @@ function M.start(model, opts)
   end
   model:eval()
   return setmetatable({
-    model = model, scheduler = s, generator = gen, x = x, context = ctx, n = n, T = T,
-    guidance = guidance, on_step = opts.on_step, i = 0, total = #s.timesteps,
+    model = model, scheduler = s, generator = gen, generators = gens, x = x, context = ctx,
+    n = n, T = T, guidance = guidance, on_step = opts.on_step, i = 0, total = #s.timesteps,
   }, Job)
 end
 
@@ -160,7 +210,11 @@ function Job:step()
   local t = self.scheduler.timesteps[self.i]
   minisd.no_grad(function()
     local eps = self:predict(self.x, t)
-    local out = self.scheduler:step(eps, t, self.x, { generator = self.generator })
+    -- per-sprite generators draw every step's noise row by row (a deterministic step
+    -- ignores it), so that each sprite's numbers do not depend on the others
+    local sopts = self.generators and { noise = randn_rows(self.generators, self.x:shape()) }
+      or { generator = self.generator }
+    local out = self.scheduler:step(eps, t, self.x, sopts)
     self.x = out.prev_sample
     self.pred_original_sample = out.pred_original_sample
   end)

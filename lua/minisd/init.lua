@@ -69,6 +69,7 @@ local lazy = {
   image = "minisd.image", diffusion = "minisd.diffusion", models = "minisd.models",
   train = "minisd.train", json = "minisd.json", sched = "minisd.sched",
   quality = "minisd.quality", classifier = "minisd.classifier", linalg = "minisd.linalg",
+  worker = "minisd.worker",
 }
 
 return setmetatable(M, {
