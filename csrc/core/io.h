@@ -39,6 +39,13 @@ int msd_file_read_all(const char *what, const char *path, unsigned char **data, 
 float msd_half_to_float(uint16_t h);
 float msd_bf16_to_float(uint16_t b);
 
+/* float32 to binary16 and to bfloat16, rounding to nearest with ties to even; the
+ * subnormals of each kept, NaN kept (quiet), binary16 overflow to inf from 65520 up.
+ * (msd_bf16_from_float in conv_amx.h flushes subnormals, as the AMX conversion does;
+ * files use this one, as PyTorch does.) */
+uint16_t msd_half_from_float(float f);
+uint16_t msd_bf16_round(float f);
+
 /* ---- .npy --------------------------------------------------------------- */
 
 /* Loads a NumPy .npy file (format versions 1.0, 2.0 and 3.0) into a new

@@ -74,6 +74,47 @@ float msd_bf16_to_float(uint16_t b)
     return f;
 }
 
+/* float32 -> binary16, rounding to nearest, ties to even (as numpy and PyTorch do):
+ * values from 65520 up (the midpoint above 65504, the largest half) become inf, those
+ * below 2^-14 subnormals, a NaN stays a (quiet) NaN. */
+uint16_t msd_half_from_float(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t sign = (uint16_t)(u >> 16 & 0x8000u);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u)
+        return (uint16_t)(sign | 0x7e00u | (a >> 13 & 0x1ffu));
+    if (a >= 0x477ff000u) /* 65520 and up, inf included */
+        return (uint16_t)(sign | 0x7c00u);
+    if (a < 0x38800000u) { /* below 2^-14: m 2^-24 with m = a 2^24 rounded to even */
+        float v;
+        memcpy(&v, &a, 4);
+        v *= 16777216.0f; /* exact: a power of two, and v < 1024 */
+        /* adding and taking away 2^23 rounds v (< 2^23) to an integer, ties to even, in
+         * the default rounding mode; m = 1024 is the bit pattern of 2^-14, also right */
+        uint32_t m = (uint32_t)((v + 8388608.0f) - 8388608.0f);
+        return (uint16_t)(sign | m);
+    }
+    uint32_t h = ((a >> 23) - 112u) << 10 | (a >> 13 & 0x3ffu);
+    uint32_t rest = a & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
+        h++; /* a carry into the exponent is the right rounding too */
+    return (uint16_t)(sign | h);
+}
+
+/* float32 -> bfloat16, rounding to nearest, ties to even, subnormals kept (as PyTorch's
+ * tensor.to(torch.bfloat16)); a NaN stays a (quiet) NaN. */
+uint16_t msd_bf16_round(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)(u >> 16 | 0x0040u);
+    u += 0x7fffu + (u >> 16 & 1u);
+    return (uint16_t)(u >> 16);
+}
+
 /* Distinguishes temporary names of concurrent writers in one process. */
 static atomic_uint tmp_counter;
 

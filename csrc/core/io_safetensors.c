@@ -129,9 +129,10 @@ int msd_safetensors_add(msd_safetensors *st, const char *name, msd_tensor *t, ms
         return msd_error(MSD_ERR_ARG, "safetensors: invalid tensor name '%s'", name);
     if (msd_safetensors_find(st, name) >= 0)
         return msd_error(MSD_ERR_ARG, "safetensors: duplicate tensor name '%s'", name);
-    if (dtype != MSD_DTYPE_F32 && dtype != MSD_DTYPE_I64)
-        return msd_error(MSD_ERR_ARG, "safetensors: tensor '%s': can save as F32 or I64, not %s",
-                         name, msd_dtype_name(dtype));
+    if (dtype != MSD_DTYPE_F32 && dtype != MSD_DTYPE_I64 && dtype != MSD_DTYPE_F16 &&
+        dtype != MSD_DTYPE_BF16)
+        return msd_error(MSD_ERR_ARG, "safetensors: tensor '%s': can save as F32, F16, BF16 or "
+                         "I64, not %s", name, msd_dtype_name(dtype));
     int rc = push_tensor(st, name, t, dtype);
     if (rc == MSD_OK)
         msd_tensor_retain(t);
@@ -865,13 +866,18 @@ static int write_st(FILE *f, void *ctx)
         int i = job->order[k];
         const float *d = msd_tensor_data(st->tensors[i]);
         size_t numel = msd_tensor_numel(st->tensors[i]);
-        int w = st->dtypes[i] == MSD_DTYPE_I64 ? 8 : 4;
+        msd_dtype dt = st->dtypes[i];
+        int w = (int)dtypes[dt].size;
         for (size_t j = 0; j < numel;) {
             size_t m = 0;
             for (; m + (size_t)w <= sizeof tmp && j < numel; j++, m += (size_t)w) {
                 uint64_t bits;
-                if (w == 8) {
+                if (dt == MSD_DTYPE_I64) {
                     bits = (uint64_t)(int64_t)d[j];
+                } else if (dt == MSD_DTYPE_F16) {
+                    bits = msd_half_from_float(d[j]);
+                } else if (dt == MSD_DTYPE_BF16) {
+                    bits = msd_bf16_round(d[j]);
                 } else {
                     uint32_t b32;
                     memcpy(&b32, &d[j], 4);
@@ -903,9 +909,26 @@ int msd_safetensors_save(const char *path, const msd_safetensors *st)
         if (!valid_utf8(st->names[i]))
             return msd_error(MSD_ERR_ARG, "save_safetensors: '%s': tensor name is not valid "
                              "UTF-8", path);
-        if (st->dtypes[i] != MSD_DTYPE_F32 && st->dtypes[i] != MSD_DTYPE_I64)
-            return msd_error(MSD_ERR_ARG, "save_safetensors: '%s': tensor '%s': can save as F32 "
-                             "or I64, not %s", path, st->names[i], msd_dtype_name(st->dtypes[i]));
+        msd_dtype dt = st->dtypes[i];
+        if (dt != MSD_DTYPE_F32 && dt != MSD_DTYPE_I64 && dt != MSD_DTYPE_F16 &&
+            dt != MSD_DTYPE_BF16)
+            return msd_error(MSD_ERR_ARG, "save_safetensors: '%s': tensor '%s': can save as F32, "
+                             "F16, BF16 or I64, not %s", path, st->names[i], msd_dtype_name(dt));
+        if (dt == MSD_DTYPE_F16 || dt == MSD_DTYPE_BF16) {
+            /* a finite value must stay finite: binary16 ends at 65504, bfloat16 near 3.4e38 */
+            const float *d = msd_tensor_data(st->tensors[i]);
+            size_t n = msd_tensor_numel(st->tensors[i]);
+            for (size_t j = 0; j < n; j++) {
+                uint16_t b = dt == MSD_DTYPE_F16 ? msd_half_from_float(d[j])
+                                                 : msd_bf16_round(d[j]);
+                int inf = dt == MSD_DTYPE_F16 ? (b & 0x7fffu) == 0x7c00u
+                                              : (b & 0x7fffu) == 0x7f80u;
+                if (inf && isfinite(d[j]))
+                    return msd_error(MSD_ERR_ARG, "save_safetensors: '%s': tensor '%s' holds "
+                                     "%.9g at element %zu, beyond the range of %s", path,
+                                     st->names[i], (double)d[j], j, msd_dtype_name(dt));
+            }
+        }
         if (st->dtypes[i] == MSD_DTYPE_I64) {
             const float *d = msd_tensor_data(st->tensors[i]);
             size_t n = msd_tensor_numel(st->tensors[i]);

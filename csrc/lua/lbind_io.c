@@ -102,16 +102,46 @@ static int l_io_load_safetensors_string(lua_State *L)
 
 /* minisd.save_safetensors(path, tensors, metadata?, opts?): tensors maps
  * names to tensors; metadata maps keys to strings; opts.dtypes maps names
- * to "F32" (default) or "I64" (values must be integers). Atomic. */
+ * to "F32", "F16", "BF16" or "I64" (values must be integers); opts.dtype
+ * is the one for the tensors opts.dtypes does not name (default "F32").
+ * Atomic. */
+
+/* The dtype a file can store, from its name; MSD_DTYPE_COUNT when not one. */
+static msd_dtype save_dtype(const char *v)
+{
+    if (!v)
+        return MSD_DTYPE_COUNT;
+    if (strcmp(v, "F32") == 0)
+        return MSD_DTYPE_F32;
+    if (strcmp(v, "F16") == 0)
+        return MSD_DTYPE_F16;
+    if (strcmp(v, "BF16") == 0)
+        return MSD_DTYPE_BF16;
+    if (strcmp(v, "I64") == 0)
+        return MSD_DTYPE_I64;
+    return MSD_DTYPE_COUNT;
+}
+
 static int l_io_save_safetensors(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     int has_meta = !lua_isnoneornil(L, 3), dt = 0;
+    msd_dtype dflt = MSD_DTYPE_F32;
     if (has_meta)
         luaL_checktype(L, 3, LUA_TTABLE);
     if (!lua_isnoneornil(L, 4)) {
         luaL_checktype(L, 4, LUA_TTABLE);
+        lua_getfield(L, 4, "dtype");
+        if (!lua_isnil(L, -1)) {
+            const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+            dflt = save_dtype(v);
+            if (dflt == MSD_DTYPE_COUNT || dflt == MSD_DTYPE_I64)
+                return luaL_error(L, "save_safetensors: '%s': opts.dtype: expected \"F32\", "
+                                  "\"F16\" or \"BF16\", got %s", path,
+                                  v ? v : luaL_typename(L, -1));
+        }
+        lua_pop(L, 1);
         lua_getfield(L, 4, "dtypes");
         if (!lua_isnil(L, -1)) {
             if (!lua_istable(L, -1))
@@ -123,9 +153,10 @@ static int l_io_save_safetensors(lua_State *L)
                 if (lua_type(L, -2) != LUA_TSTRING)
                     return luaL_error(L, "save_safetensors: '%s': opts.dtypes keys must be "
                                       "tensor names", path);
-                if (!v || (strcmp(v, "F32") && strcmp(v, "I64")))
+                if (save_dtype(v) == MSD_DTYPE_COUNT)
                     return luaL_error(L, "save_safetensors: '%s': opts.dtypes['%s']: expected "
-                                      "\"F32\" or \"I64\"", path, lua_tostring(L, -2));
+                                      "\"F32\", \"F16\", \"BF16\" or \"I64\"", path,
+                                      lua_tostring(L, -2));
                 lua_pushvalue(L, -2);
                 lua_gettable(L, 2);
                 if (lua_isnil(L, -1))
@@ -163,11 +194,11 @@ static int l_io_save_safetensors(lua_State *L)
     lua_pushnil(L);
     while (rc == MSD_OK && lua_next(L, 2)) {
         const char *name = lua_tostring(L, -2);
-        msd_dtype d = MSD_DTYPE_F32;
+        msd_dtype d = dflt;
         if (dt) {
             lua_getfield(L, dt, name);
-            if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "I64") == 0)
-                d = MSD_DTYPE_I64;
+            if (lua_type(L, -1) == LUA_TSTRING)
+                d = save_dtype(lua_tostring(L, -1));
             lua_pop(L, 1);
         }
         rc = msd_safetensors_add(st, name, *(msd_tensor **)lua_touserdata(L, -1), d);

@@ -453,14 +453,24 @@ function Module:load_state_dict(sd, strict)
   return { missing_keys = missing, unexpected_keys = unexpected }
 end
 
+local SAVE_DTYPES = { F32 = true, F16 = true, BF16 = true }
+
 --- Saves the state_dict as a safetensors file (buffers registered with a
 -- dtype, such as BatchNorm's num_batches_tracked, keep it: I64).
 -- @param path file name
 -- @param metadata optional table of string -> string, stored in __metadata__
+-- @param opts optional {dtype = "F32" (default), "F16" or "BF16"}: how the float tensors
+--   are stored (half the size in F16 or BF16, rounded to nearest even; loading gives
+--   float32 back)
 -- @return true, or nil and a message when the file cannot be written
-function Module:save(path, metadata)
+function Module:save(path, metadata, opts)
   if type(path) ~= "string" then
     error("save: expected a file name, got " .. type(path), 2)
+  end
+  opts = require("minisd.util").check_options("save", opts, { "dtype" })
+  local dtype = opts.dtype or "F32"
+  if not SAVE_DTYPES[dtype] then
+    error("save: dtype must be \"F32\", \"F16\" or \"BF16\", got " .. tostring(dtype), 2)
   end
   if metadata ~= nil then
     if type(metadata) ~= "table" then
@@ -482,7 +492,8 @@ function Module:save(path, metadata)
       end
     end
   end)
-  local ok, err = pcall(minisd.save_safetensors, path, sd, metadata or {}, { dtypes = dtypes })
+  local ok, err = pcall(minisd.save_safetensors, path, sd, metadata or {},
+    { dtypes = dtypes, dtype = dtype })
   if not ok then
     return nil, tostring(err)
   end

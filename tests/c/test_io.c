@@ -199,6 +199,56 @@ static void test_half_bf16(void)
     CHECK(msd_bf16_to_float(0x3dcd) == 0x1.9ap-4f);
 }
 
+/* float32 -> binary16 / bfloat16, round to nearest even, checked against its definition:
+ * every value of the format comes back unchanged, the midpoint between two neighbours goes
+ * to the one with an even pattern, and a hair either side of it to the nearer one. */
+static void check_rounding(uint16_t (*from)(float), float (*to)(uint16_t), uint16_t max_finite,
+                           uint16_t inf)
+{
+    for (uint32_t h = 0; h <= 0xffffu; h++) {
+        uint16_t a = (uint16_t)h;
+        if ((a & 0x7fffu) > inf) { /* NaN stays NaN */
+            CHECK(isnan(to(from(to(a)))));
+            continue;
+        }
+        CHECK(from(to(a)) == a);
+        if ((a & 0x7fffu) >= max_finite)
+            continue;
+        uint16_t b = (uint16_t)(a + 1); /* the next value away from zero */
+        float lo = to(a), hi = to(b);
+        float mid = (float)(((double)lo + (double)hi) / 2); /* exact: one bit more */
+        CHECK((double)mid == ((double)lo + (double)hi) / 2);
+        CHECK(from(mid) == ((a & 1u) ? b : a));
+        float up = nextafterf(mid, hi), down = nextafterf(mid, lo);
+        if (up != hi)
+            CHECK(from(up) == b);
+        if (down != lo)
+            CHECK(from(down) == a);
+    }
+    /* past the largest finite value: the midpoint to the next power rounds to inf */
+    float big = to(max_finite);
+    float mid = (float)((double)big + ((double)big - (double)to((uint16_t)(max_finite - 1))) / 2);
+    CHECK(from(mid) == inf && from(-mid) == (uint16_t)(inf | 0x8000u));
+    CHECK(from(nextafterf(mid, 0)) == max_finite);
+    CHECK(from(INFINITY) == inf);
+}
+
+static void test_half_bf16_rounding(void)
+{
+    check_rounding(msd_half_from_float, msd_half_to_float, 0x7bffu, 0x7c00u);
+    check_rounding(msd_bf16_round, msd_bf16_to_float, 0x7f7fu, 0x7f80u);
+    /* a few by hand */
+    CHECK(msd_half_from_float(1.0f / 3.0f) == 0x3555);
+    CHECK(msd_half_from_float(0.1f) == 0x2e66);
+    CHECK(msd_half_from_float(65520.0f) == 0x7c00 && msd_half_from_float(65519.0f) == 0x7bff);
+    CHECK(msd_half_from_float(0x1p-25f) == 0x0000);         /* tie to even: 0 */
+    CHECK(msd_half_from_float(0x1.8p-25f) == 0x0001);
+    CHECK(msd_half_from_float(0x1p-30f) == 0x0000);
+    CHECK(msd_half_from_float(-0.0f) == 0x8000);
+    CHECK(msd_bf16_round(0.1f) == 0x3dcd);
+    CHECK(msd_bf16_round(0x1p-130f) == 0x0008); /* a subnormal is kept */
+}
+
 static void check_st(const msd_safetensors *st, const char *name, msd_dtype d, int ndim,
                      const double *want)
 {
@@ -252,7 +302,7 @@ static void test_safetensors_roundtrip(void)
     CHECK_OK(msd_safetensors_add(&st, "a.bias", c, MSD_DTYPE_F32));
     CHECK(msd_safetensors_add(&st, "steps", b, MSD_DTYPE_F32) == MSD_ERR_ARG);
     CHECK(msd_safetensors_add(&st, "__metadata__", b, MSD_DTYPE_F32) == MSD_ERR_ARG);
-    CHECK(msd_safetensors_add(&st, "x", b, MSD_DTYPE_F16) == MSD_ERR_ARG);
+    CHECK(msd_safetensors_add(&st, "x", b, MSD_DTYPE_U8) == MSD_ERR_ARG);
     CHECK_OK(msd_safetensors_set_meta(&st, "arch", "ContextUnet"));
     CHECK_OK(msd_safetensors_set_meta(&st, "labels", "[\"hero\",\n\"t\\ab\"]"));
     CHECK_OK(msd_safetensors_set_meta(&st, "arch", "ContextUnet2"));
@@ -511,6 +561,7 @@ int main(void)
     RUN(test_npy_numpy_files);
     RUN(test_npy_errors);
     RUN(test_half_bf16);
+    RUN(test_half_bf16_rounding);
     RUN(test_safetensors_reference);
     RUN(test_safetensors_roundtrip);
     RUN(test_safetensors_corrupt);

@@ -110,6 +110,42 @@ describe("loading from bytes", function()
   end)
 end)
 
+describe("half-precision model files", function()
+  it("store the weights in F16 or BF16 at half the size and load back as float32", function()
+    local tmp = H.tmpdir()
+    minisd.manual_seed(6)
+    local m = minisd.models.ContextUnet({ n_feat = 8, in_channels = 4 })
+    m:train()
+    m(minisd.randn({ 2, 4, 16, 16 }), minisd.rand({ 2, 1, 1, 1 }), minisd.rand({ 2, 5 }))
+    local f32, f16, bf16 = tmp .. "/a.safetensors", tmp .. "/b.safetensors", tmp .. "/c.safetensors"
+    assert(m:save(f32))
+    assert(m:save(f16, { dtype = "F16", training = { context = true } }))
+    assert(m:save(bf16, { dtype = "BF16" }))
+    local s32, s16 = #H.read_file(f32), #H.read_file(f16)
+    assert.is_true(s16 < 0.6 * s32, s16 .. " bytes against " .. s32) -- the header is the rest
+    local a = assert(minisd.load_model(f32))
+    local rel = { [f16] = 2 ^ -11, [bf16] = 2 ^ -8 } -- half an ulp, relative
+    for path, tol in pairs(rel) do
+      local b = assert(minisd.load_model(path))
+      local sa, sb = a:state_dict(), b:state_dict()
+      for name, t in pairs(sa) do
+        local x, y = t:reshape(-1):totable(), sb[name]:reshape(-1):totable()
+        for i = 1, #x do
+          local err = math.abs(x[i] - y[i])
+          assert.is_true(err <= tol * math.abs(x[i]) + 2 ^ -25, -- F16 subnormals: 2^-24 apart
+            string.format("%s %s[%d]: %g -> %g", path, name, i, x[i], y[i]))
+        end
+      end
+      -- the step counter stays an integer tensor
+      assert.is_truthy(H.read_file(path):find('"down1.model.0.conv1.1.num_batches_tracked":{"dtype":"I64"',
+        1, true))
+    end
+    assert.is_true(assert(minisd.load_model(f16)).training_summary.context)
+    assert.has_error(function() m:save(tmp .. "/d.safetensors", { dtype = "F8" }) end,
+      'save: dtype must be "F32", "F16" or "BF16", got F8')
+  end)
+end)
+
 describe("load_model and bad numbers", function()
   it("refuses NaN or infinite weights and a negative BatchNorm variance, naming the tensor",
     function()

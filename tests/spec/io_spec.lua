@@ -131,6 +131,33 @@ describe("minisd io", function()
       assert.are.same({}, m2)
     end)
 
+    it("writes F16 and BF16, rounding as numpy and PyTorch do, half the bytes", function()
+      local path = dir .. "/h.safetensors"
+      local x = minisd.tensor({ 0.1, 1 / 3, 65519, 1e-8, 3e-8, -2.5, 1e-3 })
+      -- numpy's astype(float16) and PyTorch's to(bfloat16) of the same float32 values
+      local f16 = { 0.0999755859375, 0.333251953125, 65504.0, 0.0, 5.960464477539063e-08, -2.5,
+        0.0010004043579101562 }
+      local bf16 = { 0.10009765625, 0.333984375, 65536.0, 1.0011717677116394e-08,
+        3.003515303134918e-08, -2.5, 0.00099945068359375 }
+      minisd.save_safetensors(path, { a = x, b = x, c = x }, nil,
+        { dtype = "F16", dtypes = { b = "BF16", c = "F32" } })
+      local ts = minisd.load_safetensors(path)
+      H.assert_close(ts.a, minisd.tensor(f16), 0, 0, "F16")
+      H.assert_close(ts.b, minisd.tensor(bf16), 0, 0, "BF16")
+      H.assert_close(ts.c, x, 0, 0, "F32")
+      local header = read(path)
+      assert.is_truthy(header:find('"a":{"dtype":"F16","shape":[7]', 1, true))
+      assert.is_truthy(header:find('"b":{"dtype":"BF16","shape":[7]', 1, true))
+      -- the data: 7 * 4 bytes for c, 7 * 2 for a and b
+      local hlen = header:byte(1) + 256 * header:byte(2)
+      assert.are.equal(8 + hlen + 28 + 14 + 14, #header)
+      -- a finite value beyond float16's range is refused, not written as inf
+      raises("holds 70000 at element 1, beyond the range of F16", minisd.save_safetensors,
+        dir .. "/big.safetensors", { big = minisd.tensor({ 1, 70000 }) }, nil, { dtype = "F16" })
+      raises("opts.dtype: expected", minisd.save_safetensors, path, { a = x }, nil,
+        { dtype = "I64" })
+    end)
+
     it("rejects bad arguments with messages naming the file and the problem", function()
       local path = dir .. "/bad.safetensors"
       local t = minisd.tensor({ 1.5 })
@@ -139,7 +166,7 @@ describe("minisd io", function()
       raises("metadata 'epoch' must be a string", minisd.save_safetensors, path, { s = t },
         { epoch = 3 })
       raises("opts.dtypes['s']", minisd.save_safetensors, path, { s = t }, nil,
-        { dtypes = { s = "F16" } })
+        { dtypes = { s = "U8" } })
       raises("'q' is not a tensor", minisd.save_safetensors, path, { q = 1 })
       raises("bad.safetensors", minisd.save_safetensors, path, { __metadata__ = t })
       assert.is_nil(io.open(path, "rb"))

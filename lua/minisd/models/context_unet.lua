@@ -141,19 +141,24 @@ end
 -- "minisd.config" (JSON: in_channels, n_feat, n_cfeat, height, label_names,
 -- background, schedule) and, when given, "minisd.training" (JSON summary).
 -- @param path file name
--- @param extra optional {training = table, [string] = string}
+-- @param extra optional {training = table, dtype = "F32" (default), "F16" or "BF16" (how
+--   the weights are stored; see nn.Module.save), [string] = string}
+-- @return true, or nil and a message
 function ContextUnet:save(path, extra)
   local json = require("minisd.json")
   local meta = { ["minisd.arch"] = "ContextUnet", ["minisd.format"] = "1",
     ["minisd.config"] = json.encode(self.config) }
+  if extra ~= nil and type(extra) ~= "table" then
+    error("ContextUnet:save: options must be a table, got " .. type(extra), 2)
+  end
   for k, v in pairs(extra or {}) do
     if k == "training" then
       meta["minisd.training"] = type(v) == "string" and v or json.encode(v)
-    else
+    elseif k ~= "dtype" then
       meta[k] = v
     end
   end
-  return nn.Module.save(self, path, meta)
+  return nn.Module.save(self, path, meta, { dtype = extra and extra.dtype })
 end
 
 --- The noise prediction eps(x, t, c).

@@ -93,7 +93,7 @@ end
 --- Saves the weights with "minisd.arch" = "SpriteClassifier", "minisd.config" (JSON) and,
 -- when given, "minisd.training" (JSON: the training and held-out summary).
 -- @param path file name (written atomically)
--- @param extra optional {training = table}
+-- @param extra optional {training = table, dtype = "F32" (default), "F16" or "BF16"}
 -- @return true, or nil and a message
 function SpriteClassifier:save(path, extra)
   local json = require("minisd.json")
@@ -102,7 +102,7 @@ function SpriteClassifier:save(path, extra)
   if extra and extra.training then
     meta["minisd.training"] = json.encode(extra.training)
   end
-  return nn.Module.save(self, path, meta)
+  return nn.Module.save(self, path, meta, { dtype = extra and extra.dtype })
 end
 
 return M
