@@ -57,6 +57,9 @@ uint16_t msd_bf16_round(float f);
  * MSD_MAX_DIMS dims, a malformed header, data shorter than the header
  * says. Bytes after the data are ignored, as NumPy does. */
 int msd_npy_load(const char *path, msd_tensor **out);
+/* The same from a file's bytes in memory; name (or "(npy bytes)") stands for the path in
+ * messages. */
+int msd_npy_load_mem(const char *name, const unsigned char *data, size_t size, msd_tensor **out);
 
 /* Saves t as a little-endian float32 ('<f4'), C-order .npy file: format
  * 1.0, or 2.0 if the header does not fit in 65535 bytes; the header is
@@ -148,6 +151,8 @@ int msd_safetensors_save(const char *path, const msd_safetensors *st);
  * MSD_ERR_FORMAT naming the file (missing, not a PNG, corrupt, or a header
  * claiming more pixels than the file could plausibly hold). */
 int msd_png_load(const char *path, msd_tensor **out);
+/* The same from a file's bytes in memory; name (or "(PNG bytes)") stands for the path. */
+int msd_png_load_mem(const char *name, const unsigned char *data, size_t size, msd_tensor **out);
 
 /* Saves t (C, H, W) with C = 1 (gray), 3 (RGB) or 4 (RGBA) as an 8-bit PNG;
  * each value is clamped to [0, 1] and stored as round(v * 255) (NaN -> 0).

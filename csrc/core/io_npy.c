@@ -217,16 +217,11 @@ static int parse_header(hdr *h, npy_header *out)
     return MSD_OK;
 }
 
-int msd_npy_load(const char *path, msd_tensor **out)
+/* Decodes a .npy file held in memory; path names it in messages. */
+static int npy_decode(const unsigned char *buf, size_t size, const char *path, msd_tensor **out)
 {
-    *out = NULL;
-    unsigned char *buf;
-    size_t size;
-    int rc = msd_file_read_all("load_npy", path, &buf, &size);
-    if (rc)
-        return rc;
+    int rc;
     if (size < 10 || memcmp(buf, "\x93NUMPY", 6) != 0) {
-        free(buf);
         return msd_error(MSD_ERR_FORMAT, "load_npy: '%s': not a .npy file (bad magic)", path);
     }
     int major = buf[6];
@@ -236,19 +231,16 @@ int msd_npy_load(const char *path, msd_tensor **out)
         hstart = 10;
     } else if (major == 2 || major == 3) {
         if (size < 12) {
-            free(buf);
             return msd_error(MSD_ERR_FORMAT, "load_npy: '%s': truncated header", path);
         }
         hlen = (size_t)le(buf + 8, 4);
         hstart = 12;
     } else {
-        int minor = buf[7]; /* read before the buffer goes */
-        free(buf);
+        int minor = buf[7];
         return msd_error(MSD_ERR_FORMAT, "load_npy: '%s': unsupported format version %d.%d",
                          path, major, minor);
     }
     if (hlen > size - hstart) {
-        free(buf);
         return msd_error(MSD_ERR_FORMAT, "load_npy: '%s': header length %zu runs past the end "
                          "of the %zu-byte file", path, hlen, size);
     }
@@ -256,7 +248,6 @@ int msd_npy_load(const char *path, msd_tensor **out)
     memset(&nh, 0, sizeof nh);
     hdr h = { (const char *)buf + hstart, (const char *)buf + hstart + hlen, path };
     if ((rc = parse_header(&h, &nh))) {
-        free(buf);
         return rc;
     }
     /* dtype */
@@ -270,18 +261,15 @@ int msd_npy_load(const char *path, msd_tensor **out)
                 if (npy_types[i].code == d[1] && npy_types[i].size == sz)
                     found = i;
         if (found >= 0 && d[0] == '>' && sz > 1) {
-            free(buf);
             return msd_error(MSD_ERR_FORMAT, "load_npy: '%s': big-endian dtype '%s' is not "
                              "supported; save it with arr.astype('<%c%ld')", path, d, d[1], sz);
         }
     }
     if (found < 0) {
-        free(buf);
         return msd_error(MSD_ERR_FORMAT, "load_npy: '%s': unsupported dtype '%s' (supported: "
                          "b1 u1 i1 u2 i2 u4 i4 u8 i8 f2 f4 f8, little-endian)", path, d);
     }
     if (nh.ndim > MSD_MAX_DIMS) {
-        free(buf);
         return msd_error(MSD_ERR_FORMAT, "load_npy: '%s': array has %d dims, at most %d "
                          "supported", path, nh.ndim, MSD_MAX_DIMS);
     }
@@ -289,7 +277,6 @@ int msd_npy_load(const char *path, msd_tensor **out)
     unsigned long long numel = 1;
     for (int i = 0; i < nh.ndim; i++) {
         if (nh.dims[i] > INT_MAX) {
-            free(buf);
             return msd_error(MSD_ERR_FORMAT, "load_npy: '%s': shape entry %d (%lld) too large",
                              path, i, nh.dims[i]);
         }
@@ -300,24 +287,20 @@ int msd_npy_load(const char *path, msd_tensor **out)
     char what[512];
     snprintf(what, sizeof what, "load_npy: '%s'", path);
     if ((rc = msd_shape_check(what, nh.ndim, shape))) {
-        free(buf);
         return rc;
     }
     if (nh.fortran && nh.ndim > 1) {
-        free(buf);
         return msd_error(MSD_ERR_FORMAT, "load_npy: '%s' is Fortran-ordered; save it with "
                          "np.ascontiguousarray", path);
     }
     size_t isz = (size_t)npy_types[found].size, dstart = hstart + hlen;
     if (numel > (size - dstart) / isz) {
-        free(buf);
         return msd_error(MSD_ERR_FORMAT, "load_npy: '%s': truncated: the header says %llu "
                          "elements of %zu bytes, the file holds %zu bytes of data", path, numel,
                          isz, size - dstart);
     }
     msd_tensor *t = msd_tensor_empty(nh.ndim, shape);
     if (!t) {
-        free(buf);
         return MSD_ERR_MEM;
     }
     float *o = msd_tensor_data(t);
@@ -325,9 +308,27 @@ int msd_npy_load(const char *path, msd_tensor **out)
     enum npy_kind kind = npy_types[found].kind;
     for (size_t i = 0; i < (size_t)numel; i++)
         o[i] = convert(p + i * isz, kind);
-    free(buf);
     *out = t;
     return MSD_OK;
+}
+
+int msd_npy_load(const char *path, msd_tensor **out)
+{
+    *out = NULL;
+    unsigned char *buf;
+    size_t size;
+    int rc = msd_file_read_all("load_npy", path, &buf, &size);
+    if (rc)
+        return rc;
+    rc = npy_decode(buf, size, path, out);
+    free(buf);
+    return rc;
+}
+
+int msd_npy_load_mem(const char *name, const unsigned char *data, size_t size, msd_tensor **out)
+{
+    *out = NULL;
+    return npy_decode(data, size, name ? name : "(npy bytes)", out);
 }
 
 /* ---- writer ------------------------------------------------------------------ */

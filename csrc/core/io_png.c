@@ -11,22 +11,16 @@
  * lying and is rejected before any allocation. */
 #define PNG_MAX_RATIO 1100u
 
-int msd_png_load(const char *path, msd_tensor **out)
+/* Decodes a PNG held in memory; path names it in messages. */
+static int png_decode(const unsigned char *file, size_t size, const char *path, msd_tensor **out)
 {
-    *out = NULL;
-    unsigned char *file;
-    size_t size;
-    int rc = msd_file_read_all("load_png", path, &file, &size);
-    if (rc != MSD_OK)
-        return rc;
-
+    int rc;
     png_image img;
     memset(&img, 0, sizeof img);
     img.version = PNG_IMAGE_VERSION;
     if (!png_image_begin_read_from_memory(&img, file, size)) {
         rc = msd_error(MSD_ERR_FORMAT, "load_png: '%s': %s", path, img.message);
         png_image_free(&img);
-        free(file);
         return rc;
     }
     int c;
@@ -49,7 +43,6 @@ int msd_png_load(const char *path, msd_tensor **out)
                        "file can hold",
                        path, w, h, size);
         png_image_free(&img);
-        free(file);
         return rc;
     }
     int shape[3] = { c, (int)h, (int)w };
@@ -59,17 +52,14 @@ int msd_png_load(const char *path, msd_tensor **out)
         rc = msd_error(MSD_ERR_MEM, "load_png: '%s': out of memory for %llu bytes", path, raw);
     if (rc != MSD_OK) {
         png_image_free(&img);
-        free(file);
         return rc;
     }
     if (!png_image_finish_read(&img, NULL, pix, 0, NULL)) {
         rc = msd_error(MSD_ERR_FORMAT, "load_png: '%s': %s", path, img.message);
         png_image_free(&img);
         free(pix);
-        free(file);
         return rc;
     }
-    free(file);
     msd_tensor *t = msd_tensor_empty(3, shape);
     if (!t) {
         free(pix);
@@ -84,6 +74,25 @@ int msd_png_load(const char *path, msd_tensor **out)
     free(pix);
     *out = t;
     return MSD_OK;
+}
+
+int msd_png_load(const char *path, msd_tensor **out)
+{
+    *out = NULL;
+    unsigned char *file;
+    size_t size;
+    int rc = msd_file_read_all("load_png", path, &file, &size);
+    if (rc != MSD_OK)
+        return rc;
+    rc = png_decode(file, size, path, out);
+    free(file);
+    return rc;
+}
+
+int msd_png_load_mem(const char *name, const unsigned char *data, size_t size, msd_tensor **out)
+{
+    *out = NULL;
+    return png_decode(data, size, name ? name : "(PNG bytes)", out);
 }
 
 struct png_job {

@@ -11,6 +11,16 @@ static int l_io_load_png(lua_State *L)
     return lbind_result(L, msd_png_load(path, box), box);
 }
 
+/* minisd.load_png_string(bytes [, name]): the same from a PNG file's bytes. */
+static int l_io_load_png_string(lua_State *L)
+{
+    size_t len;
+    const char *data = luaL_checklstring(L, 1, &len);
+    const char *name = luaL_optstring(L, 2, "(PNG bytes)");
+    msd_tensor **box = lbind_new_box(L);
+    return lbind_result(L, msd_png_load_mem(name, (const unsigned char *)data, len, box), box);
+}
+
 /* minisd.save_png(path, t): t (C,H,W), C = 1, 3 or 4, clamped to [0,1]. */
 static int l_io_save_png(lua_State *L)
 {
@@ -26,6 +36,16 @@ static int l_io_load_npy(lua_State *L)
     const char *path = luaL_checkstring(L, 1);
     msd_tensor **box = lbind_new_box(L);
     return lbind_result(L, msd_npy_load(path, box), box);
+}
+
+/* minisd.load_npy_string(bytes [, name]): the same from a .npy file's bytes. */
+static int l_io_load_npy_string(lua_State *L)
+{
+    size_t len;
+    const char *data = luaL_checklstring(L, 1, &len);
+    const char *name = luaL_optstring(L, 2, "(npy bytes)");
+    msd_tensor **box = lbind_new_box(L);
+    return lbind_result(L, msd_npy_load_mem(name, (const unsigned char *)data, len, box), box);
 }
 
 /* minisd.save_npy(path, t): '<f4' C-order, atomic. */
@@ -223,11 +243,13 @@ static int l_io_save_safetensors(lua_State *L)
 
 static const luaL_Reg io_funcs[] = {
     { "load_npy", l_io_load_npy },
+    { "load_npy_string", l_io_load_npy_string },
     { "save_npy", l_io_save_npy },
     { "load_safetensors", l_io_load_safetensors },
     { "load_safetensors_string", l_io_load_safetensors_string },
     { "save_safetensors", l_io_save_safetensors },
     { "load_png", l_io_load_png },
+    { "load_png_string", l_io_load_png_string },
     { "save_png", l_io_save_png },
     { NULL, NULL },
 };

@@ -152,6 +152,35 @@ function M.rgba_bytes(img)
   return minisd.image_rgba_bytes(img), shape[3], shape[2]
 end
 
+--- A picture from RGBA bytes (what `rgba_bytes` and LÖVE's `ImageData:getString()` give).
+-- @param bytes a string of w*h*4 bytes, row-major, R,G,B,A per pixel
+-- @param w width, h height (positive integers)
+-- @return tensor (4, h, w) with values byte / 255 in [0, 1]
+function M.from_rgba_bytes(bytes, w, h)
+  if type(bytes) ~= "string" then
+    error("image.from_rgba_bytes: expected a string of bytes, got " .. type(bytes), 2)
+  end
+  check_int("image.from_rgba_bytes", "w", w, 1)
+  check_int("image.from_rgba_bytes", "h", h, 1)
+  if #bytes ~= w * h * 4 then
+    error(string.format("image.from_rgba_bytes: %dx%d RGBA needs %d bytes, got %d", w, h,
+      w * h * 4, #bytes), 2)
+  end
+  local planes = { {}, {}, {}, {} }
+  for y = 1, h do
+    local row = { {}, {}, {}, {} }
+    local base = (y - 1) * w * 4
+    for x = 1, w do
+      local r, g, b, a = bytes:byte(base + 4 * x - 3, base + 4 * x)
+      row[1][x], row[2][x], row[3][x], row[4][x] = r / 255, g / 255, b / 255, a / 255
+    end
+    for c = 1, 4 do
+      planes[c][y] = row[c]
+    end
+  end
+  return minisd.tensor(planes)
+end
+
 --- Saves a batch of pictures as one PNG grid.
 -- @param path file name
 -- @param images tensor (N,C,H,W), (C,H,W), or a list of (C,H,W); values in `value_range`

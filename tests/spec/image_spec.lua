@@ -130,6 +130,31 @@ describe("image helpers in C", function()
 end)
 
 describe("minisd.image", function()
+  it("from_rgba_bytes reads what rgba_bytes writes, byte / 255", function()
+    -- 2x3 pixels by hand: row-major, R,G,B,A each
+    local bytes = string.char(0, 51, 255, 255, 10, 20, 30, 0, 1, 2, 3, 4,
+      255, 0, 0, 128, 7, 8, 9, 10, 200, 100, 50, 25)
+    local t = image.from_rgba_bytes(bytes, 3, 2)
+    assert.are.same({ 4, 2, 3 }, t:shape())
+    local want = {
+      { { 0, 10, 1 }, { 255, 7, 200 } }, { { 51, 20, 2 }, { 0, 8, 100 } },
+      { { 255, 30, 3 }, { 0, 9, 50 } }, { { 255, 0, 4 }, { 128, 10, 25 } },
+    }
+    for c = 1, 4 do
+      for y = 1, 2 do
+        for x = 1, 3 do
+          want[c][y][x] = want[c][y][x] / 255
+        end
+      end
+    end
+    H.assert_close(t, minisd.tensor(want), 1e-7, 0)
+    assert.are.equal(bytes, (image.rgba_bytes(t)))
+    assert.has_error(function() image.from_rgba_bytes(bytes, 2, 2) end,
+      "image.from_rgba_bytes: 2x2 RGBA needs 16 bytes, got 24")
+    assert.has_error(function() image.from_rgba_bytes(bytes, 0, 2) end)
+    assert.has_error(function() image.from_rgba_bytes(5, 1, 1) end)
+  end)
+
   it("to_unit maps [-1,1] to [0,1] and clamps", function()
     local y = image.to_unit(minisd.tensor({ -3, -1, -0.5, 0, 0.5, 1, 7, 0 / 0 }))
     assert.are.same({ 0, 0, 0.25, 0.5, 0.75, 1, 1, 0 }, y:totable())

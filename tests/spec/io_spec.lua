@@ -212,6 +212,24 @@ describe("minisd io", function()
       end
     end)
 
+    it("loads PNG and npy files from their bytes as from the files", function()
+      for _, name in ipairs({ "gray.png", "rgba.png", "palette.png" }) do
+        local t = minisd.load_png_string(read(FIX .. name), name)
+        H.assert_close(t, minisd.load_png(FIX .. name), 0, 0, name)
+      end
+      for _, name in ipairs({ "f4.npy", "u1.npy", "f4_v3.npy" }) do
+        local t = minisd.load_npy_string(read(FIX .. name))
+        H.assert_close(t, minisd.load_npy(FIX .. name), 0, 0, name)
+      end
+      -- errors name what the caller called the bytes
+      raises("'game/tiles.png'", minisd.load_png_string, read(FIX .. "rgb.png"):sub(1, 40),
+        "game/tiles.png")
+      raises("'(PNG bytes)'", minisd.load_png_string, "not a png")
+      raises("'(npy bytes)': not a .npy file", minisd.load_npy_string, "nope")
+      raises("'x.npy': truncated", minisd.load_npy_string, read(FIX .. "f4.npy"):sub(1, -3),
+        "x.npy")
+    end)
+
     it("round-trips 1, 3 and 4 channels with clamping and rounding", function()
       for _, c in ipairs({ 1, 3, 4 }) do
         local t = minisd.rand({ c, 4, 5 }, minisd.Generator(c))
