@@ -11,6 +11,8 @@ Examples:
   lua sample.lua runs/sprites/model.safetensors
   lua sample.lua model.safetensors --context hero --context "food,spell=0.6" -n 8 --guidance 2
   lua sample.lua model.safetensors --sampler ddpm --animate denoise.png
+  lua sample.lua --alpha-threshold 0.5 --colors 6 --sheet sprites.png   # pixel art + index
+  lua sample.lua -c hero --seeds 12 --alpha-threshold 0.5 -o one.png     # one sprite again
   lua sample.lua model.safetensors --list-contexts]])
 parser:argument("model", "Model file (.safetensors written by train.lua or model:save; "
   .. "default: the shipped models/sprites-context.safetensors).")
@@ -28,7 +30,11 @@ parser:option("--steps", "Denoising steps (default: 25 for ddim and euler_a, 12 
   :convert(tonumber)
 parser:option("--eta", "DDIM eta (0: deterministic).", "0"):convert(tonumber)
 parser:option("--guidance", "Classifier-free guidance scale (0: off).", "0"):convert(tonumber)
-parser:option("--seed", "Random seed.", "0"):convert(tonumber)
+parser:option("--seed", "Random seed: sprite k of the batch (counting row by row across the "
+  .. "contexts) has seed + k - 1.", "0"):convert(tonumber)
+parser:option("--seeds", "Per-sprite seeds, e.g. 12 or 3,7,12: one sprite per seed for each "
+  .. "context (instead of --count and --seed); a sprite of a sheet is made again from the "
+  .. "seed its index records.")
 parser:option("-o --out", "Output PNG grid.", "samples.png")
 parser:option("--scale", "Upscale factor for the grid (nearest neighbour).", "4"):convert(tonumber)
 parser:option("--nrow", "Sprites per grid row (default: --count).")
@@ -41,6 +47,17 @@ parser:option("--each", "Also write one PNG per sprite into this directory (RGBA
 parser:option("--alpha-threshold", "Pixel-art alpha for RGBA models: alpha at or above this "
   .. "value (in [0, 1]) becomes opaque, below it transparent.")
   :convert(tonumber)
+parser:option("--palette", "Pixel-art colours: every pixel takes the nearest colour of this "
+  .. "palette: a PNG swatch (its distinct opaque colours) or #rrggbb colours separated by "
+  .. "commas.")
+parser:option("--colors", "Pixel-art colours: each sprite reduced to at most this many colours "
+  .. "of its own (k-means).")
+  :convert(tonumber)
+parser:option("--sheet", "Also write a sprite sheet for a game: the sprites at their own size "
+  .. "in a grid (no padding, --nrow per row) plus an index of each sprite's quad, context and "
+  .. "seed (see --sheet-index).")
+parser:option("--sheet-index", "The sheet's index: a .lua file (a table, e.g. for "
+  .. "love.filesystem.load) or .json (default: the sheet's name with .lua).")
 parser:option("--threads", "Threads for the maths."):convert(tonumber)
 parser:option("--precision", "Convolution precision: fp32, or bf16 (bfloat16 products, fp32 "
   .. "sums; fast on CPUs with AMX).", "fp32"):choices({ "fp32", "bf16" })
@@ -55,6 +72,50 @@ check_int(parser, "--scale", a.scale, 1, true)
 check_int(parser, "--nrow", a.nrow, 1, true)
 check_int(parser, "--frames", a.frames, 1, true)
 check_int(parser, "--threads", a.threads, 1, true)
+check_int(parser, "--colors", a.colors, 1, true)
+if a.seed == nil or a.seed ~= math.floor(a.seed) or a.seed < 0 then
+  parser:error("--seed must be an integer >= 0, got " .. tostring(a.seed))
+end
+local seed_list
+if a.seeds then
+  seed_list = {}
+  for item in a.seeds:gmatch("[^,%s]+") do
+    local v = tonumber(item)
+    if not v or v ~= math.floor(v) or v < 0 then
+      parser:error("--seeds must be integers >= 0 separated by commas, got '" .. item .. "'")
+    end
+    seed_list[#seed_list + 1] = v
+  end
+  if #seed_list == 0 then
+    parser:error("--seeds needs at least one seed")
+  end
+end
+if a.palette and a.colors then
+  parser:error("give --palette or --colors, not both")
+end
+-- outputs: only the formats this program writes
+local function ext_of(path)
+  return (path:match("%.([%w]+)$") or ""):lower()
+end
+if ext_of(a.out) ~= "png" then
+  parser:error("--out must name a .png file, got " .. a.out)
+end
+if a.animate and ext_of(a.animate) ~= "png" and ext_of(a.animate) ~= "gif" then
+  parser:error("--animate must name a .png or .gif file, got " .. a.animate)
+end
+if a.sheet and ext_of(a.sheet) ~= "png" then
+  parser:error("--sheet must name a .png file, got " .. a.sheet)
+end
+if a.sheet_index and not a.sheet then
+  parser:error("--sheet-index goes with --sheet")
+end
+if a.sheet then
+  a.sheet_index = a.sheet_index or a.sheet:gsub("%.[%w]+$", "") .. ".lua"
+  local e = ext_of(a.sheet_index)
+  if e ~= "lua" and e ~= "json" then
+    parser:error("--sheet-index must name a .lua or .json file, got " .. a.sheet_index)
+  end
+end
 if a.eta == nil or a.eta < 0 then
   parser:error("--eta must be a number >= 0")
 end
@@ -73,6 +134,25 @@ local function main()
     minisd.set_threads(a.threads)
   end
   minisd.set_precision(a.precision)
+  local util = require("minisd.util")
+  -- every output writable before the sampling starts
+  for _, path in ipairs({ a.out, a.animate or false, a.sheet or false, a.sheet_index or false }) do
+    if path then
+      assert(util.check_writable(path))
+    end
+  end
+  local palette
+  if a.palette then
+    local spec = a.palette
+    if not spec:match("^%s*#") and util.is_file(spec) then -- a swatch file
+      spec = minisd.load_png(spec)
+    end
+    local ok, pal = pcall(image.palette, spec)
+    if not ok then
+      error("--palette: " .. tostring(pal):gsub("^.-image%.palette: ", ""), 0)
+    end
+    palette = pal
+  end
   local model, err = minisd.load_model(a.model)
   if not model then
     error(err, 0)
@@ -93,19 +173,24 @@ local function main()
     local trained = model.training_summary
     exprs = (trained and trained.context) and names or { "none" }
   end
-  local rows = {}
+  -- one row per sprite, with its context and seed
+  local rows, row_expr, seeds = {}, {}, {}
+  local per = seed_list and #seed_list or a.count
   for _, e in ipairs(exprs) do
     local r = context.encode(e, names):totable()[1]
-    for _ = 1, a.count do
+    for j = 1, per do
       rows[#rows + 1] = r
+      row_expr[#rows] = e
+      seeds[#rows] = seed_list and seed_list[j] or a.seed + #rows - 1
     end
   end
+  local count = per
   local ctx = minisd.tensor(rows)
   local frames = {}
   local job = minisd.diffusion.start(model, {
-    n = #rows, context = ctx, sampler = a.sampler, steps = a.steps,
+    context = ctx, sampler = a.sampler, steps = a.steps,
     eta = require("minisd.sched").get(a.sampler).takes_eta and a.eta or nil,
-    guidance = a.guidance, seed = a.seed,
+    guidance = a.guidance, seeds = seeds,
   })
   local total = job.total
   local frames_wanted = math.min(a.frames, total)
@@ -120,7 +205,7 @@ local function main()
     -- frames at evenly spaced steps, the last one being the result
     if a.animate and math.floor(job.i * frames_wanted / total)
         > math.floor((job.i - 1) * frames_wanted / total) then
-      frames[#frames + 1] = image.grid(image.to_unit(job:result()), { nrow = a.nrow or a.count })
+      frames[#frames + 1] = image.grid(image.to_unit(job:result()), { nrow = a.nrow or count })
     end
   end
   io.stderr:write(string.format("%ssampled %d sprites in %d steps (%.2f s)\n", tty and "\r" or "",
@@ -129,7 +214,12 @@ local function main()
   if a.alpha_threshold then
     x = image.binary_alpha(x, a.alpha_threshold)
   end
-  assert(image.save_grid(a.out, x, { nrow = a.nrow or a.count, scale = a.scale }))
+  if palette then
+    x = image.quantize(x, palette)
+  elseif a.colors then
+    x = image.reduce_colors(x, a.colors)
+  end
+  assert(image.save_grid(a.out, x, { nrow = a.nrow or count, scale = a.scale }))
   print("wrote " .. a.out)
   if a.animate then
     if a.animate:lower():match("%.gif$") then
@@ -148,6 +238,33 @@ local function main()
         unit:shape()[4]))
     end
     print(string.format("wrote %d sprites to %s", #rows, a.each))
+  end
+  if a.sheet then
+    local cols = a.nrow or count
+    local shape = x:shape()
+    local h, w = shape[3], shape[4]
+    assert(image.save_grid(a.sheet, x, { nrow = cols, padding = 0 }))
+    local sprites = {}
+    for k = 1, #rows do
+      sprites[k] = { x = ((k - 1) % cols) * w, y = math.floor((k - 1) / cols) * h, w = w, h = h,
+        context = row_expr[k], seed = seeds[k] }
+    end
+    local index = {
+      image = a.sheet:match("[^/]*$"), sprite_width = w, sprite_height = h, columns = cols,
+      model = a.model or "(shipped)", sampler = a.sampler, steps = total,
+      guidance = a.guidance, eta = require("minisd.sched").get(a.sampler).takes_eta and a.eta
+        or nil, alpha_threshold = a.alpha_threshold, palette = a.palette, colors = a.colors,
+      sprites = sprites,
+    }
+    local text
+    if ext_of(a.sheet_index) == "json" then
+      text = require("minisd.json").encode(index) .. "\n"
+    else
+      text = "-- minisd sprite sheet index: quads of " .. index.image .. " (written by "
+        .. "sample.lua)\nreturn " .. util.lua_literal(index) .. "\n"
+    end
+    assert(util.write_file(a.sheet_index, text))
+    print("wrote " .. a.sheet .. " and " .. a.sheet_index)
   end
 end
 

@@ -152,6 +152,227 @@ function M.rgba_bytes(img)
   return minisd.image_rgba_bytes(img), shape[3], shape[2]
 end
 
+-- ---- palettes --------------------------------------------------------------------------
+
+local function hex_colour(fn, h)
+  local r, g, b = tostring(h):match("^#?(%x%x)(%x%x)(%x%x)$")
+  if not r then
+    error(string.format("%s: '%s' is not a colour (#rrggbb)", fn, tostring(h)), 4)
+  end
+  return { tonumber(r, 16), tonumber(g, 16), tonumber(b, 16) }
+end
+
+--- A palette: a list of {r, g, b} colours with components 0..255.
+-- @param spec a list of "#rrggbb" strings or {r, g, b} tables (0..255); a string of
+--   "#rrggbb" colours separated by commas or spaces; or a swatch picture (C, H, W) in [0, 1]
+--   (e.g. `minisd.load_png("palette.png")`) whose distinct opaque colours, in row-major
+--   order of first appearance, are the palette (at most 256)
+-- @return list of {r, g, b}
+function M.palette(spec)
+  local fn = "image.palette"
+  local out = {}
+  if type(spec) == "string" then
+    for h in spec:gmatch("[^,%s]+") do
+      out[#out + 1] = hex_colour(fn, h)
+    end
+  elseif minisd.is_tensor(spec) then
+    local shape = check_tensor(fn, "swatch", spec, { [3] = true, text = "(C,H,W)" })
+    local c = shape[1]
+    if c ~= 3 and c ~= 4 then
+      error(string.format("%s: a swatch needs 3 or 4 channels, got %d", fn, c), 2)
+    end
+    local bytes = M.rgba_bytes(spec)
+    local seen = {}
+    for i = 1, #bytes, 4 do
+      local r, g, b, a = bytes:byte(i, i + 3)
+      local key = r * 65536 + g * 256 + b
+      if a >= 128 and not seen[key] then
+        seen[key] = true
+        out[#out + 1] = { r, g, b }
+        if #out > 256 then
+          error(fn .. ": the swatch has more than 256 colours; a palette picture holds each "
+            .. "colour once (or a few times)", 2)
+        end
+      end
+    end
+  elseif type(spec) == "table" then
+    for i, v in ipairs(spec) do
+      if type(v) == "table" then
+        for j = 1, 3 do
+          local x = v[j]
+          if type(x) ~= "number" or x < 0 or x > 255 or x ~= math.floor(x) then
+            error(string.format("%s: colour %d must be {r, g, b} with integers in 0..255", fn,
+              i), 2)
+          end
+        end
+        out[i] = { v[1], v[2], v[3] }
+      else
+        out[i] = hex_colour(fn, v)
+      end
+    end
+  else
+    error(fn .. ": expected colours (a list, a string of #rrggbb) or a swatch picture, got "
+      .. type(spec), 2)
+  end
+  if #out == 0 then
+    error(fn .. ": the palette has no colours", 2)
+  end
+  return out
+end
+
+-- Pixels of one sample (C, H, W) in [-1, 1] as bytes: {r, g, b, a} lists (a = 255 for RGB).
+local function pixels_of(img, c)
+  local unit = M.to_unit(img)
+  if c == 3 then
+    unit = minisd.cat({ unit, minisd.ones({ 1, unit:shape()[2], unit:shape()[3] }) }, 1)
+  end
+  return minisd.image_rgba_bytes(unit)
+end
+
+-- The sample (C, H, W) in [-1, 1] whose colours are palette[idx[p]] for pixel p, alpha as in
+-- the bytes (C = 4).
+local function from_pixels(bytes, idx, palette, c, h, w)
+  local planes = {}
+  for k = 1, c do
+    planes[k] = {}
+    for y = 1, h do
+      planes[k][y] = {}
+    end
+  end
+  for p = 1, h * w do
+    local y, x = math.floor((p - 1) / w) + 1, (p - 1) % w + 1
+    local col = palette[idx[p]]
+    for k = 1, 3 do
+      planes[k][y][x] = col[k] / 255 * 2 - 1
+    end
+    if c == 4 then
+      planes[4][y][x] = bytes:byte(4 * p) / 255 * 2 - 1
+    end
+  end
+  return minisd.tensor(planes)
+end
+
+local function nearest(palette, r, g, b)
+  local best, bd = 1, math.huge
+  for i, col in ipairs(palette) do
+    local dr, dg, db = r - col[1], g - col[2], b - col[3]
+    local d = dr * dr + dg * dg + db * db
+    if d < bd then
+      best, bd = i, d
+    end
+  end
+  return best
+end
+
+-- Applies fn(img (C,H,W), c, h, w) -> img to each picture of a batch.
+local function per_picture(fn_name, x, fn)
+  local shape = check_tensor(fn_name, "x", x, batch_dims)
+  local c = shape[#shape - 2]
+  if c ~= 3 and c ~= 4 then
+    error(string.format("%s: expected RGB or RGBA pictures, got %d channels", fn_name, c), 3)
+  end
+  local h, w = shape[#shape - 1], shape[#shape]
+  if #shape == 3 then
+    return fn(x, c, h, w)
+  end
+  local out = {}
+  for i = 1, shape[1] do
+    out[i] = fn(x:narrow(1, i, 1):reshape(c, h, w), c, h, w)
+  end
+  return M.stack(out)
+end
+
+--- Pixel-art colours: every pixel takes the nearest colour of a palette (Euclidean distance
+-- in 8-bit RGB, after rounding to bytes); alpha is kept.
+-- @param x RGB or RGBA pictures (N,C,H,W) or (C,H,W) in [-1, 1], as sampled
+-- @param palette anything `image.palette` takes
+-- @return a new tensor of x's shape whose colours are palette colours exactly (in [-1, 1])
+function M.quantize(x, palette)
+  palette = M.palette(palette)
+  return per_picture("image.quantize", x, function(img, c, h, w)
+    local bytes = pixels_of(img, c)
+    local idx = {}
+    for p = 1, h * w do
+      local r, g, b = bytes:byte(4 * p - 3, 4 * p - 1)
+      idx[p] = nearest(palette, r, g, b)
+    end
+    return from_pixels(bytes, idx, palette, c, h, w)
+  end)
+end
+
+--- Each picture to at most k colours of its own: k-means over its opaque pixels (alpha at
+-- least one half; every pixel for RGB) in 8-bit RGB, started from the farthest-point
+-- choice (deterministic), then every pixel takes the nearest of the k colours.
+-- @param x RGB or RGBA pictures (N,C,H,W) or (C,H,W) in [-1, 1]
+-- @param k number of colours (integer >= 1)
+-- @return a new tensor of x's shape
+function M.reduce_colors(x, k)
+  check_int("image.reduce_colors", "k", k, 1)
+  return per_picture("image.reduce_colors", x, function(img, c, h, w)
+    local bytes = pixels_of(img, c)
+    local pts = {}
+    for p = 1, h * w do
+      local r, g, b, a = bytes:byte(4 * p - 3, 4 * p)
+      if a >= 128 then
+        pts[#pts + 1] = { r, g, b }
+      end
+    end
+    if #pts == 0 then -- nothing visible: any colour will do
+      for p = 1, h * w do
+        pts[p] = { bytes:byte(4 * p - 3, 4 * p - 1) }
+      end
+    end
+    -- farthest-point start: the first opaque pixel, then each time the pixel farthest
+    -- from the colours chosen so far
+    local centres = { { pts[1][1], pts[1][2], pts[1][3] } }
+    while #centres < k do
+      local far, fd = nil, 0
+      for _, q in ipairs(pts) do
+        local col = centres[nearest(centres, q[1], q[2], q[3])]
+        local d = (q[1] - col[1]) ^ 2 + (q[2] - col[2]) ^ 2 + (q[3] - col[3]) ^ 2
+        if d > fd then
+          far, fd = q, d
+        end
+      end
+      if not far then -- fewer distinct colours than k
+        break
+      end
+      centres[#centres + 1] = { far[1], far[2], far[3] }
+    end
+    for _ = 1, 10 do -- Lloyd's iterations, centres kept as whole bytes
+      local sum, count = {}, {}
+      for i = 1, #centres do
+        sum[i], count[i] = { 0, 0, 0 }, 0
+      end
+      for _, q in ipairs(pts) do
+        local i = nearest(centres, q[1], q[2], q[3])
+        local s2 = sum[i]
+        s2[1], s2[2], s2[3] = s2[1] + q[1], s2[2] + q[2], s2[3] + q[3]
+        count[i] = count[i] + 1
+      end
+      local moved = false
+      for i, col in ipairs(centres) do
+        if count[i] > 0 then
+          for j = 1, 3 do
+            local v = math.floor(sum[i][j] / count[i] + 0.5)
+            moved = moved or v ~= col[j]
+            col[j] = v
+          end
+        end
+      end
+      if not moved then
+        break
+      end
+    end
+    local idx = {}
+    for p = 1, h * w do
+      local r, g, b = bytes:byte(4 * p - 3, 4 * p - 1)
+      idx[p] = nearest(centres, r, g, b)
+    end
+    return from_pixels(bytes, idx, centres, c, h, w)
+  end)
+end
+
 --- A picture from RGBA bytes (what `rgba_bytes` and LÖVE's `ImageData:getString()` give).
 -- @param bytes a string of w*h*4 bytes, row-major, R,G,B,A per pixel
 -- @param w width, h height (positive integers)

@@ -103,6 +103,113 @@ function M.is_file(path)
   return data ~= nil or err == nil
 end
 
+--- Whether a file can be written at path, checked before long work so that it does not end
+-- in a failed save: the folder must exist and take a new file (a probe file is created
+-- there and removed), and path must not be a folder.
+-- @param path string
+-- @return true, or nil and a message naming path
+function M.check_writable(path)
+  local dir = path:match("^(.*)/[^/]*$") or "."
+  if dir == "" then
+    dir = "/"
+  end
+  local f = io.open(path, "rb")
+  if f then
+    local data, err = f:read(0)
+    f:close()
+    if data == nil and err ~= nil then
+      return nil, path .. " is a folder, not a file"
+    end
+  end
+  local probe = string.format("%s/.minisd-write-check-%d", dir, math.random(1, 2 ^ 30))
+  local p = io.open(probe, "wb")
+  if not p then
+    return nil, string.format("cannot write %s: the folder %s does not exist or is not "
+      .. "writable", path, dir)
+  end
+  p:close()
+  os.remove(probe)
+  return true
+end
+
+--- Writes text as the whole of a file, atomically: a temporary file beside it, then a
+-- rename over it, so that a failure leaves the old file (or none) in place.
+-- @return true, or nil and a message naming path
+function M.write_file(path, text)
+  local tmp = string.format("%s.tmp-%d", path, math.random(1, 2 ^ 30))
+  local f = io.open(tmp, "wb")
+  if not f then
+    return nil, "cannot write " .. path
+  end
+  local ok = f:write(text)
+  ok = f:close() and ok
+  if not ok then
+    os.remove(tmp)
+    return nil, "error writing " .. path
+  end
+  local renamed, err = os.rename(tmp, path)
+  if not renamed then
+    os.remove(tmp)
+    return nil, "cannot write " .. path .. ": " .. tostring(err):gsub("^[^:]*: ", "")
+  end
+  return true
+end
+
+local function literal(v, indent, out)
+  local t = type(v)
+  if t == "string" then
+    out[#out + 1] = string.format("%q", v)
+  elseif t == "number" then
+    if v == math.floor(v) and math.abs(v) < 2 ^ 53 then
+      out[#out + 1] = string.format("%d", v)
+    elseif v ~= v or v == math.huge or v == -math.huge then
+      error("lua_literal: no literal for " .. tostring(v), 3)
+    else
+      out[#out + 1] = string.format("%.17g", v)
+    end
+  elseif t == "boolean" then
+    out[#out + 1] = tostring(v)
+  elseif t == "table" then
+    local inner = indent .. "  "
+    if #v > 0 then -- a list: one item per line
+      out[#out + 1] = "{\n"
+      for _, item in ipairs(v) do
+        out[#out + 1] = inner
+        literal(item, inner, out)
+        out[#out + 1] = ",\n"
+      end
+      out[#out + 1] = indent .. "}"
+    else
+      local keys = M.sorted_keys(v)
+      local flat = true
+      for _, k in ipairs(keys) do
+        flat = flat and type(v[k]) ~= "table"
+      end
+      out[#out + 1] = flat and "{ " or "{\n"
+      for i, k in ipairs(keys) do
+        local key = k:match("^[%a_][%w_]*$") and k or string.format("[%q]", k)
+        out[#out + 1] = (flat and "" or inner) .. key .. " = "
+        literal(v[k], inner, out)
+        out[#out + 1] = flat and (i < #keys and ", " or " ") or ",\n"
+      end
+      out[#out + 1] = flat and "}" or indent .. "}"
+    end
+  else
+    error("lua_literal: no literal for a " .. t, 3)
+  end
+end
+
+--- Lua source for a value made of tables (string keys, or lists), strings, numbers and
+-- booleans; `load("return " .. s)()` gives the value back. Keys are sorted, so the same
+-- value always gives the same text.
+-- @param v the value
+-- @return string
+function M.lua_literal(v)
+  local out = {}
+  literal(v, "", out)
+  return table.concat(out)
+end
+
 --- A path without "dir/../" steps and "./" segments: "scripts/../models/x" -> "models/x".
 -- Purely textual (symbolic links are not followed).
 -- @param path string

@@ -34,7 +34,7 @@ local M = {}
 
 local REQUEST_OPTIONS = {
   "n", "context", "seed", "seeds", "sampler", "steps", "eta", "guidance", "every",
-  "alpha_threshold",
+  "alpha_threshold", "palette", "colors",
 }
 
 -- ---- the runner: loads the model and runs requests step by step -----------------------
@@ -107,12 +107,18 @@ function Runner:busy()
   return self.job ~= nil or #self.queue > 0
 end
 
--- The sprites of x (n, C, H, W) in [-1, 1] as RGBA byte strings.
-local function sprite_bytes(x, alpha_threshold)
+-- The sprites of x (n, C, H, W) in [-1, 1] as RGBA byte strings, with the request's
+-- pixel-art options.
+local function sprite_bytes(x, req)
   local image = require("minisd.image")
   local shape = x:shape()
-  if alpha_threshold and shape[2] == 4 then
-    x = image.binary_alpha(x, alpha_threshold)
+  if req.alpha_threshold and shape[2] == 4 then
+    x = image.binary_alpha(x, req.alpha_threshold)
+  end
+  if req.palette then
+    x = image.quantize(x, req.palette)
+  elseif req.colors then
+    x = image.reduce_colors(x, req.colors)
   end
   x = image.to_unit(x)
   local out = {}
@@ -156,14 +162,13 @@ function Runner:work()
     local job, req = cur.job, cur.req
     job:step()
     if job:done() then
-      local sprites, w, h = sprite_bytes(job:result(), req.alpha_threshold)
+      local sprites, w, h = sprite_bytes(job:result(), req)
       self.job = nil
       self:emit({ kind = "done", id = cur.id, step = job.i, total = job.total,
         sprites = sprites, width = w, height = h, seeds = cur.seeds,
         seconds = require("minisd").clock() - cur.t0 })
     elseif req.every and req.every > 0 and job.i % req.every == 0 then
-      local sprites, w, h = sprite_bytes(job.pred_original_sample or job:result(),
-        req.alpha_threshold)
+      local sprites, w, h = sprite_bytes(job.pred_original_sample or job:result(), req)
       self:emit({ kind = "preview", id = cur.id, step = job.i, total = job.total,
         sprites = sprites, width = w, height = h })
     end
@@ -192,6 +197,7 @@ local function check_request(req)
   end
   int("n", 1)
   int("steps", 1)
+  int("colors", 1)
   int("every", 0)
   int("seed", 0)
   if req.seeds ~= nil then
@@ -216,6 +222,17 @@ local function check_request(req)
         type(req[name])), 3)
     end
   end
+  if req.palette ~= nil and req.colors ~= nil then
+    error("worker:request: give palette or colors, not both", 3)
+  end
+  local palette
+  if req.palette ~= nil then
+    local ok, pal = pcall(require("minisd.image").palette, req.palette)
+    if not ok then
+      error("worker:request: palette: " .. tostring(pal):gsub("^.-image%.palette: ", ""), 3)
+    end
+    palette = pal
+  end
   if req.sampler ~= nil and type(req.sampler) ~= "string" then
     error("worker:request: sampler must be a name (" .. table.concat(
       require("minisd.sched").names(), ", ") .. ")", 3)
@@ -232,6 +249,7 @@ local function check_request(req)
     end
     copy[k] = v
   end
+  copy.palette = palette -- {r, g, b} lists, whatever form it was given in
   return copy
 end
 
@@ -244,7 +262,9 @@ Worker.__index = Worker
 -- @param req {n = 1, context = "hero" (label expression) or feature values, seed = 0
 --   (sprite i gets seed + i - 1) or seeds = {s1, ..., sn}, sampler = "ddim", steps =
 --   (the sampler's default), eta =, guidance = 0, every = k (a preview every k steps; 0
---   or nil: none), alpha_threshold = (RGBA models: binary alpha at this level in [0, 1])}
+--   or nil: none), alpha_threshold = (RGBA models: binary alpha at this level in [0, 1]),
+--   palette = (every pixel to the nearest of these colours: anything image.palette takes,
+--   e.g. "#1a1c2c,#5d275d") or colors = k (each sprite to k colours of its own)}
 -- @return id (integer)
 function Worker:request(req)
   if self.closed then

@@ -209,6 +209,96 @@ describe("sample.lua", function()
       true), log)
   end)
 
+  it("maps colours to --palette (only its colours, alpha 0 or 255) and to --colors k",
+    function()
+      local out = tmp .. "/pal.png"
+      local pal = "#1a1c2c,#b13e53,#ffcd75,#38b764"
+      local ok, _, log = sh("sample.lua " .. model_path .. " -n 3 --steps 2 --scale 1 "
+        .. "--alpha-threshold 0.5 --palette '" .. pal .. "' -o " .. out)
+      assert.is_true(ok, log)
+      local allowed = { ["26,28,44"] = true, ["177,62,83"] = true, ["255,205,117"] = true,
+        ["56,183,100"] = true }
+      local img = minisd.load_png(out)
+      local shape = img:shape()
+      -- the sprites only: 1-pixel padding between them is black, transparent
+      for k = 0, 2 do
+        local sprite = img:narrow(2, 2, 16):narrow(3, 2 + 17 * k, 16)
+        local bytes = require("minisd.image").rgba_bytes(sprite)
+        for i = 1, #bytes, 4 do
+          local r, g, b, a = bytes:byte(i, i + 3)
+          assert.is_true(allowed[r .. "," .. g .. "," .. b], r .. "," .. g .. "," .. b)
+          assert.is_true(a == 0 or a == 255, "alpha " .. a)
+        end
+      end
+      assert.are.same({ 4, 18, 52 }, shape)
+      -- a swatch PNG works the same way
+      local swatch = tmp .. "/swatch.png"
+      minisd.save_png(swatch, require("minisd.image").from_rgba_bytes(
+        string.char(26, 28, 44, 255, 255, 205, 117, 255), 2, 1))
+      ok, _, log = sh("sample.lua " .. model_path .. " -n 2 --steps 2 --scale 1 --palette "
+        .. swatch .. " -o " .. out)
+      assert.is_true(ok, log)
+      ok, _, log = sh("sample.lua " .. model_path .. " -n 2 --steps 2 --scale 1 --colors 3 -o "
+        .. out)
+      assert.is_true(ok, log)
+      ok, _, log = sh("sample.lua " .. model_path .. " --palette '#12' -o " .. out)
+      assert.is_false(ok)
+      assert.truthy(log:find("--palette: '#12' is not a colour", 1, true), log)
+    end)
+
+  it("writes a sprite sheet and its index; a sprite is made again from its seed", function()
+    local sheet, index = tmp .. "/sheet.png", tmp .. "/sheet.lua"
+    local ok, _, log = sh("sample.lua " .. model_path .. " -c hero -c food -n 3 --steps 3 "
+      .. "--guidance 2 --alpha-threshold 0.5 --seed 40 --sheet " .. sheet .. " -o "
+      .. tmp .. "/sg.png")
+    assert.is_true(ok, log)
+    local img = minisd.load_png(sheet)
+    assert.are.same({ 4, 32, 48 }, img:shape()) -- 2 rows of 3, no padding
+    local idx = dofile(index)
+    assert.are.equal("sheet.png", idx.image)
+    assert.are.same({ 16, 16, 3, 6 }, { idx.sprite_width, idx.sprite_height, idx.columns,
+      #idx.sprites })
+    local s5 = idx.sprites[5]
+    assert.are.same({ x = 16, y = 16, w = 16, h = 16, context = "food", seed = 44 }, s5)
+    -- the same options with --seeds 44 and context food give sprite 5 alone
+    local one = tmp .. "/one.png"
+    ok, _, log = sh("sample.lua " .. model_path .. " -c food --seeds 44 --steps 3 --guidance 2 "
+      .. "--alpha-threshold 0.5 --scale 1 --nrow 1 -o " .. one)
+    assert.is_true(ok, log)
+    local alone = minisd.load_png(one):narrow(2, 2, 16):narrow(3, 2, 16)
+    H.assert_close(alone, img:narrow(2, 17, 16):narrow(3, 17, 16), 0, 0, "sprite 5")
+    -- a JSON index
+    ok, _, log = sh("sample.lua " .. model_path .. " -n 2 --steps 2 --sheet " .. sheet
+      .. " --sheet-index " .. tmp .. "/sheet.json -o " .. tmp .. "/sg.png")
+    assert.is_true(ok, log)
+    local j = require("minisd.json").decode(read_all(tmp .. "/sheet.json"))
+    assert.are.equal(2, #j.sprites)
+    assert.are.equal(1, j.sprites[2].seed)
+  end)
+
+  it("refuses outputs it cannot write before sampling, and formats it does not write",
+    function()
+      local cases = {
+        { "-o " .. tmp .. "/x.jpg", "--out must name a .png file, got " },
+        { "--animate " .. tmp .. "/a.mp4", "--animate must name a .png or .gif file" },
+        { "--sheet " .. tmp .. "/s.png --sheet-index " .. tmp .. "/s.txt",
+          "--sheet-index must name a .lua or .json file" },
+        { "--sheet-index " .. tmp .. "/s.lua", "--sheet-index goes with --sheet" },
+        { "--palette '#000000' --colors 3", "give --palette or --colors, not both" },
+        { "--seeds 1,x", "--seeds must be integers >= 0 separated by commas, got 'x'" },
+        { "-o " .. tmp .. "/no/such/dir/g.png", "the folder " .. tmp .. "/no/such/dir does not "
+          .. "exist or is not writable" },
+        { "-o " .. tmp .. "/folder.png", "folder.png is a folder, not a file" },
+      }
+      assert(H.run("mkdir -p " .. tmp .. "/folder.png"))
+      for _, c in ipairs(cases) do
+        local ok, _, log = sh("sample.lua " .. model_path .. " --steps 500 " .. c[1])
+        assert.is_false(ok, c[1])
+        assert.truthy(log:find(c[2], 1, true), c[1] .. ": " .. log)
+        assert.falsy(log:find("sampled", 1, true), "sampled before refusing: " .. c[1])
+      end
+    end)
+
   it("samples a row per label, with no --context, from a model trained with contexts",
     function()
       local m = minisd.models.ContextUnet({ n_feat = 8, in_channels = 4 })

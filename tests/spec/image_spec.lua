@@ -129,6 +129,93 @@ describe("image helpers in C", function()
   end)
 end)
 
+-- the distinct {r, g, b} of RGBA bytes (as "r,g,b" keys) and the set of alpha values
+local function colours_of(bytes)
+  local cols, alphas = {}, {}
+  for i = 1, #bytes, 4 do
+    local r, g, b, a = bytes:byte(i, i + 3)
+    cols[r .. "," .. g .. "," .. b] = true
+    alphas[a] = true
+  end
+  return cols, alphas
+end
+
+local function count(set)
+  local n = 0
+  for _ in pairs(set) do
+    n = n + 1
+  end
+  return n
+end
+
+describe("pixel-art colours", function()
+  it("palette reads hex strings, tables and swatch pictures", function()
+    assert.are.same({ { 0, 0, 0 }, { 255, 128, 1 } }, image.palette("#000000, ff8001"))
+    assert.are.same({ { 1, 2, 3 }, { 16, 32, 48 } }, image.palette({ { 1, 2, 3 }, "#102030" }))
+    -- a swatch: 2x2 RGBA with a repeated colour and a transparent pixel
+    local sw = image.from_rgba_bytes(string.char(10, 20, 30, 255, 40, 50, 60, 255,
+      10, 20, 30, 255, 99, 99, 99, 0), 2, 2)
+    assert.are.same({ { 10, 20, 30 }, { 40, 50, 60 } }, image.palette(sw))
+    assert.has_error(function() image.palette("#12345") end,
+      "image.palette: '#12345' is not a colour (#rrggbb)")
+    assert.has_error(function() image.palette({}) end, "image.palette: the palette has no colours")
+    assert.has_error(function() image.palette({ { 1, 2, 300 } }) end)
+  end)
+
+  it("quantize gives each pixel its nearest palette colour and keeps alpha", function()
+    -- 4 pixels by hand (RGBA bytes), palette black / white / pure red
+    local bytes = string.char(20, 10, 0, 255, 200, 220, 240, 255, 180, 60, 40, 0,
+      120, 130, 125, 77)
+    local x = image.from_unit(image.from_rgba_bytes(bytes, 2, 2))
+    local q = image.quantize(x, "#000000,#ffffff,#ff0000")
+    local out = image.rgba_bytes(image.to_unit(q))
+    -- (20,10,0) -> black; (200,220,240) -> white; (180,60,40) -> red (squared distance
+    -- 75^2+60^2+40^2 = 10825 against black's 37600); (120,130,125) -> black (46925 against
+    -- 50750 for white and for red)
+    assert.are.equal(string.char(0, 0, 0, 255, 255, 255, 255, 255, 255, 0, 0, 0, 0, 0, 0, 77),
+      out)
+    -- a batch of random RGBA samples: only palette colours, alpha untouched
+    local s = minisd.randn({ 3, 4, 16, 16 }, minisd.Generator(5))
+    local pal = { "#1a1c2c", "#5d275d", "#b13e53", "#ef7d57", "#ffcd75" }
+    local qs = image.quantize(image.binary_alpha(s, 0.5), pal)
+    local allowed = {}
+    for _, c in ipairs(image.palette(pal)) do
+      allowed[table.concat(c, ",")] = true
+    end
+    for i = 1, 3 do
+      local b = image.rgba_bytes(image.to_unit(qs:narrow(1, i, 1):reshape(4, 16, 16)))
+      local cols, alphas = colours_of(b)
+      for k in pairs(cols) do
+        assert.is_true(allowed[k], "colour " .. k)
+      end
+      assert.are.same({ [0] = true, [255] = true }, alphas)
+    end
+    assert.has_error(function() image.quantize(minisd.zeros({ 2, 4, 4 }), "#000000") end,
+      "image.quantize: expected RGB or RGBA pictures, got 2 channels")
+  end)
+
+  it("reduce_colors leaves at most k colours per sprite, and k-colour sprites as they are",
+    function()
+      local s = minisd.randn({ 2, 4, 16, 16 }, minisd.Generator(6))
+      local r = image.reduce_colors(s, 4)
+      for i = 1, 2 do
+        local cols = colours_of(image.rgba_bytes(image.to_unit(r:narrow(1, i, 1)
+          :reshape(4, 16, 16))))
+        assert.is_true(count(cols) <= 4, count(cols) .. " colours")
+        assert.is_true(count(cols) >= 2)
+      end
+      -- a 3-colour picture keeps its colours with k = 3 (or more)
+      local q = image.quantize(s, "#102030,#a0b0c0,#ff0000")
+      for _, k in ipairs({ 3, 8 }) do
+        local back = image.reduce_colors(q, k)
+        assert.are.equal(image.rgba_bytes(image.to_unit(q:narrow(1, 1, 1):reshape(4, 16, 16))),
+          image.rgba_bytes(image.to_unit(back:narrow(1, 1, 1):reshape(4, 16, 16))))
+      end
+      assert.has_error(function() image.reduce_colors(s, 0) end,
+        "image.reduce_colors: k must be an integer >= 1, got 0")
+    end)
+end)
+
 describe("minisd.image", function()
   it("from_rgba_bytes reads what rgba_bytes writes, byte / 255", function()
     -- 2x3 pixels by hand: row-major, R,G,B,A each

@@ -129,6 +129,33 @@ describe("minisd.worker (inline backend)", function()
     w:close()
   end)
 
+  it("maps colours to a palette or to k colours per sprite", function()
+    local w = minisd.worker.new({ model = path })
+    local a = w:request({ n = 2, steps = 3, alpha_threshold = 0.5, palette = "#000000,#ff0000" })
+    local b = w:request({ n = 2, steps = 3, colors = 2 })
+    local events = drain(w)
+    for _, s in ipairs(of_kind(events, "done", a)[1].sprites) do
+      for i = 1, #s, 4 do
+        local r, g, bl = s:byte(i, i + 2)
+        assert.is_true(g == 0 and bl == 0 and (r == 0 or r == 255), r .. "," .. g .. "," .. bl)
+      end
+    end
+    for _, s in ipairs(of_kind(events, "done", b)[1].sprites) do
+      local seen, n = {}, 0
+      for i = 1, #s, 4 do
+        local key = s:sub(i, i + 2)
+        if not seen[key] then
+          seen[key], n = true, n + 1
+        end
+      end
+      assert.is_true(n <= 2, n .. " colours")
+    end
+    assert.has_error(function() w:request({ palette = "#zz0000" }) end,
+      "worker:request: palette: '#zz0000' is not a colour (#rrggbb)")
+    assert.has_error(function() w:request({ palette = "#000000", colors = 2 }) end)
+    w:close()
+  end)
+
   it("runs several steps in one poll when given the time", function()
     local w = minisd.worker.new({ model = path })
     w:poll()
