@@ -2,7 +2,10 @@
 -- Trains the sprite diffusion model (the seed's ContextUnet) with or without context.
 -- Run `lua train.lua --help` for the options.
 local root = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
-local run_main = assert(loadfile(root .. "/scripts/bootstrap.lua"))(root)
+-- from a checkout: scripts/bootstrap.lua finds the source and its build; installed by
+-- LuaRocks (minisd-train, minisd-sample), minisd is on the default paths
+local boot = loadfile(root .. "/scripts/bootstrap.lua")
+local run_main = boot and boot(root) or require("minisd.cli").run_main
 
 local argparse = require("argparse")
 

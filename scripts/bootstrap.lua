@@ -1,11 +1,18 @@
 -- Shared start-up for the command-line programs (train.lua, sample.lua, scripts/*.lua):
 -- makes `require "minisd"` find the source tree and its build next to the program,
 -- and reruns the program under lua5.4 when started by plain Lua 5.1 (Debian's
--- `lua` once luarocks is installed), since the module is built for 5.4 or LuaJIT.
+-- `lua` once luarocks is installed) that finds no core built for it (a checkout builds
+-- for 5.4 and LuaJIT; a rock installed for 5.1 has its own).
 -- Returns run_main(program, fn, ...), which runs fn and reports an error as
 -- "program: error: message" with exit status 1 (MINISD_DEBUG=1 keeps the traceback).
 local root = ...
-if _VERSION == "Lua 5.1" and not rawget(_G, "jit") then
+-- MINISD_CPATH (a cpath pattern) names another build, e.g. in the test suite
+local jit_build = rawget(_G, "jit") and "/build/luajit/?.so;" or "/build/?.so;"
+local cpath = os.getenv("MINISD_CPATH")
+package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
+package.cpath = (cpath and (cpath .. ";") or (root .. jit_build)) .. package.cpath
+-- PUC Lua 5.1 that finds no core built for it (a checkout builds for 5.4): run under 5.4
+if _VERSION == "Lua 5.1" and not rawget(_G, "jit") and not pcall(require, "minisd.core") then
   local function q(s)
     return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
   end
@@ -19,20 +26,5 @@ if _VERSION == "Lua 5.1" and not rawget(_G, "jit") then
   end
   os.exit(code)
 end
--- MINISD_CPATH (a cpath pattern) names another build, e.g. in the test suite
-local jit_build = rawget(_G, "jit") and "/build/luajit/?.so;" or "/build/?.so;"
-local cpath = os.getenv("MINISD_CPATH")
-package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
-package.cpath = (cpath and (cpath .. ";") or (root .. jit_build)) .. package.cpath
 
-return function(program, fn, ...)
-  local ok, err = xpcall(fn, debug.traceback, ...)
-  if not ok then
-    local msg = tostring(err)
-    if os.getenv("MINISD_DEBUG") == nil then
-      msg = msg:gsub("\nstack traceback:.*$", "")
-    end
-    io.stderr:write(program, ": error: ", msg, "\n")
-    os.exit(1)
-  end
-end
+return require("minisd.cli").run_main

@@ -73,7 +73,7 @@ function M.data_dir()
   if env and env ~= "" then
     return env
   end
-  local found = package.searchpath("minisd", package.path)
+  local found = require("minisd.util").searchpath("minisd", package.path)
   if not found then
     return "data"
   end

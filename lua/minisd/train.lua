@@ -397,10 +397,8 @@ function M.run(args)
       { shuffle = true, generator = data_gen, flip = args.flip })
     for x, c in batches do
       step = step + 1
-      if epoch == start_epoch and step <= start_step then
-        goto continue
-      end
-      do
+      -- (PUC Lua 5.1 has no goto: the steps already done are skipped by this if)
+      if not (epoch == start_epoch and step <= start_step) then
         local loss = diffusion.loss(model, x, args.context and c or nil,
           { scheduler = sched, generator = gen })
         local value = loss:item()
@@ -434,7 +432,6 @@ function M.run(args)
           return
         end
       end
-      ::continue::
     end
     state.epoch, state.step = epoch, steps_per_epoch
   end

@@ -103,6 +103,24 @@ function M.is_file(path)
   return data ~= nil or err == nil
 end
 
+--- package.searchpath (Lua 5.2 and later, LuaJIT), written out for PUC Lua 5.1.
+-- @param name a module name ("minisd.data")
+-- @param path a search path (package.path's form)
+-- @return the first file that exists, or nil
+function M.searchpath(name, path)
+  if package.searchpath then
+    return (package.searchpath(name, path))
+  end
+  local file = name:gsub("%.", "/")
+  for pattern in path:gmatch("[^;]+") do
+    local candidate = pattern:gsub("%?", file)
+    if M.is_file(candidate) then
+      return candidate
+    end
+  end
+  return nil
+end
+
 --- Whether a file can be written at path, checked before long work so that it does not end
 -- in a failed save: the folder must exist and take a new file (a probe file is created
 -- there and removed), and path must not be a folder.

@@ -1,0 +1,26 @@
+--- What the command-line programs share (train.lua, sample.lua, the scripts, and the
+-- minisd-train / minisd-sample commands a rock installs).
+-- @module minisd.cli
+
+local M = {}
+
+--- Runs fn(...) and reports an error as "program: error: message" on stderr with exit
+-- status 1 (MINISD_DEBUG=1 keeps the traceback).
+-- @param program the program's name, for messages
+-- @param fn the program's body
+function M.run_main(program, fn, ...)
+  local args = { n = select("#", ...), ... }
+  local unpack = table.unpack or unpack -- luacheck: ignore (Lua 5.1's global)
+  -- (Lua 5.1's xpcall passes no arguments to fn)
+  local ok, err = xpcall(function() return fn(unpack(args, 1, args.n)) end, debug.traceback)
+  if not ok then
+    local msg = tostring(err)
+    if os.getenv("MINISD_DEBUG") == nil then
+      msg = msg:gsub("\nstack traceback:.*$", "")
+    end
+    io.stderr:write(program, ": error: ", msg, "\n")
+    os.exit(1)
+  end
+end
+
+return M
