@@ -148,7 +148,7 @@ local function main()
   if a.palette then
     local spec = a.palette
     if not spec:match("^%s*#") and util.is_file(spec) then -- a swatch file
-      spec = minisd.load_png(spec)
+      spec = assert(minisd.load_png(spec))
     end
     local ok, pal = pcall(image.palette, spec)
     if not ok then
@@ -180,7 +180,15 @@ local function main()
   local rows, row_expr, seeds = {}, {}, {}
   local per = seed_list and #seed_list or a.count
   for _, e in ipairs(exprs) do
-    local r = context.encode(e, names):totable()[1]
+    if e:match("^%s*$") then
+      error("--context: an empty expression (write none for the null context)", 0)
+    end
+    local ok, encoded = pcall(context.encode, e, names)
+    if not ok then
+      error("--context " .. e .. ": " .. tostring(encoded):gsub("^[^\n:]*%.lua:%d+: ", "")
+        :gsub("^context: ", ""), 0)
+    end
+    local r = encoded:totable()[1]
     for j = 1, per do
       rows[#rows + 1] = r
       row_expr[#rows] = e
@@ -228,7 +236,8 @@ local function main()
     if a.animate:lower():match("%.gif$") then
       assert(image.save_gif(a.animate, frames, { scale = a.scale, delay = 10 }))
     else
-      minisd.save_png(a.animate, image.upscale(image.strip(frames, { padding = 2 }), a.scale))
+      assert(minisd.save_png(a.animate, image.upscale(image.strip(frames, { padding = 2 }),
+        a.scale)))
     end
     print("wrote " .. a.animate)
   end
@@ -237,8 +246,8 @@ local function main()
     local unit = image.to_unit(x)
     for i = 1, #rows do
       local path = string.format("%s/sprite_%03d.png", a.each, i)
-      minisd.save_png(path, unit:narrow(1, i, 1):reshape(unit:shape()[2], unit:shape()[3],
-        unit:shape()[4]))
+      assert(minisd.save_png(path, unit:narrow(1, i, 1):reshape(unit:shape()[2],
+        unit:shape()[3], unit:shape()[4])))
     end
     print(string.format("wrote %d sprites to %s", #rows, a.each))
   end

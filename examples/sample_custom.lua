@@ -26,6 +26,6 @@ minisd.no_grad(function()
   end
 end)
 local out = arg[2] or "custom"
-image.save_grid(out .. ".png", x, { nrow = 2, scale = 4 })
-minisd.save_png(out .. "_strip.png", image.upscale(image.strip(frames), 2))
+assert(image.save_grid(out .. ".png", x, { nrow = 2, scale = 4 }))
+assert(minisd.save_png(out .. "_strip.png", image.upscale(image.strip(frames), 2)))
 print("wrote " .. out .. ".png and " .. out .. "_strip.png")

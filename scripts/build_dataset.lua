@@ -313,7 +313,7 @@ local function main()
       "LUA_CPATH=\"build/?.so;;\"):\n" .. tostring(minisd))
   end
 
-  local sheet = minisd.load_png(args.tiles)
+  local sheet = assert(minisd.load_png(args.tiles))
   local shape = sheet:shape()
   if #shape ~= 3 or shape[1] ~= 4 or shape[2] % TILE ~= 0 or shape[3] % TILE ~= 0 then
     fail(args.tiles .. ": expected an RGBA sheet of 16x16 tiles, got shape {" ..
@@ -390,7 +390,7 @@ local function main()
   end
   local f, png_path = open_out(args.out, "sprites.png")
   f:close()
-  minisd.save_png(png_path, minisd.cat(bands, 2))
+  assert(minisd.save_png(png_path, minisd.cat(bands, 2)))
 
   for _, label in ipairs(LABELS) do
     print(string.format("%-12s %5d", label, counts[label]))

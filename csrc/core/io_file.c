@@ -127,21 +127,22 @@ int msd_file_write_atomic(const char *path, msd_write_fn fn, void *ctx)
     snprintf(tmp, n, "%s.tmp.%ld.%u", path, (long)getpid(), atomic_fetch_add(&tmp_counter, 1));
     FILE *f = fopen(tmp, "wb");
     if (!f) {
-        int rc = msd_error(MSD_ERR_IO, "write '%s': cannot create '%s': %s", path, tmp,
-                           strerror(errno));
+        /* the message names the user's file: the temporary name is ours */
+        int rc = msd_error(MSD_ERR_IO, "cannot write '%s': %s", path,
+                           errno == ENOENT ? "its folder does not exist" : strerror(errno));
         free(tmp);
         return rc;
     }
     int rc = fn(f, ctx);
     if (rc == MSD_OK && (fflush(f) != 0 || ferror(f)))
-        rc = msd_error(MSD_ERR_IO, "write '%s': %s", path, strerror(errno));
+        rc = msd_error(MSD_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
     if (rc == MSD_OK && fsync(fileno(f)) != 0)
-        rc = msd_error(MSD_ERR_IO, "write '%s': fsync: %s", path, strerror(errno));
+        rc = msd_error(MSD_ERR_IO, "cannot write '%s': fsync: %s", path, strerror(errno));
     if (fclose(f) != 0 && rc == MSD_OK)
-        rc = msd_error(MSD_ERR_IO, "write '%s': close: %s", path, strerror(errno));
+        rc = msd_error(MSD_ERR_IO, "cannot write '%s': close: %s", path, strerror(errno));
     if (rc == MSD_OK && rename(tmp, path) != 0)
-        rc = msd_error(MSD_ERR_IO, "write '%s': cannot rename '%s' over it: %s", path, tmp,
-                       strerror(errno));
+        rc = msd_error(MSD_ERR_IO, "cannot write '%s' (putting the new file in its place): %s",
+                       path, strerror(errno));
     if (rc != MSD_OK)
         remove(tmp);
     free(tmp);

@@ -22,6 +22,15 @@ void lbind_push_tensor(lua_State *L, msd_tensor *t);
  * core's error when rc != MSD_OK, otherwise tells Lua's GC about the C
  * memory just allocated (see STYLE.md) and returns 1. */
 int lbind_result(lua_State *L, int rc, msd_tensor **box);
+/* The error convention for files: an expected run-time failure returns nil
+ * and the message, misuse raises. Loading, every core error is such a
+ * failure (the file is missing, unreadable or malformed); saving, only
+ * MSD_ERR_IO (it cannot be written). lbind_file_result finishes a load like
+ * lbind_result, lbind_file_done a save (true on success), lbind_file_fail
+ * pushes nil and the message (or raises) and returns 2. */
+int lbind_file_result(lua_State *L, int rc, msd_tensor **box);
+int lbind_file_done(lua_State *L, int rc);
+int lbind_file_fail(lua_State *L, int rc, int loading);
 /* Tells Lua's GC about `bytes` of C memory allocated for a new object. */
 void lbind_gc_hint(lua_State *L, size_t bytes);
 /* Reads a shape: a table of sizes at index i. Returns ndim. */

@@ -28,8 +28,7 @@ static int l_save_gif(lua_State *L)
         frames[i] = *box;
         lua_pop(L, 1); /* the list keeps the tensor alive */
     }
-    lbind_check_rc(L, msd_gif_save(path, frames, n, &o));
-    return 0;
+    return lbind_file_done(L, msd_gif_save(path, frames, n, &o));
 }
 
 static const luaL_Reg gif_funcs[] = {

@@ -8,7 +8,7 @@ static int l_io_load_png(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     msd_tensor **box = lbind_new_box(L);
-    return lbind_result(L, msd_png_load(path, box), box);
+    return lbind_file_result(L, msd_png_load(path, box), box);
 }
 
 /* minisd.load_png_string(bytes [, name]): the same from a PNG file's bytes. */
@@ -18,7 +18,8 @@ static int l_io_load_png_string(lua_State *L)
     const char *data = luaL_checklstring(L, 1, &len);
     const char *name = luaL_optstring(L, 2, "(PNG bytes)");
     msd_tensor **box = lbind_new_box(L);
-    return lbind_result(L, msd_png_load_mem(name, (const unsigned char *)data, len, box), box);
+    return lbind_file_result(L, msd_png_load_mem(name, (const unsigned char *)data, len, box),
+                             box);
 }
 
 /* minisd.save_png(path, t): t (C,H,W), C = 1, 3 or 4, clamped to [0,1]. */
@@ -26,8 +27,7 @@ static int l_io_save_png(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     msd_tensor *t = lbind_check_tensor(L, 2);
-    lbind_check_rc(L, msd_png_save(path, t));
-    return 0;
+    return lbind_file_done(L, msd_png_save(path, t));
 }
 
 /* minisd.load_npy(path) -> tensor (float32, the array's shape). */
@@ -35,7 +35,7 @@ static int l_io_load_npy(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     msd_tensor **box = lbind_new_box(L);
-    return lbind_result(L, msd_npy_load(path, box), box);
+    return lbind_file_result(L, msd_npy_load(path, box), box);
 }
 
 /* minisd.load_npy_string(bytes [, name]): the same from a .npy file's bytes. */
@@ -45,7 +45,8 @@ static int l_io_load_npy_string(lua_State *L)
     const char *data = luaL_checklstring(L, 1, &len);
     const char *name = luaL_optstring(L, 2, "(npy bytes)");
     msd_tensor **box = lbind_new_box(L);
-    return lbind_result(L, msd_npy_load_mem(name, (const unsigned char *)data, len, box), box);
+    return lbind_file_result(L, msd_npy_load_mem(name, (const unsigned char *)data, len, box),
+                             box);
 }
 
 /* minisd.save_npy(path, t): '<f4' C-order, atomic. */
@@ -53,8 +54,7 @@ static int l_io_save_npy(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     msd_tensor *t = lbind_check_tensor(L, 2);
-    lbind_check_rc(L, msd_npy_save(path, t));
-    return 0;
+    return lbind_file_done(L, msd_npy_save(path, t));
 }
 
 /* A msd_safetensors set owned by a userdata, so that a Lua error raised
@@ -88,9 +88,10 @@ static int load_safetensors(lua_State *L, int from_string)
     const char *name = from_string ? luaL_optstring(L, 2, "(bytes)") : arg;
     lua_settop(L, 2);
     msd_safetensors *st = new_holder(L);
-    lbind_check_rc(L, from_string ? msd_safetensors_load_mem(name, (const unsigned char *)arg,
-                                                             len, st)
-                                  : msd_safetensors_load(arg, st));
+    int rc = from_string ? msd_safetensors_load_mem(name, (const unsigned char *)arg, len, st)
+                         : msd_safetensors_load(arg, st);
+    if (rc != MSD_OK)
+        return lbind_file_fail(L, rc, 1);
     lua_createtable(L, 0, st->count);
     size_t bytes = 0;
     for (int i = 0; i < st->count; i++) {
@@ -237,8 +238,7 @@ static int l_io_save_safetensors(lua_State *L)
     }
     rc = msd_safetensors_save(path, st);
     msd_safetensors_free(st);
-    lbind_check_rc(L, rc);
-    return 0;
+    return lbind_file_done(L, rc);
 }
 
 static const luaL_Reg io_funcs[] = {

@@ -55,6 +55,35 @@ void lbind_check_rc(lua_State *L, int rc)
         luaL_error(L, "%s", msd_last_error());
 }
 
+/* The error convention for files: an expected run-time failure returns nil and the
+ * message, everything else raises. Loading (the arguments already checked), every core
+ * error comes from the file: missing, unreadable, malformed, or claiming absurd sizes.
+ * Saving, only MSD_ERR_IO is (the file cannot be written); the rest is misuse (a tensor
+ * of the wrong shape, a value the format cannot hold). */
+int lbind_file_fail(lua_State *L, int rc, int loading)
+{
+    if (!loading && rc != MSD_ERR_IO)
+        lbind_check_rc(L, rc);
+    lua_pushnil(L);
+    lua_pushstring(L, msd_last_error());
+    return 2;
+}
+
+int lbind_file_result(lua_State *L, int rc, msd_tensor **box)
+{
+    if (rc != MSD_OK)
+        return lbind_file_fail(L, rc, 1);
+    return lbind_result(L, rc, box);
+}
+
+int lbind_file_done(lua_State *L, int rc)
+{
+    if (rc != MSD_OK)
+        return lbind_file_fail(L, rc, 0);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 int lbind_result(lua_State *L, int rc, msd_tensor **box)
 {
     lbind_check_rc(L, rc);

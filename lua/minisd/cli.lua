@@ -5,7 +5,7 @@
 local M = {}
 
 --- Runs fn(...) and reports an error as "program: error: message" on stderr with exit
--- status 1 (MINISD_DEBUG=1 keeps the traceback).
+-- status 1 (MINISD_DEBUG=1 keeps the traceback and the position of the error).
 -- @param program the program's name, for messages
 -- @param fn the program's body
 function M.run_main(program, fn, ...)
@@ -16,7 +16,9 @@ function M.run_main(program, fn, ...)
   if not ok then
     local msg = tostring(err)
     if os.getenv("MINISD_DEBUG") == nil then
-      msg = msg:gsub("\nstack traceback:.*$", "")
+      -- the user's problem, not where in the library it was noticed: no traceback and
+      -- no "file.lua:123:" in front
+      msg = msg:gsub("\nstack traceback:.*$", ""):gsub("^[^\n:]*%.lua:%d+: ", "")
     end
     io.stderr:write(program, ": error: ", msg, "\n")
     os.exit(1)

@@ -57,9 +57,12 @@ end
 
 -- Calls a loader that raises on failure; returns its result or nil, message.
 local function try(fn, ...)
-  local ok, res = pcall(fn, ...)
+  local ok, res, err = pcall(fn, ...)
   if not ok then
     return nil, tostring(res)
+  end
+  if res == nil then -- the file functions return nil and a message
+    return nil, err
   end
   return res
 end

@@ -427,9 +427,9 @@ function M.save_grid(path, images, opts)
   if scale > 1 then
     g = minisd.image_upscale(g, scale)
   end
-  local ok, err = pcall(minisd.save_png, path, g)
-  if not ok then
-    return nil, tostring(err)
+  local ok, res, err = pcall(minisd.save_png, path, g)
+  if not ok or not res then
+    return nil, tostring(ok and err or res)
   end
   return true
 end
@@ -473,9 +473,9 @@ function M.save_gif(path, frames, opts)
       error("image.save_gif: delay, loop and last_delay must be at most 65535", 2)
     end
   end
-  local ok, err = pcall(minisd.save_gif, path, list, scale, delay, loop, last_delay)
-  if not ok then
-    return nil, tostring(err)
+  local ok, res, err = pcall(minisd.save_gif, path, list, scale, delay, loop, last_delay)
+  if not ok or not res then
+    return nil, tostring(ok and err or res)
   end
   return true
 end

@@ -492,10 +492,10 @@ function Module:save(path, metadata, opts)
       end
     end
   end)
-  local ok, err = pcall(minisd.save_safetensors, path, sd, metadata or {},
+  local ok, res, err = pcall(minisd.save_safetensors, path, sd, metadata or {},
     { dtypes = dtypes, dtype = dtype })
-  if not ok then
-    return nil, tostring(err)
+  if not ok or not res then
+    return nil, tostring(ok and err or res)
   end
   return true
 end
@@ -511,8 +511,8 @@ function Module:load(path, strict)
     error("load: expected a file name, got " .. type(path), 2)
   end
   local okr, tensors, meta = pcall(minisd.load_safetensors, path)
-  if not okr then
-    return nil, tostring(tensors)
+  if not okr or not tensors then
+    return nil, tostring(okr and meta or tensors)
   end
   local ok, err = pcall(self.load_state_dict, self, tensors, strict)
   if not ok then

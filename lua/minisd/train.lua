@@ -138,7 +138,7 @@ local function save_checkpoint(dir, state)
       config = state.model.config,
     }),
   }
-  minisd.save_safetensors(path_join(dir, CHECKPOINT), tensors, meta, { dtypes = dtypes })
+  assert(minisd.save_safetensors(path_join(dir, CHECKPOINT), tensors, meta, { dtypes = dtypes }))
 end
 
 local function load_checkpoint(dir)
@@ -147,6 +147,9 @@ local function load_checkpoint(dir)
     return nil, "no checkpoint at " .. path
   end
   local tensors, meta = minisd.load_safetensors(path)
+  if not tensors then
+    return nil, meta
+  end
   local raw = meta and meta["minisd.checkpoint"]
   if not raw then
     return nil, path .. " is not a minisd training checkpoint (no minisd.checkpoint metadata)"

@@ -289,6 +289,8 @@ describe("sample.lua", function()
         { "-o " .. tmp .. "/no/such/dir/g.png", "the folder " .. tmp .. "/no/such/dir does not "
           .. "exist or is not writable" },
         { "-o " .. tmp .. "/folder.png", "folder.png is a folder, not a file" },
+        { "-c Dragon", "error: --context Dragon: unknown label 'Dragon' (known: hero, non-hero" },
+        { "-c ''", "--context: an empty expression (write none for the null context)" },
       }
       assert(H.run("mkdir -p " .. tmp .. "/folder.png"))
       for _, c in ipairs(cases) do
@@ -296,6 +298,7 @@ describe("sample.lua", function()
         assert.is_false(ok, c[1])
         assert.truthy(log:find(c[2], 1, true), c[1] .. ": " .. log)
         assert.falsy(log:find("sampled", 1, true), "sampled before refusing: " .. c[1])
+        assert.falsy(log:find("%.lua:%d+"), "a library position in the message: " .. log)
       end
     end)
 

@@ -19,6 +19,15 @@ local function le64(n)
   return table.concat(b)
 end
 
+-- an expected run-time failure (a missing or damaged file): nil and a message
+local function fails(pattern, fn, ...)
+  local res, err = fn(...)
+  assert.is_nil(res)
+  assert.is_truthy(tostring(err):find(pattern, 1, true), "message '" .. tostring(err)
+    .. "' lacks '" .. pattern .. "'")
+end
+
+-- misuse: an error
 local function raises(pattern, fn, ...)
   local ok, err = pcall(fn, ...)
   assert.is_false(ok)
@@ -60,17 +69,18 @@ describe("minisd io", function()
       end
     end)
 
-    it("explains Fortran order, big-endian data, missing and corrupt files", function()
-      raises("fortran.npy' is Fortran-ordered; save it with np.ascontiguousarray",
+    it("explains Fortran order, big-endian data, missing and corrupt files (nil, message)",
+      function()
+      fails("fortran.npy' is Fortran-ordered; save it with np.ascontiguousarray",
         minisd.load_npy, FIX .. "fortran.npy")
-      raises("big-endian", minisd.load_npy, FIX .. "bigendian.npy")
-      raises("nope.npy", minisd.load_npy, dir .. "/nope.npy")
+      fails("big-endian", minisd.load_npy, FIX .. "bigendian.npy")
+      fails("nope.npy", minisd.load_npy, dir .. "/nope.npy")
       local good = read(FIX .. "f4.npy")
       write(dir .. "/t.npy", good:sub(1, -2))
-      raises("t.npy': truncated", minisd.load_npy, dir .. "/t.npy")
+      fails("t.npy': truncated", minisd.load_npy, dir .. "/t.npy")
       local h = "{'descr': '<f4', 'fortran_order': False, 'shape': (2147483647, 2147483647), }"
       write(dir .. "/huge.npy", "\147NUMPY\1\0" .. string.char(#h, 0) .. h .. "\0\0\0\0")
-      raises("huge.npy", minisd.load_npy, dir .. "/huge.npy")
+      fails("huge.npy", minisd.load_npy, dir .. "/huge.npy")
     end)
   end)
 
@@ -172,7 +182,7 @@ describe("minisd io", function()
       assert.is_nil(io.open(path, "rb"))
     end)
 
-    it("raises on corrupt files without crashing", function()
+    it("returns nil and a message for corrupt files, without crashing", function()
       local path = dir .. "/c.safetensors"
       local function with_header(h, ndata)
         write(path, le64(#h) .. h .. string.rep("\0", ndata or 8))
@@ -189,16 +199,16 @@ describe("minisd io", function()
       }
       for _, c in ipairs(cases) do
         with_header(c[1])
-        raises("c.safetensors", minisd.load_safetensors, path)
-        raises(c[2], minisd.load_safetensors, path)
+        fails("c.safetensors", minisd.load_safetensors, path)
+        fails(c[2], minisd.load_safetensors, path)
       end
       local good = read(FIX .. "ref.safetensors")
       write(path, good:sub(1, 100))
-      raises("c.safetensors", minisd.load_safetensors, path)
+      fails("c.safetensors", minisd.load_safetensors, path)
       write(path, le64(1e12) .. good:sub(9))
-      raises("past the end", minisd.load_safetensors, path)
+      fails("past the end", minisd.load_safetensors, path)
       write(path, good:sub(1, -5))
-      raises("outside", minisd.load_safetensors, path)
+      fails("outside", minisd.load_safetensors, path)
     end)
   end)
 
@@ -222,11 +232,11 @@ describe("minisd io", function()
         H.assert_close(t, minisd.load_npy(FIX .. name), 0, 0, name)
       end
       -- errors name what the caller called the bytes
-      raises("'game/tiles.png'", minisd.load_png_string, read(FIX .. "rgb.png"):sub(1, 40),
+      fails("'game/tiles.png'", minisd.load_png_string, read(FIX .. "rgb.png"):sub(1, 40),
         "game/tiles.png")
-      raises("'(PNG bytes)'", minisd.load_png_string, "not a png")
-      raises("'(npy bytes)': not a .npy file", minisd.load_npy_string, "nope")
-      raises("'x.npy': truncated", minisd.load_npy_string, read(FIX .. "f4.npy"):sub(1, -3),
+      fails("'(PNG bytes)'", minisd.load_png_string, "not a png")
+      fails("'(npy bytes)': not a .npy file", minisd.load_npy_string, "nope")
+      fails("'x.npy': truncated", minisd.load_npy_string, read(FIX .. "f4.npy"):sub(1, -3),
         "x.npy")
     end)
 
@@ -242,10 +252,29 @@ describe("minisd io", function()
       H.assert_close(minisd.load_png(dir .. "/y.png"), { { { 0, 1, 128 / 255 } } }, 1e-6, 0)
     end)
 
-    it("raises errors naming the file", function()
-      raises("nope.png", minisd.load_png, dir .. "/nope.png")
-      raises("u1.npy", minisd.load_png, FIX .. "u1.npy")
-      raises("z.png", minisd.save_png, dir .. "/z.png", minisd.zeros({ 2, 2, 2 }))
-    end)
+    it("names the file: nil and a message for a file it cannot use, an error for misuse",
+      function()
+        fails("nope.png", minisd.load_png, dir .. "/nope.png")
+        fails("u1.npy", minisd.load_png, FIX .. "u1.npy")
+        raises("z.png", minisd.save_png, dir .. "/z.png", minisd.zeros({ 2, 2, 2 }))
+        -- every save returns true, or nil and a message naming the user's file (not a
+        -- temporary name) when it cannot be written
+        local img = minisd.zeros({ 3, 2, 2 })
+        assert.is_true(minisd.save_png(dir .. "/ok.png", img))
+        assert.is_true(minisd.save_npy(dir .. "/ok.npy", img))
+        assert.is_true(minisd.save_safetensors(dir .. "/ok.safetensors", { a = img }))
+        assert.is_true(minisd.save_gif(dir .. "/ok.gif", { img }, 1, 10, 0, 10))
+        for _, c in ipairs({ { minisd.save_png, "x.png", img }, { minisd.save_npy, "x.npy", img },
+          { minisd.save_safetensors, "x.safetensors", { a = img } },
+          { minisd.save_gif, "x.gif", { img }, 1, 10, 0, 10 } }) do
+          local target = dir .. "/no/such/dir/" .. c[2]
+          local res, err = c[1](target, c[3], c[4], c[5], c[6], c[7])
+          assert.is_nil(res)
+          assert.truthy(err:find(target, 1, true), err)
+          local plain = err:gsub(target:gsub("%p", "%%%0"), "")
+          assert.falsy(plain:find("tmp", 1, true), err) -- no temporary name
+          assert.falsy(err:find("%.c:%d+"), err)
+        end
+      end)
   end)
 end)

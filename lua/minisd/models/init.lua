@@ -93,8 +93,8 @@ function M.load_model(path, name)
     f:close()
     ok, tensors, meta = pcall(minisd.load_safetensors, path)
   end
-  if not ok then
-    return nil, tostring(tensors)
+  if not ok or not tensors then
+    return nil, tostring(ok and meta or tensors)
   end
   -- a damaged file can hold numbers that load but poison every sample: NaN or infinite
   -- values (the sum of |t| is NaN or infinite then), or a negative BatchNorm variance
