@@ -3,11 +3,12 @@
 #  - Lua 5.4: luarocks make, then minisd from the tree (the bundled data, the shipped
 #    models), the installed commands minisd-sample and minisd-train, and luarocks test;
 #  - Lua 5.1 (PUC headers): luarocks make, then one sample under lua5.1 and under LuaJIT
-#    (LÖVE's Lua), which loads the same 5.1 module;
+#    (LÖVE's Lua), which loads the same 5.1 module; Lua 5.3: luarocks make, one sample;
 #  - a release: scripts/release.sh makes the tarball, the release rockspec and the source
 #    rock, which installs offline.
 # Needs luarocks, lua5.4 + liblua5.4-dev; the 5.1 part needs lua5.1 + liblua5.1-0-dev and
-# luajit (CI installs them; skipped with a message where they are missing).
+# luajit, the 5.3 part lua5.3 + liblua5.3-dev (CI installs them; each skipped with a
+# message where missing).
 set -eu
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
@@ -72,6 +73,15 @@ then
     use_tree luajit 5.1 "$t51" "$check"
 else
     echo "SKIPPED the Lua 5.1 / LuaJIT rock: apt-get install lua5.1 liblua5.1-0-dev luajit"
+fi
+
+if [ -f /usr/include/lua5.3/lua.h ] && command -v lua5.3 >/dev/null; then
+    step "Lua 5.3: luarocks make"
+    t53=$work/t53
+    make_rock 5.3 "$t53"
+    use_tree lua5.3 5.3 "$t53" "$check"
+else
+    echo "SKIPPED the Lua 5.3 rock: apt-get install lua5.3 liblua5.3-dev"
 fi
 
 step "release: scripts/release.sh, then the source rock installs offline"

@@ -2,7 +2,8 @@
 -- sharpening live. The network runs in a minisd.worker (a love.thread), so the game's
 -- main thread only passes messages and draws: it never waits for the model.
 -- Run from the repository root: love examples/love [path/to/model.safetensors]
--- (default: the shipped models/sprites-context.safetensors)
+-- (default: sprites.safetensors inside the game folder or .love if there is one, read
+-- with love.filesystem; else the shipped models/sprites-context.safetensors)
 -- Keys: space = new batch (new seed), 1-5 = context label, 0 = no context, escape = quit.
 -- MINISD_LOVE_TEST=N: make N batches, print the main thread's frame times while sampling,
 -- check that the sprites were drawn (a screenshot), and quit (exit status 0 when all went
@@ -56,10 +57,18 @@ local function new_batch()
   game.sampling = true
 end
 
+-- A model inside the game itself (a .love zip or a fused game has no files of its own on
+-- disk): its bytes, read with love.filesystem.
+local GAME_MODEL = "sprites.safetensors"
+
 function love.load(args)
-  local path = (args and args[1]) or os.getenv("MINISD_MODEL") -- nil: the shipped model
+  local model = (args and args[1]) or os.getenv("MINISD_MODEL") -- nil: the shipped model
+  local name
+  if not model and love.filesystem.getInfo and love.filesystem.getInfo(GAME_MODEL) then
+    model, name = love.filesystem.read(GAME_MODEL), GAME_MODEL
+  end
   -- one maths thread: the game keeps the other cores
-  game.worker = minisd.worker.new({ model = path, threads = 1 })
+  game.worker = minisd.worker.new({ model = model, name = name, threads = 1 })
   game.seed = test_batches and 1 or os.time() % 100000
   new_batch()
 end

@@ -59,6 +59,9 @@ os.remove(path)
 path = path .. ".safetensors"
 local model = minisd.models.ContextUnet({ n_feat = 8 })
 model:save(path)
+local mf = assert(io.open(path, "rb"))
+local model_bytes = mf:read("*a")
+mf:close()
 
 dofile(here .. "/main.lua")
 check(type(love.load) == "function" and type(love.update) == "function"
@@ -113,5 +116,23 @@ for _, f in ipairs(filters) do
 end
 check(made >= 75 * 8 and drawn >= 74 * 8,
   string.format("sprites made and drawn each frame: %d images, %d draws", made, drawn))
+love.quit()
+
+-- a model inside the game: love.filesystem.read's bytes go to the worker
+local bytes = model_bytes
+love.filesystem.getInfo = function(name) return name == "sprites.safetensors" and {} or nil end
+love.filesystem.read = function(name)
+  check(name == "sprites.safetensors", "read " .. tostring(name))
+  return bytes
+end
+local batches = game.batches
+game.request = nil
+love.load({})
+check(game.message == nil, "the game's own model: " .. tostring(game.message))
+for _ = 1, 30 do
+  love.update(1 / 60)
+end
+check(game.batches == batches + 1 and #game.sprites == 8,
+  "a batch from the model read with love.filesystem")
 love.quit()
 print(string.format("smoke: ok (%d images made, %d draws)", made, drawn))
