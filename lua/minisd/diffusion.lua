@@ -73,7 +73,7 @@ Job.__index = Job
 local sample_options = {
   n = true, context = true, sampler = true, steps = true, eta = true, guidance = true,
   seed = true, seeds = true, generator = true, on_step = true, channels = true, size = true,
-  noise = true,
+  noise = true, init = true, strength = true, mask = true, jumps = true, negative = true,
 }
 
 -- The per-sprite generators of opts.seeds (a list of n integers), or nil.
@@ -117,21 +117,122 @@ local function randn_rows(gens, shape)
   return #rows == 1 and rows[1] or minisd.cat(rows, 1)
 end
 
+-- Context rows (n, K) from an expression, a table, a (K) or (rows, K) tensor; nil stays nil.
+local function context_rows(what, ctx, n, cfg)
+  local K = cfg.n_cfeat or 5
+  if type(ctx) == "string" or (type(ctx) == "table" and not minisd.is_tensor(ctx)) then
+    ctx = require("minisd.context").encode(ctx, cfg.label_names)
+  end
+  if ctx == nil then
+    return nil
+  end
+  if not minisd.is_tensor(ctx) then
+    error(string.format("diffusion.sample: %s must be an expression, a table or a tensor, got %s",
+      what, type(ctx)), 4)
+  end
+  local shape = ctx:shape()
+  if #shape == 1 then
+    ctx = ctx:reshape(1, shape[1])
+    shape = ctx:shape()
+  end
+  if #shape ~= 2 or shape[2] ~= K then
+    error(string.format("diffusion.sample: %s has %d features, the model expects %d", what,
+      shape[#shape], K), 4)
+  end
+  if shape[1] == 1 and n > 1 then
+    ctx = minisd.ones({ n, 1 }) * ctx
+  elseif shape[1] ~= n then
+    error(string.format("diffusion.sample: %d %s rows for n = %d samples", shape[1], what, n), 4)
+  end
+  return ctx
+end
+
+-- Sprites (rows, C, H, W) or one (C, H, W), for init or mask: as (n, ., H, W).
+local function batch_of(what, x, n, C, hgt, channels_ok)
+  if not minisd.is_tensor(x) then
+    error(string.format("diffusion.sample: %s must be a tensor (N, C, H, W) or (C, H, W), got %s",
+      what, type(x)), 4)
+  end
+  local shape = x:shape()
+  if #shape == 2 then
+    x = x:reshape(1, 1, shape[1], shape[2])
+  elseif #shape == 3 then
+    x = x:reshape(1, shape[1], shape[2], shape[3])
+  elseif #shape ~= 4 then
+    error(string.format("diffusion.sample: %s must have 3 or 4 dims, got %d", what, #shape), 4)
+  end
+  shape = x:shape()
+  if shape[3] ~= hgt or shape[4] ~= hgt or not channels_ok(shape[2]) then
+    error(string.format("diffusion.sample: %s is (%s), the model makes (%d, %d, %d) sprites",
+      what, table.concat(shape, ", "), C, hgt, hgt), 4)
+  end
+  if shape[1] == 1 and n > 1 then
+    x = minisd.ones({ n, 1, 1, 1 }) * x
+  elseif shape[1] ~= n then
+    error(string.format("diffusion.sample: %s has %d sprites for n = %d", what, shape[1], n), 4)
+  end
+  return x
+end
+
+-- guidance: 0 (off), a number, a list of n numbers or an (n) tensor; a row's 0 means off
+-- (the plain conditional prediction, as guidance = 1 gives). Returns nil (off) or the
+-- scales as an (n, 1, 1, 1) tensor.
+local function guidance_scales(g, n)
+  if g == nil or g == 0 then
+    return nil
+  end
+  if type(g) == "number" then
+    if g ~= g or g == math.huge or g == -math.huge then
+      error("diffusion.sample: guidance must be a finite number, got " .. tostring(g), 4)
+    end
+    return minisd.full({ n, 1, 1, 1 }, g), g
+  end
+  local list = minisd.is_tensor(g) and g:reshape(-1):totable() or g
+  if type(list) ~= "table" or #list ~= n then
+    error(string.format("diffusion.sample: guidance must be a number or one per sprite (%d), "
+      .. "got %s", n, type(list) == "table" and (#list .. " values") or type(g)), 4)
+  end
+  local rows = {}
+  for i, v in ipairs(list) do
+    if type(v) ~= "number" or v ~= v or v == math.huge or v == -math.huge then
+      error(string.format("diffusion.sample: guidance[%d] must be a finite number, got %s", i,
+        tostring(v)), 4)
+    end
+    rows[i] = v == 0 and 1 or v
+  end
+  return minisd.tensor(rows):reshape(n, 1, 1, 1)
+end
+
 --- Starts a step-wise sampling job, so a game can spread one run over frames.
 -- @param model a ContextUnet (switched to eval mode for sampling)
 -- @param opts {n=1, context=(K) row, (n, K) tensor, expression or nil,
 --   sampler=one of minisd.sched.names() ("ddim", "ddpm", "dpmpp_2m"; default "ddim"),
 --   steps=(the sampler's default_steps: 25 for ddim, 12 for dpmpp_2m, T for ddpm),
---   eta=0 (samplers that take it: ddim), guidance=0 (0: off),
+--   eta=0 (samplers that take it: ddim),
+--   guidance=0 (0: off; a number, or one per sprite: a list or an (n) tensor),
+--   negative=(a context to steer away from, in place of the null context; needs guidance),
 --   seed= or generator=, or seeds={s1, ..., sn} (one per sprite: each sprite's noise comes
 --   from its own generator, so a sprite of a batch can be made again alone),
+--   init=sprites (n, C, H, W) or one (C, H, W) in [-1, 1]: variations (SDEdit) with
+--     strength=0.8 in [0, 1] (the fraction of the steps run, from the input noised to
+--     that point; 0 returns the input, 1 nearly ignores it), or inpainting with
+--   mask=(n, 1, H, W), (1, H, W) or (H, W) in [0, 1]: 1 where to generate, 0 where to keep
+--     the input (kept exactly in the result; strength defaults to 1 then), and
+--     jumps=0 (RePaint's resampling: each step undone and redone this many times, for a
+--     better fit at the mask's border; samplers that keep no history: ddim, ddpm, euler_a),
 --   on_step=function(i, t, x) end, noise= initial x_T}
--- @return job with :step(), :done(), :result(), .i, .total
+-- @return job with :step(), :done(), :result(), .i, .total, .timesteps (the ones it runs)
 function M.start(model, opts)
   opts = opts or {}
   check_options("diffusion.sample", opts, sample_options)
   local cfg = model.config or {}
-  local n = opts.n or (type(opts.seeds) == "table" and #opts.seeds > 0 and #opts.seeds) or 1
+  local n = opts.n
+  if n == nil and type(opts.seeds) == "table" and #opts.seeds > 0 then
+    n = #opts.seeds
+  elseif n == nil and minisd.is_tensor(opts.init) and opts.init:dim() == 4 then
+    n = opts.init:shape()[1]
+  end
+  n = n or 1
   if type(n) ~= "number" or n < 1 or n ~= math.floor(n) then
     error("diffusion.sample: n must be a positive integer, got " .. tostring(opts.n), 3)
   end
@@ -155,50 +256,105 @@ function M.start(model, opts)
   else
     x = opts.noise or minisd.randn({ n, C, hgt, hgt }, gen)
   end
-  local ctx = opts.context
-  local K = cfg.n_cfeat or 5
-  if type(ctx) == "string" or (type(ctx) == "table" and not minisd.is_tensor(ctx)) then
-    ctx = require("minisd.context").encode(ctx, cfg.label_names)
-  end
-  if ctx ~= nil then
-    local shape = ctx:shape()
-    if #shape == 1 then
-      ctx = ctx:reshape(1, shape[1])
-      shape = ctx:shape()
-    end
-    if shape[2] ~= K then
-      error(string.format("diffusion.sample: context has %d features, the model expects %d",
-        shape[2], K), 3)
-    end
-    if shape[1] == 1 and n > 1 then
-      ctx = minisd.ones({ n, 1 }) * ctx
-    elseif shape[1] ~= n then
-      error(string.format("diffusion.sample: %d context rows for n = %d samples", shape[1], n), 3)
-    end
-  end
-  local guidance = opts.guidance or 0
-  if guidance ~= 0 and ctx == nil then
+  local ctx = context_rows("context", opts.context, n, cfg)
+  local negative = context_rows("negative", opts.negative, n, cfg)
+  local scales, scalar = guidance_scales(opts.guidance, n)
+  if scales and ctx == nil then
     error("diffusion.sample: guidance needs a context", 3)
+  end
+  if negative and not scales then
+    error("diffusion.sample: a negative context works through guidance: give guidance too", 3)
+  end
+  -- variations and inpainting: start part-way from the input, noised to that point
+  local init, mask, first = nil, nil, 0
+  if opts.init ~= nil then
+    if not (s.add_noise and s.prev_timestep) then
+      error(string.format("diffusion.sample: the %s sampler has no add_noise or prev_timestep, "
+        .. "which init and mask need", Sched.name), 3)
+    end
+    init = batch_of("init", opts.init, n, C, hgt, function(c) return c == C end)
+    if opts.mask ~= nil then
+      mask = batch_of("mask", opts.mask, n, C, hgt, function(c) return c == 1 or c == C end)
+      if mask:min() < 0 or mask:max() > 1 then
+        error("diffusion.sample: mask values must be in [0, 1] (1: generate, 0: keep)", 3)
+      end
+    end
+    local strength = opts.strength
+    if strength == nil then
+      strength = mask and 1 or 0.8
+    end
+    if type(strength) ~= "number" or not (strength >= 0 and strength <= 1) then
+      error("diffusion.sample: strength must be a number in [0, 1], got " .. tostring(strength),
+        3)
+    end
+    local S = #s.timesteps
+    first = S - math.min(S, math.floor(S * strength + 1e-9))
+    if first < S then
+      x = s:add_noise(init, x, minisd.full({ n }, s.timesteps[first + 1]))
+    else
+      x = init
+    end
+  elseif opts.strength ~= nil or opts.mask ~= nil then
+    error("diffusion.sample: strength and mask go with init (the sprites to start from)", 3)
+  end
+  local jumps = opts.jumps or 0
+  if type(jumps) ~= "number" or jumps < 0 or jumps ~= math.floor(jumps) then
+    error("diffusion.sample: jumps must be an integer >= 0, got " .. tostring(opts.jumps), 3)
+  end
+  if jumps > 0 and not mask then
+    error("diffusion.sample: jumps (RePaint's resampling) go with a mask", 3)
+  end
+  if jumps > 0 and Sched.multistep then
+    error(string.format("diffusion.sample: jumps need a sampler that keeps no history; %s is "
+      .. "multistep (use ddim, ddpm or euler_a)", Sched.name), 3)
+  end
+  local timesteps = {}
+  for i = first + 1, #s.timesteps do
+    timesteps[#timesteps + 1] = s.timesteps[i]
   end
   model:eval()
   return setmetatable({
     model = model, scheduler = s, generator = gen, generators = gens, x = x, context = ctx,
-    n = n, T = T, guidance = guidance, on_step = opts.on_step, i = 0, total = #s.timesteps,
+    negative = negative, n = n, T = T, scales = scales, guidance = scalar or 0,
+    on_step = opts.on_step, i = 0, total = #timesteps, timesteps = timesteps, init = init,
+    mask = mask, jumps = jumps,
   }, Job)
 end
 
 --- The noise prediction for x at t, with classifier-free guidance when asked:
--- eps = eps_uncond + g * (eps_cond - eps_uncond), one batched forward.
+-- eps = eps_ref + g * (eps_cond - eps_ref), one batched forward, eps_ref being the null
+-- context's prediction or the negative context's.
 function Job:predict(x, t)
   local n = self.n
-  if self.guidance == 0 then
+  if not self.scales then
     return self.model(x, M.time_input(t, self.T, n), self.context)
   end
   local xx = minisd.cat({ x, x }, 1)
-  local cc = minisd.cat({ self.context, minisd.zeros(self.context:shape()) }, 1)
+  local ref = self.negative or minisd.zeros(self.context:shape())
+  local cc = minisd.cat({ self.context, ref }, 1)
   local eps = self.model(xx, M.time_input(t, self.T, 2 * n), cc)
   local cond, uncond = eps:narrow(1, 1, n), eps:narrow(1, n + 1, n)
-  return uncond + (cond - uncond) * self.guidance
+  if self.guidance ~= 0 then -- one scale for all: the same arithmetic as before per-row scales
+    return uncond + (cond - uncond) * self.guidance
+  end
+  return uncond + (cond - uncond) * self.scales
+end
+
+-- Noise of x's shape from the job's generators (one per sprite) or its generator.
+function Job:noise()
+  if self.generators then
+    return randn_rows(self.generators, self.x:shape())
+  end
+  return minisd.randn(self.x:shape(), self.generator)
+end
+
+-- Inpainting: the kept pixels are the input's, noised to timestep tp (exactly the input at 0).
+function Job:merge(x, tp)
+  local known = self.init
+  if tp > 0 then
+    known = self.scheduler:add_noise(self.init, self:noise(), minisd.full({ self.n }, tp))
+  end
+  return x * self.mask + known * (self.mask * -1 + 1)
 end
 
 --- Runs one denoising step; returns true while steps remain.
@@ -207,16 +363,31 @@ function Job:step()
     return false
   end
   self.i = self.i + 1
-  local t = self.scheduler.timesteps[self.i]
+  local t = self.timesteps[self.i]
+  local s = self.scheduler
   minisd.no_grad(function()
-    local eps = self:predict(self.x, t)
-    -- per-sprite generators draw every step's noise row by row (a deterministic step
-    -- ignores it), so that each sprite's numbers do not depend on the others
-    local sopts = self.generators and { noise = randn_rows(self.generators, self.x:shape()) }
-      or { generator = self.generator }
-    local out = self.scheduler:step(eps, t, self.x, sopts)
-    self.x = out.prev_sample
-    self.pred_original_sample = out.pred_original_sample
+    local x = self.x
+    for jump = 0, self.jumps do
+      local eps = self:predict(x, t)
+      -- per-sprite generators draw every step's noise row by row (a deterministic step
+      -- ignores it), so that each sprite's numbers do not depend on the others
+      local sopts = self.generators and { noise = randn_rows(self.generators, x:shape()) }
+        or { generator = self.generator }
+      local out = s:step(eps, t, x, sopts)
+      local xp = out.prev_sample
+      local tp = self.mask and s.prev_timestep[t]
+      if self.mask then
+        xp = self:merge(xp, tp)
+      end
+      self.pred_original_sample = out.pred_original_sample
+      if jump == self.jumps or tp == 0 then
+        self.x = xp
+        break
+      end
+      -- RePaint: back from tp to t with fresh noise, x_t ~ q(x_t | x_tp), and again
+      local a = s.alphas_cumprod[t] / s.alphas_cumprod[tp]
+      x = xp * math.sqrt(a) + self:noise() * math.sqrt(1 - a)
+    end
   end)
   if self.on_step then
     self.on_step(self.i, t, self.x)
@@ -232,6 +403,97 @@ end
 --- The images (n, C, H, W), in [-1, 1] up to the model's accuracy.
 function Job:result()
   return self.x
+end
+
+-- The endpoint {seed =, context =} of an interpolation.
+local function endpoint(what, e)
+  if type(e) ~= "table" or minisd.is_tensor(e) then
+    error(string.format("diffusion.interpolate: %s must be a table {seed =, context =}, got %s",
+      what, type(e)), 4)
+  end
+  check_options("diffusion.interpolate: " .. what, e, { seed = true, context = true }, 3)
+  local seed = e.seed or 0
+  if type(seed) ~= "number" or seed ~= math.floor(seed) or seed < 0 or seed >= 2 ^ 53 then
+    error(string.format("diffusion.interpolate: %s.seed must be an integer in [0, 2^53), got %s",
+      what, tostring(e.seed)), 4)
+  end
+  return seed, e.context
+end
+
+--- Starts a step-wise interpolation job: `frames` sprites between two endpoints, the
+-- starting noise moving along the great circle between the two seeds' (spherical
+-- interpolation) and the context row blended linearly. The first frame is what sampling
+-- with seeds = {from.seed} and from.context gives, the last the same for `to` (exactly,
+-- with a deterministic sampler: ddim with eta 0, or dpmpp_2m).
+-- @param model a ContextUnet
+-- @param opts {from = {seed =, context =}, to = {seed =, context =}, frames = 8, and
+--   diffusion.start's sampler, steps, eta, guidance (a number), negative, on_step}; a
+--   missing context is the null one
+-- @return job (its result is (frames, C, H, W))
+function M.start_interpolation(model, opts)
+  opts = opts or {}
+  check_options("diffusion.interpolate", opts, { from = true, to = true, frames = true,
+    sampler = true, steps = true, eta = true, guidance = true, negative = true,
+    on_step = true })
+  local cfg = model.config or {}
+  local sa, ca = endpoint("from", opts.from)
+  local sb, cb = endpoint("to", opts.to)
+  local frames = opts.frames or 8
+  if type(frames) ~= "number" or frames < 2 or frames ~= math.floor(frames) then
+    error("diffusion.interpolate: frames must be an integer >= 2, got " .. tostring(opts.frames),
+      2)
+  end
+  local C, hgt = cfg.in_channels or 3, cfg.height or 16
+  local shape = { 1, C, hgt, hgt }
+  local za = minisd.randn(shape, minisd.Generator(sa))
+  local zb = minisd.randn(shape, minisd.Generator(sb))
+  -- slerp(a, b; u) = sin((1-u) theta) / sin theta a + sin(u theta) / sin theta b
+  local dot = (za * zb):sum():item()
+  local na, nb = math.sqrt((za * za):sum():item()), math.sqrt((zb * zb):sum():item())
+  local cos = math.max(-1, math.min(1, dot / (na * nb)))
+  local theta = math.acos(cos)
+  local K = cfg.n_cfeat or 5
+  local ra = ca ~= nil and context_rows("from.context", ca, 1, cfg):totable()[1] or nil
+  local rb = cb ~= nil and context_rows("to.context", cb, 1, cfg):totable()[1] or nil
+  local zero = {}
+  for k = 1, K do
+    zero[k] = 0
+  end
+  local noise, rows = {}, {}
+  for i = 1, frames do
+    local u = (i - 1) / (frames - 1)
+    if i == 1 then
+      noise[i] = za
+    elseif i == frames then
+      noise[i] = zb
+    elseif theta < 1e-4 then -- (nearly) the same direction: a straight line
+      noise[i] = za * (1 - u) + zb * u
+    else
+      noise[i] = za * (math.sin((1 - u) * theta) / math.sin(theta))
+        + zb * (math.sin(u * theta) / math.sin(theta))
+    end
+    local a, b = ra or zero, rb or zero
+    local r = {}
+    for k = 1, K do
+      r[k] = i == 1 and a[k] or i == frames and b[k] or a[k] * (1 - u) + b[k] * u
+    end
+    rows[i] = r
+  end
+  local any_context = ra ~= nil or rb ~= nil
+  return M.start(model, {
+    n = frames, noise = minisd.cat(noise, 1), context = any_context and minisd.tensor(rows) or nil,
+    sampler = opts.sampler, steps = opts.steps, eta = opts.eta, guidance = opts.guidance,
+    negative = opts.negative, seed = sa, on_step = opts.on_step,
+  })
+end
+
+--- Interpolates in one call (start_interpolation + every step).
+-- @return tensor (frames, C, H, W)
+function M.interpolate(model, opts)
+  local job = M.start_interpolation(model, opts)
+  while job:step() do
+  end
+  return job:result()
 end
 
 --- Samples images in one call (start + every step).

@@ -262,6 +262,139 @@ describe("diffusion sampling", function()
   end)
 end)
 
+describe("variations, inpainting, interpolation, negative contexts", function()
+  local model = small_net(3)
+  local ddim = require("minisd.sched.ddim")
+  local start = diffusion.sample(model, { seeds = { 21, 22 }, steps = 10 }) -- two sprites
+
+  it("maps strength to the first timestep and noises the input to it", function()
+    -- 10 DDIM steps: 500, 450, ..., 50; strength s runs the last floor(10 s) of them
+    local cases = { { 1, 10, 500 }, { 0.6, 6, 300 }, { 0.55, 5, 250 }, { 0.1, 1, 50 },
+      { 0.05, 0, nil }, { 0, 0, nil } }
+    for _, c in ipairs(cases) do
+      local job = diffusion.start(model, { init = start, strength = c[1], steps = 10,
+        seeds = { 5, 6 } })
+      assert.are.equal(c[2], job.total, "strength " .. c[1])
+      assert.are.equal(c[3], job.timesteps[1], "strength " .. c[1])
+      if c[3] then -- x = sqrt(ab) init + sqrt(1 - ab) z, z the seeds' first draw
+        local s = ddim.new({})
+        local ab = s.alphas_cumprod[c[3]]
+        local z = minisd.cat({ minisd.randn({ 1, 3, 16, 16 }, minisd.Generator(5)),
+          minisd.randn({ 1, 3, 16, 16 }, minisd.Generator(6)) }, 1)
+        H.assert_close(job.x, start * math.sqrt(ab) + z * math.sqrt(1 - ab), 1e-6, 1e-6)
+      end
+    end
+    -- strength 0 returns the input itself; a small strength stays close to it
+    local same = diffusion.sample(model, { init = start, strength = 0, seeds = { 5, 6 } })
+    H.assert_close(same, start, 0, 0, "strength 0")
+    local near = diffusion.sample(model, { init = start, strength = 0.04, steps = 50,
+      seeds = { 5, 6 } })
+    local far = diffusion.sample(model, { init = start, strength = 1, steps = 50,
+      seeds = { 5, 6 } })
+    local d_near = (near - start):abs():mean():item()
+    local d_far = (far - start):abs():mean():item()
+    -- (a random small net: 0.09 against 10.6 on average)
+    assert.is_true(d_near < 0.25, "strength 0.04 moved the sprites by " .. d_near .. " on average")
+    assert.is_true(d_near < 0.05 * d_far, d_near .. " against " .. d_far .. " for strength 1")
+  end)
+
+  it("works with every sampler, through the job API", function()
+    for _, name in ipairs({ "ddim", "ddpm", "dpmpp_2m", "euler_a" }) do
+      local job = diffusion.start(model, { init = start, strength = 0.5, sampler = name,
+        steps = 10, seeds = { 1, 2 } })
+      assert.are.equal(5, job.total, name)
+      while job:step() do
+      end
+      local x = job:result()
+      assert.are.same({ 2, 3, 16, 16 }, x:shape())
+      local m = x:abs():max()
+      assert.is_true(m == m and m < math.huge, name)
+    end
+  end)
+
+  it("inpaints: the kept pixels are the input's exactly, the others are generated",
+    function()
+      local rows = {}
+      for y = 1, 16 do
+        rows[y] = {}
+        for x = 1, 16 do
+          rows[y][x] = (x > 4 and x <= 12 and y > 4 and y <= 12) and 1 or 0
+        end
+      end
+      local mask = minisd.tensor({ rows }) -- (1, H, W): generate the middle 8x8
+      local keep = (mask * -1 + 1):reshape(1, 1, 16, 16)
+      for _, c in ipairs({ { "ddim", 0 }, { "ddim", 2 }, { "dpmpp_2m", 0 }, { "euler_a", 1 } }) do
+        local x = diffusion.sample(model, { init = start, mask = mask, sampler = c[1],
+          steps = 8, jumps = c[2], seeds = { 3, 4 } })
+        -- exactly the input where the mask is 0
+        assert.are.equal(0, ((x - start) * keep):abs():max(), c[1] .. " jumps " .. c[2])
+        local inside = ((x - start) * mask:reshape(1, 1, 16, 16)):abs():sum():item()
+        assert.is_true(inside > 1, c[1] .. ": the middle was not generated")
+      end
+      assert.has_error(function()
+        diffusion.sample(model, { init = start, mask = mask, sampler = "dpmpp_2m", jumps = 1 })
+      end, "diffusion.sample: jumps need a sampler that keeps no history; dpmpp_2m is "
+        .. "multistep (use ddim, ddpm or euler_a)")
+      assert.has_error(function() diffusion.sample(model, { mask = mask }) end,
+        "diffusion.sample: strength and mask go with init (the sprites to start from)")
+      assert.has_error(function()
+        diffusion.sample(model, { init = start, mask = mask * 2 })
+      end, "diffusion.sample: mask values must be in [0, 1] (1: generate, 0: keep)")
+      assert.has_error(function() diffusion.sample(model, { init = minisd.zeros({ 3, 8, 8 }) }) end,
+        "diffusion.sample: init is (1, 3, 8, 8), the model makes (3, 16, 16) sprites")
+    end)
+
+  it("interpolates: the ends are plain samples of the two seeds and contexts", function()
+    local x = diffusion.interpolate(model, { from = { seed = 31, context = "hero" },
+      to = { seed = 32, context = "spell" }, frames = 5, guidance = 2, steps = 6 })
+    assert.are.same({ 5, 3, 16, 16 }, x:shape())
+    local a = diffusion.sample(model, { seeds = { 31 }, context = "hero", guidance = 2,
+      steps = 6 })
+    local b = diffusion.sample(model, { seeds = { 32 }, context = "spell", guidance = 2,
+      steps = 6 })
+    H.assert_close(x:narrow(1, 1, 1), a, 0, 0, "first frame")
+    H.assert_close(x:narrow(1, 5, 1), b, 0, 0, "last frame")
+    -- the middle frame starts from noise of the same norm (slerp), not a shrunken average
+    local job = diffusion.start_interpolation(model, { from = { seed = 31 }, to = { seed = 32 },
+      frames = 3 })
+    local z1, z2 = job.x:narrow(1, 1, 1), job.x:narrow(1, 2, 1)
+    local n1, n2 = math.sqrt((z1 * z1):sum():item()), math.sqrt((z2 * z2):sum():item())
+    assert.is_true(math.abs(n2 / n1 - 1) < 0.05, n2 / n1)
+    assert.has_error(function() diffusion.interpolate(model, { from = { seed = 1 },
+      to = { seed = 2 }, frames = 1 }) end,
+      "diffusion.interpolate: frames must be an integer >= 2, got 1")
+  end)
+
+  it("guides away from a negative context: eps_neg + g (eps_cond - eps_neg)", function()
+    local job = diffusion.start(model, { n = 2, seed = 6, context = "hero",
+      negative = "side-facing", guidance = 3 })
+    local x = job.x
+    local eps = minisd.no_grad(function() return job:predict(x, 300) end)
+    local tt = minisd.full({ 2, 1, 1, 1 }, 300 / 500)
+    local hero = minisd.tensor({ { 1, 0, 0, 0, 0 }, { 1, 0, 0, 0, 0 } })
+    local side = minisd.tensor({ { 0, 0, 0, 0, 1 }, { 0, 0, 0, 0, 1 } })
+    local cond, neg = minisd.no_grad(function()
+      return model(x, tt, hero), model(x, tt, side)
+    end)
+    H.assert_close(eps, neg + (cond - neg) * 3, 1e-4, 1e-5, "negative guidance")
+    assert.has_error(function() diffusion.start(model, { context = "hero", negative = "food" }) end,
+      "diffusion.sample: a negative context works through guidance: give guidance too")
+  end)
+
+  it("takes one guidance scale per sprite; a row's 0 is off, as guidance = 1", function()
+    local both = diffusion.sample(model, { seeds = { 8, 9 }, context = "food", steps = 5,
+      guidance = { 3, 0 } })
+    local g3 = diffusion.sample(model, { seeds = { 8 }, context = "food", steps = 5,
+      guidance = 3 })
+    local g0 = diffusion.sample(model, { seeds = { 9 }, context = "food", steps = 5 })
+    H.assert_close(both:narrow(1, 1, 1), g3, 1e-5, 1e-5, "row 1")
+    H.assert_close(both:narrow(1, 2, 1), g0, 1e-4, 1e-4, "row 2")
+    assert.has_error(function() diffusion.sample(model, { n = 2, context = "food",
+      guidance = { 1, 2, 3 } }) end,
+      "diffusion.sample: guidance must be a number or one per sprite (2), got 3 values")
+  end)
+end)
+
 describe("diffusion.loss", function()
   local x0 = minisd.rand({ 4, 3, 16, 16 }, minisd.Generator(11)) * 2 - 1
   local c = minisd.tensor({ { 1, 0, 0, 0, 0 }, { 0, 1, 0, 0, 0 }, { 0, 0, 1, 0.5, 0 },

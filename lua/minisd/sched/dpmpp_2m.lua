@@ -17,7 +17,8 @@
 --     for _, t in ipairs(s.timesteps) do
 --       x = s:step(model(x, t / 500), t, x).prev_sample
 --     end
--- The steps must run in order: the solver keeps the previous step's x0 and h.
+-- The steps must run in order: the solver keeps the previous step's x0 and h. A run may
+-- begin at a later timestep on a fresh scheduler (or after set_timesteps).
 -- @classmod minisd.sched.dpmpp_2m
 
 local schedule = require("minisd.sched.schedule")
@@ -28,6 +29,8 @@ DPM.__index = DPM
 --- Registry entry (minisd.sched): the name, the step count when none is given.
 DPM.name = "dpmpp_2m"
 DPM.default_steps = 12
+--- It keeps the previous step's x0: steps run once each, in order (no RePaint jumps).
+DPM.multistep = true
 
 local DEFAULTS = schedule.defaults()
 
@@ -62,9 +65,11 @@ end
 function DPM:step(eps, t, x, opts)
   schedule.step_options(opts, "DPMSolverPP2M:step", 2)
   local prev = schedule.prev_of(self, t, "DPMSolverPP2M:step", 2)
-  if t == self.timesteps[1] then
+  if t == self.timesteps[1] or self.last_t == nil then
+    -- a run starts: at the first timestep, or anywhere on a fresh scheduler (img2img
+    -- starts part-way), with a first-order step
     self.last_x0, self.last_h = nil, nil
-  elseif self.last_t == nil or self.prev_timestep[self.last_t] ~= t then
+  elseif self.prev_timestep[self.last_t] ~= t then
     error(string.format("DPMSolverPP2M:step: t = %d out of order (the solver is multistep: "
       .. "run the timesteps in order from %d)", t, self.timesteps[1]), 2)
   end
