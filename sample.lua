@@ -16,6 +16,9 @@ Examples:
   lua sample.lua model.safetensors --sampler ddpm --animate denoise.png
   lua sample.lua --alpha-threshold 0.5 --colors 6 --sheet sprites.png   # pixel art + index
   lua sample.lua -c hero --seeds 12 --alpha-threshold 0.5 -o one.png     # one sprite again
+  lua sample.lua -c spell --init sprite.png --strength 0.6 --guidance 2   # variations
+  lua sample.lua -c hero --init sprite.png --mask mask.png --guidance 2   # redraw a part
+  lua sample.lua --interpolate 8 --seeds 3,9 -c hero -c food --guidance 2 --animate m.gif
   lua sample.lua model.safetensors --list-contexts]])
 parser:argument("model", "Model file (.safetensors written by train.lua or model:save; "
   .. "default: the shipped models/sprites-context.safetensors).")
@@ -50,6 +53,22 @@ parser:option("--each", "Also write one PNG per sprite into this directory (RGBA
 parser:option("--alpha-threshold", "Pixel-art alpha for RGBA models: alpha at or above this "
   .. "value (in [0, 1]) becomes opaque, below it transparent.")
   :convert(tonumber)
+parser:option("--init", "Variations of existing sprites: a PNG of one sprite, or a sheet of "
+  .. "them (tiles of the model's size, row-major), noised to --strength and denoised again "
+  .. "with the given context; sprite k of the batch starts from tile k (cycling).")
+parser:option("--strength", "With --init: the fraction of the steps run, in [0, 1] (0: the "
+  .. "input as it is, 1: almost ignores it; default 0.8, or 1 with --mask).")
+  :convert(tonumber)
+parser:option("--mask", "With --init: inpainting. A PNG of the sprite's size (or a sheet like "
+  .. "--init): white where to generate, black where to keep the input, which stays exact.")
+parser:option("--jumps", "With --mask: RePaint's resampling, each step undone and redone this "
+  .. "many times (ddim, ddpm, euler_a).", "0"):convert(tonumber)
+parser:option("--negative", "Guide away from this context instead of the null one (needs "
+  .. "--guidance).")
+parser:option("--interpolate", "Interpolate in this many frames between two seeds (--seeds A,B) "
+  .. "and contexts (-c FROM -c TO; one -c for both ends): the grid is one row of frames, and "
+  .. "--animate writes them as the animation.")
+  :convert(tonumber)
 parser:option("--palette", "Pixel-art colours: every pixel takes the nearest colour of this "
   .. "palette: a PNG swatch (its distinct opaque colours) or #rrggbb colours separated by "
   .. "commas.")
@@ -76,6 +95,23 @@ check_int(parser, "--nrow", a.nrow, 1, true)
 check_int(parser, "--frames", a.frames, 1, true)
 check_int(parser, "--threads", a.threads, 1, true)
 check_int(parser, "--colors", a.colors, 1, true)
+check_int(parser, "--jumps", a.jumps, 0)
+check_int(parser, "--interpolate", a.interpolate, 2, true)
+if (a.strength or a.mask) and not a.init then
+  parser:error("--strength and --mask go with --init")
+end
+if a.strength ~= nil and not (a.strength >= 0 and a.strength <= 1) then
+  parser:error("--strength must be a number in [0, 1], got " .. tostring(a.strength))
+end
+if a.jumps > 0 and not a.mask then
+  parser:error("--jumps goes with --mask")
+end
+if a.negative and a.guidance == 0 then
+  parser:error("--negative works through guidance: give --guidance too")
+end
+if a.interpolate and a.init then
+  parser:error("give --interpolate or --init, not both")
+end
 if a.seed == nil or a.seed ~= math.floor(a.seed) or a.seed < 0 then
   parser:error("--seed must be an integer >= 0, got " .. tostring(a.seed))
 end
@@ -160,6 +196,31 @@ local function main()
   if not model then
     error(err, 0)
   end
+  -- --init / --mask: pictures as (tiles, C, H, W), cut into the model's sprite size
+  local function tiles_of(opt, path, channels)
+    local img, perr = minisd.load_png(path)
+    if not img then
+      error(opt .. ": " .. perr, 0)
+    end
+    local size = model.config.height or 16
+    local shape = img:shape()
+    if shape[2] % size ~= 0 or shape[3] % size ~= 0 then
+      error(string.format("%s: %s is %dx%d, not a sprite or a sheet of %dx%d sprites", opt, path,
+        shape[3], shape[2], size, size), 0)
+    end
+    local cols, rows_ = math.floor(shape[3] / size), math.floor(shape[2] / size)
+    local t = minisd.image_tiles(img, size, cols, rows_ * cols)
+    return require("minisd.data").to_channels(t, channels,
+      model.config.background or { 1, 1, 1 })
+  end
+  local init_tiles, mask_tiles
+  if a.init then
+    init_tiles = image.from_unit(tiles_of("--init", a.init, model.config.in_channels))
+    if a.mask then
+      local m = tiles_of("--mask", a.mask, 3) -- the mean of R, G, B: white 1, black 0
+      mask_tiles = (m:narrow(2, 1, 1) + m:narrow(2, 2, 1) + m:narrow(2, 3, 1)) * (1 / 3)
+    end
+  end
   if a.alpha_threshold and model.config.in_channels ~= 4 then
     error(string.format("--alpha-threshold needs an RGBA model; this one has %d channels",
       model.config.in_channels), 0)
@@ -174,7 +235,11 @@ local function main()
   local exprs = a.context
   if #exprs == 0 then -- a row per label from a model trained with them, else unconditional
     local trained = model.training_summary
-    exprs = (trained and trained.context) and names or { "none" }
+    exprs = (trained and trained.context and not a.interpolate) and names or { "none" }
+  end
+  if a.interpolate and (#exprs > 2 or (seed_list and #seed_list > 2)) then
+    error("--interpolate goes from one seed and context to another: give at most two --seeds "
+      .. "and two --context", 0)
   end
   -- one row per sprite, with its context and seed
   local rows, row_expr, seeds = {}, {}, {}
@@ -196,13 +261,45 @@ local function main()
     end
   end
   local count = per
-  local ctx = minisd.tensor(rows)
   local frames = {}
-  local job = minisd.diffusion.start(model, {
-    context = ctx, sampler = a.sampler, steps = a.steps,
-    eta = require("minisd.sched").get(a.sampler).takes_eta and a.eta or nil,
-    guidance = a.guidance, seeds = seeds,
-  })
+  local eta = require("minisd.sched").get(a.sampler).takes_eta and a.eta or nil
+  local job, interp_seeds
+  if a.interpolate then
+    local sa = seed_list and seed_list[1] or a.seed
+    local sb = seed_list and (seed_list[2] or seed_list[1]) or a.seed + 1
+    interp_seeds = { sa, sb }
+    job = minisd.diffusion.start_interpolation(model, {
+      from = { seed = sa, context = exprs[1] }, to = { seed = sb, context = exprs[2] or exprs[1] },
+      frames = a.interpolate, sampler = a.sampler, steps = a.steps, eta = eta,
+      guidance = a.guidance, negative = a.negative,
+    })
+    -- the sheet's index: each frame's blended context, and no seed (a blend of two)
+    rows, row_expr, seeds, count = {}, {}, {}, a.interpolate
+    local blended = job.context and context.decode(job.context, names) or nil
+    for k = 1, a.interpolate do
+      rows[k] = true
+      row_expr[k] = type(blended) == "table" and blended[k] or blended or "none"
+    end
+  else
+    local init, mask
+    if init_tiles then -- sprite k starts from tile k (cycling)
+      local nt = init_tiles:shape()[1]
+      local pick_init, pick_mask = {}, {}
+      for k = 1, #rows do
+        pick_init[k] = init_tiles:narrow(1, (k - 1) % nt + 1, 1)
+        if mask_tiles then
+          pick_mask[k] = mask_tiles:narrow(1, (k - 1) % mask_tiles:shape()[1] + 1, 1)
+        end
+      end
+      init = minisd.cat(pick_init, 1)
+      mask = mask_tiles and minisd.cat(pick_mask, 1) or nil
+    end
+    job = minisd.diffusion.start(model, {
+      context = minisd.tensor(rows), sampler = a.sampler, steps = a.steps, eta = eta,
+      guidance = a.guidance, seeds = seeds, init = init, strength = a.strength, mask = mask,
+      jumps = a.jumps > 0 and a.jumps or nil, negative = a.negative,
+    })
+  end
   local total = job.total
   local frames_wanted = math.min(a.frames, total)
   local tty = os.execute("test -t 2")
@@ -214,7 +311,7 @@ local function main()
       io.stderr:write(string.format("\rstep %d/%d", job.i, total))
     end
     -- frames at evenly spaced steps, the last one being the result
-    if a.animate and math.floor(job.i * frames_wanted / total)
+    if a.animate and not a.interpolate and math.floor(job.i * frames_wanted / total)
         > math.floor((job.i - 1) * frames_wanted / total) then
       frames[#frames + 1] = image.grid(image.to_unit(job:result()), { nrow = a.nrow or count })
     end
@@ -229,6 +326,13 @@ local function main()
     x = image.quantize(x, palette)
   elseif a.colors then
     x = image.reduce_colors(x, a.colors)
+  end
+  if a.interpolate and a.animate then -- the animation is the interpolation itself
+    local unit = image.to_unit(x)
+    local sh = unit:shape()
+    for k = 1, sh[1] do
+      frames[k] = unit:narrow(1, k, 1):reshape(sh[2], sh[3], sh[4])
+    end
   end
   assert(image.save_grid(a.out, x, { nrow = a.nrow or count, scale = a.scale }))
   print("wrote " .. a.out)
@@ -266,8 +370,13 @@ local function main()
       model = a.model or "(shipped)", sampler = a.sampler, steps = total,
       guidance = a.guidance, eta = require("minisd.sched").get(a.sampler).takes_eta and a.eta
         or nil, alpha_threshold = a.alpha_threshold, palette = a.palette, colors = a.colors,
+      negative = a.negative, init = a.init, strength = job.strength, mask = a.mask,
       sprites = sprites,
     }
+    if a.interpolate then
+      index.interpolate = { from = { seed = interp_seeds[1], context = exprs[1] },
+        to = { seed = interp_seeds[2], context = exprs[2] or exprs[1] } }
+    end
     local text
     if ext_of(a.sheet_index) == "json" then
       text = require("minisd.json").encode(index) .. "\n"

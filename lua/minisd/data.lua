@@ -189,6 +189,10 @@ local function to_channels(x, target, background)
   return x
 end
 
+--- Pictures (N, C, H, W) in [0, 1] with C = 1, 3 or 4 as `target` channels: grey copied to
+-- RGB, an opaque alpha added, or RGBA composited over `background` ({r, g, b} in [0, 1]).
+M.to_channels = to_channels
+
 -- ---- the dataset object --------------------------------------------------------------------
 
 local default_names

@@ -266,7 +266,7 @@ function M.start(model, opts)
     error("diffusion.sample: a negative context works through guidance: give guidance too", 3)
   end
   -- variations and inpainting: start part-way from the input, noised to that point
-  local init, mask, first = nil, nil, 0
+  local init, mask, first, strength = nil, nil, 0, nil
   if opts.init ~= nil then
     if not (s.add_noise and s.prev_timestep) then
       error(string.format("diffusion.sample: the %s sampler has no add_noise or prev_timestep, "
@@ -279,7 +279,7 @@ function M.start(model, opts)
         error("diffusion.sample: mask values must be in [0, 1] (1: generate, 0: keep)", 3)
       end
     end
-    local strength = opts.strength
+    strength = opts.strength
     if strength == nil then
       strength = mask and 1 or 0.8
     end
@@ -317,7 +317,7 @@ function M.start(model, opts)
     model = model, scheduler = s, generator = gen, generators = gens, x = x, context = ctx,
     negative = negative, n = n, T = T, scales = scales, guidance = scalar or 0,
     on_step = opts.on_step, i = 0, total = #timesteps, timesteps = timesteps, init = init,
-    mask = mask, jumps = jumps,
+    mask = mask, jumps = jumps, strength = strength,
   }, Job)
 end
 

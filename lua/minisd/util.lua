@@ -183,7 +183,14 @@ local function literal(v, indent, out)
     elseif v ~= v or v == math.huge or v == -math.huge then
       error("lua_literal: no literal for " .. tostring(v), 3)
     else
-      out[#out + 1] = string.format("%.17g", v)
+      local text -- the shortest form that reads back the same number
+      for digits = 15, 17 do
+        text = string.format("%." .. digits .. "g", v)
+        if tonumber(text) == v then
+          break
+        end
+      end
+      out[#out + 1] = text
     end
   elseif t == "boolean" then
     out[#out + 1] = tostring(v)

@@ -276,6 +276,75 @@ describe("sample.lua", function()
     assert.are.equal(1, j.sprites[2].seed)
   end)
 
+  it("makes variations of a sprite and redraws part of it (--init, --strength, --mask)",
+    function()
+      local sheet = tmp .. "/src.png"
+      local ok, _, log = sh("sample.lua " .. model_path .. " -n 1 --steps 3 --seeds 4 --sheet "
+        .. sheet .. " -o " .. tmp .. "/g.png")
+      assert.is_true(ok, log)
+      local src = minisd.load_png(sheet) -- (4, 16, 16)
+      -- strength 0: the input itself, for every sprite
+      local out = tmp .. "/var.png"
+      ok, _, log = sh("sample.lua " .. model_path .. " -n 2 --steps 4 --init " .. sheet
+        .. " --strength 0 --sheet " .. out .. " -o " .. tmp .. "/g.png")
+      assert.is_true(ok, log)
+      local v = minisd.load_png(out)
+      H.assert_close(v:narrow(3, 1, 16), src, 0, 0, "strength 0, sprite 1")
+      H.assert_close(v:narrow(3, 17, 16), src, 0, 0, "strength 0, sprite 2")
+      -- a mask: the left half kept exactly, the right half generated
+      local rows = {}
+      for c = 1, 3 do
+        rows[c] = {}
+        for y = 1, 16 do
+          rows[c][y] = {}
+          for x = 1, 16 do
+            rows[c][y][x] = x > 8 and 1 or 0
+          end
+        end
+      end
+      local mask = tmp .. "/mask.png"
+      assert(minisd.save_png(mask, minisd.tensor(rows)))
+      ok, _, log = sh("sample.lua " .. model_path .. " -n 1 --steps 4 --init " .. sheet
+        .. " --mask " .. mask .. " --jumps 1 --sheet " .. out .. " -o " .. tmp .. "/g.png")
+      assert.is_true(ok, log)
+      local ip = minisd.load_png(out)
+      H.assert_close(ip:narrow(3, 1, 8), src:narrow(3, 1, 8), 0, 0, "kept half")
+      assert.is_true((ip:narrow(3, 9, 8) - src:narrow(3, 9, 8)):abs():max() > 0.05)
+      local idx = dofile(tmp .. "/var.lua")
+      assert.are.equal(1, idx.strength)
+      ok, _, log = sh("sample.lua " .. model_path .. " --init " .. tmp .. "/g.png -o "
+        .. tmp .. "/x.png")
+      assert.is_false(ok)
+      assert.truthy(log:find("not a sprite or a sheet of 16x16 sprites", 1, true), log)
+      ok, _, log = sh("sample.lua " .. model_path .. " --strength 0.5 -o " .. tmp .. "/x.png")
+      assert.is_false(ok)
+      assert.truthy(log:find("--strength and --mask go with --init", 1, true), log)
+    end)
+
+  it("interpolates between two seeds and contexts into a grid, a GIF and a sheet", function()
+    local gif, sheet = tmp .. "/i.gif", tmp .. "/i.png"
+    local ok, _, log = sh("sample.lua " .. model_path .. " --interpolate 4 --seeds 3,9 -c hero "
+      .. "-c food --guidance 2 --steps 3 --animate " .. gif .. " --sheet " .. sheet .. " -o "
+      .. tmp .. "/ig.png")
+    assert.is_true(ok, log)
+    assert.are.same({ 4, 16, 64 }, minisd.load_png(sheet):shape())
+    local idx = dofile(tmp .. "/i.lua")
+    assert.are.same({ seed = 3, context = "hero" }, idx.interpolate.from)
+    assert.are.same({ seed = 9, context = "food" }, idx.interpolate.to)
+    assert.are.equal("hero=0.666667,food=0.333333", idx.sprites[2].context)
+    assert.are.equal("GIF89a", read_all(gif):sub(1, 6))
+    -- the first frame is plain sampling of seed 3 with context hero
+    local one = tmp .. "/first.png"
+    ok, _, log = sh("sample.lua " .. model_path .. " -c hero --seeds 3 --guidance 2 --steps 3 "
+      .. "--sheet " .. one .. " -o " .. tmp .. "/ig.png")
+    assert.is_true(ok, log)
+    H.assert_close(minisd.load_png(sheet):narrow(3, 1, 16), minisd.load_png(one), 0, 0)
+    ok, _, log = sh("sample.lua " .. model_path .. " --interpolate 4 --seeds 1,2,3 -o "
+      .. tmp .. "/ig.png")
+    assert.is_false(ok)
+    assert.truthy(log:find("give at most two --seeds", 1, true), log)
+  end)
+
   it("refuses outputs it cannot write before sampling, and formats it does not write",
     function()
       local cases = {
