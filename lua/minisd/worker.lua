@@ -34,8 +34,33 @@ local M = {}
 
 local REQUEST_OPTIONS = {
   "n", "context", "seed", "seeds", "sampler", "steps", "eta", "guidance", "every",
-  "alpha_threshold", "palette", "colors",
+  "alpha_threshold", "palette", "colors", "init", "strength", "mask", "jumps", "negative",
+  "interpolate",
 }
+
+-- RGBA byte strings (one, or a list) of sprites of the model's size as (k, C, size, size):
+-- in [-1, 1] for init, the mean of R, G and B in [0, 1] for a mask (white: generate).
+local function sprites_from_bytes(what, list, cfg)
+  local minisd, image = require("minisd"), require("minisd.image")
+  local size, C = cfg.height or 16, cfg.in_channels or 3
+  if type(list) == "string" then
+    list = { list }
+  end
+  local pics = {}
+  for i, bytes in ipairs(list) do
+    if type(bytes) ~= "string" or #bytes ~= size * size * 4 then
+      error(string.format("%s[%d]: expected %dx%d RGBA bytes (%d), got %s", what, i, size, size,
+        size * size * 4, type(bytes) == "string" and (#bytes .. " bytes") or type(bytes)), 0)
+    end
+    pics[i] = image.from_rgba_bytes(bytes, size, size):reshape(1, 4, size, size)
+  end
+  local x = minisd.cat(pics, 1)
+  if what == "mask" then
+    return (x:narrow(2, 1, 1) + x:narrow(2, 2, 1) + x:narrow(2, 3, 1)) * (1 / 3)
+  end
+  x = require("minisd.data").to_channels(x, C, cfg.background or { 1, 1, 1 })
+  return image.from_unit(x)
+end
 
 -- ---- the runner: loads the model and runs requests step by step -----------------------
 -- Pure Lua over minisd; it runs inside the worker thread (love backend) or in the
@@ -140,10 +165,35 @@ function Runner:start(q)
       seeds[i] = (req.seed or 0) + i - 1
     end
   end
-  local job = minisd.diffusion.start(self.model, {
-    n = #seeds, context = req.context, seeds = seeds, sampler = req.sampler,
-    steps = req.steps, eta = req.eta, guidance = req.guidance,
-  })
+  local cfg = self.model.config or {}
+  local job
+  if req.interpolate then
+    local ip = req.interpolate
+    job = minisd.diffusion.start_interpolation(self.model, {
+      from = ip.from, to = ip.to, frames = ip.frames, sampler = req.sampler, steps = req.steps,
+      eta = req.eta, guidance = req.guidance, negative = req.negative,
+    })
+    seeds = nil
+  else
+    local init = req.init and sprites_from_bytes("init", req.init, cfg) or nil
+    local mask = req.mask and sprites_from_bytes("mask", req.mask, cfg) or nil
+    -- sprite k starts from init k, cycling (one init: every sprite from it)
+    local function cycle(x)
+      if not x or x:shape()[1] == 1 or x:shape()[1] == #seeds then
+        return x
+      end
+      local rows = {}
+      for k = 1, #seeds do
+        rows[k] = x:narrow(1, (k - 1) % x:shape()[1] + 1, 1)
+      end
+      return minisd.cat(rows, 1)
+    end
+    job = minisd.diffusion.start(self.model, {
+      n = #seeds, context = req.context, seeds = seeds, sampler = req.sampler,
+      steps = req.steps, eta = req.eta, guidance = req.guidance, negative = req.negative,
+      init = cycle(init), strength = req.strength, mask = cycle(mask), jumps = req.jumps,
+    })
+  end
   self.job = { id = q.id, job = job, req = req, seeds = seeds, t0 = minisd.clock() }
 end
 
@@ -198,6 +248,21 @@ local function check_request(req)
   int("n", 1)
   int("steps", 1)
   int("colors", 1)
+  int("jumps", 0)
+  if req.interpolate ~= nil and (type(req.interpolate) ~= "table" or req.init ~= nil) then
+    error("worker:request: interpolate must be a table {from = {seed =, context =}, to = "
+      .. "{...}, frames =}, and does not go with init", 3)
+  end
+  for _, name in ipairs({ "init", "mask" }) do
+    local v = req[name]
+    if v ~= nil and type(v) ~= "string" and type(v) ~= "table" then
+      error(string.format("worker:request: %s must be RGBA bytes of a sprite or a list of them, "
+        .. "got %s", name, type(v)), 3)
+    end
+  end
+  if (req.strength ~= nil or req.mask ~= nil) and req.init == nil then
+    error("worker:request: strength and mask go with init (the sprites to start from)", 3)
+  end
   int("every", 0)
   int("seed", 0)
   if req.seeds ~= nil then
@@ -216,7 +281,15 @@ local function check_request(req)
     error("worker:request: context must be a label expression (\"hero\", \"hero,food\") or a "
       .. "table of feature values, got " .. type(ctx), 3)
   end
-  for _, name in ipairs({ "guidance", "eta", "alpha_threshold" }) do
+  if type(req.guidance) == "table" then -- one per sprite
+    for i, g in ipairs(req.guidance) do
+      if type(g) ~= "number" then
+        error(string.format("worker:request: guidance[%d] must be a number, got %s", i,
+          type(g)), 3)
+      end
+    end
+  end
+  for _, name in ipairs({ "eta", "alpha_threshold", "strength" }) do
     if req[name] ~= nil and type(req[name]) ~= "number" then
       error(string.format("worker:request: %s must be a number, got %s", name,
         type(req[name])), 3)
@@ -237,18 +310,22 @@ local function check_request(req)
     error("worker:request: sampler must be a name (" .. table.concat(
       require("minisd.sched").names(), ", ") .. ")", 3)
   end
-  -- a copy of plain values, so that a thread can take it
-  local copy = {}
-  for k, v in pairs(req) do
-    if type(v) == "table" then
-      local t = {}
-      for i, x in pairs(v) do
-        t[i] = x
-      end
-      v = t
-    end
-    copy[k] = v
+  if req.guidance ~= nil and type(req.guidance) ~= "number" and type(req.guidance) ~= "table" then
+    error("worker:request: guidance must be a number or one per sprite, got "
+      .. type(req.guidance), 3)
   end
+  -- a copy of plain values, so that a thread can take it
+  local function copy_of(v)
+    if type(v) ~= "table" then
+      return v
+    end
+    local t = {}
+    for k, x in pairs(v) do
+      t[k] = copy_of(x)
+    end
+    return t
+  end
+  local copy = copy_of(req)
   copy.palette = palette -- {r, g, b} lists, whatever form it was given in
   return copy
 end
@@ -264,7 +341,12 @@ Worker.__index = Worker
 --   (the sampler's default), eta =, guidance = 0, every = k (a preview every k steps; 0
 --   or nil: none), alpha_threshold = (RGBA models: binary alpha at this level in [0, 1]),
 --   palette = (every pixel to the nearest of these colours: anything image.palette takes,
---   e.g. "#1a1c2c,#5d275d") or colors = k (each sprite to k colours of its own)}
+--   e.g. "#1a1c2c,#5d275d") or colors = k (each sprite to k colours of its own),
+--   negative = a context to steer away from (with guidance; guidance may be one per sprite),
+--   init = RGBA bytes of a sprite (or a list: sprite k starts from init k, cycling) for
+--   variations with strength = 0.8, or inpainting with mask = RGBA bytes (white: generate,
+--   black: keep) and jumps, or interpolate = {from = {seed =, context =}, to = {...},
+--   frames = 8} (n and seeds do not apply: the result has `frames` sprites)}
 -- @return id (integer)
 function Worker:request(req)
   if self.closed then

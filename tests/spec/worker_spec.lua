@@ -156,6 +156,43 @@ describe("minisd.worker (inline backend)", function()
     w:close()
   end)
 
+  it("makes variations, inpaints and interpolates from RGBA bytes", function()
+    local w = minisd.worker.new({ model = path })
+    local base = w:request({ n = 1, seed = 3, steps = 3 })
+    local src = of_kind(drain(w), "done", base)[1].sprites[1]
+    -- strength 0: the input's bytes back, for each sprite
+    local same = w:request({ n = 2, init = src, strength = 0 })
+    local d = of_kind(drain(w), "done", same)[1]
+    assert.are.same({ src, src }, d.sprites)
+    -- a mask (white: generate) over the right half: the left half's bytes stay
+    local px = {}
+    for _ = 1, 16 do
+      for x = 1, 16 do
+        px[#px + 1] = x > 8 and string.char(255, 255, 255, 255) or string.char(0, 0, 0, 255)
+      end
+    end
+    local inp = w:request({ n = 1, init = { src }, mask = table.concat(px), steps = 4, seed = 8,
+      jumps = 1, guidance = { 2 }, context = "hero", negative = "food" })
+    local out = of_kind(drain(w), "done", inp)[1].sprites[1]
+    local changed = false
+    for y = 0, 15 do
+      local row = y * 64
+      assert.are.equal(src:sub(row + 1, row + 32), out:sub(row + 1, row + 32), "row " .. y)
+      changed = changed or src:sub(row + 33, row + 64) ~= out:sub(row + 33, row + 64)
+    end
+    assert.is_true(changed, "the right half was not generated")
+    local ip = w:request({ interpolate = { from = { seed = 1, context = "hero" },
+      to = { seed = 2, context = "food" }, frames = 3 }, steps = 3, guidance = 2 })
+    assert.are.equal(3, #of_kind(drain(w), "done", ip)[1].sprites)
+    local bad = w:request({ init = "short" })
+    local e = of_kind(drain(w), "error", bad)[1]
+    assert.truthy(e and e.message:find("init[1]: expected 16x16 RGBA bytes (1024), got 5 bytes",
+      1, true), e and e.message)
+    assert.has_error(function() w:request({ mask = src }) end,
+      "worker:request: strength and mask go with init (the sprites to start from)")
+    w:close()
+  end)
+
   it("runs several steps in one poll when given the time", function()
     local w = minisd.worker.new({ model = path })
     w:poll()
