@@ -4,7 +4,8 @@
 -- Run from the repository root: love examples/love [path/to/model.safetensors]
 -- (default: sprites.safetensors inside the game folder or .love if there is one, read
 -- with love.filesystem; else the shipped models/sprites-context.safetensors)
--- Keys: space = new batch (new seed), 1-5 = context label, 0 = no context, escape = quit.
+-- Keys: space = new batch (new seed), 1-5 = context label, 0 = no context, v = variations
+-- of the first sprite, escape = quit.
 -- MINISD_LOVE_TEST=N: make N batches, print the main thread's frame times while sampling,
 -- check that the sprites were drawn (a screenshot), and quit (exit status 0 when all went
 -- well); what the test suite and the README's frame-time figures run.
@@ -44,7 +45,8 @@ local function show(ev)
 end
 
 -- Asks for a new batch (cancelling the one under way); the worker does the work.
-local function new_batch()
+-- variation_of: RGBA bytes of a sprite to make variations of.
+local function new_batch(variation_of)
   if game.request then
     game.worker:cancel(game.request)
   end
@@ -52,6 +54,7 @@ local function new_batch()
   game.request = game.worker:request({
     n = SPRITES, context = label, seed = game.seed, steps = STEPS,
     guidance = label and 2 or 0, every = 1, alpha_threshold = 0.5,
+    init = variation_of, strength = variation_of and 0.6 or nil,
   })
   game.step = 0
   game.sampling = true
@@ -130,6 +133,7 @@ function love.update(dt)
     elseif ev.id == game.request and (ev.kind == "preview" or ev.kind == "done") then
       show(ev)
       if ev.kind == "done" then
+        game.finished = ev.sprites
         game.sampling = false
         game.batches = game.batches + 1
         print(string.format("batch %d done: %d sprites, seed %d, context %s, %.2f s",
@@ -160,6 +164,9 @@ function love.keypressed(key)
   if key == "space" then
     game.seed = game.seed + 1
     new_batch()
+  elseif key == "v" and game.finished then
+    game.seed = game.seed + 1
+    new_batch(game.finished[1])
   elseif key == "0" then
     game.label = nil
     new_batch()
@@ -199,7 +206,7 @@ function love.draw()
     or "done"
   love.graphics.print(string.format("%s   seed %d   context: %s", status, game.seed, ctx), 20,
     wh - 60)
-  local keys = { "space: new batch   0: no context" }
+  local keys = { "space: new batch   v: variations of the first   0: no context" }
   for k = 1, 5 do
     if game.labels[k] then
       keys[#keys + 1] = k .. ": " .. game.labels[k]

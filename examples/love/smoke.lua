@@ -104,13 +104,25 @@ run_batch("space")
 love.keypressed("3")
 check(game.label == 3, "key 3 selects the third label")
 run_batch("context " .. game.labels[3])
+-- v: variations of the first sprite: a batch that starts part-way (15 of the 25 steps)
+local first = game.finished[1]
+love.keypressed("v")
+local frames_v = 0
+local before = game.batches
+while game.batches == before do
+  love.update(1 / 60)
+  frames_v = frames_v + 1
+  check(frames_v <= 100, "the variations never finish")
+end
+check(frames_v == 15 and game.total == 15, "variations run 15 steps, got " .. frames_v)
+check(game.finished[1] ~= first, "the variations differ from the sprite")
 love.keypressed("0")
 check(game.label == nil and game.step == 0, "key 0 clears the context")
 love.update(1 / 60)
 local req = game.request
 love.keypressed("x") -- ignored
 check(game.request == req, "other keys are ignored")
-check(game.batches == 3, "3 batches finished, got " .. game.batches)
+check(game.batches == 4, "4 batches finished, got " .. game.batches)
 for _, f in ipairs(filters) do
   check(f == "nearest/nearest", "filter " .. f)
 end
