@@ -85,18 +85,24 @@ parser:option("--precision", "Convolution precision: fp32, or bf16 (bfloat16 pro
   .. "sums; fast on CPUs with AMX).", "fp32"):choices({ "fp32", "bf16" })
 parser:flag("--list-contexts", "Print the model's context label names and exit.")
 
-local a = parser:parse()
+local a = parser:parse(require("minisd.util").negative_numbers(arg))
 
 local check_int = require("minisd.util").check_int_arg
-check_int(parser, "--count", a.count, 1, true)
-check_int(parser, "--steps", a.steps, 1, true)
-check_int(parser, "--scale", a.scale, 1, true)
-check_int(parser, "--nrow", a.nrow, 1, true)
-check_int(parser, "--frames", a.frames, 1, true)
-check_int(parser, "--threads", a.threads, 1, true)
-check_int(parser, "--colors", a.colors, 1, true)
-check_int(parser, "--jumps", a.jumps, 0)
-check_int(parser, "--interpolate", a.interpolate, 2, true)
+-- limits that fit sprites: a typo must not ask for gigabytes
+local MAX_SPRITES = 4096
+check_int(parser, "--count", a.count, 1, true, MAX_SPRITES)
+check_int(parser, "--steps", a.steps, 1, true, 10000)
+check_int(parser, "--scale", a.scale, 1, true, 64)
+check_int(parser, "--nrow", a.nrow, 1, true, MAX_SPRITES)
+check_int(parser, "--frames", a.frames, 1, true, 1000)
+check_int(parser, "--threads", a.threads, 1, true, 256)
+check_int(parser, "--colors", a.colors, 1, true, 256)
+check_int(parser, "--jumps", a.jumps, 0, false, 100)
+check_int(parser, "--interpolate", a.interpolate, 2, true, 1000)
+if #a.context * (a.count or 1) > MAX_SPRITES then
+  parser:error(string.format("%d contexts x %d sprites is more than %d sprites in one run",
+    #a.context, a.count, MAX_SPRITES))
+end
 if (a.strength or a.mask) and not a.init then
   parser:error("--strength and --mask go with --init")
 end

@@ -33,7 +33,9 @@ parser:option("--threads", "Threads for the maths (default: all cores).", nil):c
 parser:option("--precision", "Convolution precision: fp32, or bf16 (bfloat16 products, fp32 "
   .. "sums; fast on CPUs with AMX). Kept by --resume.", nil):choices({ "fp32", "bf16" })
 parser:option("--out", "Output directory (checkpoint, sample grids, model).", "runs/sprites")
-parser:option("--resume", "Continue the run saved in this directory.")
+parser:option("--resume", "Continue the run saved in this directory (exactly; --epochs, "
+  .. "--sample-every, --sample-steps, --threads, --progress, --quiet and --stop-after may be "
+  .. "given again, other options are the run's).")
 parser:option("--sample-every", "Write a sample grid every N epochs (0: never).", "1")
   :convert(tonumber)
 parser:option("--sample-steps", "DDIM steps for the sample grids.", "25"):convert(tonumber)
@@ -49,25 +51,19 @@ parser:option("--progress", "Progress display: auto, bar or plain.", "auto")
   :choices({ "auto", "bar", "plain" })
 parser:flag("--quiet", "Print only the summary.")
 
-local a = parser:parse()
+local a = parser:parse(require("minisd.util").negative_numbers(arg))
 
-local function positive_int(name, v, allow_zero)
-  if v == nil then
-    return
-  end
-  if v ~= math.floor(v) or v < (allow_zero and 0 or 1) then
-    parser:error(string.format("%s must be a %s integer, got %s", name,
-      allow_zero and "non-negative" or "positive", tostring(v)))
-  end
-end
-positive_int("--epochs", a.epochs)
-positive_int("--batch-size", a.batch_size)
-positive_int("--n-feat", a.n_feat)
-positive_int("--threads", a.threads)
-positive_int("--sample-every", a.sample_every, true)
-positive_int("--sample-steps", a.sample_steps)
-positive_int("--limit", a.limit)
-positive_int("--stop-after", a.stop_after)
+-- limits that fit sprites: a typo must not ask for gigabytes or years
+local check_int = require("minisd.util").check_int_arg
+check_int(parser, "--epochs", a.epochs, 1, true, 1000000)
+check_int(parser, "--batch-size", a.batch_size, 1, true, 4096)
+check_int(parser, "--n-feat", a.n_feat, 8, true, 1024)
+check_int(parser, "--threads", a.threads, 1, true, 256)
+check_int(parser, "--sample-every", a.sample_every, 0, true, 1000000)
+check_int(parser, "--sample-steps", a.sample_steps, 1, true, 10000)
+check_int(parser, "--limit", a.limit, 1, true)
+check_int(parser, "--stop-after", a.stop_after, 1, true)
+check_int(parser, "--seed", a.seed, 0, true)
 if a.ema == nil or a.ema < 0 or a.ema >= 1 then
   parser:error("--ema must be a number in [0, 1), got " .. tostring(a.ema))
 end
@@ -81,16 +77,18 @@ if a.n_feat and a.n_feat % 8 ~= 0 then
   parser:error("--n-feat must be a multiple of 8 (GroupNorm uses 8 groups), got " .. a.n_feat)
 end
 
-local epochs_given = false
+-- the options given on the command line: a resumed run takes some of them (see --resume)
+local given = {}
 for i = 1, #arg do
-  if arg[i] == "--epochs" or arg[i]:match("^%-%-epochs=") then
-    epochs_given = true
+  local name = arg[i]:match("^%-%-([%w][%w-]*)")
+  if name then
+    given[(name:gsub("-", "_"))] = true
   end
 end
 
 run_main("train.lua", function()
   local res = require("minisd.train").run({
-    data = a.data, context = a.context, epochs = a.epochs, epochs_given = epochs_given,
+    data = a.data, context = a.context, epochs = a.epochs, given = given,
     batch_size = a.batch_size, lr = a.lr, n_feat = a.n_feat, channels = a.channels,
     background = a.background, seed = a.seed, threads = a.threads, precision = a.precision,
     out = a.out,
@@ -104,6 +102,11 @@ run_main("train.lua", function()
       res.steps, res.checkpoint, a.resume or a.out))
     os.exit(a.stop_after and 0 or 130)
   end
+  if res.final_loss == nil then -- a finished run resumed: no step to take
+    print(string.format("nothing to do: the run has finished its %d epochs (%d steps); give "
+      .. "--epochs N to train further; model: %s", res.epochs, res.steps, res.model_path))
+    return
+  end
   print(string.format("done: %d epochs, %d steps, final loss %.4f; model: %s", res.epochs,
-    res.steps, res.final_loss or 0 / 0, res.model_path))
+    res.steps, res.final_loss, res.model_path))
 end)

@@ -18,7 +18,7 @@ parser:option("--seed", "Random seed of both runs.", "0"):convert(tonumber)
 parser:option("--out", "Directory for the two runs.", "runs/precision")
 parser:option("--count", "Sprites in the sampled batch.", "32"):convert(tonumber)
 parser:flag("--reuse", "Do not train: compare the runs already in --out.")
-local a = parser:parse()
+local a = parser:parse(require("minisd.util").negative_numbers(arg))
 for _, k in ipairs({ "steps", "window", "count" }) do
   if not a[k] or a[k] < 1 or a[k] ~= math.floor(a[k]) then
     parser:error("--" .. k .. " must be a positive integer")

@@ -32,7 +32,7 @@ parser:option("--threads", "Threads for the maths (default: all cores).", nil):c
 parser:option("--json", "Also write every number to this JSON file.")
 parser:flag("--quiet", "No progress messages on stderr.")
 
-local a = parser:parse()
+local a = parser:parse(require("minisd.util").negative_numbers(arg))
 
 local check_int = require("minisd.util").check_int_arg
 check_int(parser, "--n", a.n, 1)

@@ -29,7 +29,7 @@ parser:option("--threads", "Threads for the maths (default: all cores).", nil):c
 parser:option("--out", "Output file.", "models/sprite-classifier.safetensors")
 parser:flag("--quiet", "Print only the summary.")
 
-local a = parser:parse()
+local a = parser:parse(require("minisd.util").negative_numbers(arg))
 
 local check_int = require("minisd.util").check_int_arg
 check_int(parser, "--epochs", a.epochs, 1)

@@ -11,10 +11,64 @@
  * lying and is rejected before any allocation. */
 #define PNG_MAX_RATIO 1100u
 
+/* The largest picture read: a sprite sheet of 256 x 256 sprites of 16 x 16 is 4096 x 4096. */
+#define PNG_MAX_SIDE 8192u
+#define PNG_MAX_PIXELS (4096u * 4096u)
+
+static unsigned long be32(const unsigned char *p)
+{
+    return (unsigned long)p[0] << 24 | (unsigned long)p[1] << 16 | (unsigned long)p[2] << 8 | p[3];
+}
+
+/* Walks the chunks before libpng sees the file: libpng reserves what a chunk declares, so
+ * a chunk whose length runs past the end of the file is refused here (a 43-byte file could
+ * otherwise cost gigabytes), and so is a picture larger than a sprite library needs. */
+static int png_precheck(const unsigned char *file, size_t size, const char *path)
+{
+    static const unsigned char sig[8] = { 0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n' };
+    if (size < 8 || memcmp(file, sig, 8) != 0)
+        return msd_error(MSD_ERR_FORMAT, "load_png: '%s': not a PNG file (bad signature)", path);
+    size_t at = 8;
+    int first = 1;
+    while (at < size) {
+        if (size - at < 8)
+            return msd_error(MSD_ERR_FORMAT, "load_png: '%s': truncated chunk at byte %zu", path,
+                             at);
+        unsigned long len = be32(file + at);
+        char type[5] = { 0 };
+        for (int i = 0; i < 4; i++) {
+            unsigned char c = file[at + 4 + (size_t)i];
+            type[i] = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ? (char)c : '?';
+        }
+        if (size - at < 12 || len > size - at - 12) /* data and CRC must fit */
+            return msd_error(MSD_ERR_FORMAT, "load_png: '%s': chunk '%s' at byte %zu declares %lu "
+                             "bytes, past the end of the %zu-byte file", path, type, at, len,
+                             size);
+        if (first) {
+            if (strcmp(type, "IHDR") != 0 || len < 8)
+                return msd_error(MSD_ERR_FORMAT, "load_png: '%s': the first chunk is not IHDR",
+                                 path);
+            unsigned long w = be32(file + at + 8), h = be32(file + at + 12);
+            if (w == 0 || h == 0 || w > PNG_MAX_SIDE || h > PNG_MAX_SIDE ||
+                (unsigned long long)w * h > PNG_MAX_PIXELS)
+                return msd_error(MSD_ERR_FORMAT, "load_png: '%s': %lux%lu pixels; minisd reads "
+                                 "pictures of at most %u pixels a side and %u pixels in all",
+                                 path, w, h, PNG_MAX_SIDE, PNG_MAX_PIXELS);
+            first = 0;
+        }
+        at += 12 + (size_t)len;
+        if (strcmp(type, "IEND") == 0)
+            break;
+    }
+    return MSD_OK;
+}
+
 /* Decodes a PNG held in memory; path names it in messages. */
 static int png_decode(const unsigned char *file, size_t size, const char *path, msd_tensor **out)
 {
-    int rc;
+    int rc = png_precheck(file, size, path);
+    if (rc != MSD_OK)
+        return rc;
     png_image img;
     memset(&img, 0, sizeof img);
     img.version = PNG_IMAGE_VERSION;

@@ -129,9 +129,9 @@ local function label_values(path, row, first, K)
   local values = {}
   for k = 1, K do
     local v = tonumber(row[first + k - 1])
-    if not v then
-      return nil, string.format("%s: line %d: label %d is '%s', not a number", path, row.line,
-        k, row[first + k - 1])
+    if not v or v ~= v or v == math.huge or v == -math.huge then
+      return nil, string.format("%s: line %d: label %d is '%s', not a finite number", path,
+        row.line, k, row[first + k - 1])
     end
     values[k] = v
   end
@@ -393,6 +393,13 @@ local function load_npy_pair(images_path, labels_path, opts)
   labels, err = try(minisd.load_npy, labels_path)
   if not labels then
     return nil, err
+  end
+  -- a NaN or infinite value would train every step on a NaN loss
+  for _, e in ipairs({ { raw, images_path, "images" }, { labels, labels_path, "labels" } }) do
+    local total = e[1]:numel() > 0 and e[1]:abs():sum():item() or 0
+    if total ~= total or total == math.huge then
+      return nil, string.format("%s: the %s hold NaN or infinite values", e[2], e[3])
+    end
   end
   local ls = labels:shape()
   if #ls ~= 2 or ls[1] ~= s[1] then

@@ -21,6 +21,9 @@ local CHECKPOINT = "checkpoint.safetensors"
 -- options that belong to one invocation, not to the run a checkpoint continues
 local TRANSIENT = { resume = true, threads = true, progress = true, quiet = true,
   stop_after = true }
+-- options a resumed run takes when given again (they change no number of the training):
+-- the last epoch, and the sample grids
+local RESUME_MAY_CHANGE = { epochs = true, sample_every = true, sample_steps = true }
 
 -- ---- small helpers ------------------------------------------------------
 
@@ -127,7 +130,7 @@ local function save_checkpoint(dir, state)
   end
   local args = {}
   for k, v in pairs(state.args) do
-    if not TRANSIENT[k] and k ~= "epochs_given" then
+    if not TRANSIENT[k] and k ~= "epochs_given" and k ~= "given" then
       args[k] = v
     end
   end
@@ -302,15 +305,32 @@ function M.run(args)
       error(err, 0)
     end
     resume = info
+    -- the options given on this command line (train.lua's `given`; epochs_given is the
+    -- older form): per-invocation ones and RESUME_MAY_CHANGE ones are taken, any other
+    -- would change the run's numbers and is refused rather than ignored
+    local given = args.given or { epochs = args.epochs_given or nil }
+    for k in pairs(given) do
+      if not TRANSIENT[k] and not RESUME_MAY_CHANGE[k] then
+        local old = info.args[k == "no_flip" and "flip" or k]
+        error(string.format("--%s cannot change when resuming (the run has %s); resume without "
+          .. "it, or start a new run with --out", k:gsub("_", "-"),
+          old == nil and "no such setting" or tostring(old)), 0)
+      end
+    end
     local keep = { resume = args.resume, threads = args.threads, progress = args.progress,
-      quiet = args.quiet, stop_after = args.stop_after,
-      epochs = args.epochs_given and args.epochs or nil }
+      quiet = args.quiet, stop_after = args.stop_after }
+    local changed = {}
+    for k in pairs(RESUME_MAY_CHANGE) do
+      if given[k] then
+        changed[k] = args[k]
+      end
+    end
     args = info.args
     for k in pairs(TRANSIENT) do
       args[k] = keep[k]
     end
-    if keep.epochs then
-      args.epochs = keep.epochs
+    for k, v in pairs(changed) do
+      args[k] = v
     end
     args.out = args.resume
   end
@@ -335,6 +355,8 @@ function M.run(args)
     ds.n = args.limit
   end
   mkdir_p(args.out)
+  -- temporary files of a write that a kill interrupted (the file they were for is intact)
+  require("minisd.util").remove_stale_temps(args.out)
 
   local gen = minisd.Generator(args.seed)
   local model
@@ -446,16 +468,20 @@ function M.run(args)
     for epoch = start_epoch, args.epochs do
       epoch_loop(epoch)
       log:flush()
+      -- the epoch's grid before its checkpoint: a kill between the two redoes the epoch on
+      -- --resume, grid included (the grid has its own seed: the run's numbers do not change)
+      if not interrupted then
+        progress:finish_line()
+        if args.sample_every > 0 and (epoch % args.sample_every == 0 or epoch == args.epochs) then
+          with_ema(model, ema, function()
+            sample_grid(model, args, epoch,
+              path_join(args.out, string.format("samples_epoch%03d.png", epoch)))
+          end)
+        end
+      end
       save_checkpoint(args.out, state)
       if interrupted then
         return
-      end
-      progress:finish_line()
-      if args.sample_every > 0 and (epoch % args.sample_every == 0 or epoch == args.epochs) then
-        with_ema(model, ema, function()
-          sample_grid(model, args, epoch,
-            path_join(args.out, string.format("samples_epoch%03d.png", epoch)))
-        end)
       end
     end
   end)

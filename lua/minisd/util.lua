@@ -80,13 +80,40 @@ end
 -- @param v the converted value (nil when the text was not a number)
 -- @param min the smallest value allowed
 -- @param optional when true, nil (the option not given) passes
-function M.check_int_arg(parser, name, v, min, optional)
+-- @param max (optional) the largest value allowed: every size a user can ask for has a
+--   limit that fits sprites, so that a typo cannot ask for gigabytes
+function M.check_int_arg(parser, name, v, min, optional, max)
   if v == nil and optional then
     return
   end
-  if v == nil or v ~= math.floor(v) or v < min then
-    parser:error(string.format("%s must be an integer >= %d, got %s", name, min, tostring(v)))
+  if v == nil or v ~= math.floor(v) or v < min or (max and v > max) then
+    local got = type(v) == "number" and string.format("%.10g", v) or tostring(v)
+    if max then
+      parser:error(string.format("%s must be an integer in %d..%d, got %s", name, min, max, got))
+    end
+    parser:error(string.format("%s must be an integer >= %d, got %s", name, min, got))
   end
+end
+
+--- The command line with each option's negative number attached to it ("--seed", "-5" ->
+-- "--seed=-5", "-n", "-5" -> "-n-5"): argparse takes a word that starts with "-" for an
+-- option, so `--seed -5` would end in "did you mean -c?" instead of the option's own check.
+-- @param args the command line (arg)
+-- @return a new list
+function M.negative_numbers(args)
+  local out = {}
+  local i = 1
+  while i <= #args do
+    local a, nxt = args[i], args[i + 1]
+    if nxt and (nxt:match("^%-%d") or nxt:match("^%-%.%d")) and a:match("^%-%-?[%w][%w-]*$") then
+      out[#out + 1] = a:match("^%-%-") and (a .. "=" .. nxt) or (a .. nxt)
+      i = i + 2
+    else
+      out[#out + 1] = a
+      i = i + 1
+    end
+  end
+  return out
 end
 
 --- Whether path names a readable regular file (a folder opens on Linux, but reading it
@@ -222,6 +249,24 @@ local function literal(v, indent, out)
   else
     error("lua_literal: no literal for a " .. t, 3)
   end
+end
+
+--- Removes the temporary files that minisd's atomic writes leave in `dir` when killed
+-- mid-write ("NAME.tmp.PID.N" from the C core, "NAME.tmp-N" from write_file): the files
+-- they were for are intact. Only names of that form are touched.
+-- @param dir a folder
+-- @return the number of files removed
+function M.remove_stale_temps(dir)
+  local names = require("minisd").list_dir(dir) or {}
+  local removed = 0
+  for _, name in ipairs(names) do
+    if name:match("^.+%.tmp%.%d+%.%d+$") or name:match("^.+%.tmp%-%d+$") then
+      if os.remove(dir .. "/" .. name) then
+        removed = removed + 1
+      end
+    end
+  end
+  return removed
 end
 
 --- Lua source for a value made of tables (string keys, or lists), strings, numbers and

@@ -35,7 +35,7 @@ describe("train.lua", function()
 
   it("rejects bad arguments with a message and a non-zero exit", function()
     local cases = {
-      { "--epochs 0", "--epochs must be a positive integer" },
+      { "--epochs 0", "--epochs must be an integer in 1..1000000, got 0" },
       { "--channels 5", "--channels must be 3 or 4" },
       { "--bogus", "unknown option '--bogus'" },
       { "--n-feat 12", "multiple of 8" },
@@ -410,7 +410,7 @@ describe("sample.lua", function()
       { tmp .. "/missing.safetensors", "cannot open" },
       { model_path .. " -c dragon", "dragon" },
       { model_path .. " --sampler euler", "must be one of 'ddim', 'ddpm'" },
-      { model_path .. " -n 0", "--count must be an integer >= 1" },
+      { model_path .. " -n 0", "--count must be an integer in 1..4096, got 0" },
     }
     for _, c in ipairs(cases) do
       local ok, code, out = sh("sample.lua " .. c[1])

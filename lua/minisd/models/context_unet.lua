@@ -94,6 +94,15 @@ function ContextUnet:init(opts)
   local n = opts.n_feat or 64
   local k = opts.n_cfeat or 5
   local h = opts.height or 16
+  -- sizes for sprites: a wider net or a larger picture would take gigabytes before any use
+  local limits = { { "n_feat", n, 1024 }, { "height", h, 256 }, { "n_cfeat", k, 256 },
+    { "in_channels", c, 64 } }
+  for _, l in ipairs(limits) do
+    if type(l[2]) ~= "number" or l[2] < 1 or l[2] > l[3] or l[2] ~= math.floor(l[2]) then
+      error(string.format("ContextUnet: %s must be an integer in 1..%d, got %s", l[1], l[3],
+        tostring(l[2])), 3)
+    end
+  end
   if n % 8 ~= 0 then
     error("ContextUnet: n_feat must be a multiple of 8 (GroupNorm(8, n_feat)), got " .. n, 3)
   end

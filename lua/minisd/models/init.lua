@@ -134,6 +134,34 @@ function M.load_model(path, name)
     config = { in_channels = ws[2], n_feat = ws[1], n_cfeat = cs[2], height = 4 * up0:shape()[3] }
   end
   local arch = meta["minisd.arch"] or "ContextUnet"
+  if arch == "ContextUnet" then
+    -- the config against the tensors' shapes before anything is built: a damaged config
+    -- (n_feat 8192) would otherwise allocate gigabytes first
+    local function shape_of(tname)
+      local t = tensors[tname]
+      return t and t:shape() or nil
+    end
+    local w = shape_of("init_conv.conv1.0.weight")
+    local c, up0 = shape_of("contextembed1.model.0.weight"), shape_of("up0.0.weight")
+    local n, ch, k, h = config.n_feat or 64, config.in_channels or 3, config.n_cfeat or 5,
+      config.height or 16
+    local want = { { "init_conv.conv1.0.weight", w, { n, ch, 3, 3 } },
+      { "contextembed1.model.0.weight", c, { 2 * n, k } },
+      { "up0.0.weight", up0, { 2 * n, 2 * n, h / 4, h / 4 } } }
+    for _, e in ipairs(want) do
+      local got = e[2]
+      local same = got ~= nil and #got == #e[3]
+      for d = 1, #e[3] do
+        same = same and got[d] == e[3][d]
+      end
+      if not same then
+        return nil, string.format("load_model: %s: its minisd.config (in_channels %s, n_feat %s, "
+          .. "n_cfeat %s, height %s) does not match tensor %s (%s); the file is damaged", path,
+          tostring(ch), tostring(n), tostring(k), tostring(h), e[1],
+          got and ("[" .. table.concat(got, ", ") .. "]") or "missing")
+      end
+    end
+  end
   local okb, model = pcall(M.from_config, config, arch)
   if not okb then
     return nil, "load_model: " .. path .. ": " .. tostring(model)
