@@ -157,7 +157,18 @@ local function load_checkpoint(dir)
   if not raw then
     return nil, path .. " is not a minisd training checkpoint (no minisd.checkpoint metadata)"
   end
-  local info = json.decode(raw)
+  local okj, info, jerr = pcall(json.decode, raw)
+  if not okj or type(info) ~= "table" then
+    return nil, string.format("%s: its minisd.checkpoint metadata is not a JSON object (%s); "
+      .. "the checkpoint is damaged", path, tostring(not okj and info or jerr or type(info)))
+  end
+  for _, field in ipairs({ "epoch", "step", "global_step", "generator", "optim", "args",
+    "config" }) do
+    if info[field] == nil then
+      return nil, string.format("%s: its minisd.checkpoint metadata lacks '%s'; the checkpoint "
+        .. "is damaged", path, field)
+    end
+  end
   local model_sd, ema = {}, {}
   for name, t in pairs(tensors) do
     local k = name:match("^model%.(.*)$")
@@ -171,7 +182,12 @@ local function load_checkpoint(dir)
   end
   info.model_state = model_sd
   info.ema_state = next(ema) and ema or nil
-  info.optim = unflatten(info.optim, tensors)
+  local oku, optim = pcall(unflatten, info.optim, tensors)
+  if not oku then
+    return nil, string.format("%s: %s; the checkpoint is damaged", path, tostring(optim))
+  end
+  info.optim = optim
+  info.path = path
   return info
 end
 
@@ -361,8 +377,16 @@ function M.run(args)
   local gen = minisd.Generator(args.seed)
   local model
   if resume then
-    model = require("minisd.models").from_config(resume.config)
-    model:load_state_dict(resume.model_state)
+    local okm, built = pcall(require("minisd.models").from_config, resume.config)
+    local okl, lerr = false, nil
+    if okm then
+      okl, lerr = pcall(built.load_state_dict, built, resume.model_state)
+    end
+    if not (okm and okl) then
+      error(string.format("%s: the model in it does not load (%s); the checkpoint is damaged",
+        resume.path, tostring(not okm and built or lerr):gsub("^[^\n:]*%.lua:%d+: ", "")), 0)
+    end
+    model = built
   else
     minisd.manual_seed(args.seed) -- the initial weights come from the default generator
     model = require("minisd.models").ContextUnet({

@@ -132,6 +132,33 @@ describe("command-line options", function()
     assert.is_true(ok, out)
     assert.truthy(out:find("nothing to do: the run has finished its 2 epochs (4 steps)", 1,
       true), out)
+    -- damaged checkpoints: what is wrong, in the user's terms
+    local ckpt = run .. "/checkpoint.safetensors"
+    local tensors, meta = assert(minisd.load_safetensors(ckpt))
+    local cases = {
+      { function(m) m["minisd.checkpoint"] = m["minisd.checkpoint"]:sub(1, 50) end, {},
+        "its minisd.checkpoint metadata is not a JSON object" },
+      { function(_, t) t["model.out.3.weight"] = nil end, {},
+        "the model in it does not load (load_state_dict: ContextUnet: missing keys: "
+          .. "out.3.weight)" },
+    }
+    for _, c in ipairs(cases) do
+      local t2, m2 = {}, {}
+      for k, v in pairs(tensors) do
+        t2[k] = v
+      end
+      for k, v in pairs(meta) do
+        m2[k] = v
+      end
+      c[1](m2, t2)
+      local bad = dir .. "/bad"
+      H.run("mkdir -p " .. bad)
+      assert(minisd.save_safetensors(bad .. "/checkpoint.safetensors", t2, m2))
+      ok, _, out = sh("train.lua --resume " .. bad)
+      assert.is_false(ok)
+      assert.truthy(out:find(c[3], 1, true), out)
+      assert.truthy(out:find("the checkpoint is damaged", 1, true), out)
+    end
     H.run("rm -rf '" .. dir .. "'")
   end)
 end)
