@@ -102,6 +102,26 @@ static void test_unary_grads(void)
     CHECK(!bad);
 }
 
+/* uses in[0] only: in[1] requires grad but takes no part */
+static int call_first_only(msd_tensor *const *in, void *ctx, msd_tensor **out)
+{
+    (void)ctx;
+    return msd_exp(in[0], out);
+}
+
+/* An input the op does not use gets no gradient, which gradcheck counts as zero against
+ * all-zero differences; a used input without its gradient would fail. */
+static void test_unused_input_zero_grad(void)
+{
+    int shape[2] = { 2, 3 };
+    msd_tensor *in[2] = { gc_randn_like(2, shape, 5u), gc_randn_like(2, shape, 6u) };
+    in[0]->requires_grad = in[1]->requires_grad = 1;
+    CHECK(gradcheck("exp(x), y unused", call_first_only, NULL, 2, in, 1e-3, 1e-3, 1e-4) == 0);
+    CHECK(in[1]->grad == NULL);
+    msd_tensor_release(in[0]);
+    msd_tensor_release(in[1]);
+}
+
 static int call_shape_ops(msd_tensor *const *in, void *ctx, msd_tensor **out)
 {
     (void)ctx;
@@ -210,6 +230,7 @@ int main(void)
     RUN(test_broadcast_error_names_shapes);
     RUN(test_binary_grads);
     RUN(test_unary_grads);
+    RUN(test_unused_input_zero_grad);
     RUN(test_shape_grads);
     RUN(test_reductions);
     RUN(test_backward_errors);

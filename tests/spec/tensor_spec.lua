@@ -227,15 +227,29 @@ describe("tensor", function()
 end)
 
 describe("require", function()
-  it("creates no globals", function()
+  it("creates no globals, whichever module is loaded", function()
     local ok, code, out = H.run(string.format([[%s -e '
       local before = {}
       for k in pairs(_G) do before[k] = true end
       local m = require("minisd")
       local _ = m.nn, m.optim
+      local n = 0
+      local function walk(dir, prefix)
+        for _, f in ipairs(m.list_dir(dir) or {}) do
+          local mod = f:match("^(.*)%%.lua$")
+          if mod then
+            require(mod == "init" and prefix:sub(1, -2) or prefix .. mod)
+            n = n + 1
+          elseif not f:find(".", 1, true) then
+            walk(dir .. "/" .. f, prefix .. f .. ".")
+          end
+        end
+      end
+      walk("%s/lua/minisd", "minisd.")
+      if n < 20 then io.write("only ", n, " modules found\n") os.exit(1) end
       for k in pairs(_G) do
         if not before[k] then io.write("new global: ", k, "\n") os.exit(1) end
-      end']], H.lua_bin))
+      end']], H.lua_bin, H.root))
     assert.is_true(ok, out)
     assert.are.equal(0, code)
   end)
