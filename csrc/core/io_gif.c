@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bytes.h"
 #include "error.h"
 #include "gif.h"
 #include "image.h"
@@ -13,46 +14,6 @@ msd_gif_options msd_gif_defaults(void)
 {
     msd_gif_options o = {1, 10, 100, 0};
     return o;
-}
-
-/* ---- a growing byte buffer ------------------------------------------------ */
-
-typedef struct gbuf {
-    unsigned char *p;
-    size_t n, cap;
-    int failed;
-} gbuf;
-
-static void put_bytes(gbuf *b, const void *data, size_t n)
-{
-    if (b->failed)
-        return;
-    if (b->n + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->n + n)
-            cap *= 2;
-        unsigned char *p = realloc(b->p, cap);
-        if (!p) {
-            b->failed = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, data, n);
-    b->n += n;
-}
-
-static void put_byte(gbuf *b, int v)
-{
-    unsigned char c = (unsigned char)v;
-    put_bytes(b, &c, 1);
-}
-
-static void put_u16(gbuf *b, int v)
-{
-    put_byte(b, v & 0xff);
-    put_byte(b, (v >> 8) & 0xff);
 }
 
 /* ---- the colour table: distinct opaque colours with counts ---------------- */
@@ -207,7 +168,7 @@ static int median_cut(const colour_set *s, int maxc, unsigned char *pal)
 #define LZW_SLOTS 8192
 
 typedef struct lzw {
-    gbuf *out;
+    msd_buf *out;
     unsigned char block[255];
     int nblock;
     uint32_t acc;
@@ -220,8 +181,8 @@ static void lzw_byte(lzw *z, int v)
 {
     z->block[z->nblock++] = (unsigned char)v;
     if (z->nblock == 255) {
-        put_byte(z->out, 255);
-        put_bytes(z->out, z->block, 255);
+        msd_buf_byte(z->out, 255);
+        msd_buf_put(z->out, z->block, 255);
         z->nblock = 0;
     }
 }
@@ -245,7 +206,7 @@ static size_t lzw_slot(int32_t key)
 /* Compresses npix indices given by idx[(y / scale) * w + x / scale] over the
  * scaled canvas, as one image's data: the minimum code size byte, the
  * sub-blocks and the terminator. */
-static void lzw_encode(lzw *z, gbuf *out, const uint8_t *idx, int w, int h, int scale, int mcs)
+static void lzw_encode(lzw *z, msd_buf *out, const uint8_t *idx, int w, int h, int scale, int mcs)
 {
     z->out = out;
     z->nblock = 0;
@@ -254,7 +215,7 @@ static void lzw_encode(lzw *z, gbuf *out, const uint8_t *idx, int w, int h, int 
     memset(z->keys, 0, sizeof z->keys);
     const int clear = 1 << mcs, eoi = clear + 1;
     int next = clear + 2, size = mcs + 1;
-    put_byte(out, mcs);
+    msd_buf_byte(out, mcs);
     lzw_code(z, clear, size);
     const int W = w * scale, H = h * scale;
     int prefix = -1;
@@ -298,10 +259,10 @@ static void lzw_encode(lzw *z, gbuf *out, const uint8_t *idx, int w, int h, int 
     if (z->nacc > 0)
         lzw_byte(z, (int)(z->acc & 0xff));
     if (z->nblock > 0) {
-        put_byte(out, z->nblock);
-        put_bytes(out, z->block, (size_t)z->nblock);
+        msd_buf_byte(out, z->nblock);
+        msd_buf_put(out, z->block, (size_t)z->nblock);
     }
-    put_byte(out, 0);
+    msd_buf_byte(out, 0);
 }
 
 /* ---- the file -------------------------------------------------------------- */
@@ -349,7 +310,7 @@ int msd_gif_encode(unsigned char **out, size_t *size, const unsigned char *const
     uint32_t *pos = malloc(total * sizeof *pos); /* per pixel: colour position or UINT32_MAX */
     uint8_t *idx = malloc(hw);
     lzw *z = malloc(sizeof *z);
-    gbuf b = {0};
+    msd_buf b = {0};
     rc = MSD_OK;
     if (!s.keys || !s.slot_index || !s.rgb || !s.count || !s.pal || !pos || !idx || !z) {
         rc = msd_error(MSD_ERR_MEM, "gif_encode: out of memory for %d frames of %dx%d", n, width,
@@ -413,40 +374,40 @@ int msd_gif_encode(unsigned char **out, size_t *size, const unsigned char *const
     const int mcs = bits < 2 ? 2 : bits;
 
     /* header, logical screen descriptor, global colour table */
-    put_bytes(&b, "GIF89a", 6);
-    put_u16(&b, width * o.scale);
-    put_u16(&b, height * o.scale);
-    put_byte(&b, 0x80 | 0x70 | (bits - 1));
-    put_byte(&b, 0); /* background colour index */
-    put_byte(&b, 0); /* pixel aspect ratio: none */
-    put_bytes(&b, pal, (size_t)3 << bits);
+    msd_buf_put(&b, "GIF89a", 6);
+    msd_buf_u16le(&b, width * o.scale);
+    msd_buf_u16le(&b, height * o.scale);
+    msd_buf_byte(&b, 0x80 | 0x70 | (bits - 1));
+    msd_buf_byte(&b, 0); /* background colour index */
+    msd_buf_byte(&b, 0); /* pixel aspect ratio: none */
+    msd_buf_put(&b, pal, (size_t)3 << bits);
 
     /* NETSCAPE2.0 application extension: loop count */
-    put_bytes(&b, "\x21\xff\x0bNETSCAPE2.0\x03\x01", 16);
-    put_u16(&b, o.loop);
-    put_byte(&b, 0);
+    msd_buf_put(&b, "\x21\xff\x0bNETSCAPE2.0\x03\x01", 16);
+    msd_buf_u16le(&b, o.loop);
+    msd_buf_byte(&b, 0);
 
     for (int f = 0; f < n; f++) {
         const uint32_t *fp = pos + (size_t)f * hw;
         for (size_t p = 0; p < hw; p++)
             idx[p] = fp[p] == UINT32_MAX ? (uint8_t)tindex : s.pal[fp[p]];
         /* graphic control extension */
-        put_bytes(&b, "\x21\xf9\x04", 3);
-        put_byte(&b, (transparent ? 2 : 1) << 2 | transparent);
-        put_u16(&b, f == n - 1 ? o.last_delay : o.delay);
-        put_byte(&b, transparent ? tindex : 0);
-        put_byte(&b, 0);
+        msd_buf_put(&b, "\x21\xf9\x04", 3);
+        msd_buf_byte(&b, (transparent ? 2 : 1) << 2 | transparent);
+        msd_buf_u16le(&b, f == n - 1 ? o.last_delay : o.delay);
+        msd_buf_byte(&b, transparent ? tindex : 0);
+        msd_buf_byte(&b, 0);
         /* image descriptor: the whole canvas, no local table, not interlaced */
-        put_byte(&b, 0x2c);
-        put_u16(&b, 0);
-        put_u16(&b, 0);
-        put_u16(&b, width * o.scale);
-        put_u16(&b, height * o.scale);
-        put_byte(&b, 0);
+        msd_buf_byte(&b, 0x2c);
+        msd_buf_u16le(&b, 0);
+        msd_buf_u16le(&b, 0);
+        msd_buf_u16le(&b, width * o.scale);
+        msd_buf_u16le(&b, height * o.scale);
+        msd_buf_byte(&b, 0);
         lzw_encode(z, &b, idx, width, height, o.scale, mcs);
     }
-    put_byte(&b, 0x3b);
-    if (b.failed)
+    msd_buf_byte(&b, 0x3b);
+    if (b.oom)
         rc = msd_error(MSD_ERR_MEM, "gif_encode: out of memory for the file (%zu bytes so far)",
                        b.n);
 
@@ -460,10 +421,10 @@ done:
     free(idx);
     free(z);
     if (rc != MSD_OK) {
-        free(b.p);
+        msd_buf_free(&b);
         return rc;
     }
-    *out = b.p;
+    *out = b.data;
     *size = b.n;
     return MSD_OK;
 }

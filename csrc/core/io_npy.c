@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bytes.h"
 #include "io.h"
 
 enum npy_kind { K_BOOL, K_U8, K_I8, K_U16, K_I16, K_U32, K_I32, K_U64, K_I64, K_F16, K_F32, K_F64 };
@@ -26,10 +27,7 @@ static const struct {
 /* Little-endian loads from possibly unaligned bytes. */
 static uint64_t le(const unsigned char *p, int n)
 {
-    uint64_t v = 0;
-    for (int i = n - 1; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
+    return msd_le(p, n);
 }
 
 static float convert(const unsigned char *p, enum npy_kind k)

@@ -4,16 +4,16 @@
  * {"name": {"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]},
  *  ..., "__metadata__": {"key": "value", ...}}, then the data section;
  * offsets are relative to its start. The JSON is parsed by the small strict
- * parser below (RFC 8259 grammar, UTF-8 checked, depth-limited) into a
- * tree, which is then validated entry by entry. */
+ * parser of json.c into a tree, which is then validated entry by entry. */
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "bytes.h"
 #include "io.h"
+#include "json.h"
 
-#define JSON_MAX_DEPTH 32
 /* The largest header read: a sprite model's is about 15 KB, a training checkpoint's 60 KB.
  * (The reference implementation allows 100 MB, whose parse would take gigabytes.) */
 #define HEADER_MAX (4u << 20)
@@ -177,382 +177,6 @@ int msd_safetensors_set_meta(msd_safetensors *st, const char *key, const char *v
     return MSD_OK;
 }
 
-/* ---- a strict JSON parser ----------------------------------------------------- */
-
-typedef enum { J_NULL, J_BOOL, J_NUM, J_STR, J_ARR, J_OBJ } jtype;
-
-typedef struct jval {
-    jtype type;
-    int boolean;
-    int is_uint;         /* J_NUM: an integer lexeme >= 0 that fits in uval */
-    unsigned long long uval;
-    char *str;           /* J_STR: NUL-terminated (strings holding \u0000 are rejected) */
-    int n, cap;          /* J_ARR / J_OBJ: items (and keys of an object) */
-    struct jval *items;
-    char **keys;
-} jval;
-
-typedef struct {
-    const unsigned char *s, *end, *start;
-    const char *path;
-    int rc;
-} jparser;
-
-static void jfree(jval *v)
-{
-    free(v->str);
-    for (int i = 0; i < v->n; i++) {
-        jfree(&v->items[i]);
-        if (v->keys)
-            free(v->keys[i]);
-    }
-    free(v->items);
-    free(v->keys);
-    memset(v, 0, sizeof *v);
-}
-
-static int jfail(jparser *p, const char *what)
-{
-    if (p->rc == MSD_OK)
-        p->rc = msd_error(MSD_ERR_FORMAT, "load_safetensors: '%s': bad JSON header at byte %ld: "
-                          "%s", p->path, (long)(p->s - p->start), what);
-    return p->rc;
-}
-
-static void jws(jparser *p)
-{
-    while (p->s < p->end && (*p->s == ' ' || *p->s == '\t' || *p->s == '\n' || *p->s == '\r'))
-        p->s++;
-}
-
-/* Appends code point cp as UTF-8. */
-static void put_utf8(unsigned char *o, size_t *n, unsigned cp)
-{
-    if (cp < 0x80) {
-        o[(*n)++] = (unsigned char)cp;
-    } else if (cp < 0x800) {
-        o[(*n)++] = (unsigned char)(0xc0 | (cp >> 6));
-        o[(*n)++] = (unsigned char)(0x80 | (cp & 0x3f));
-    } else if (cp < 0x10000) {
-        o[(*n)++] = (unsigned char)(0xe0 | (cp >> 12));
-        o[(*n)++] = (unsigned char)(0x80 | ((cp >> 6) & 0x3f));
-        o[(*n)++] = (unsigned char)(0x80 | (cp & 0x3f));
-    } else {
-        o[(*n)++] = (unsigned char)(0xf0 | (cp >> 18));
-        o[(*n)++] = (unsigned char)(0x80 | ((cp >> 12) & 0x3f));
-        o[(*n)++] = (unsigned char)(0x80 | ((cp >> 6) & 0x3f));
-        o[(*n)++] = (unsigned char)(0x80 | (cp & 0x3f));
-    }
-}
-
-/* Length of the valid UTF-8 sequence at s (1..4), or 0 if invalid. */
-static int utf8_len(const unsigned char *s, const unsigned char *end)
-{
-    unsigned c = s[0];
-    int n;
-    unsigned cp;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        n = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        n = 3;
-        cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        n = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (end - s < n)
-        return 0;
-    for (int i = 1; i < n; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return n;
-}
-
-static int hex4(jparser *p, unsigned *out)
-{
-    if (p->end - p->s < 4)
-        return jfail(p, "truncated \\u escape");
-    unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        unsigned c = p->s[i], d;
-        if (c >= '0' && c <= '9')
-            d = c - '0';
-        else if (c >= 'a' && c <= 'f')
-            d = c - 'a' + 10;
-        else if (c >= 'A' && c <= 'F')
-            d = c - 'A' + 10;
-        else
-            return jfail(p, "bad \\u escape");
-        v = v * 16 + d;
-    }
-    p->s += 4;
-    *out = v;
-    return MSD_OK;
-}
-
-/* A string starting at the opening quote, into a new malloc'd buffer. */
-static int jstring(jparser *p, char **out)
-{
-    p->s++; /* the quote */
-    const unsigned char *q = p->s;
-    while (q < p->end && *q != '"') /* an upper bound of the decoded length */
-        q += (*q == '\\' && q + 1 < p->end) ? 2 : 1;
-    if (q >= p->end)
-        return jfail(p, "unterminated string");
-    unsigned char *o = malloc((size_t)(q - p->s) + 1);
-    if (!o)
-        return p->rc = msd_error(MSD_ERR_MEM, "load_safetensors: '%s': out of memory", p->path);
-    size_t n = 0;
-    while (*p->s != '"') {
-        unsigned c = *p->s;
-        if (c < 0x20) {
-            free(o);
-            return jfail(p, "control character in string");
-        }
-        if (c != '\\') {
-            int len = utf8_len(p->s, p->end);
-            if (!len) {
-                free(o);
-                return jfail(p, "invalid UTF-8 in string");
-            }
-            memcpy(o + n, p->s, (size_t)len);
-            n += (size_t)len;
-            p->s += len;
-            continue;
-        }
-        p->s++;
-        c = *p->s++;
-        const char *simple = strchr("\"\\/bfnrt", (int)c);
-        if (c && simple) {
-            static const char map[] = "\"\\/\b\f\n\r\t";
-            o[n++] = (unsigned char)map[simple - "\"\\/bfnrt"];
-            continue;
-        }
-        unsigned cp = 0, lo = 0;
-        if (c != 'u' || hex4(p, &cp)) {
-            free(o);
-            return jfail(p, "bad escape in string");
-        }
-        if (cp >= 0xd800 && cp <= 0xdbff) { /* a surrogate pair: 6 escaped bytes become 4 */
-            if (p->end - p->s < 2 || p->s[0] != '\\' || p->s[1] != 'u') {
-                free(o);
-                return jfail(p, "lone surrogate in string");
-            }
-            p->s += 2;
-            if (hex4(p, &lo) || lo < 0xdc00 || lo > 0xdfff) {
-                free(o);
-                return jfail(p, "bad surrogate pair in string");
-            }
-            cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-        } else if (cp >= 0xdc00 && cp <= 0xdfff) {
-            free(o);
-            return jfail(p, "lone surrogate in string");
-        } else if (cp == 0) {
-            free(o);
-            return jfail(p, "\\u0000 in string");
-        }
-        put_utf8(o, &n, cp);
-    }
-    p->s++;
-    o[n] = 0;
-    *out = (char *)o;
-    return MSD_OK;
-}
-
-static int jnumber(jparser *p, jval *v)
-{
-    const unsigned char *s = p->s;
-    int neg = 0, frac = 0;
-    if (*s == '-') {
-        neg = 1;
-        s++;
-    }
-    if (s >= p->end || *s < '0' || *s > '9')
-        return jfail(p, "bad number");
-    unsigned long long u = 0;
-    int overflow = 0;
-    if (*s == '0') {
-        s++;
-    } else {
-        while (s < p->end && *s >= '0' && *s <= '9') {
-            unsigned d = *s++ - '0';
-            if (u > (ULLONG_MAX - d) / 10)
-                overflow = 1;
-            else
-                u = u * 10 + d;
-        }
-    }
-    if (s < p->end && *s == '.') {
-        frac = 1;
-        s++;
-        if (s >= p->end || *s < '0' || *s > '9')
-            return jfail(p, "bad number");
-        while (s < p->end && *s >= '0' && *s <= '9')
-            s++;
-    }
-    if (s < p->end && (*s == 'e' || *s == 'E')) {
-        frac = 1;
-        s++;
-        if (s < p->end && (*s == '+' || *s == '-'))
-            s++;
-        if (s >= p->end || *s < '0' || *s > '9')
-            return jfail(p, "bad number");
-        while (s < p->end && *s >= '0' && *s <= '9')
-            s++;
-    }
-    v->type = J_NUM;
-    v->is_uint = !neg && !frac && !overflow;
-    v->uval = u;
-    p->s = s;
-    return MSD_OK;
-}
-
-static int jvalue(jparser *p, jval *v, int depth);
-
-static int jpush(jparser *p, jval *v)
-{
-    if (v->n < v->cap)
-        return MSD_OK;
-    int cap = v->cap ? v->cap * 2 : 4;
-    jval *items = realloc(v->items, (size_t)cap * sizeof *items);
-    if (items)
-        v->items = items;
-    if (items && v->type == J_OBJ) {
-        char **keys = realloc(v->keys, (size_t)cap * sizeof *keys);
-        if (!keys)
-            items = NULL;
-        else
-            v->keys = keys;
-    }
-    if (!items)
-        return p->rc = msd_error(MSD_ERR_MEM, "load_safetensors: '%s': out of memory", p->path);
-    v->cap = cap;
-    return MSD_OK;
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* No key twice in an object: sorted, then neighbours compared (n log n: a header with many
- * keys must not cost a quadratic check). */
-static int jcheck_keys(jparser *p, const jval *v)
-{
-    if (v->n < 2)
-        return MSD_OK;
-    char **keys = malloc((size_t)v->n * sizeof *keys);
-    if (!keys) {
-        p->rc = msd_error(MSD_ERR_MEM, "load_safetensors: '%s': out of memory", p->path);
-        return p->rc;
-    }
-    memcpy(keys, v->keys, (size_t)v->n * sizeof *keys);
-    qsort(keys, (size_t)v->n, sizeof *keys, cmp_str);
-    int dup = -1;
-    for (int i = 1; i < v->n && dup < 0; i++)
-        if (strcmp(keys[i - 1], keys[i]) == 0)
-            dup = i;
-    int rc = MSD_OK;
-    if (dup >= 0)
-        rc = jfail(p, "duplicate key");
-    free(keys);
-    return rc;
-}
-
-/* An array or object starting at its bracket. */
-static int jcontainer(jparser *p, jval *v, int depth)
-{
-    int obj = *p->s == '{';
-    char close = obj ? '}' : ']';
-    v->type = obj ? J_OBJ : J_ARR;
-    p->s++;
-    jws(p);
-    if (p->s < p->end && *p->s == close) {
-        p->s++;
-        return MSD_OK;
-    }
-    for (;;) {
-        if (jpush(p, v))
-            return p->rc;
-        jval *item = &v->items[v->n];
-        memset(item, 0, sizeof *item);
-        jws(p);
-        if (obj) {
-            char *key = NULL;
-            if (p->s >= p->end || *p->s != '"')
-                return jfail(p, "expected a string key");
-            if (jstring(p, &key))
-                return p->rc;
-            v->keys[v->n] = key; /* duplicates: checked once the object is complete */
-            jws(p);
-            if (p->s >= p->end || *p->s != ':') {
-                v->n++; /* so that the key is freed */
-                return jfail(p, "expected ':'");
-            }
-            p->s++;
-        }
-        v->n++;
-        if (jvalue(p, item, depth + 1))
-            return p->rc;
-        jws(p);
-        if (p->s < p->end && *p->s == ',') {
-            p->s++;
-            continue;
-        }
-        if (p->s < p->end && *p->s == close) {
-            p->s++;
-            return obj ? jcheck_keys(p, v) : MSD_OK;
-        }
-        return jfail(p, obj ? "expected ',' or '}'" : "expected ',' or ']'");
-    }
-}
-
-static int jvalue(jparser *p, jval *v, int depth)
-{
-    if (depth > JSON_MAX_DEPTH)
-        return jfail(p, "nested too deeply");
-    jws(p);
-    if (p->s >= p->end)
-        return jfail(p, "unexpected end");
-    static const char *const words[3] = { "null", "true", "false" };
-    for (int i = 0; i < 3; i++) {
-        size_t n = strlen(words[i]);
-        if ((size_t)(p->end - p->s) >= n && memcmp(p->s, words[i], n) == 0) {
-            p->s += n;
-            v->type = i == 0 ? J_NULL : J_BOOL;
-            v->boolean = i == 1;
-            return MSD_OK;
-        }
-    }
-    if (*p->s == '"') {
-        v->type = J_STR;
-        return jstring(p, &v->str);
-    }
-    if (*p->s == '{' || *p->s == '[')
-        return jcontainer(p, v, depth);
-    if (*p->s == '-' || (*p->s >= '0' && *p->s <= '9'))
-        return jnumber(p, v);
-    return jfail(p, "unexpected character");
-}
-
-static const jval *jget(const jval *obj, const char *key)
-{
-    for (int i = 0; i < obj->n; i++)
-        if (strcmp(obj->keys[i], key) == 0)
-            return &obj->items[i];
-    return NULL;
-}
-
 /* ---- loading --------------------------------------------------------------------- */
 
 typedef struct {
@@ -576,7 +200,7 @@ static int cmp_name(const void *a, const void *b)
 }
 
 /* Checks one tensor entry of the header against the data size. */
-static int check_entry(const char *path, const char *name, const jval *v,
+static int check_entry(const char *path, const char *name, const msd_jval *v,
                        unsigned long long data_size, entry *e)
 {
     e->name = name;
@@ -588,7 +212,7 @@ static int check_entry(const char *path, const char *name, const jval *v,
             strcmp(v->keys[i], "data_offsets"))
             return msd_error(MSD_ERR_FORMAT, "load_safetensors: '%s': tensor '%s': unexpected "
                              "key '%s'", path, name, v->keys[i]);
-    const jval *dt = jget(v, "dtype"), *sh = jget(v, "shape"), *off = jget(v, "data_offsets");
+    const msd_jval *dt = msd_json_get(v, "dtype"), *sh = msd_json_get(v, "shape"), *off = msd_json_get(v, "data_offsets");
     if (!dt || !sh || !off)
         return msd_error(MSD_ERR_FORMAT, "load_safetensors: '%s': tensor '%s': missing '%s'",
                          path, name, !dt ? "dtype" : !sh ? "shape" : "data_offsets");
@@ -611,7 +235,7 @@ static int check_entry(const char *path, const char *name, const jval *v,
                          "most %d supported", path, name, sh->n, MSD_MAX_DIMS);
     e->ndim = sh->n;
     for (int i = 0; i < sh->n; i++) {
-        const jval *x = &sh->items[i];
+        const msd_jval *x = &sh->items[i];
         if (x->type != J_NUM || !x->is_uint || x->uval > INT_MAX)
             return msd_error(MSD_ERR_FORMAT, "load_safetensors: '%s': tensor '%s': shape entry "
                              "%d is not an integer in [0, %d]", path, name, i, INT_MAX);
@@ -644,10 +268,7 @@ static int check_entry(const char *path, const char *name, const jval *v,
 
 static uint64_t le64(const unsigned char *p)
 {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
+    return msd_le(p, 8);
 }
 
 static void convert(float *o, const unsigned char *p, size_t n, msd_dtype d)
@@ -692,7 +313,7 @@ static void convert(float *o, const unsigned char *p, size_t n, msd_dtype d)
 }
 
 /* Validates the parsed header and fills st; buf/size is the whole file. */
-static int load_entries(const char *path, const jval *root, const unsigned char *data,
+static int load_entries(const char *path, const msd_jval *root, const unsigned char *data,
                         unsigned long long data_size, msd_safetensors *st)
 {
     if (root->type != J_OBJ)
@@ -705,7 +326,7 @@ static int load_entries(const char *path, const jval *root, const unsigned char 
         rc = msd_error(MSD_ERR_MEM, "load_safetensors: '%s': out of memory", path);
     for (int i = 0; rc == MSD_OK && i < root->n; i++) {
         const char *key = root->keys[i];
-        const jval *v = &root->items[i];
+        const msd_jval *v = &root->items[i];
         if (strcmp(key, "__metadata__") == 0) {
             if (v->type == J_NULL)
                 continue;
@@ -791,18 +412,14 @@ int msd_safetensors_load_mem(const char *path, const unsigned char *buf, size_t 
         return msd_error(MSD_ERR_FORMAT, "load_safetensors: '%s': a %llu-byte header is more "
                          "than minisd reads (%u bytes; a sprite model's is about 15 KB)", path,
                          hlen, HEADER_MAX);
-    jparser p = { buf + 8, buf + 8 + hlen, buf + 8, path, MSD_OK };
-    jval root;
-    memset(&root, 0, sizeof root);
-    rc = jvalue(&p, &root, 0);
+    char context[600];
+    snprintf(context, sizeof context, "load_safetensors: '%.512s': bad JSON header", path);
+    msd_jval root;
+    rc = msd_json_parse(context, buf + 8, (size_t)hlen, &root);
     if (rc == MSD_OK) {
-        jws(&p);
-        if (p.s != p.end)
-            rc = jfail(&p, "junk after the JSON value");
-    }
-    if (rc == MSD_OK)
         rc = load_entries(path, &root, buf + 8 + hlen, size - 8 - hlen, st);
-    jfree(&root);
+        msd_json_free(&root);
+    }
     if (rc)
         msd_safetensors_free(st);
     return rc;
@@ -810,76 +427,11 @@ int msd_safetensors_load_mem(const char *path, const unsigned char *buf, size_t 
 
 /* ---- saving -------------------------------------------------------------------- */
 
-typedef struct {
-    char *s;
-    size_t n, cap;
-    int oom;
-} sbuf;
-
-static void sb_put(sbuf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (b->n + n + 1 > cap)
-            cap *= 2;
-        char *s2 = realloc(b->s, cap);
-        if (!s2) {
-            b->oom = 1;
-            return;
-        }
-        b->s = s2;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = 0;
-}
-
-static void sb_str(sbuf *b, const char *s)
-{
-    sb_put(b, s, strlen(s));
-}
-
-/* A JSON string literal; s must be valid UTF-8 (checked by the caller). */
-static void sb_json(sbuf *b, const char *s)
-{
-    sb_put(b, "\"", 1);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        char esc[8];
-        if (c == '"' || c == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)c;
-            sb_put(b, esc, 2);
-        } else if (c < 0x20) {
-            snprintf(esc, sizeof esc, "\\u%04x", c);
-            sb_put(b, esc, 6);
-        } else {
-            sb_put(b, (const char *)&c, 1);
-        }
-    }
-    sb_put(b, "\"", 1);
-}
-
-static int valid_utf8(const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s, *end = p + strlen(s);
-    while (p < end) {
-        int n = utf8_len(p, end);
-        if (!n)
-            return 0;
-        p += n;
-    }
-    return 1;
-}
-
 struct st_job {
     const msd_safetensors *st;
     const char *path;
     const int *order;
-    sbuf *header;
+    msd_buf *header;
 };
 
 static int write_st(FILE *f, void *ctx)
@@ -890,7 +442,7 @@ static int write_st(FILE *f, void *ctx)
     for (int i = 0; i < 8; i++)
         len[i] = (unsigned char)((unsigned long long)job->header->n >> (8 * i));
     fwrite(len, 1, 8, f);
-    fwrite(job->header->s, 1, job->header->n, f);
+    fwrite(job->header->data, 1, job->header->n, f);
     unsigned char tmp[4096];
     for (int k = 0; k < st->count; k++) {
         int i = job->order[k];
@@ -936,7 +488,7 @@ static int before(const msd_safetensors *st, int i, int j)
 int msd_safetensors_save(const char *path, const msd_safetensors *st)
 {
     for (int i = 0; i < st->count; i++) {
-        if (!valid_utf8(st->names[i]))
+        if (!msd_utf8_valid(st->names[i]))
             return msd_error(MSD_ERR_ARG, "save_safetensors: '%s': tensor name is not valid "
                              "UTF-8", path);
         msd_dtype dt = st->dtypes[i];
@@ -970,7 +522,7 @@ int msd_safetensors_save(const char *path, const msd_safetensors *st)
         }
     }
     for (int i = 0; i < st->meta_count; i++)
-        if (!valid_utf8(st->meta_keys[i]) || !valid_utf8(st->meta_values[i]))
+        if (!msd_utf8_valid(st->meta_keys[i]) || !msd_utf8_valid(st->meta_values[i]))
             return msd_error(MSD_ERR_ARG, "save_safetensors: '%s': metadata '%s' is not valid "
                              "UTF-8", path, st->meta_keys[i]);
     /* tensors and metadata keys in name order: the same file for the same content, whatever
@@ -992,19 +544,19 @@ int msd_safetensors_save(const char *path, const msd_safetensors *st)
         morder[k] = i;
     }
 
-    sbuf h = { 0 };
-    sb_str(&h, "{");
+    msd_buf h = { 0 };
+    msd_buf_str(&h, "{");
     if (st->meta_count) {
-        sb_str(&h, "\"__metadata__\":{");
+        msd_buf_str(&h, "\"__metadata__\":{");
         for (int k = 0; k < st->meta_count; k++) {
             int i = morder[k];
             if (k)
-                sb_str(&h, ",");
-            sb_json(&h, st->meta_keys[i]);
-            sb_str(&h, ":");
-            sb_json(&h, st->meta_values[i]);
+                msd_buf_str(&h, ",");
+            msd_json_put_string(&h, st->meta_keys[i]);
+            msd_buf_str(&h, ":");
+            msd_json_put_string(&h, st->meta_values[i]);
         }
-        sb_str(&h, "}");
+        msd_buf_str(&h, "}");
     }
     unsigned long long off = 0;
     for (int k = 0; k < st->count; k++) {
@@ -1012,23 +564,23 @@ int msd_safetensors_save(const char *path, const msd_safetensors *st)
         const msd_tensor *t = st->tensors[i];
         char num[64];
         if (k || st->meta_count)
-            sb_str(&h, ",");
-        sb_json(&h, st->names[i]);
-        sb_str(&h, ":{\"dtype\":\"");
-        sb_str(&h, dtypes[st->dtypes[i]].name);
-        sb_str(&h, "\",\"shape\":[");
+            msd_buf_str(&h, ",");
+        msd_json_put_string(&h, st->names[i]);
+        msd_buf_str(&h, ":{\"dtype\":\"");
+        msd_buf_str(&h, dtypes[st->dtypes[i]].name);
+        msd_buf_str(&h, "\",\"shape\":[");
         for (int d = 0; d < t->ndim; d++) {
             snprintf(num, sizeof num, d ? ",%d" : "%d", t->shape[d]);
-            sb_str(&h, num);
+            msd_buf_str(&h, num);
         }
         unsigned long long bytes = msd_tensor_numel(t) * dtypes[st->dtypes[i]].size;
         snprintf(num, sizeof num, "],\"data_offsets\":[%llu,%llu]}", off, off + bytes);
-        sb_str(&h, num);
+        msd_buf_str(&h, num);
         off += bytes;
     }
-    sb_str(&h, "}");
+    msd_buf_str(&h, "}");
     while (h.n % 8)
-        sb_str(&h, " ");
+        msd_buf_str(&h, " ");
     int rc;
     if (h.oom) {
         rc = msd_error(MSD_ERR_MEM, "save_safetensors: '%s': out of memory", path);
@@ -1036,7 +588,7 @@ int msd_safetensors_save(const char *path, const msd_safetensors *st)
         struct st_job job = { st, path, order, &h };
         rc = msd_file_write_atomic(path, write_st, &job);
     }
-    free(h.s);
+    msd_buf_free(&h);
     free(order);
     return rc;
 }
