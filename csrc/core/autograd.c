@@ -51,6 +51,21 @@ int msd_requires_grad(const msd_tensor *t)
     return t && (t->requires_grad || t->grad_fn != NULL);
 }
 
+int msd_autograd_finish(msd_tensor *o, msd_op op, int n_in, msd_tensor *const *in,
+                        msd_node **node, msd_tensor **out)
+{
+    msd_node *n = NULL;
+    int rc = msd_autograd_record(o, op, n_in, in, &n);
+    if (node)
+        *node = n;
+    if (rc != MSD_OK) {
+        msd_tensor_release(o);
+        return rc;
+    }
+    *out = o;
+    return MSD_OK;
+}
+
 int msd_autograd_record(msd_tensor *out, msd_op op, int n_in, msd_tensor *const *in,
                         msd_node **node)
 {

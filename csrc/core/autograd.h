@@ -72,10 +72,17 @@ int msd_requires_grad(const msd_tensor *t);
 int msd_autograd_record(msd_tensor *out, msd_op op, int n_in, msd_tensor *const *in,
                         msd_node **node);
 
+/* The tail of every op: records the node (msd_autograd_record) and hands o to the
+ * caller in *out, or releases o and returns the error. *node (when node is not NULL) is
+ * the recorded node, or NULL when nothing was recorded, for the op to fill its saved
+ * values and arguments. */
+int msd_autograd_finish(msd_tensor *o, msd_op op, int n_in, msd_tensor *const *in,
+                        msd_node **node, msd_tensor **out);
+
 /* Saves t in node->saved[i] (retains it). */
 void msd_node_save(msd_node *n, int i, msd_tensor *t);
 
-void msd_node_release(msd_node *n);
+/* msd_node_release(n): declared in tensor.h, which tensors need. */
 
 /* Backpropagates from t. grad is dy for t (same shape), or NULL for a
  * scalar t (then dy = 1). Leaves with requires_grad accumulate into

@@ -174,14 +174,7 @@ static int activation(msd_tensor *x, msd_op op, act_kernel f, msd_tensor **out)
     if (!o)
         return MSD_ERR_MEM;
     f(msd_tensor_data(o), msd_tensor_data(x), msd_tensor_numel(x));
-    msd_node *node;
-    int rc = msd_autograd_record(o, op, 1, &x, &node);
-    if (rc != MSD_OK) {
-        msd_tensor_release(o);
-        return rc;
-    }
-    *out = o;
-    return MSD_OK;
+    return msd_autograd_finish(o, op, 1, &x, NULL, out);
 }
 
 int msd_gelu(msd_tensor *x, msd_tensor **out)

@@ -784,19 +784,17 @@ static int conv_any(int transposed, msd_tensor *x, msd_tensor *w, msd_tensor *b,
                                 w->shape[2], w->shape[3], stride, pad);
     msd_tensor *in[3] = { x, w, b };
     msd_node *node = NULL;
-    if (rc == MSD_OK)
-        rc = msd_autograd_record(y, transposed ? MSD_OP_CONV_TRANSPOSE2D : MSD_OP_CONV2D, 3, in,
-                                 &node);
     if (rc != MSD_OK) {
         msd_tensor_release(y);
         return rc;
     }
-    if (node) {
+    rc = msd_autograd_finish(y, transposed ? MSD_OP_CONV_TRANSPOSE2D : MSD_OP_CONV2D, 3, in,
+                             &node, out);
+    if (rc == MSD_OK && node) {
         node->iarg[0] = stride;
         node->iarg[1] = pad;
     }
-    *out = y;
-    return MSD_OK;
+    return rc;
 }
 
 int msd_conv2d(msd_tensor *x, msd_tensor *w, msd_tensor *b, int stride, int padding,

@@ -128,13 +128,7 @@ static int binary(enum binop op, msd_tensor *a, msd_tensor *b, msd_tensor **out)
         return MSD_ERR_MEM;
     binary_loop(op, msd_tensor_data(o), msd_tensor_data(a), msd_tensor_data(b), &bc);
     msd_tensor *in[2] = { a, b };
-    msd_node *node;
-    if ((rc = msd_autograd_record(o, binop_code[op], 2, in, &node)) != MSD_OK) {
-        msd_tensor_release(o);
-        return rc;
-    }
-    *out = o;
-    return MSD_OK;
+    return msd_autograd_finish(o, binop_code[op], 2, in, NULL, out);
 }
 
 int msd_add(msd_tensor *a, msd_tensor *b, msd_tensor **out) { return binary(OP_ADD, a, b, out); }
@@ -363,14 +357,7 @@ static int reduce_all(msd_tensor *x, msd_op op, msd_tensor **out)
     msd_tensor *o = msd_tensor_full(0, NULL, (float)acc);
     if (!o)
         return MSD_ERR_MEM;
-    msd_node *node;
-    int rc = msd_autograd_record(o, op, 1, &x, &node);
-    if (rc != MSD_OK) {
-        msd_tensor_release(o);
-        return rc;
-    }
-    *out = o;
-    return MSD_OK;
+    return msd_autograd_finish(o, op, 1, &x, NULL, out);
 }
 
 int msd_sum(msd_tensor *x, msd_tensor **out) { return reduce_all(x, MSD_OP_SUM, out); }
@@ -419,14 +406,7 @@ int msd_reshape(msd_tensor *x, int ndim, const int *shape, msd_tensor **out)
     msd_tensor *o = msd_tensor_view(x, ndim, shape);
     if (!o)
         return MSD_ERR_SHAPE;
-    msd_node *node;
-    int rc = msd_autograd_record(o, MSD_OP_RESHAPE, 1, &x, &node);
-    if (rc != MSD_OK) {
-        msd_tensor_release(o);
-        return rc;
-    }
-    *out = o;
-    return MSD_OK;
+    return msd_autograd_finish(o, MSD_OP_RESHAPE, 1, &x, NULL, out);
 }
 
 int msd_grad_reshape(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
@@ -482,18 +462,13 @@ int msd_narrow(msd_tensor *x, int dim, int start, int len, msd_tensor **out)
     if (!o)
         return MSD_ERR_MEM;
     msd_node *node;
-    int rc = msd_autograd_record(o, MSD_OP_NARROW, 1, &x, &node);
-    if (rc != MSD_OK) {
-        msd_tensor_release(o);
-        return rc;
-    }
-    if (node) {
+    int rc = msd_autograd_finish(o, MSD_OP_NARROW, 1, &x, &node, out);
+    if (rc == MSD_OK && node) {
         node->iarg[0] = dim;
         node->iarg[1] = start;
         node->iarg[2] = len;
     }
-    *out = o;
-    return MSD_OK;
+    return rc;
 }
 
 int msd_grad_narrow(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
@@ -556,15 +531,10 @@ int msd_cat(int n, msd_tensor *const *xs, int dim, msd_tensor **out)
         at += w;
     }
     msd_node *node;
-    int rc = msd_autograd_record(o, MSD_OP_CAT, n, xs, &node);
-    if (rc != MSD_OK) {
-        msd_tensor_release(o);
-        return rc;
-    }
-    if (node)
+    int rc = msd_autograd_finish(o, MSD_OP_CAT, n, xs, &node, out);
+    if (rc == MSD_OK && node)
         node->iarg[0] = dim;
-    *out = o;
-    return MSD_OK;
+    return rc;
 }
 
 int msd_grad_cat(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)

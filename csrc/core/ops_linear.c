@@ -65,14 +65,7 @@ int msd_linear(msd_tensor *x, msd_tensor *w, msd_tensor *b, msd_tensor **out)
     msd_linear_forward(msd_tensor_data(y), msd_tensor_data(x), msd_tensor_data(w),
                        b ? msd_tensor_data(b) : NULL, M, in, nout);
     msd_tensor *ins[3] = { x, w, b };
-    msd_node *node;
-    int rc = msd_autograd_record(y, MSD_OP_LINEAR, 3, ins, &node);
-    if (rc != MSD_OK) {
-        msd_tensor_release(y);
-        return rc;
-    }
-    *out = y;
-    return MSD_OK;
+    return msd_autograd_finish(y, MSD_OP_LINEAR, 3, ins, NULL, out);
 }
 
 int msd_grad_linear(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)

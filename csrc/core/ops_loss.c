@@ -49,14 +49,7 @@ int msd_mse_loss(msd_tensor *a, msd_tensor *b, msd_tensor **out)
         return MSD_ERR_MEM;
     msd_mse_forward(msd_tensor_data(o), msd_tensor_data(a), msd_tensor_data(b), n);
     msd_tensor *in[2] = { a, b };
-    msd_node *node;
-    int rc = msd_autograd_record(o, MSD_OP_MSE_LOSS, 2, in, &node);
-    if (rc != MSD_OK) {
-        msd_tensor_release(o);
-        return rc;
-    }
-    *out = o;
-    return MSD_OK;
+    return msd_autograd_finish(o, MSD_OP_MSE_LOSS, 2, in, NULL, out);
 }
 
 int msd_grad_mse_loss(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)

@@ -232,16 +232,11 @@ int msd_avg_pool2d(msd_tensor *x, int k, int stride, msd_tensor **out)
         return MSD_ERR_MEM;
     msd_avg_pool2d_forward(msd_tensor_data(y), msd_tensor_data(x), x->shape[0] * x->shape[1],
                            x->shape[2], x->shape[3], k, stride);
-    if ((rc = msd_autograd_record(y, MSD_OP_AVG_POOL2D, 1, &x, &node)) != MSD_OK) {
-        msd_tensor_release(y);
-        return rc;
-    }
-    if (node) {
+    if ((rc = msd_autograd_finish(y, MSD_OP_AVG_POOL2D, 1, &x, &node, out)) == MSD_OK && node) {
         node->iarg[0] = k;
         node->iarg[1] = stride;
     }
-    *out = y;
-    return MSD_OK;
+    return rc;
 }
 
 int msd_grad_avg_pool2d(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)

@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "autograd.h"
 
 /* ---- caching allocator -------------------------------------------------
  * Block sizes are rounded up to a size class: four classes per power of

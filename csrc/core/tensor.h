@@ -19,6 +19,8 @@
 #define MSD_MAX_NUMEL 2147483647L
 
 typedef struct msd_node msd_node;
+/* Drops a reference to an autograd node (autograd.c); a tensor holds one on its grad_fn. */
+void msd_node_release(msd_node *n);
 
 typedef struct msd_storage {
     float *data;
