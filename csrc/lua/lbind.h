@@ -1,4 +1,4 @@
-/* minisd: helpers shared by the binding files (csrc/lua/lbind_*.c).
+/* minisd: helpers shared by the binding files (csrc/lua/lbind_*.c), defined in lbind.c.
  * Bindings check arguments, call the core, and turn its errors into Lua
  * errors; they hold no maths. */
 #ifndef MSD_LBIND_H
@@ -41,6 +41,12 @@ typedef int (*lbind_unary_fn)(msd_tensor *, msd_tensor **);
 typedef int (*lbind_binary_fn)(msd_tensor *, msd_tensor *, msd_tensor **);
 int lbind_unary_op(lua_State *L, lbind_unary_fn f);
 int lbind_binary_op(lua_State *L, lbind_binary_fn f);
+/* The reductions and maths bound once (lbind_ops.c): minisd.sum(x) and x:sum() alike. */
+int lbind_op_sum(lua_State *L);
+int lbind_op_mean(lua_State *L);
+int lbind_op_abs(lua_State *L);
+int lbind_op_sqrt(lua_State *L);
+int lbind_op_exp(lua_State *L);
 /* The shape of a tensor to create (a table at index i): like
  * lbind_check_shape, then msd_shape_check (no -1, no negative size, not too
  * many elements); `what` names the function in the message. Returns ndim. */

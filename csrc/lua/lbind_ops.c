@@ -2,31 +2,17 @@
  * and defaults follow torch.nn.functional. */
 #include "lbind.h"
 
-int lbind_binary_op(lua_State *L, lbind_binary_fn f)
-{
-    msd_tensor *a = lbind_check_tensor(L, 1), *b = lbind_check_tensor(L, 2);
-    msd_tensor **box = lbind_new_box(L);
-    return lbind_result(L, f(a, b, box), box);
-}
-
-int lbind_unary_op(lua_State *L, lbind_unary_fn f)
-{
-    msd_tensor *x = lbind_check_tensor(L, 1);
-    msd_tensor **box = lbind_new_box(L);
-    return lbind_result(L, f(x, box), box);
-}
-
 static int l_ops_add(lua_State *L) { return lbind_binary_op(L, msd_add); }
 static int l_ops_sub(lua_State *L) { return lbind_binary_op(L, msd_sub); }
 static int l_ops_mul(lua_State *L) { return lbind_binary_op(L, msd_mul); }
 static int l_ops_div(lua_State *L) { return lbind_binary_op(L, msd_div); }
 static int l_ops_mse_loss(lua_State *L) { return lbind_binary_op(L, msd_mse_loss); }
 static int l_ops_cross_entropy_raw(lua_State *L) { return lbind_binary_op(L, msd_cross_entropy); }
-static int l_ops_sum(lua_State *L) { return lbind_unary_op(L, msd_sum); }
-static int l_ops_mean(lua_State *L) { return lbind_unary_op(L, msd_mean); }
-static int l_ops_abs(lua_State *L) { return lbind_unary_op(L, msd_abs); }
-static int l_ops_sqrt(lua_State *L) { return lbind_unary_op(L, msd_sqrt); }
-static int l_ops_exp(lua_State *L) { return lbind_unary_op(L, msd_exp); }
+int lbind_op_sum(lua_State *L) { return lbind_unary_op(L, msd_sum); }
+int lbind_op_mean(lua_State *L) { return lbind_unary_op(L, msd_mean); }
+int lbind_op_abs(lua_State *L) { return lbind_unary_op(L, msd_abs); }
+int lbind_op_sqrt(lua_State *L) { return lbind_unary_op(L, msd_sqrt); }
+int lbind_op_exp(lua_State *L) { return lbind_unary_op(L, msd_exp); }
 static int l_ops_gelu(lua_State *L) { return lbind_unary_op(L, msd_gelu); }
 static int l_ops_relu(lua_State *L) { return lbind_unary_op(L, msd_relu); }
 
@@ -124,11 +110,11 @@ static const luaL_Reg functions[] = {
     { "sub", l_ops_sub },
     { "mul", l_ops_mul },
     { "div", l_ops_div },
-    { "sum", l_ops_sum },
-    { "mean", l_ops_mean },
-    { "abs", l_ops_abs },
-    { "sqrt", l_ops_sqrt },
-    { "exp", l_ops_exp },
+    { "sum", lbind_op_sum },
+    { "mean", lbind_op_mean },
+    { "abs", lbind_op_abs },
+    { "sqrt", lbind_op_sqrt },
+    { "exp", lbind_op_exp },
     { "conv2d", l_ops_conv2d },
     { "conv2d_bn_act", l_ops_conv2d_bn_act },
     { "conv_transpose2d", l_ops_conv_transpose2d },

@@ -1,12 +1,96 @@
-/* minisd: process-level helpers for long-running programs: a deferred
- * Ctrl-C, so that train.lua can finish the current step and save a
- * consistent checkpoint. (Signals are the program's business, not the
- * core's: this lives in the binding layer only.) */
+/* minisd: process-level settings and helpers: threads, kernel level, precision, memory
+ * statistics, a monotonic clock, and a deferred Ctrl-C, so that train.lua can finish the
+ * current step and save a consistent checkpoint. (Signals are the program's business, not
+ * the core's: this lives in the binding layer only.) */
 #define _POSIX_C_SOURCE 200809L
 #include <signal.h>
 #include <string.h>
+#include <time.h>
 
 #include "lbind.h"
+
+static int l_set_threads(lua_State *L)
+{
+    int n = lbind_check_int(L, 1);
+    if (n < 1)
+        return luaL_argerror(L, 1, lua_pushfstring(L, "thread count must be >= 1, got %d", n));
+    msd_set_threads(n);
+    return 0;
+}
+
+static int l_get_threads(lua_State *L)
+{
+    lua_pushinteger(L, msd_get_threads());
+    return 1;
+}
+
+/* set_isa(name): the kernel level for everything ("generic", "avx2",
+ * "avx512", "amx"); an error names the levels and the CPU's best. */
+static int l_set_isa(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    int isa = msd_isa_from_name(name);
+    if (isa < 0)
+        return luaL_argerror(L, 1, lua_pushfstring(L, "unknown kernel level '%s' (expected "
+                                                   "generic, avx2, avx512 or amx)", name));
+    lbind_check_rc(L, msd_isa_set(isa));
+    return 0;
+}
+
+/* get_isa() -> the level in use, the best this CPU runs */
+static int l_get_isa(lua_State *L)
+{
+    lua_pushstring(L, msd_isa_name(msd_isa_get()));
+    lua_pushstring(L, msd_isa_name(msd_isa_best()));
+    return 2;
+}
+
+/* set_precision(name): "fp32" or "bf16" for conv2d's products (cpu.h) */
+static int l_set_precision(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    int p = msd_precision_from_name(name);
+    if (p < 0)
+        return luaL_argerror(L, 1, lua_pushfstring(L, "unknown precision '%s' (expected fp32 "
+                                                   "or bf16)", name));
+    lbind_check_rc(L, msd_precision_set(p));
+    return 0;
+}
+
+/* get_precision() -> "fp32" or "bf16", and whether bf16 runs on the AMX
+ * tiles at the level in use */
+static int l_get_precision(lua_State *L)
+{
+    lua_pushstring(L, msd_precision_name(msd_precision_get()));
+    lua_pushboolean(L, msd_isa_get() == MSD_ISA_AMX);
+    return 2;
+}
+
+static int l_memory_stats(lua_State *L)
+{
+    msd_mem_stats s = msd_memory_stats();
+    lua_createtable(L, 0, 5);
+    lua_pushnumber(L, (lua_Number)s.live_bytes);
+    lua_setfield(L, -2, "live_bytes");
+    lua_pushnumber(L, (lua_Number)s.cached_bytes);
+    lua_setfield(L, -2, "cached_bytes");
+    lua_pushnumber(L, (lua_Number)s.peak_bytes);
+    lua_setfield(L, -2, "peak_bytes");
+    lua_pushnumber(L, (lua_Number)s.allocs);
+    lua_setfield(L, -2, "allocs");
+    lua_pushnumber(L, (lua_Number)s.cache_hits);
+    lua_setfield(L, -2, "cache_hits");
+    return 1;
+}
+
+/* Seconds on a monotonic clock, for progress rates and benchmarks. */
+static int l_clock(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
+    return 1;
+}
 
 static volatile sig_atomic_t interrupt_flag;
 static struct sigaction previous;
@@ -52,6 +136,14 @@ static int l_sys_interrupt_requested(lua_State *L)
 }
 
 static const luaL_Reg functions[] = {
+    { "set_threads", l_set_threads },
+    { "get_threads", l_get_threads },
+    { "set_isa", l_set_isa },
+    { "get_isa", l_get_isa },
+    { "set_precision", l_set_precision },
+    { "get_precision", l_get_precision },
+    { "memory_stats", l_memory_stats },
+    { "clock", l_clock },
     { "trap_interrupt", l_sys_trap_interrupt },
     { "interrupt_requested", l_sys_interrupt_requested },
     { NULL, NULL },

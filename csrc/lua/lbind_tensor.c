@@ -3,158 +3,10 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include "lbind.h"
 
-/* ---- shared helpers --------------------------------------------------- */
-
-msd_tensor **lbind_new_box(lua_State *L)
-{
-    msd_tensor **box = lbind_newuserdata(L, sizeof *box);
-    *box = NULL;
-    luaL_getmetatable(L, LBIND_TENSOR_MT);
-    lua_setmetatable(L, -2);
-    return box;
-}
-
-/* Lua's collector sees only the small boxes of tensors, not their storage,
- * so a C-side pause rule decides when to collect: once the live tensor
- * bytes exceed 1.25 times (plus 32 MiB) what was live after the last
- * collection, a full collection frees the unreachable tensors. A full
- * collection of the Lua heap of a training loop (350 KiB) takes 0.1 ms,
- * and collecting this early keeps a step's dead activations from piling
- * up beside the next step's: peak RSS while training the default model
- * went from 930 to 550 MiB ("twice plus 64 MiB" let them pile up).
- * (LUA_GCSTEP with a size would inflate Lua's own heap estimate for good,
- * so that its collections become ever rarer and tensor memory grows by a
- * whole graph per step.) */
-void lbind_gc_hint(lua_State *L, size_t bytes)
-{
-    static _Thread_local double base = 0;
-    if (bytes < 64 * 1024)
-        return;
-    double live = (double)msd_memory_stats().live_bytes;
-    if (live > 1.25 * base + 32.0 * 1024 * 1024) {
-        lua_gc(L, LUA_GCCOLLECT, 0);
-        base = (double)msd_memory_stats().live_bytes;
-    }
-}
-
-void lbind_push_tensor(lua_State *L, msd_tensor *t)
-{
-    msd_tensor **box = lbind_newuserdata(L, sizeof *box);
-    *box = t;
-    luaL_getmetatable(L, LBIND_TENSOR_MT);
-    lua_setmetatable(L, -2);
-}
-
-void lbind_check_rc(lua_State *L, int rc)
-{
-    if (rc != MSD_OK)
-        luaL_error(L, "%s", msd_last_error());
-}
-
-/* The error convention for files: an expected run-time failure returns nil and the
- * message, everything else raises. Loading (the arguments already checked), every core
- * error comes from the file: missing, unreadable, malformed, or claiming absurd sizes.
- * Saving, only MSD_ERR_IO is (the file cannot be written); the rest is misuse (a tensor
- * of the wrong shape, a value the format cannot hold). */
-int lbind_file_fail(lua_State *L, int rc, int loading)
-{
-    if (!loading && rc != MSD_ERR_IO)
-        lbind_check_rc(L, rc);
-    lua_pushnil(L);
-    lua_pushstring(L, msd_last_error());
-    return 2;
-}
-
-int lbind_file_result(lua_State *L, int rc, msd_tensor **box)
-{
-    if (rc != MSD_OK)
-        return lbind_file_fail(L, rc, 1);
-    return lbind_result(L, rc, box);
-}
-
-int lbind_file_done(lua_State *L, int rc)
-{
-    if (rc != MSD_OK)
-        return lbind_file_fail(L, rc, 0);
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-int lbind_result(lua_State *L, int rc, msd_tensor **box)
-{
-    lbind_check_rc(L, rc);
-    lbind_gc_hint(L, msd_tensor_numel(*box) * sizeof(float));
-    return 1;
-}
-
-msd_tensor *lbind_check_tensor(lua_State *L, int i)
-{
-    msd_tensor **box = luaL_testudata(L, i, LBIND_TENSOR_MT);
-    if (!box) {
-        const char *got = luaL_typename(L, i);
-        luaL_argerror(L, i, lua_pushfstring(L, "tensor expected, got %s", got));
-    }
-    if (!*box)
-        luaL_argerror(L, i, "tensor has been closed");
-    return *box;
-}
-
-msd_tensor *lbind_opt_tensor(lua_State *L, int i)
-{
-    return lua_isnoneornil(L, i) ? NULL : lbind_check_tensor(L, i);
-}
-
-int lbind_check_int(lua_State *L, int i)
-{
-    if (!lbind_isintegral(L, i))
-        luaL_argerror(L, i, lua_pushfstring(L, "integer expected, got %s",
-                                            lua_type(L, i) == LUA_TNUMBER
-                                                ? lua_pushfstring(L, "%f", lua_tonumber(L, i))
-                                                : luaL_typename(L, i)));
-    lua_Number n = lua_tonumber(L, i);
-    if (n < -2147483647.0 || n > 2147483647.0)
-        luaL_argerror(L, i, "integer out of range");
-    return (int)n;
-}
-
-int lbind_opt_int(lua_State *L, int i, int def)
-{
-    return lua_isnoneornil(L, i) ? def : lbind_check_int(L, i);
-}
-
-int lbind_check_shape(lua_State *L, int i, int *shape)
-{
-    luaL_checktype(L, i, LUA_TTABLE);
-    int n = (int)lua_rawlen(L, i);
-    if (n > MSD_MAX_DIMS)
-        luaL_argerror(L, i, lua_pushfstring(L, "shape has %d dims, at most %d supported", n,
-                                            MSD_MAX_DIMS));
-    for (int d = 0; d < n; d++) {
-        lua_rawgeti(L, i, d + 1);
-        if (!lbind_isintegral(L, -1))
-            luaL_argerror(L, i, lua_pushfstring(L, "shape entry %d is not an integer", d + 1));
-        lua_Number v = lua_tonumber(L, -1);
-        if (v < -1 || v > 2147483647.0)
-            luaL_argerror(L, i, lua_pushfstring(L, "shape entry %d (%d) out of range", d + 1,
-                                                (int)v));
-        shape[d] = (int)v;
-        lua_pop(L, 1);
-    }
-    return n;
-}
-
-int lbind_check_new_shape(lua_State *L, int i, const char *what, int *shape)
-{
-    int n = lbind_check_shape(L, i, shape);
-    lbind_check_rc(L, msd_shape_check(what, n, shape));
-    return n;
-}
-
-/* ---- constructors ----------------------------------------------------- */
+/* ---- creation ---------------------------------------------------------- */
 
 static int push_new(lua_State *L, msd_tensor **box, msd_tensor *t)
 {
@@ -291,89 +143,6 @@ static int l_no_grad_set(lua_State *L)
 static int l_grad_enabled(lua_State *L)
 {
     lua_pushboolean(L, msd_grad_enabled());
-    return 1;
-}
-
-static int l_set_threads(lua_State *L)
-{
-    int n = lbind_check_int(L, 1);
-    if (n < 1)
-        return luaL_argerror(L, 1, lua_pushfstring(L, "thread count must be >= 1, got %d", n));
-    msd_set_threads(n);
-    return 0;
-}
-
-static int l_get_threads(lua_State *L)
-{
-    lua_pushinteger(L, msd_get_threads());
-    return 1;
-}
-
-/* set_isa(name): the kernel level for everything ("generic", "avx2",
- * "avx512", "amx"); an error names the levels and the CPU's best. */
-static int l_set_isa(lua_State *L)
-{
-    const char *name = luaL_checkstring(L, 1);
-    int isa = msd_isa_from_name(name);
-    if (isa < 0)
-        return luaL_argerror(L, 1, lua_pushfstring(L, "unknown kernel level '%s' (expected "
-                                                   "generic, avx2, avx512 or amx)", name));
-    lbind_check_rc(L, msd_isa_set(isa));
-    return 0;
-}
-
-/* get_isa() -> the level in use, the best this CPU runs */
-static int l_get_isa(lua_State *L)
-{
-    lua_pushstring(L, msd_isa_name(msd_isa_get()));
-    lua_pushstring(L, msd_isa_name(msd_isa_best()));
-    return 2;
-}
-
-/* set_precision(name): "fp32" or "bf16" for conv2d's products (cpu.h) */
-static int l_set_precision(lua_State *L)
-{
-    const char *name = luaL_checkstring(L, 1);
-    int p = msd_precision_from_name(name);
-    if (p < 0)
-        return luaL_argerror(L, 1, lua_pushfstring(L, "unknown precision '%s' (expected fp32 "
-                                                   "or bf16)", name));
-    lbind_check_rc(L, msd_precision_set(p));
-    return 0;
-}
-
-/* get_precision() -> "fp32" or "bf16", and whether bf16 runs on the AMX
- * tiles at the level in use */
-static int l_get_precision(lua_State *L)
-{
-    lua_pushstring(L, msd_precision_name(msd_precision_get()));
-    lua_pushboolean(L, msd_isa_get() == MSD_ISA_AMX);
-    return 2;
-}
-
-static int l_memory_stats(lua_State *L)
-{
-    msd_mem_stats s = msd_memory_stats();
-    lua_createtable(L, 0, 5);
-    lua_pushnumber(L, (lua_Number)s.live_bytes);
-    lua_setfield(L, -2, "live_bytes");
-    lua_pushnumber(L, (lua_Number)s.cached_bytes);
-    lua_setfield(L, -2, "cached_bytes");
-    lua_pushnumber(L, (lua_Number)s.peak_bytes);
-    lua_setfield(L, -2, "peak_bytes");
-    lua_pushnumber(L, (lua_Number)s.allocs);
-    lua_setfield(L, -2, "allocs");
-    lua_pushnumber(L, (lua_Number)s.cache_hits);
-    lua_setfield(L, -2, "cache_hits");
-    return 1;
-}
-
-/* Seconds on a monotonic clock, for progress rates and benchmarks. */
-static int l_clock(lua_State *L)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
     return 1;
 }
 
@@ -542,11 +311,6 @@ static int l_tensor_max(lua_State *L)
     return 1;
 }
 
-static int l_tensor_sum(lua_State *L) { return lbind_unary_op(L, msd_sum); }
-static int l_tensor_mean(lua_State *L) { return lbind_unary_op(L, msd_mean); }
-static int l_tensor_abs(lua_State *L) { return lbind_unary_op(L, msd_abs); }
-static int l_tensor_sqrt(lua_State *L) { return lbind_unary_op(L, msd_sqrt); }
-static int l_tensor_exp(lua_State *L) { return lbind_unary_op(L, msd_exp); }
 
 /* t:backward([grad] [, retain_graph]) */
 static int l_tensor_backward(lua_State *L)
@@ -750,11 +514,11 @@ static const luaL_Reg methods[] = {
     { "item", l_tensor_item },
     { "min", l_tensor_min },
     { "max", l_tensor_max },
-    { "sum", l_tensor_sum },
-    { "mean", l_tensor_mean },
-    { "abs", l_tensor_abs },
-    { "sqrt", l_tensor_sqrt },
-    { "exp", l_tensor_exp },
+    { "sum", lbind_op_sum },
+    { "mean", lbind_op_mean },
+    { "abs", lbind_op_abs },
+    { "sqrt", lbind_op_sqrt },
+    { "exp", lbind_op_exp },
     { "backward", l_tensor_backward },
     { "to_bytes", l_tensor_to_bytes },
     { "requires_grad_", l_tensor_requires_grad_ },
@@ -786,14 +550,6 @@ static const luaL_Reg functions[] = {
     { "is_tensor", l_is_tensor },
     { "set_grad_enabled", l_no_grad_set },
     { "is_grad_enabled", l_grad_enabled },
-    { "set_threads", l_set_threads },
-    { "get_threads", l_get_threads },
-    { "set_isa", l_set_isa },
-    { "get_isa", l_get_isa },
-    { "set_precision", l_set_precision },
-    { "get_precision", l_get_precision },
-    { "memory_stats", l_memory_stats },
-    { "clock", l_clock },
     { NULL, NULL },
 };
 
