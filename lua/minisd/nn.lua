@@ -455,6 +455,22 @@ end
 
 local SAVE_DTYPES = { F32 = true, F16 = true, BF16 = true }
 
+--- The state_dict entries that a file stores in another dtype than float32: buffers
+-- registered with a dtype (BatchNorm's num_batches_tracked: "I64"), by state_dict name.
+-- Checkpoints and `save` ask this rather than guess from names.
+-- @return table name -> dtype (e.g. "I64")
+function Module:state_dtypes()
+  local dtypes = {}
+  walk(self, "", function(prefix, m)
+    for name, meta in pairs(rawget(m, "_buffer_meta")) do
+      if meta.dtype and meta.persistent then
+        dtypes[join(prefix, name)] = meta.dtype
+      end
+    end
+  end)
+  return dtypes
+end
+
 --- Saves the state_dict as a safetensors file (buffers registered with a
 -- dtype, such as BatchNorm's num_batches_tracked, keep it: I64).
 -- @param path file name
@@ -484,16 +500,8 @@ function Module:save(path, metadata, opts)
     end
   end
   local sd = self:state_dict()
-  local dtypes = {}
-  walk(self, "", function(prefix, m)
-    for name, meta in pairs(rawget(m, "_buffer_meta")) do
-      if meta.dtype and meta.persistent then
-        dtypes[join(prefix, name)] = meta.dtype
-      end
-    end
-  end)
   local ok, res, err = pcall(minisd.save_safetensors, path, sd, metadata or {},
-    { dtypes = dtypes, dtype = dtype })
+    { dtypes = self:state_dtypes(), dtype = dtype })
   if not ok or not res then
     return nil, tostring(ok and err or res)
   end

@@ -122,10 +122,12 @@ local function save_checkpoint(dir, state)
     tensors["ema." .. name] = t
   end
   local optim_tree = flatten(state.optimizer:state_dict(), "optim", tensors)
+  -- the model's integer buffers (its own and the EMA copy's) keep their dtype
   local dtypes = {}
-  for name in pairs(tensors) do
-    if name:match("num_batches_tracked$") then
-      dtypes[name] = "I64"
+  for name, dt in pairs(state.model:state_dtypes()) do
+    dtypes["model." .. name] = dt
+    if state.ema and state.ema[name] then
+      dtypes["ema." .. name] = dt
     end
   end
   local args = {}

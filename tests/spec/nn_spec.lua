@@ -48,6 +48,8 @@ describe("minisd.nn", function()
         "5.weight", "5.bias", "9.weight", "9.bias" }, pnames)
       local _, bnames = net:named_buffers()
       assert.are.same({ "1.running_mean", "1.running_var", "1.num_batches_tracked" }, bnames)
+      -- what a file stores as integers: asked of the module, not guessed from names
+      assert.are.same({ ["1.num_batches_tracked"] = "I64" }, net:state_dtypes())
       assert.is_true(params["0.weight"].requires_grad)
       assert.is_false(net:state_dict()["1.running_mean"].requires_grad)
       -- parameters() are the same tensors, in the same order
