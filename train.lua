@@ -24,6 +24,9 @@ parser:option("--epochs", "Number of epochs.", "32"):convert(tonumber)
 parser:option("--batch-size", "Batch size.", "100"):convert(tonumber)
 parser:option("--lr", "Learning rate (decays linearly to 0 over the epochs).", "1e-3")
   :convert(tonumber)
+parser:option("--arch", "Model architecture: a diffusion model of the registry "
+  .. "(minisd.models.register).", "ContextUnet")
+  :choices(require("minisd.models").names("diffusion"))
 parser:option("--n-feat", "Width of the U-Net (n_feat).", "64"):convert(tonumber)
 parser:option("--channels", "3 (RGB over --background) or 4 (RGBA); default: the data's own.")
   :convert(tonumber)
@@ -88,7 +91,7 @@ end
 
 run_main("train.lua", function()
   local res = require("minisd.train").run({
-    data = a.data, context = a.context, epochs = a.epochs, given = given,
+    data = a.data, context = a.context, epochs = a.epochs, given = given, arch = a.arch,
     batch_size = a.batch_size, lr = a.lr, n_feat = a.n_feat, channels = a.channels,
     background = a.background, seed = a.seed, threads = a.threads, precision = a.precision,
     out = a.out,

@@ -10,6 +10,7 @@ local M = {}
 
 M.defaults = {
   data = nil, context = false, epochs = 32, batch_size = 100, lr = 1e-3, n_feat = 64,
+  arch = "ContextUnet",
   channels = nil, background = "#ffffff", seed = 0, threads = nil, precision = "fp32",
   out = "runs/sprites",
   sample_every = 1, sample_steps = 25, stop_after = nil, limit = nil, flip = true, ema = 0,
@@ -379,7 +380,8 @@ function M.run(args)
   local gen = minisd.Generator(args.seed)
   local model
   if resume then
-    local okm, built = pcall(require("minisd.models").from_config, resume.config)
+    local okm, built = pcall(require("minisd.models").from_config, resume.config,
+      resume.args.arch)
     local okl, lerr = false, nil
     if okm then
       okl, lerr = pcall(built.load_state_dict, built, resume.model_state)
@@ -391,11 +393,15 @@ function M.run(args)
     model = built
   else
     minisd.manual_seed(args.seed) -- the initial weights come from the default generator
-    model = require("minisd.models").ContextUnet({
-      in_channels = ds.channels, n_feat = args.n_feat, n_cfeat = #ds.label_names,
-      height = ds.images:shape()[3], label_names = ds.label_names,
-      background = ds.channels == 3 and args.background or nil,
-    })
+    -- the architecture from the registry (train.lua --arch): a diffusion model, called
+    -- as model(x_t, t / T, c)
+    local models = require("minisd.models")
+    local arch = models.get(args.arch or "ContextUnet")
+    if arch.kind ~= "diffusion" then
+      error(string.format("--arch %s is a %s, not a diffusion model (those: %s)", arch.name,
+        arch.kind, table.concat(models.names("diffusion"), ", ")), 0)
+    end
+    model = arch.new(arch.config_for(ds, args))
   end
   model:train()
   local opt = minisd.optim.Adam(model:parameters(), { lr = args.lr })

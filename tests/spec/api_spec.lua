@@ -174,3 +174,31 @@ describe("load_model and bad numbers", function()
       end
     end)
 end)
+
+describe("the architecture registry", function()
+  it("lists ContextUnet and SpriteClassifier, and loads a registered architecture's files",
+    function()
+      local models = minisd.models
+      assert.are.same({ "ContextUnet" }, models.names("diffusion"))
+      assert.are.same({ "ContextUnet", "SpriteClassifier" }, models.names())
+      -- a new architecture: a ContextUnet under another name, registered here only
+      models.register({ name = "TestUnet", kind = "diffusion",
+        new = function(cfg) return models.ContextUnet(cfg) end,
+        config_for = function() return { n_feat = 8 } end })
+      local tmp = H.tmpdir()
+      local m = models.from_config({ n_feat = 8 }, "TestUnet")
+      local path = tmp .. "/t.safetensors"
+      assert(m:save(path, { ["minisd.arch"] = "TestUnet" }))
+      local back = assert(minisd.load_model(path))
+      assert.are.equal(8, back.config.n_feat)
+      assert.has_error(function() models.get("Nope") end,
+        "unknown architecture 'Nope' (known: ContextUnet, SpriteClassifier, TestUnet)")
+      assert.has_error(function() models.register({ name = "X", new = print }) end)
+      -- a file naming an unknown architecture
+      assert(m:save(path, { ["minisd.arch"] = "Nope" }))
+      local none, err = minisd.load_model(path)
+      assert.is_nil(none)
+      assert.truthy(err:find("unknown architecture 'Nope'", 1, true), err)
+    end)
+end)
+

@@ -23,20 +23,116 @@ function M.SpriteClassifier(opts)
   return sprite_classifier.SpriteClassifier(opts)
 end
 
-local builders = { ContextUnet = M.ContextUnet, SpriteClassifier = M.SpriteClassifier }
+-- ---- the architecture registry -----------------------------------------------------
+
+local registry, order = {}, {}
+
+--- Registers an architecture, so that model files naming it load (`load_model`), and, for
+-- a diffusion model, `train.lua --arch NAME` trains it. Fields:
+--   name: what a model file's "minisd.arch" says;
+--   new(config) -> an untrained model;
+--   kind: "diffusion" (called as model(x_t, t / T, c): trainable by train.lua) or
+--     "classifier";
+--   config_for(dataset, args) (diffusion): the config train.lua builds for a dataset
+--     and its options (n_feat, background);
+--   check(config, tensors) (optional): nil and a message when a file's config does not
+--     match its tensors, checked before the model is built;
+--   infer_config(tensors) (optional): the config of a bare state_dict (no minisd
+--     metadata) of this architecture, or nil when the tensors are not one.
+-- @param arch the table above
+function M.register(arch)
+  if type(arch) ~= "table" or type(arch.name) ~= "string" or type(arch.new) ~= "function" then
+    error("models.register: expected a table with a name and new(config)", 2)
+  end
+  if arch.kind ~= "diffusion" and arch.kind ~= "classifier" then
+    error("models.register: kind must be \"diffusion\" or \"classifier\", got "
+      .. tostring(arch.kind), 2)
+  end
+  if not registry[arch.name] then
+    order[#order + 1] = arch.name
+  end
+  registry[arch.name] = arch
+end
+
+--- The registered architecture called name, or an error naming the known ones.
+function M.get(name)
+  local arch = registry[name]
+  if not arch then
+    error(string.format("unknown architecture '%s' (known: %s)", tostring(name),
+      table.concat(M.names(), ", ")), 2)
+  end
+  return arch
+end
+
+--- The registered names, in registration order; `kind` filters them.
+function M.names(kind)
+  local out = {}
+  for _, name in ipairs(order) do
+    if kind == nil or registry[name].kind == kind then
+      out[#out + 1] = name
+    end
+  end
+  return out
+end
 
 --- Builds an untrained model from an architecture name and its config table.
 -- @param config table (as stored in a model file's "minisd.config")
 -- @param arch architecture name, default "ContextUnet"
 function M.from_config(config, arch)
-  arch = arch or "ContextUnet"
-  local build = builders[arch]
-  if not build then
-    error(string.format("unknown architecture '%s' (known: %s)", tostring(arch),
-      table.concat(require("minisd.util").sorted_keys(builders), ", ")), 2)
-  end
-  return build(config)
+  return M.get(arch or "ContextUnet").new(config)
 end
+
+-- the shape of tensor name, or nil
+local function shape_of(tensors, name)
+  local t = tensors[name]
+  return t and t:shape() or nil
+end
+
+M.register({
+  name = "ContextUnet", kind = "diffusion", new = M.ContextUnet,
+  config_for = function(ds, args)
+    return {
+      in_channels = ds.channels, n_feat = args.n_feat, n_cfeat = #ds.label_names,
+      height = ds.images:shape()[3], label_names = ds.label_names,
+      background = ds.channels == 3 and args.background or nil,
+    }
+  end,
+  -- the config against the tensors' shapes before anything is built: a damaged config
+  -- (n_feat 8192) would otherwise allocate gigabytes first
+  check = function(config, tensors)
+    local n, ch, k, h = config.n_feat or 64, config.in_channels or 3, config.n_cfeat or 5,
+      config.height or 16
+    local want = { { "init_conv.conv1.0.weight", { n, ch, 3, 3 } },
+      { "contextembed1.model.0.weight", { 2 * n, k } },
+      { "up0.0.weight", { 2 * n, 2 * n, h / 4, h / 4 } } }
+    for _, e in ipairs(want) do
+      local got = shape_of(tensors, e[1])
+      local same = got ~= nil and #got == #e[2]
+      for d = 1, #e[2] do
+        same = same and got[d] == e[2][d]
+      end
+      if not same then
+        return nil, string.format("its minisd.config (in_channels %s, n_feat %s, n_cfeat %s, "
+          .. "height %s) does not match tensor %s (%s)", tostring(ch), tostring(n),
+          tostring(k), tostring(h), e[1], got and ("[" .. table.concat(got, ", ") .. "]")
+          or "missing")
+      end
+    end
+    return true
+  end,
+  -- a bare state_dict (e.g. converted from PyTorch): the shapes give the config
+  infer_config = function(tensors)
+    local w = shape_of(tensors, "init_conv.conv1.0.weight")
+    local c = shape_of(tensors, "contextembed1.model.0.weight")
+    local up0 = shape_of(tensors, "up0.0.weight")
+    if not (w and c and up0) then
+      return nil
+    end
+    return { in_channels = w[2], n_feat = w[1], n_cfeat = c[2], height = 4 * up0[3] }
+  end,
+})
+
+M.register({ name = "SpriteClassifier", kind = "classifier", new = M.SpriteClassifier })
 
 --- The shipped sprite model: `models/` + this name in a source tree.
 M.DEFAULT_MODEL = "sprites-context.safetensors"
@@ -111,7 +207,7 @@ function M.load_model(path, name)
     end
   end
   meta = meta or {}
-  local config
+  local config, arch
   if meta["minisd.config"] then
     -- json.decode returns nil and a message on bad JSON (and raises on a bug)
     local okj, cfg, jerr = pcall(json.decode, meta["minisd.config"])
@@ -120,46 +216,32 @@ function M.load_model(path, name)
         .. "object (%s); the file is damaged", path,
         tostring(not okj and cfg or jerr or ("a JSON " .. type(cfg))))
     end
-    config = cfg
+    config, arch = cfg, meta["minisd.arch"] or "ContextUnet"
+    if not registry[arch] then
+      return nil, string.format("load_model: %s: unknown architecture '%s' (known: %s)", path,
+        arch, table.concat(M.names(), ", "))
+    end
   else
-    -- a bare state_dict (e.g. converted from PyTorch): infer the shapes
-    local w = tensors["init_conv.conv1.0.weight"]
-    local c = tensors["contextembed1.model.0.weight"]
-    local up0 = tensors["up0.0.weight"]
-    if not (w and c and up0) then
+    -- a bare state_dict (e.g. converted from PyTorch): the first architecture that
+    -- recognises its tensors
+    for _, aname in ipairs(order) do
+      local infer = registry[aname].infer_config
+      config = infer and infer(tensors)
+      if config then
+        arch = aname
+        break
+      end
+    end
+    if not config then
       return nil, "load_model: " .. path .. " has no minisd metadata and is not a ContextUnet "
         .. "state_dict (init_conv.conv1.0.weight missing)"
     end
-    local ws, cs = w:shape(), c:shape()
-    config = { in_channels = ws[2], n_feat = ws[1], n_cfeat = cs[2], height = 4 * up0:shape()[3] }
   end
-  local arch = meta["minisd.arch"] or "ContextUnet"
-  if arch == "ContextUnet" then
-    -- the config against the tensors' shapes before anything is built: a damaged config
-    -- (n_feat 8192) would otherwise allocate gigabytes first
-    local function shape_of(tname)
-      local t = tensors[tname]
-      return t and t:shape() or nil
-    end
-    local w = shape_of("init_conv.conv1.0.weight")
-    local c, up0 = shape_of("contextembed1.model.0.weight"), shape_of("up0.0.weight")
-    local n, ch, k, h = config.n_feat or 64, config.in_channels or 3, config.n_cfeat or 5,
-      config.height or 16
-    local want = { { "init_conv.conv1.0.weight", w, { n, ch, 3, 3 } },
-      { "contextembed1.model.0.weight", c, { 2 * n, k } },
-      { "up0.0.weight", up0, { 2 * n, 2 * n, h / 4, h / 4 } } }
-    for _, e in ipairs(want) do
-      local got = e[2]
-      local same = got ~= nil and #got == #e[3]
-      for d = 1, #e[3] do
-        same = same and got[d] == e[3][d]
-      end
-      if not same then
-        return nil, string.format("load_model: %s: its minisd.config (in_channels %s, n_feat %s, "
-          .. "n_cfeat %s, height %s) does not match tensor %s (%s); the file is damaged", path,
-          tostring(ch), tostring(n), tostring(k), tostring(h), e[1],
-          got and ("[" .. table.concat(got, ", ") .. "]") or "missing")
-      end
+  local check = registry[arch].check
+  if check then
+    local okc, cerr = check(config, tensors)
+    if not okc then
+      return nil, string.format("load_model: %s: %s; the file is damaged", path, cerr)
     end
   end
   local okb, model = pcall(M.from_config, config, arch)
