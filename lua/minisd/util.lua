@@ -116,6 +116,32 @@ function M.negative_numbers(args)
   return out
 end
 
+--- The folder part of a path ("a/b/c.png" -> "a/b"; "c.png" -> ".").
+function M.dirname(path)
+  return path:match("^(.*)/[^/]*$") or "."
+end
+
+--- The file part of a path ("a/b/c.png" -> "c.png").
+function M.basename(path)
+  return path:match("([^/]*)$")
+end
+
+--- dir/name, without a doubled "/" and without "./" for the current folder.
+function M.join_path(dir, name)
+  return dir == "." and name or (dir:gsub("/$", "") .. "/" .. name)
+end
+
+--- The whole content of a file, or nil and io.open's message.
+function M.read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then
+    return nil, err
+  end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
 --- Whether path names a readable regular file (a folder opens on Linux, but reading it
 -- fails with an error where a file, even an empty one, gives data or a plain end of file).
 -- @param path string
