@@ -362,3 +362,33 @@ describe("Dataset:batches", function()
     assert.has_error(function() ds:get(51) end, "Dataset:get: index 51 out of range 1..50")
   end)
 end)
+
+describe("data.register_format", function()
+  it("adds a format: files it claims and folders it finds load through data.load", function()
+    assert.are.same({ "npy", "sheet", "pngs" }, data.format_names())
+    local seen = {}
+    data.register_format({
+      name = "blank",
+      claims = function(lname) return lname:match("%.blank$") ~= nil end,
+      load_file = function(path)
+        seen[#seen + 1] = path
+        return data.from_tensors(minisd.zeros({ 2, 3, 4, 4 }))
+      end,
+      find = function(_, names)
+        for _, n in ipairs(names) do
+          if n:match("%.blank$") then
+            return function() return data.from_tensors(minisd.zeros({ 3, 3, 4, 4 })) end
+          end
+        end
+      end,
+    })
+    local dir = H.tmpdir()
+    H.write_file(dir .. "/a.blank", "")
+    local ds = assert(data.load(dir .. "/a.blank"))
+    assert.are.equal(2, ds.n)
+    assert.are.same({ dir .. "/a.blank" }, seen)
+    assert.are.equal(3, assert(data.load(dir)).n)
+    assert.are.same({ "npy", "sheet", "pngs", "blank" }, data.format_names())
+    H.run("rm -rf '" .. dir .. "'")
+  end)
+end)
