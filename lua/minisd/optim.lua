@@ -60,12 +60,7 @@ Optimizer.__index = Optimizer
 
 --- Zeros every existing `.grad` of the parameters, in place.
 function Optimizer:zero_grad()
-  for _, p in ipairs(self.params) do
-    local g = p.grad
-    if g then
-      g:zero_()
-    end
-  end
+  require("minisd.util").zero_grads(self.params)
 end
 
 --- The learning rate (also the field `.lr`).

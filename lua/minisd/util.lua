@@ -116,6 +116,18 @@ function M.negative_numbers(args)
   return out
 end
 
+--- Zeros every existing `.grad` of a list of parameters, in place (what Module:zero_grad
+-- and Optimizer:zero_grad both do).
+-- @param params list of tensors
+function M.zero_grads(params)
+  for _, p in ipairs(params) do
+    local g = p.grad
+    if g then
+      g:zero_()
+    end
+  end
+end
+
 --- The folder part of a path ("a/b/c.png" -> "a/b"; "c.png" -> ".").
 function M.dirname(path)
   return path:match("^(.*)/[^/]*$") or "."
