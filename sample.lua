@@ -352,7 +352,7 @@ local function main()
     print("wrote " .. a.animate)
   end
   if a.each then
-    os.execute("mkdir -p '" .. a.each:gsub("'", "'\\''") .. "'")
+    assert(util.mkdir_p(a.each))
     local unit = image.to_unit(x)
     for i = 1, #rows do
       local path = string.format("%s/sprite_%03d.png", a.each, i)

@@ -28,15 +28,11 @@ local RESUME_MAY_CHANGE = { epochs = true, sample_every = true, sample_steps = t
 
 -- ---- small helpers ------------------------------------------------------
 
-local function path_join(a, b)
-  return (a:sub(-1) == "/") and (a .. b) or (a .. "/" .. b)
-end
-
-local file_exists = require("minisd.util").is_file
+local util = require("minisd.util")
+local path_join, file_exists = util.join_path, util.is_file
 
 local function mkdir_p(dir)
-  local ok = os.execute("mkdir -p '" .. dir:gsub("'", "'\\''") .. "'")
-  if ok ~= true and ok ~= 0 then
+  if not util.mkdir_p(dir) then
     error("cannot create the output directory " .. dir, 0)
   end
 end

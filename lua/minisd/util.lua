@@ -143,6 +143,16 @@ function M.join_path(dir, name)
   return dir == "." and name or (dir:gsub("/$", "") .. "/" .. name)
 end
 
+--- Creates a folder and its parents (`mkdir -p`).
+-- @return true, or nil and a message naming the folder
+function M.mkdir_p(dir)
+  local ok = os.execute("mkdir -p '" .. dir:gsub("'", "'\\''") .. "' 2>/dev/null")
+  if ok ~= true and ok ~= 0 then
+    return nil, "cannot create the folder " .. dir
+  end
+  return true
+end
+
 --- The whole content of a file, or nil and io.open's message.
 function M.read_file(path)
   local f, err = io.open(path, "rb")
