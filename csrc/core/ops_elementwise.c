@@ -272,14 +272,39 @@ int msd_add_scalar(msd_tensor *x, float s, msd_tensor **out)
     return unary(x, MSD_OP_ADD_SCALAR, s, out);
 }
 
+/* The backward of every elementwise unary op: dx[i] += dy[i] * f'(x[i]), one loop, the
+ * derivative chosen by the node's op (s: the scalar argument of the scalar ops). */
+static int unary_grad(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
+{
+    const float *x = msd_tensor_data(n->in[0]), *g = msd_tensor_data(dy);
+    float *d = msd_tensor_data(dx[0]), s = n->farg[0];
+    msd_op op = n->op;
+    for (size_t i = 0, k = msd_tensor_numel(dy); i < k; i++) {
+        float gi = g[i];
+        switch (op) {
+        case MSD_OP_ADD_SCALAR:
+            d[i] += gi;
+            break;
+        case MSD_OP_MUL_SCALAR:
+            d[i] += gi * s;
+            break;
+        case MSD_OP_ABS: /* sign(x), 0 at 0 as PyTorch */
+            d[i] += x[i] > 0 ? gi : x[i] < 0 ? -gi : 0.0f;
+            break;
+        case MSD_OP_SQRT: /* the output is not saved (it would hold its own node) */
+            d[i] += gi * 0.5f / sqrtf(x[i]);
+            break;
+        default: /* MSD_OP_EXP */
+            d[i] += gi * expf(x[i]);
+            break;
+        }
+    }
+    return MSD_OK;
+}
+
 int msd_grad_add_scalar(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 {
-    (void)n;
-    float *d = msd_tensor_data(dx[0]);
-    const float *g = msd_tensor_data(dy);
-    for (size_t i = 0, k = msd_tensor_numel(dy); i < k; i++)
-        d[i] += g[i];
-    return MSD_OK;
+    return unary_grad(n, dy, dx);
 }
 
 int msd_mul_scalar(msd_tensor *x, float s, msd_tensor **out)
@@ -289,11 +314,7 @@ int msd_mul_scalar(msd_tensor *x, float s, msd_tensor **out)
 
 int msd_grad_mul_scalar(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 {
-    float s = n->farg[0], *d = msd_tensor_data(dx[0]);
-    const float *g = msd_tensor_data(dy);
-    for (size_t i = 0, k = msd_tensor_numel(dy); i < k; i++)
-        d[i] += g[i] * s;
-    return MSD_OK;
+    return unary_grad(n, dy, dx);
 }
 
 int msd_abs(msd_tensor *x, msd_tensor **out)
@@ -301,14 +322,9 @@ int msd_abs(msd_tensor *x, msd_tensor **out)
     return unary(x, MSD_OP_ABS, 0.0f, out);
 }
 
-/* d|x|/dx = sign(x), 0 at 0 as PyTorch. */
 int msd_grad_abs(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 {
-    const float *x = msd_tensor_data(n->in[0]), *g = msd_tensor_data(dy);
-    float *d = msd_tensor_data(dx[0]);
-    for (size_t i = 0, k = msd_tensor_numel(dy); i < k; i++)
-        d[i] += x[i] > 0 ? g[i] : x[i] < 0 ? -g[i] : 0.0f;
-    return MSD_OK;
+    return unary_grad(n, dy, dx);
 }
 
 int msd_sqrt(msd_tensor *x, msd_tensor **out)
@@ -316,14 +332,9 @@ int msd_sqrt(msd_tensor *x, msd_tensor **out)
     return unary(x, MSD_OP_SQRT, 0.0f, out);
 }
 
-/* The output is not saved (it would hold its own node); sqrt is recomputed. */
 int msd_grad_sqrt(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 {
-    const float *x = msd_tensor_data(n->in[0]), *g = msd_tensor_data(dy);
-    float *d = msd_tensor_data(dx[0]);
-    for (size_t i = 0, k = msd_tensor_numel(dy); i < k; i++)
-        d[i] += g[i] * 0.5f / sqrtf(x[i]);
-    return MSD_OK;
+    return unary_grad(n, dy, dx);
 }
 
 int msd_exp(msd_tensor *x, msd_tensor **out)
@@ -333,11 +344,7 @@ int msd_exp(msd_tensor *x, msd_tensor **out)
 
 int msd_grad_exp(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 {
-    const float *x = msd_tensor_data(n->in[0]), *g = msd_tensor_data(dy);
-    float *d = msd_tensor_data(dx[0]);
-    for (size_t i = 0, k = msd_tensor_numel(dy); i < k; i++)
-        d[i] += g[i] * expf(x[i]);
-    return MSD_OK;
+    return unary_grad(n, dy, dx);
 }
 
 /* ---- reductions ------------------------------------------------------- */
