@@ -169,6 +169,35 @@ describe("train.lua", function()
   end)
 end)
 
+describe("scripts/export_model.lua", function()
+  it("writes the EMA (as train.lua's model file) or the trained weights of a checkpoint",
+    function()
+      local tmp = H.tmpdir()
+      local run = tmp .. "/run"
+      local ok, _, out = sh("train.lua " .. TINY .. " --epochs 1 --ema 0.9 --out " .. run)
+      assert.is_true(ok, out)
+      ok, _, out = sh("scripts/export_model.lua " .. run .. " " .. tmp .. "/ema.safetensors "
+        .. "--weights ema")
+      assert.is_true(ok, out)
+      ok, _, out = sh("scripts/export_model.lua " .. run .. " " .. tmp .. "/tr.safetensors")
+      assert.is_true(ok, out)
+      local ema = assert(minisd.load_model(tmp .. "/ema.safetensors")):state_dict()
+      local model = assert(minisd.load_model(run .. "/model.safetensors")):state_dict()
+      local trained = assert(minisd.load_model(tmp .. "/tr.safetensors")):state_dict()
+      local info = assert(require("minisd.train").load_checkpoint(run))
+      local differs = false
+      for k, v in pairs(model) do
+        H.assert_close(ema[k], v, 0, 0, k)
+        H.assert_close(trained[k], info.model_state[k], 0, 0, k)
+        differs = differs or (trained[k] - v):abs():max() > 0
+      end
+      assert.is_true(differs, "the EMA equals the trained weights")
+      ok, _, out = sh("scripts/export_model.lua " .. run .. " " .. tmp .. "/x.bin")
+      assert.is_false(ok)
+      assert.truthy(out:find("must be a .safetensors file", 1, true), out)
+    end)
+end)
+
 describe("sample.lua", function()
   local tmp = H.tmpdir()
   local model_path = tmp .. "/m.safetensors"
