@@ -1,8 +1,32 @@
+/* minisd: reverse-mode autograd over a graph of nodes.
+ *
+ * Recording (msd_autograd_record, called by every op after its forward): when grad mode
+ * is on and an input requires grad, the op's output gets a node (out->grad_fn) that holds a
+ * reference to each input, the output's shape, and whatever the op saved for its backward
+ * (msd_node_save: BatchNorm's mean and 1/std, max-pool's argmax, ...); the op fills the
+ * node's integer and float arguments. Nodes are reference-counted: a tensor holds its
+ * grad_fn, a node holds its inputs, so the graph lives exactly as long as the tensors that
+ * can still reach it.
+ *
+ * Backward (msd_backward): the nodes reachable from the root are sorted so that every node
+ * comes after its inputs' nodes (topo_sort), then walked from the root down; each node's
+ * gradient function turns the gradient of its output (out_grad, accumulated from all its
+ * users) into contributions added to its inputs' gradients: a leaf's .grad, or the
+ * producing node's out_grad (grad_slot). Gradient functions therefore always ADD into
+ * dx[i] (an input used twice gets both contributions), and dx[i] is NULL for an input that
+ * does not require grad. Without retain_graph, each node drops its inputs and saved
+ * tensors after the walk (node_free_graph), so the activations are freed right after
+ * backward even while Lua still holds the loss; a second backward through it is an error.
+ *
+ * Grad mode and the visit marks are per thread: a worker thread sampling under no_grad
+ * does not change what the main thread records. */
 #include "autograd.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+/* The gradient function of each op, in one table: every op that records a node has its
+ * entry here, and the C tests check each against finite differences. */
 static const msd_grad_fn backward_of[MSD_OP_COUNT] = {
     [MSD_OP_ADD] = msd_grad_add,
     [MSD_OP_SUB] = msd_grad_sub,
@@ -32,6 +56,8 @@ static const msd_grad_fn backward_of[MSD_OP_COUNT] = {
 };
 
 static _Thread_local int grad_disabled;
+/* topo_sort marks the nodes it has seen with the current epoch instead of clearing a flag
+ * on every node afterwards. */
 static _Thread_local int visit_epoch;
 
 int msd_set_grad_enabled(int enabled)
@@ -237,6 +263,8 @@ int msd_backward(msd_tensor *t, const msd_tensor *grad, int retain_graph)
     }
     msd_tensor_release(t->grad_fn->out_grad);
     t->grad_fn->out_grad = seed;
+    /* order[] has inputs first: walk it backwards, from the root to the leaves; a node
+     * whose output got no gradient (a branch not reaching the root's value) is skipped */
     msd_tensor *dx_stack[8], **dx = dx_stack;
     for (int k = count - 1; k >= 0 && rc == MSD_OK; k--) {
         msd_node *n = order[k];
@@ -257,9 +285,11 @@ int msd_backward(msd_tensor *t, const msd_tensor *grad, int retain_graph)
             free(dx);
             dx = dx_stack;
         }
+        /* this node's output gradient has been passed on: free it now, not at the end */
         msd_tensor_release(n->out_grad);
         n->out_grad = NULL;
     }
+    /* after an error some out_grad may remain: none survives the call */
     for (int k = 0; k < count; k++) {
         msd_tensor_release(order[k]->out_grad);
         order[k]->out_grad = NULL;
