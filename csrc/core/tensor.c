@@ -1,3 +1,16 @@
+/* minisd: tensors and their memory.
+ *
+ * A tensor is a small header (shape, strides, offset, refcount, autograd links) over a
+ * reference-counted storage of floats. Every tensor is contiguous in row-major order: the
+ * strides are always the shape's (set_shape), and the only views are the ones that stay
+ * contiguous, a reshape of the whole tensor (msd_tensor_view) and a range of rows along
+ * dim 0 (msd_tensor_narrow0), which share the storage at an offset. Kernels can therefore
+ * take a plain float pointer (msd_tensor_data) and an element count.
+ *
+ * Storage comes from a caching allocator (below): a training loop allocates the same
+ * activation sizes every step, and reusing the freed blocks keeps malloc (and the page
+ * faults of fresh memory) out of the steady state. Blocks are 64-byte aligned for the
+ * vector kernels. The cache and its counts are per thread, so no locks are needed. */
 #include "tensor.h"
 
 #include <stdint.h>
@@ -165,6 +178,8 @@ int msd_shape_check(const char *what, int ndim, const int *shape)
     return MSD_OK;
 }
 
+/* Shape and the matching row-major strides (dims past ndim are 1, so loops over all
+ * MSD_MAX_DIMS dims need no special case). */
 static void set_shape(msd_tensor *t, int ndim, const int *shape)
 {
     t->ndim = ndim;
@@ -246,6 +261,8 @@ msd_tensor *msd_tensor_retain(msd_tensor *t)
     return t;
 }
 
+/* The last reference frees the header and drops what it holds: the gradient, the node
+ * that made it (and through it, possibly, a whole graph), and its share of the storage. */
 void msd_tensor_release(msd_tensor *t)
 {
     if (!t || --t->refcount > 0)
@@ -256,6 +273,8 @@ void msd_tensor_release(msd_tensor *t)
     free(t);
 }
 
+/* The same elements under another shape (one size may be -1: inferred), sharing the
+ * storage; an error names both shapes when the counts differ. */
 msd_tensor *msd_tensor_view(msd_tensor *t, int ndim, const int *shape)
 {
     int s[MSD_MAX_DIMS];
@@ -300,6 +319,8 @@ msd_tensor *msd_tensor_view(msd_tensor *t, int ndim, const int *shape)
     return wrap(t->storage, t->offset, ndim, s);
 }
 
+/* Rows start..start+len-1 along dim 0 (0-based), sharing the storage: still contiguous,
+ * since dim 0 is the outermost. */
 msd_tensor *msd_tensor_narrow0(msd_tensor *t, int start, int len)
 {
     char b[64];
