@@ -141,17 +141,9 @@ int msd_safetensors_add(msd_safetensors *st, const char *name, msd_tensor *t, ms
     return rc;
 }
 
-int msd_safetensors_set_meta(msd_safetensors *st, const char *key, const char *value)
+/* Appends key = value (the key must not be there yet). */
+static int meta_push(msd_safetensors *st, const char *key, char *v)
 {
-    char *v = dup_str(value);
-    if (!v)
-        return msd_error(MSD_ERR_MEM, "safetensors: out of memory");
-    for (int i = 0; i < st->meta_count; i++)
-        if (strcmp(st->meta_keys[i], key) == 0) {
-            free(st->meta_values[i]);
-            st->meta_values[i] = v;
-            return MSD_OK;
-        }
     if (st->meta_count == st->meta_cap) {
         int cap = st->meta_cap ? st->meta_cap * 2 : 8;
         char **k = realloc(st->meta_keys, (size_t)cap * sizeof *k);
@@ -177,7 +169,36 @@ int msd_safetensors_set_meta(msd_safetensors *st, const char *key, const char *v
     return MSD_OK;
 }
 
-/* ---- loading --------------------------------------------------------------------- */
+int msd_safetensors_set_meta(msd_safetensors *st, const char *key, const char *value)
+{
+    char *v = dup_str(value);
+    if (!v)
+        return msd_error(MSD_ERR_MEM, "safetensors: out of memory");
+    for (int i = 0; i < st->meta_count; i++)
+        if (strcmp(st->meta_keys[i], key) == 0) {
+            free(st->meta_values[i]);
+            st->meta_values[i] = v;
+            return MSD_OK;
+        }
+    return meta_push(st, key, v);
+}
+
+/* Loading: the header's keys are known to be distinct (the JSON parser refuses a key
+ * twice), so each is appended without the lookup that would make many keys quadratic. */
+static int meta_add_new(msd_safetensors *st, const char *key, const char *value)
+{
+    char *v = dup_str(value);
+    if (!v)
+        return msd_error(MSD_ERR_MEM, "safetensors: out of memory");
+    return meta_push(st, key, v);
+}
+
+/* ---- loading ---------------------------------------------------------------------
+ * Nothing is allocated for a tensor until the whole header has been checked: every entry's
+ * dtype, shape (within MSD_MAX_NUMEL) and offsets (inside the data section, end - begin
+ * equal to numel * the dtype's size), then the entries sorted by offset so that two
+ * tensors can not share bytes. Only then are the tensors made and the values converted to
+ * float32, so a file that lies about its sizes costs no more memory than the file. */
 
 typedef struct {
     const char *name;
@@ -212,7 +233,8 @@ static int check_entry(const char *path, const char *name, const msd_jval *v,
             strcmp(v->keys[i], "data_offsets"))
             return msd_error(MSD_ERR_FORMAT, "load_safetensors: '%s': tensor '%s': unexpected "
                              "key '%s'", path, name, v->keys[i]);
-    const msd_jval *dt = msd_json_get(v, "dtype"), *sh = msd_json_get(v, "shape"), *off = msd_json_get(v, "data_offsets");
+    const msd_jval *dt = msd_json_get(v, "dtype"), *sh = msd_json_get(v, "shape");
+    const msd_jval *off = msd_json_get(v, "data_offsets");
     if (!dt || !sh || !off)
         return msd_error(MSD_ERR_FORMAT, "load_safetensors: '%s': tensor '%s': missing '%s'",
                          path, name, !dt ? "dtype" : !sh ? "shape" : "data_offsets");
@@ -340,7 +362,7 @@ static int load_entries(const char *path, const msd_jval *root, const unsigned c
                     rc = msd_error(MSD_ERR_FORMAT, "load_safetensors: '%s': __metadata__ value "
                                    "of '%s' is not a string", path, v->keys[k]);
                 else
-                    rc = msd_safetensors_set_meta(st, v->keys[k], v->items[k].str);
+                    rc = meta_add_new(st, v->keys[k], v->items[k].str);
             }
             continue;
         }

@@ -40,7 +40,8 @@ describe("hostile files", function()
     fails("not a PNG file (bad signature)", minisd.load_png_string("GIF89a......"))
   end)
 
-  it("safetensors: duplicate names, many keys quickly, a header past the limit", function()
+  it("safetensors: duplicate names, many tensors and metadata keys, a header past the limit",
+    function()
     fails("duplicate key", minisd.load_safetensors(HOST .. "st_dup_key.safetensors"))
     -- 40000 tensors: a valid file, read (the duplicate check sorts the keys)
     local n, parts, data = 40000, {}, {}
@@ -54,6 +55,15 @@ describe("hostile files", function()
     H.write_file(path, le64(#h) .. h .. table.concat(data))
     local t = assert(minisd.load_safetensors(path))
     assert.are.equal(1, t.t39999:item())
+    -- as many metadata keys: kept, each appended once (no lookup per key)
+    local mk = {}
+    for i = 1, n do
+      mk[i] = string.format('"k%05d":"v"', i)
+    end
+    local mh = '{"__metadata__":{' .. table.concat(mk, ",") .. "}}"
+    H.write_file(path, le64(#mh) .. mh)
+    local _, meta = assert(minisd.load_safetensors(path))
+    assert.are.equal("v", meta.k40000)
     -- a header larger than minisd reads: refused before it is parsed
     local big = '{"__metadata__":{"pad":"' .. string.rep("x", 4200000) .. '"}}'
     H.write_file(path, le64(#big) .. big)
