@@ -9,18 +9,6 @@ local check_names = require("minisd.data.labels").check_names
 local dirname, basename, join = util.dirname, util.basename, util.join_path
 local new_dataset, default_names = dataset.new, dataset.default_names
 
--- Calls a loader that raises on failure; returns its result or nil, message.
-local function try(fn, ...)
-  local ok, res, err = pcall(fn, ...)
-  if not ok then
-    return nil, tostring(res)
-  end
-  if res == nil then -- the file functions return nil and a message
-    return nil, err
-  end
-  return res
-end
-
 -- The labels .npy that goes with an images .npy (or the reverse): the candidate in the same
 -- folder sharing the longest file-name ending.
 local function npy_partner(path, want_labels)
@@ -46,7 +34,7 @@ local function npy_partner(path, want_labels)
 end
 
 local function load_npy_pair(images_path, labels_path, opts)
-  local raw, err = try(minisd.load_npy, images_path)
+  local raw, err = minisd.load_npy(images_path)
   if not raw then
     return nil, err
   end
@@ -56,7 +44,7 @@ local function load_npy_pair(images_path, labels_path, opts)
       images_path, table.concat(s, ","))
   end
   local labels
-  labels, err = try(minisd.load_npy, labels_path)
+  labels, err = minisd.load_npy(labels_path)
   if not labels then
     return nil, err
   end

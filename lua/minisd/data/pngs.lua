@@ -15,24 +15,12 @@ local read_tsv, label_values, labels_tensor, check_names = lbl.read_tsv, lbl.lab
   lbl.labels_tensor, lbl.check_names
 local unpack = table.unpack or unpack -- luacheck: ignore (Lua 5.1's global)
 
--- Calls a loader that raises on failure; returns its result or nil, message.
-local function try(fn, ...)
-  local ok, res, err = pcall(fn, ...)
-  if not ok then
-    return nil, tostring(res)
-  end
-  if res == nil then -- the file functions return nil and a message
-    return nil, err
-  end
-  return res
-end
-
 local function load_png_folder(dir, files, opts)
   local pics, has_alpha = {}, false
   local h, w
   for i, name in ipairs(files) do
     local path = join(dir, name)
-    local img, err = try(minisd.load_png, path)
+    local img, err = minisd.load_png(path)
     if not img then
       return nil, err
     end

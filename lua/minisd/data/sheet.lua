@@ -14,18 +14,6 @@ local read_tsv, label_values, labels_tensor, check_names = lbl.read_tsv, lbl.lab
   lbl.labels_tensor, lbl.check_names
 local unpack = table.unpack or unpack -- luacheck: ignore (Lua 5.1's global)
 
--- Calls a loader that raises on failure; returns its result or nil, message.
-local function try(fn, ...)
-  local ok, res, err = pcall(fn, ...)
-  if not ok then
-    return nil, tostring(res)
-  end
-  if res == nil then -- the file functions return nil and a message
-    return nil, err
-  end
-  return res
-end
-
 local function load_sheet(png_path, tsv_path, opts)
   if not is_file(png_path) then
     return nil, png_path .. ": no such file (the sprite sheet for " .. tsv_path .. ")"
@@ -46,7 +34,7 @@ local function load_sheet(png_path, tsv_path, opts)
     return nil, err
   end
   local sheet
-  sheet, err = try(minisd.load_png, png_path)
+  sheet, err = minisd.load_png(png_path)
   if not sheet then
     return nil, err
   end
