@@ -11,15 +11,23 @@ static int l_io_load_png(lua_State *L)
     return lbind_file_result(L, msd_png_load(path, box), box);
 }
 
-/* minisd.load_png_string(bytes [, name]): the same from a PNG file's bytes. */
-static int l_io_load_png_string(lua_State *L)
+/* The *_string form of a reader: (bytes [, name]) -> tensor, or nil and a message naming
+ * the bytes by `name` (default dflt). */
+typedef int (*mem_reader)(const char *name, const unsigned char *data, size_t size,
+                          msd_tensor **out);
+static int load_string(lua_State *L, mem_reader read, const char *dflt)
 {
     size_t len;
     const char *data = luaL_checklstring(L, 1, &len);
-    const char *name = luaL_optstring(L, 2, "(PNG bytes)");
+    const char *name = luaL_optstring(L, 2, dflt);
     msd_tensor **box = lbind_new_box(L);
-    return lbind_file_result(L, msd_png_load_mem(name, (const unsigned char *)data, len, box),
-                             box);
+    return lbind_file_result(L, read(name, (const unsigned char *)data, len, box), box);
+}
+
+/* minisd.load_png_string(bytes [, name]): the same from a PNG file's bytes. */
+static int l_io_load_png_string(lua_State *L)
+{
+    return load_string(L, msd_png_load_mem, "(PNG bytes)");
 }
 
 /* minisd.save_png(path, t): t (C,H,W), C = 1, 3 or 4, clamped to [0,1]. */
@@ -41,12 +49,7 @@ static int l_io_load_npy(lua_State *L)
 /* minisd.load_npy_string(bytes [, name]): the same from a .npy file's bytes. */
 static int l_io_load_npy_string(lua_State *L)
 {
-    size_t len;
-    const char *data = luaL_checklstring(L, 1, &len);
-    const char *name = luaL_optstring(L, 2, "(npy bytes)");
-    msd_tensor **box = lbind_new_box(L);
-    return lbind_file_result(L, msd_npy_load_mem(name, (const unsigned char *)data, len, box),
-                             box);
+    return load_string(L, msd_npy_load_mem, "(npy bytes)");
 }
 
 /* minisd.save_npy(path, t): '<f4' C-order, atomic. */
