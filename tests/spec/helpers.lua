@@ -110,5 +110,15 @@ function H.tmpdir()
   return (out:gsub("%s+$", ""))
 end
 
+--- n as 8 little-endian bytes (a safetensors header length).
+function H.le64(n)
+  local b = {}
+  for i = 1, 8 do
+    b[i] = string.char(n % 256)
+    n = math.floor(n / 256)
+  end
+  return table.concat(b)
+end
+
 H.flat = flat
 return H

@@ -12,14 +12,7 @@ local function fails(pattern, res, err)
     .. "' lacks '" .. pattern .. "'")
 end
 
-local function le64(n)
-  local b = {}
-  for i = 1, 8 do
-    b[i] = string.char(n % 256)
-    n = math.floor(n / 256)
-  end
-  return table.concat(b)
-end
+local le64 = H.le64
 
 describe("hostile files", function()
   local dir

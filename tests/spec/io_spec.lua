@@ -10,14 +10,7 @@ local read = H.read_file
 
 local write = H.write_file
 
-local function le64(n)
-  local b = {}
-  for i = 1, 8 do
-    b[i] = string.char(n % 256)
-    n = math.floor(n / 256)
-  end
-  return table.concat(b)
-end
+local le64 = H.le64
 
 -- an expected run-time failure (a missing or damaged file): nil and a message
 local function fails(pattern, fn, ...)
