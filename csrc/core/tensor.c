@@ -161,19 +161,31 @@ int msd_shape_check(const char *what, int ndim, const int *shape)
     if (ndim < 0 || ndim > MSD_MAX_DIMS)
         return msd_error(MSD_ERR_SHAPE, "%s: %d dims given, at most %d supported", what, ndim,
                          MSD_MAX_DIMS);
-    double n = 1;
-    for (int i = 0; i < ndim; i++) {
+    /* n: the element count; inner: the largest product of trailing sizes, which the
+     * strides hold as ints (a zero size makes n 0 but not the strides of the dims after it:
+     * (0, 322222, 222222, 4) must be refused too) */
+    double n = 1, inner = 1, largest = 1;
+    for (int i = ndim - 1; i >= 0; i--) {
         if (shape[i] < 0) {
             char b[64];
             return msd_error(MSD_ERR_SHAPE, "%s: negative size %d in shape %s", what, shape[i],
                              msd_shape_str(b, sizeof b, ndim, shape));
         }
         n *= shape[i];
+        inner *= shape[i] > 0 ? shape[i] : 1;
+        if (inner > largest)
+            largest = inner;
     }
     if (n > (double)MSD_MAX_NUMEL) {
         char b[64];
         return msd_error(MSD_ERR_MEM, "%s: shape %s has %.0f elements, more than the limit %ld",
                          what, msd_shape_str(b, sizeof b, ndim, shape), n, MSD_MAX_NUMEL);
+    }
+    if (largest > (double)MSD_MAX_NUMEL) {
+        char b[64];
+        return msd_error(MSD_ERR_SHAPE, "%s: shape %s: its sizes other than 0 multiply to %.0f, "
+                         "more than the limit %ld", what, msd_shape_str(b, sizeof b, ndim, shape),
+                         largest, MSD_MAX_NUMEL);
     }
     return MSD_OK;
 }

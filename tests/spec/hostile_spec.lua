@@ -63,6 +63,11 @@ describe("hostile files", function()
     fails("header is more than minisd reads (4194304 bytes", minisd.load_safetensors(path))
   end)
 
+  it("npy: a shape with no elements whose other sizes overflow the strides", function()
+    fails("its sizes other than 0 multiply to 286419269136, more than the limit",
+      minisd.load_npy(HOST .. "npy_zero_huge.npy"))
+  end)
+
   it("datasets with NaN or infinite numbers are refused at load", function()
     fails("sprite_labels_nc_1788_16x16.npy: the labels hold NaN or infinite values",
       minisd.data.load(HOST .. "npy_nan_labels/sprites_1788_16x16.npy"))
