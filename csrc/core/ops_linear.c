@@ -1,8 +1,12 @@
 /* Linear: y = x w^T + b over the last dim, through msd_sgemm. Leading
- * dims of x are flattened into M rows. */
+ * dims of x are flattened into M rows.
+ *
+ * Shapes: x (..., in), w (out, in) (PyTorch's layout), b (out) or none, y (..., out).
+ * Backward needs x and w, which the node holds as its inputs: nothing else is saved. */
 #include "gemm.h"
 #include "ops.h"
 
+/* y (M, out) = x (M, in) w^T + b; b may be NULL. */
 void msd_linear_forward(float *y, const float *x, const float *w, const float *b, int M, int in,
                         int out)
 {
@@ -17,6 +21,8 @@ void msd_linear_forward(float *y, const float *x, const float *w, const float *b
     msd_sgemm(0, 1, M, out, in, 1.0f, x, in, w, in, 1.0f, y, out);
 }
 
+/* Adds the gradients into dx (M, in), dw (out, in) and db (out), each skipped when NULL
+ * (an input that does not require grad); db's column sums run in double. */
 void msd_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                          const float *w, int M, int in, int out)
 {

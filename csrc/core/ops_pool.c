@@ -1,7 +1,13 @@
 /* Pooling: max_pool2d and avg_pool2d over k x k windows with stride s, no
  * padding, floor output size (PyTorch's defaults with ceil_mode off).
  * Planes are independent: each kernel runs over blocks of planes on the
- * thread pool (threads.h). */
+ * thread pool (threads.h).
+ *
+ * Shapes: x (N, C, H, W), y (N, C, (H - k) / s + 1, (W - k) / s + 1).
+ * Backward of max: forward saves, when a node is recorded, the index of each window's
+ * maximum in its H*W plane (y's shape, as floats: exact up to 2^24 per plane), and the
+ * gradient goes to that element alone (the first maximum on ties, as PyTorch). Backward
+ * of avg needs nothing saved: each window's gradient is spread evenly over it. */
 #include "ops.h"
 #include "threads.h"
 
