@@ -264,6 +264,16 @@ local function nearest(palette, r, g, b)
   return best
 end
 
+-- Every pixel of bytes (RGBA) in its nearest colour of colours: the sample (C, H, W).
+local function recolour(bytes, colours, c, h, w)
+  local idx = {}
+  for p = 1, h * w do
+    local r, g, b = bytes:byte(4 * p - 3, 4 * p - 1)
+    idx[p] = nearest(colours, r, g, b)
+  end
+  return from_pixels(bytes, idx, colours, c, h, w)
+end
+
 -- Applies fn(img (C,H,W), c, h, w) -> img to each picture of a batch.
 local function per_picture(fn_name, x, fn)
   local shape = check_tensor(fn_name, "x", x, batch_dims)
@@ -290,13 +300,7 @@ end
 function M.quantize(x, palette)
   palette = M.palette(palette)
   return per_picture("image.quantize", x, function(img, c, h, w)
-    local bytes = pixels_of(img, c)
-    local idx = {}
-    for p = 1, h * w do
-      local r, g, b = bytes:byte(4 * p - 3, 4 * p - 1)
-      idx[p] = nearest(palette, r, g, b)
-    end
-    return from_pixels(bytes, idx, palette, c, h, w)
+    return recolour(pixels_of(img, c), palette, c, h, w)
   end)
 end
 
@@ -364,12 +368,7 @@ function M.reduce_colors(x, k)
         break
       end
     end
-    local idx = {}
-    for p = 1, h * w do
-      local r, g, b = bytes:byte(4 * p - 3, 4 * p - 1)
-      idx[p] = nearest(centres, r, g, b)
-    end
-    return from_pixels(bytes, idx, centres, c, h, w)
+    return recolour(bytes, centres, c, h, w)
   end)
 end
 
