@@ -405,6 +405,13 @@ function Job:result()
   return self.x
 end
 
+--- Runs every remaining step; returns the result.
+function Job:run()
+  while self:step() do
+  end
+  return self.x
+end
+
 -- The endpoint {seed =, context =} of an interpolation.
 local function endpoint(what, e)
   if type(e) ~= "table" or minisd.is_tensor(e) then
@@ -490,10 +497,7 @@ end
 --- Interpolates in one call (start_interpolation + every step).
 -- @return tensor (frames, C, H, W)
 function M.interpolate(model, opts)
-  local job = M.start_interpolation(model, opts)
-  while job:step() do
-  end
-  return job:result()
+  return M.start_interpolation(model, opts):run()
 end
 
 --- Samples images in one call (start + every step).
@@ -501,10 +505,7 @@ end
 -- @param opts see start
 -- @return tensor (n, C, H, W)
 function M.sample(model, opts)
-  local job = M.start(model, opts)
-  while job:step() do
-  end
-  return job:result()
+  return M.start(model, opts):run()
 end
 
 return M
