@@ -3,6 +3,7 @@
 #define MSD_MINISD_H
 
 #include "autograd.h"
+#include "conv_wino.h"
 #include "cpu.h"
 #include "diffusion.h"
 #include "error.h"

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "conv_amx.h"
+#include "conv_wino.h"
 #include "cpu.h"
 #include "gemm.h"
 #include "ops.h"
@@ -329,6 +330,7 @@ typedef struct conv2d_job {
     int amx;                      /* bf16 on the AMX tiles ... */
     const uint16_t *wa;           /* ... with these packed weights (forward) */
     int round;                    /* bf16 without the tiles: round the group's copies */
+    const float *wu;              /* fp32 by Winograd (conv_wino.h) with these weights */
 } conv2d_job;
 
 /* The AMX geometry of a group of nb images. */
@@ -387,6 +389,14 @@ static void conv2d_gemm_chunk(void *ctx, int gi, int tid)
     int K = g->Cin * g->kh * g->kw;
     size_t L = (size_t)g->Ho * g->Wo, ncols = (size_t)nb * L;
     float *sc = j->sc->data + j->per * (size_t)tid;
+    if (j->wu) {
+        msd_wino_conv c = { nb, g->Cin, g->H, g->W, Cout };
+        msd_wino_forward(&c, j->y + (size_t)n0 * Cout * L, j->add, j->b,
+                         j->x + (size_t)n0 * g->Cin * g->H * g->W, j->wu, sc);
+        for (int n = 0; n < nb; n++)
+            conv2d_epilogue(j, j->y + (size_t)(n0 + n) * Cout * L, L);
+        return;
+    }
     if (j->amx) {
         msd_amx_conv c = amx_group(g, nb);
         msd_amx_conv_forward(&c, j->y + (size_t)n0 * Cout * L, j->add, j->b,
@@ -423,14 +433,44 @@ static void conv2d_gemm_chunk(void *ctx, int gi, int tid)
     }
 }
 
+/* conv2d_gemm by Winograd (conv_wino.h): groups of msd_wino_group_images
+ * images, the kernels transformed once. */
+static int conv2d_wino(const char *op, float *y, const float *x, const float *w, const float *b,
+                       const conv_geom *g, int add, const float *post_a, const float *post_b,
+                       int gelu)
+{
+    conv_geom gw = *g;
+    gw.nbmax = msd_wino_group_images(g->N, g->H, g->W);
+    msd_wino_conv c = { gw.nbmax, g->Cin, g->H, g->W, g->Cout };
+    int G = (g->N + gw.nbmax - 1) / gw.nbmax, nthr, rc;
+    size_t per = msd_wino_scratch(&c), nu = (size_t)16 * g->Cin * g->Cout;
+    msd_storage *sc, *u = msd_storage_new(nu);
+    if (!u)
+        return msd_error(MSD_ERR_MEM, "%s: out of memory for %zu transformed weights", op, nu);
+    if ((rc = scratch(op, per, G, &nthr, &sc)) != MSD_OK) {
+        msd_storage_release(u);
+        return rc;
+    }
+    msd_wino_weights(u->data, w, g->Cout, g->Cin);
+    conv2d_job j = { .g = gw, .y = y, .x = x, .w = w, .b = b, .sc = sc, .per = per,
+                     .add = add, .post_a = post_a, .post_b = post_b, .gelu = gelu,
+                     .wu = u->data };
+    msd_parallel_for(G, nthr, conv2d_gemm_chunk, &j);
+    msd_storage_release(sc);
+    msd_storage_release(u);
+    return MSD_OK;
+}
+
 /* y (N, Cout, Ho, Wo) = (or += with add, bias ignored) conv2d of x with w;
  * then, when post_a is given, y = y post_a + post_b per channel, and GELU. */
 static int conv2d_gemm(const char *op, float *y, const float *x, const float *w, const float *b,
                        const conv_geom *g, int add, const float *post_a, const float *post_b,
                        int gelu)
 {
-    int G = (g->N + g->nbmax - 1) / g->nbmax, nthr;
     int bf16 = msd_precision_get() == MSD_PREC_BF16;
+    if (!bf16 && msd_wino_ok(g->N, g->Cin, g->Cout, g->H, g->W, g->kh, g->kw, g->s, g->p))
+        return conv2d_wino(op, y, x, w, b, g, add, post_a, post_b, gelu);
+    int G = (g->N + g->nbmax - 1) / g->nbmax, nthr;
     int amx = bf16 && msd_amx_conv_ok(g->Cin, g->Cout, g->s);
     size_t per = amx ? amx_scratch_floats(g)
                      : group_scratch(g, (size_t)g->nbmax * g->Ho * g->Wo * g->Cout);
@@ -510,6 +550,61 @@ static void conv2d_dx_col_chunk(void *ctx, int gi, int tid)
                g->kw, g->s, g->p, g->Ho, g->Wo);
 }
 
+/* The weight gradient by Winograd: chunk k accumulates groups [k G / nch,
+ * (k+1) G / nch) into its own transformed partial (16, Cin, Cout); the
+ * partials are summed in chunk order and transformed back. nch depends on
+ * the shape only, so the result does not depend on the thread count. */
+#define WINO_DW_CHUNKS 16
+
+typedef struct wino_dw_job {
+    msd_wino_conv c;
+    int N, G, nch;
+    const float *x, *dy;
+    const msd_storage *sc, *sp;
+    size_t per, nw;
+} wino_dw_job;
+
+static void wino_dw_chunk(void *ctx, int k, int tid)
+{
+    const wino_dw_job *j = ctx;
+    float *part = j->sp->data + j->nw * k, *sc = j->sc->data + j->per * (size_t)tid;
+    size_t L = (size_t)j->c.H * j->c.W;
+    memset(part, 0, j->nw * sizeof *part);
+    for (int g = k * j->G / j->nch; g < (k + 1) * j->G / j->nch; g++) {
+        msd_wino_conv c = j->c;
+        int n0 = g * c.nb;
+        c.nb = j->N - n0 < c.nb ? j->N - n0 : c.nb;
+        msd_wino_dw(&c, part, j->x + (size_t)n0 * c.Cin * L, j->dy + (size_t)n0 * c.Cout * L,
+                    sc);
+    }
+}
+
+static int conv2d_wino_dw(float *dw, const float *dy, const float *x, int N, int Cin, int H,
+                          int W, int Cout)
+{
+    const char *op = "conv2d backward";
+    msd_wino_conv c = { msd_wino_group_images(N, H, W), Cin, H, W, Cout };
+    int G = (N + c.nb - 1) / c.nb, nch = G < WINO_DW_CHUNKS ? G : WINO_DW_CHUNKS, nthr, rc;
+    size_t per = msd_wino_scratch(&c), nw = (size_t)16 * Cin * Cout;
+    msd_storage *sc, *sp = msd_storage_new(nw * (nch + 1));
+    if (!sp)
+        return msd_error(MSD_ERR_MEM, "%s: out of memory for %d partial weight gradients of "
+                                      "%zu floats", op, nch + 1, nw);
+    if ((rc = scratch(op, per, nch, &nthr, &sc)) != MSD_OK) {
+        msd_storage_release(sp);
+        return rc;
+    }
+    wino_dw_job j = { c, N, G, nch, x, dy, sc, sp, per, nw };
+    msd_parallel_for(nch, nthr, wino_dw_chunk, &j);
+    float *acc = sp->data + nw * nch; /* after the partials */
+    memset(acc, 0, nw * sizeof *acc);
+    reduce_partials(acc, sp->data, nch, 16 * Cin, Cout, 0);
+    msd_wino_dw_finish(dw, acc, Cout, Cin);
+    msd_storage_release(sc);
+    msd_storage_release(sp);
+    return MSD_OK;
+}
+
 int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                         const float *w, int N, int Cin, int H, int W, int Cout, int kh, int kw,
                         int stride, int pad)
@@ -542,10 +637,15 @@ int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
             return rc;
         dx = NULL;
     }
+    int bf16 = msd_precision_get() == MSD_PREC_BF16;
+    if (dw && !bf16 && msd_wino_ok(N, Cin, Cout, H, W, kh, kw, stride, pad)) {
+        if ((rc = conv2d_wino_dw(dw, dy, x, N, Cin, H, W, Cout)) != MSD_OK)
+            return rc;
+        dw = NULL;
+    }
     if (!dx && !dw)
         return MSD_OK;
     int G = (N + g.nbmax - 1) / g.nbmax, nthr;
-    int bf16 = msd_precision_get() == MSD_PREC_BF16;
     int amx = bf16 && dw && msd_amx_conv_ok(Cin, Cout, stride);
     size_t slab = (size_t)Cout * g.nbmax * L, nw = (size_t)Cout * K;
     size_t per = dx ? slab + K * g.nbmax * L : 0;

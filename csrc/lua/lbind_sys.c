@@ -66,6 +66,21 @@ static int l_get_precision(lua_State *L)
     return 2;
 }
 
+/* set_winograd(on): fp32 3x3 convolutions by Winograd F(2x2, 3x3) where
+ * the shape suits (conv_wino.h), the default, or always direct */
+static int l_set_winograd(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TBOOLEAN);
+    msd_wino_set(lua_toboolean(L, 1));
+    return 0;
+}
+
+static int l_get_winograd(lua_State *L)
+{
+    lua_pushboolean(L, msd_wino_get());
+    return 1;
+}
+
 static int l_memory_stats(lua_State *L)
 {
     msd_mem_stats s = msd_memory_stats();
@@ -142,6 +157,8 @@ static const luaL_Reg functions[] = {
     { "get_isa", l_get_isa },
     { "set_precision", l_set_precision },
     { "get_precision", l_get_precision },
+    { "set_winograd", l_set_winograd },
+    { "get_winograd", l_get_winograd },
     { "memory_stats", l_memory_stats },
     { "clock", l_clock },
     { "trap_interrupt", l_sys_trap_interrupt },

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "conv_amx.h"
+#include "conv_wino.h"
 #include "cpu.h"
 #include "gradcheck.h"
 #include "test.h"
@@ -364,6 +365,108 @@ static void test_conv2d_chunked_batch(void)
     CHECK_OK(msd_isa_set(msd_isa_best()));
 }
 
+/* fp32 3x3 convolutions by Winograd F(2x2, 3x3) (conv_wino.c): forward,
+ * input and weight gradients against the float64 loops at every kernel
+ * level, with channel counts and widths that leave partial 16-blocks,
+ * batches split into several groups and more groups than weight-gradient
+ * chunks; then the same numbers on 1 and 2 threads, bit for bit. */
+static float *copy_of(const msd_tensor *t)
+{
+    size_t n = msd_tensor_numel(t);
+    float *p = malloc(n * sizeof *p);
+    memcpy(p, msd_tensor_data(t), n * sizeof *p);
+    return p;
+}
+
+static void conv_once(const geom *g, unsigned seed, float **y, float **dx, float **dw)
+{
+    int sx[4] = { g->N, g->Cin, g->H, g->W }, sw[4] = { g->Cout, g->Cin, 3, 3 };
+    msd_tensor *x = gc_randn_like(4, sx, seed), *w = gc_randn_like(4, sw, seed + 1), *out = NULL;
+    x->requires_grad = w->requires_grad = 1;
+    CHECK_OK(msd_conv2d(x, w, NULL, 1, 1, &out));
+    msd_tensor *dy = gc_randn_like(4, out->shape, seed + 2);
+    CHECK_OK(msd_backward(out, dy, 0));
+    *y = copy_of(out);
+    *dx = copy_of(x->grad);
+    *dw = copy_of(w->grad);
+    msd_tensor_release(dy);
+    msd_tensor_release(out);
+    msd_tensor_release(x);
+    msd_tensor_release(w);
+}
+
+static void test_conv2d_winograd(void)
+{
+    const geom cases[] = {
+        { 4, 16, 16, 16, 16, 3, 1, 1 },  /* the smallest batch on this path: 256 tiles */
+        { 20, 20, 8, 8, 24, 3, 1, 1 },   /* 16 + 4 channels; 8 images a group, 3 groups */
+        { 70, 32, 4, 4, 48, 3, 1, 1 },   /* 4x4 maps: 32 images a group */
+        { 20, 17, 6, 10, 19, 3, 1, 1 },  /* 6 x 10: 60 pixels, a partial block of 16 */
+        { 40, 16, 16, 16, 16, 3, 1, 1 }, /* 20 groups: more than the 16 dw chunks */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const geom *g = &cases[i];
+        CHECK(msd_wino_ok(g->N, g->Cin, g->Cout, g->H, g->W, 3, 3, 1, 1));
+    }
+    const geom *g0 = &cases[0];
+    CHECK(!msd_wino_ok(3, 16, 16, 16, 16, 3, 3, 1, 1)); /* 192 tiles: direct */
+    CHECK(!msd_wino_ok(4, 15, 16, 16, 16, 3, 3, 1, 1));
+    CHECK(!msd_wino_ok(4, 16, 16, 16, 15, 3, 3, 1, 1));
+    CHECK(!msd_wino_ok(4, 16, 16, 16, 16, 3, 3, 2, 1));
+    CHECK(!msd_wino_ok(4, 16, 16, 16, 16, 3, 3, 1, 0));
+    msd_wino_set(0);
+    CHECK(!msd_wino_ok(g0->N, g0->Cin, g0->Cout, g0->H, g0->W, 3, 3, 1, 1));
+    msd_wino_set(1);
+    for (int isa = 0; isa <= msd_isa_best(); isa++) {
+        CHECK_OK(msd_isa_set(isa));
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+            if (check_against_naive(0, &cases[i], (int)(i & 1), 900 + (unsigned)i)) {
+                fprintf(stderr, "  Winograd case %zu at level %s\n", i, msd_isa_name(isa));
+                CHECK(0);
+            }
+    }
+    CHECK_OK(msd_isa_set(msd_isa_best()));
+    /* Winograd against the direct convolution: rounding only */
+    const geom *g = &cases[1];
+    float *y[3], *dx[3], *dw[3];
+    int threads = msd_get_threads();
+    msd_set_threads(1);
+    conv_once(g, 77, &y[0], &dx[0], &dw[0]);
+    msd_set_threads(2);
+    conv_once(g, 77, &y[1], &dx[1], &dw[1]);
+    msd_wino_set(0);
+    conv_once(g, 77, &y[2], &dx[2], &dw[2]);
+    msd_wino_set(1);
+    msd_set_threads(threads);
+    size_t ny = (size_t)g->N * g->Cout * g->H * g->W, nx = (size_t)g->N * g->Cin * g->H * g->W;
+    size_t nw = (size_t)g->Cout * g->Cin * 9;
+    CHECK(memcmp(y[0], y[1], ny * sizeof(float)) == 0);
+    CHECK(memcmp(dx[0], dx[1], nx * sizeof(float)) == 0);
+    CHECK(memcmp(dw[0], dw[1], nw * sizeof(float)) == 0);
+    double ey = 0, ex = 0, ew = 0, sy = 0, sx = 0, sw = 0;
+    for (size_t k = 0; k < ny; k++) {
+        ey = fmax(ey, fabs(y[0][k] - y[2][k]));
+        sy = fmax(sy, fabs(y[2][k]));
+    }
+    for (size_t k = 0; k < nx; k++) {
+        ex = fmax(ex, fabs(dx[0][k] - dx[2][k]));
+        sx = fmax(sx, fabs(dx[2][k]));
+    }
+    for (size_t k = 0; k < nw; k++) {
+        ew = fmax(ew, fabs(dw[0][k] - dw[2][k]));
+        sw = fmax(sw, fabs(dw[2][k]));
+    }
+    fprintf(stderr, "  Winograd - direct, relative to the largest value: y %.2g, dx %.2g, "
+                    "dw %.2g\n", ey / sy, ex / sx, ew / sw);
+    CHECK(ey / sy < 1e-5 && ex / sx < 1e-5 && ew / sw < 1e-5);
+    CHECK(ey > 0); /* a different algorithm: not the direct path's bits */
+    for (int k = 0; k < 3; k++) {
+        free(y[k]);
+        free(dx[k]);
+        free(dw[k]);
+    }
+}
+
 static void test_conv_transpose2d_vs_naive(void)
 {
     const geom cases[] = {
@@ -576,6 +679,7 @@ int main(void)
     RUN(test_bf16_rounding);
     RUN(test_bf16_pack_weights);
     RUN(test_conv2d_bf16);
+    RUN(test_conv2d_winograd);
     RUN(test_conv_transpose2d_vs_naive);
     RUN(test_conv_transpose2d_chunked_batch);
     RUN(test_conv2d_gradcheck);

@@ -1,0 +1,471 @@
+/* Winograd F(2x2, 3x3) convolutions (conv_wino.h): the transforms, and the
+ * 16 products per group on msd_sgemm.
+ *
+ * Layouts, for a group of nb images with T = nb (H/2) (W/2) tiles (tile t =
+ * (n, ty, tx) in that order, covering output rows 2ty, 2ty+1 and columns
+ * 2tx, 2tx+1):
+ *   xc  (nb, H+2, W+2, Cin)  the input, zero-padded and channels last, so
+ *                            that every transform is a loop over channels
+ *                            (vector code) with unit-stride loads
+ *   V   (16, T, Cin)         B^T D B of every tile: the A operand, rows t
+ *   M   (16, T, Cout)        the products; the output transform reads them
+ *   dyc (nb, H, W, Cout)     dy channels last (weight gradient only)
+ *   E   (16, T, Cout)        A dY A^T of every tile (weight gradient only)
+ * Position xi = 4a + b of a transformed tile holds row a, column b.
+ *
+ * The transforms are written as loops over channels that GCC vectorises;
+ * MSD_MULTIVERSION builds them for AVX-512, AVX2 and the baseline. Additions
+ * and halvings only, in a fixed order, so every clone computes the same bits;
+ * the products follow the GEMM's kernel level. */
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conv_wino.h"
+#include "gemm.h"
+#include "reduce.h"
+
+#define WINO_MIN_CHANNELS 16
+#define WINO_TILES 128 /* tiles per group: the group's V and M stay near L2's size */
+/* Fewer tiles in the whole batch than this, and transforming the weights
+ * costs more than the products save (one 16x16 image has 64 tiles). */
+#define WINO_MIN_TILES 256
+
+/* -1: not yet read from the environment */
+static atomic_int wino_on = -1;
+
+int msd_wino_get(void)
+{
+    int on = atomic_load_explicit(&wino_on, memory_order_relaxed);
+    if (on < 0) {
+        const char *e = getenv("MINISD_WINOGRAD");
+        on = !(e && strcmp(e, "0") == 0);
+        atomic_store(&wino_on, on);
+    }
+    return on;
+}
+
+void msd_wino_set(int on)
+{
+    atomic_store(&wino_on, on ? 1 : 0);
+}
+
+int msd_wino_ok(int N, int Cin, int Cout, int H, int W, int kh, int kw, int stride, int pad)
+{
+    return msd_wino_get() && kh == 3 && kw == 3 && stride == 1 && pad == 1 && H % 2 == 0 &&
+           W % 2 == 0 && H > 0 && W > 0 && Cin >= WINO_MIN_CHANNELS &&
+           Cout >= WINO_MIN_CHANNELS && (double)N * (H / 2) * (W / 2) >= WINO_MIN_TILES;
+}
+
+int msd_wino_group_images(int N, int H, int W)
+{
+    int per = (H / 2) * (W / 2);
+    int nb = per >= WINO_TILES ? 1 : WINO_TILES / per;
+    return nb > N ? N : nb;
+}
+
+static size_t tiles_of(const msd_wino_conv *c)
+{
+    return (size_t)c->nb * (c->H / 2) * (c->W / 2);
+}
+
+/* Scratch: xc, V, M, then dyc for the weight gradient (E reuses M). */
+size_t msd_wino_scratch(const msd_wino_conv *c)
+{
+    size_t T = tiles_of(c);
+    return (size_t)c->nb * (c->H + 2) * (c->W + 2) * c->Cin + 16 * T * c->Cin +
+           16 * T * c->Cout + (size_t)c->nb * c->H * c->W * c->Cout;
+}
+
+/* ---- vectors ----------------------------------------------------------------
+ * The transforms and layout changes work on 16 channels at a time in a GCC vector (one zmm
+ * register at AVX-512, two at AVX2, four SSE registers at the baseline): the
+ * body of a tile, always inlined, runs with k = 16 on whole blocks (fixed-size
+ * copies: plain vector loads and stores) and once with k < 16 on the last
+ * channels, on zero-filled vectors. */
+
+typedef float vf __attribute__((vector_size(64)));
+#define VL 16
+#define INLINE static inline __attribute__((always_inline))
+/* v = p[0 .. k), the rest zero; p[0 .. k) = v. A whole vector (k = 16) is
+ * one fixed-size copy (a vector load or store); a partial one a short loop. */
+#define LD(v, p, k)                                                                      \
+    ((k) == VL ? (void)memcpy(&(v), (p), sizeof(v))                                      \
+               : (void)(memset(&(v), 0, sizeof(v)),                                      \
+                        memcpy(&(v), (p), (size_t)(k) * sizeof(float))))
+#define ST(p, v, k)                                                                      \
+    ((k) == VL ? (void)memcpy((p), &(v), sizeof(v))                                      \
+               : (void)memcpy((p), &(v), (size_t)(k) * sizeof(float)))
+
+/* After it r[j][i] is the old r[i][j]: four rounds that each swap the
+ * off-diagonal blocks of size b = 8, 4, 2, 1 (two-source shuffles: one
+ * vpermt2ps each at AVX-512). */
+typedef int vi __attribute__((vector_size(64)));
+
+INLINE void transpose16(vf r[16])
+{
+    static const vi lo[4] = {
+        { 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23 },
+        { 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27 },
+        { 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29 },
+        { 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30 } };
+    static const vi hi[4] = {
+        { 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31 },
+        { 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31 },
+        { 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31 },
+        { 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31 } };
+#pragma GCC unroll 4
+    for (int s = 0, b = 8; s < 4; s++, b /= 2)
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++)
+            if (!(i & b)) {
+                vf x = r[i], y = r[i + b];
+                r[i] = __builtin_shuffle(x, y, lo[s]);
+                r[i + b] = __builtin_shuffle(x, y, hi[s]);
+            }
+}
+
+/* ---- layout changes -------------------------------------------------------- */
+
+/* One block of to_channels_last: channels [c0, c0+kc) of pixels [l0,
+ * l0+kl) of src (C, L) to their places in d. */
+INLINE void cl_block(float *d, const float *src, int L, int W, int C, size_t rs, int p, int l0,
+                     int c0, int kl, int kc)
+{
+    vf r[16];
+    for (int i = 0; i < VL; i++) {
+        if (i < kc)
+            LD(r[i], src + (size_t)(c0 + i) * L + l0, kl);
+        else
+            memset(&r[i], 0, sizeof r[i]);
+    }
+    transpose16(r);
+    for (int j = 0; j < kl; j++) {
+        int l = l0 + j, yy = l / W + p, xx = l % W + p;
+        ST(d + yy * rs + (size_t)xx * C + c0, r[j], kc);
+    }
+}
+
+/* dc (nb, H+p+p, W+p+p, C): x (nb, C, H, W) channels last, padded by p zeros
+ * on every side (p = 0 or 1), in blocks of 16 channels x 16 pixels. */
+MSD_MULTIVERSION
+static void to_channels_last(float *restrict dc, const float *restrict x, int nb, int C, int H,
+                             int W, int p)
+{
+    int Wp = W + 2 * p, L = H * W;
+    size_t plane = (size_t)(H + 2 * p) * Wp * C, rs = (size_t)Wp * C;
+    for (int n = 0; n < nb; n++) {
+        float *d = dc + (size_t)n * plane;
+        const float *src = x + (size_t)n * C * L;
+        if (p) {
+            memset(d, 0, rs * sizeof *d);
+            memset(d + (size_t)(H + 1) * rs, 0, rs * sizeof *d);
+            for (int yy = 1; yy <= H; yy++) {
+                memset(d + yy * rs, 0, (size_t)C * sizeof *d);
+                memset(d + yy * rs + (size_t)(W + 1) * C, 0, (size_t)C * sizeof *d);
+            }
+        }
+        for (int l0 = 0; l0 < L; l0 += VL) {
+            int kl = L - l0 < VL ? L - l0 : VL;
+            for (int c0 = 0; c0 < C; c0 += VL) {
+                int kc = C - c0 < VL ? C - c0 : VL;
+                if (kl == VL && kc == VL)
+                    cl_block(d, src, L, W, C, rs, p, l0, c0, VL, VL);
+                else
+                    cl_block(d, src, L, W, C, rs, p, l0, c0, kl, kc);
+            }
+        }
+    }
+}
+
+/* One block of from_channels_last: pixels [l0, l0+kl) of channels [c0,
+ * c0+kc). */
+INLINE void ncl_block(float *y, const float *yc, int C, int L, int add, const float *b, int l0,
+                      int c0, int kl, int kc)
+{
+    vf r[16];
+    for (int i = 0; i < VL; i++) {
+        if (i < kl)
+            LD(r[i], yc + (size_t)(l0 + i) * C + c0, kc);
+        else
+            memset(&r[i], 0, sizeof r[i]);
+    }
+    transpose16(r);
+    for (int j = 0; j < kc; j++) {
+        float *dst = y + (size_t)(c0 + j) * L + l0;
+        vf o;
+        if (add) {
+            LD(o, dst, kl);
+            o += r[j];
+        } else {
+            o = r[j] + (b ? b[c0 + j] : 0.0f);
+        }
+        ST(dst, o, kl);
+    }
+}
+
+/* y (C, L) = (or += with add) yc (L, C) + b (C, or NULL; ignored with add). */
+MSD_MULTIVERSION
+static void from_channels_last(float *restrict y, const float *restrict yc, int C, int L, int add,
+                               const float *b)
+{
+    for (int l0 = 0; l0 < L; l0 += VL) {
+        int kl = L - l0 < VL ? L - l0 : VL;
+        for (int c0 = 0; c0 < C; c0 += VL) {
+            int kc = C - c0 < VL ? C - c0 : VL;
+            if (kl == VL && kc == VL)
+                ncl_block(y, yc, C, L, add, b, l0, c0, VL, VL);
+            else
+                ncl_block(y, yc, C, L, add, b, l0, c0, kl, kc);
+        }
+    }
+}
+
+/* ---- transforms ------------------------------------------------------------ */
+
+/* One tile, channels [c, c+k): d its 4x4 input (row stride rs), v its 16
+ * outputs (stride step). */
+INLINE void input_tile(float *v, const float *d, size_t rs, size_t step, int C, int k)
+{
+    vf r[4][4], o;
+    for (int b = 0; b < 4; b++) {
+        vf d0, d1, d2, d3;
+        const float *p = d + (size_t)b * C;
+        LD(d0, p, k);
+        LD(d1, p + rs, k);
+        LD(d2, p + 2 * rs, k);
+        LD(d3, p + 3 * rs, k);
+        r[0][b] = d0 - d2;
+        r[1][b] = d1 + d2;
+        r[2][b] = d2 - d1;
+        r[3][b] = d1 - d3;
+    }
+    for (int a = 0; a < 4; a++) {
+        float *q = v + (size_t)4 * a * step;
+        o = r[a][0] - r[a][2];
+        ST(q, o, k);
+        o = r[a][1] + r[a][2];
+        ST(q + step, o, k);
+        o = r[a][2] - r[a][1];
+        ST(q + 2 * step, o, k);
+        o = r[a][1] - r[a][3];
+        ST(q + 3 * step, o, k);
+    }
+}
+
+/* V (16, T, C) = B^T D B for every tile of xc (nb, H+2, W+2, C). */
+MSD_MULTIVERSION
+static void input_transform(float *restrict V, const float *restrict xc, int nb, int C, int H,
+                            int W)
+{
+    int Wp = W + 2, th = H / 2, tw = W / 2, cv = C / VL * VL;
+    size_t T = (size_t)nb * th * tw, step = T * C, t = 0, rs = (size_t)Wp * C;
+    for (int n = 0; n < nb; n++)
+        for (int ty = 0; ty < th; ty++)
+            for (int tx = 0; tx < tw; tx++, t++) {
+                const float *d = xc + (((size_t)n * (H + 2) + 2 * ty) * Wp + 2 * tx) * C;
+                float *v = V + t * C;
+                for (int c = 0; c < cv; c += VL)
+                    input_tile(v + c, d + c, rs, step, C, VL);
+                if (cv < C)
+                    input_tile(v + cv, d + cv, rs, step, C, C - cv);
+            }
+}
+
+/* One tile, channels [c, c+k): m its 16 products (stride step), o0 and o1
+ * its two output rows (two pixels of C channels each). */
+INLINE void output_tile(float *o0, float *o1, const float *m, size_t step, int C, int k)
+{
+    vf s[2][4], o;
+    for (int b = 0; b < 4; b++) {
+        vf m0, m1, m2, m3;
+        const float *p = m + b * step;
+        LD(m0, p, k);
+        LD(m1, p + 4 * step, k);
+        LD(m2, p + 8 * step, k);
+        LD(m3, p + 12 * step, k);
+        s[0][b] = m0 + m1 + m2;
+        s[1][b] = m1 - m2 - m3;
+    }
+    o = s[0][0] + s[0][1] + s[0][2];
+    ST(o0, o, k);
+    o = s[0][1] - s[0][2] - s[0][3];
+    ST(o0 + C, o, k);
+    o = s[1][0] + s[1][1] + s[1][2];
+    ST(o1, o, k);
+    o = s[1][1] - s[1][2] - s[1][3];
+    ST(o1 + C, o, k);
+}
+
+/* One row of tiles: out (2, W, C), two output rows channels last, = A^T M A
+ * of tiles t0 .. t0 + W/2 - 1 of M (16, T, C). */
+MSD_MULTIVERSION
+static void output_transform_row(float *restrict out, const float *restrict M, size_t T, int C,
+                                 size_t t0, int W)
+{
+    size_t step = T * C;
+    int cv = C / VL * VL;
+    for (int tx = 0; tx < W / 2; tx++) {
+        const float *m = M + (t0 + tx) * C;
+        float *o0 = out + (size_t)2 * tx * C, *o1 = out + ((size_t)W + 2 * tx) * C;
+        for (int c = 0; c < cv; c += VL)
+            output_tile(o0 + c, o1 + c, m + c, step, C, VL);
+        if (cv < C)
+            output_tile(o0 + cv, o1 + cv, m + cv, step, C, C - cv);
+    }
+}
+
+/* One 2x2 tile of dy, channels [c, c+k): d its first row (row stride rs),
+ * e its 16 outputs (stride step). */
+INLINE void grad_tile(float *e, const float *d, size_t rs, size_t step, int C, int k)
+{
+    vf r[4][2], o;
+    for (int b = 0; b < 2; b++) {
+        vf e0, e1;
+        LD(e0, d + (size_t)b * C, k);
+        LD(e1, d + rs + (size_t)b * C, k);
+        r[0][b] = e0;
+        r[1][b] = e0 + e1;
+        r[2][b] = e0 - e1;
+        r[3][b] = -e1;
+    }
+    for (int a = 0; a < 4; a++) {
+        float *q = e + (size_t)4 * a * step;
+        ST(q, r[a][0], k);
+        o = r[a][0] + r[a][1];
+        ST(q + step, o, k);
+        o = r[a][0] - r[a][1];
+        ST(q + 2 * step, o, k);
+        o = -r[a][1];
+        ST(q + 3 * step, o, k);
+    }
+}
+
+/* E (16, T, C) = A dY A^T for every 2x2 tile of dyc (nb, H, W, C). */
+MSD_MULTIVERSION
+static void grad_transform(float *restrict E, const float *restrict dyc, int nb, int C, int H,
+                           int W)
+{
+    int th = H / 2, tw = W / 2, cv = C / VL * VL;
+    size_t T = (size_t)nb * th * tw, step = T * C, t = 0, rs = (size_t)W * C;
+    for (int n = 0; n < nb; n++)
+        for (int ty = 0; ty < th; ty++)
+            for (int tx = 0; tx < tw; tx++, t++) {
+                const float *d = dyc + (((size_t)n * H + 2 * ty) * W + 2 * tx) * C;
+                float *e = E + t * C;
+                for (int c = 0; c < cv; c += VL)
+                    grad_tile(e + c, d + c, rs, step, C, VL);
+                if (cv < C)
+                    grad_tile(e + cv, d + cv, rs, step, C, C - cv);
+            }
+}
+
+/* ---- weights ------------------------------------------------------------- */
+
+/* G g G^T for 16 kernels at once: g[tap] holds tap (3a + b) of each. */
+INLINE void weight_tiles(vf u[16], const vf g[9])
+{
+    vf t[4][3];
+    for (int b = 0; b < 3; b++) {
+        t[0][b] = g[b];
+        t[1][b] = 0.5f * (g[b] + g[3 + b] + g[6 + b]);
+        t[2][b] = 0.5f * (g[b] - g[3 + b] + g[6 + b]);
+        t[3][b] = g[6 + b];
+    }
+    for (int a = 0; a < 4; a++) {
+        u[4 * a] = t[a][0];
+        u[4 * a + 1] = 0.5f * (t[a][0] + t[a][1] + t[a][2]);
+        u[4 * a + 2] = 0.5f * (t[a][0] - t[a][1] + t[a][2]);
+        u[4 * a + 3] = t[a][2];
+    }
+}
+
+/* Input channel i, output channels [o, o+k). */
+INLINE void weight_block(float *U, const float *w, size_t plane, int Cout, int Cin, int i, int o,
+                         int k)
+{
+    vf g[9] = { { 0 } }, u[16];
+    for (int j = 0; j < k; j++)
+        for (int tap = 0; tap < 9; tap++)
+            g[tap][j] = w[((size_t)(o + j) * Cin + i) * 9 + tap];
+    weight_tiles(u, g);
+    for (int xi = 0; xi < 16; xi++)
+        ST(U + xi * plane + (size_t)i * Cout + o, u[xi], k);
+}
+
+MSD_MULTIVERSION
+void msd_wino_weights(float *U, const float *w, int Cout, int Cin)
+{
+    size_t plane = (size_t)Cin * Cout;
+    int ov = Cout / VL * VL;
+    for (int i = 0; i < Cin; i++) {
+        for (int o = 0; o < ov; o += VL)
+            weight_block(U, w, plane, Cout, Cin, i, o, VL);
+        if (ov < Cout)
+            weight_block(U, w, plane, Cout, Cin, i, ov, Cout - ov);
+    }
+}
+
+/* ---- the passes ------------------------------------------------------------ */
+
+void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b, const float *x,
+                      const float *U, float *scratch)
+{
+    int nb = c->nb, Cin = c->Cin, Cout = c->Cout, H = c->H, W = c->W;
+    size_t T = tiles_of(c), L = (size_t)H * W;
+    float *xc = scratch, *V = xc + (size_t)nb * (H + 2) * (W + 2) * Cin;
+    float *M = V + 16 * T * Cin, *yc = M + 16 * T * Cout; /* yc (L, Cout): one image */
+    to_channels_last(xc, x, nb, Cin, H, W, 1);
+    input_transform(V, xc, nb, Cin, H, W);
+    /* M_xi (T, Cout) = V_xi (T, Cin) U_xi (Cin, Cout) */
+    for (int xi = 0; xi < 16; xi++)
+        msd_sgemm(0, 0, (int)T, Cout, Cin, 1.0f, V + xi * T * Cin, Cin,
+                  U + (size_t)xi * Cin * Cout, Cout, 0.0f, M + xi * T * Cout, Cout);
+    /* each image's tiles to its output, channels last, then into NCHW */
+    for (int n = 0; n < nb; n++) {
+        for (int ty = 0; ty < H / 2; ty++)
+            output_transform_row(yc + (size_t)2 * ty * W * Cout, M, T, Cout,
+                                 ((size_t)n * (H / 2) + ty) * (W / 2), W);
+        from_channels_last(y + (size_t)n * Cout * L, yc, Cout, (int)L, add, b);
+    }
+}
+
+void msd_wino_dw(const msd_wino_conv *c, float *dwt, const float *x, const float *dy,
+                 float *scratch)
+{
+    int nb = c->nb, Cin = c->Cin, Cout = c->Cout, H = c->H, W = c->W;
+    size_t T = tiles_of(c);
+    float *xc = scratch, *V = xc + (size_t)nb * (H + 2) * (W + 2) * Cin;
+    float *E = V + 16 * T * Cin, *dyc = E + 16 * T * Cout;
+    to_channels_last(xc, x, nb, Cin, H, W, 1);
+    input_transform(V, xc, nb, Cin, H, W);
+    to_channels_last(dyc, dy, nb, Cout, H, W, 0);
+    grad_transform(E, dyc, nb, Cout, H, W);
+    /* dwt_xi (Cin, Cout) += V_xi^T (Cin, T) E_xi (T, Cout) */
+    for (int xi = 0; xi < 16; xi++)
+        msd_sgemm(1, 0, Cin, Cout, (int)T, 1.0f, V + xi * T * Cin, Cin, E + xi * T * Cout, Cout,
+                  1.0f, dwt + (size_t)xi * Cin * Cout, Cout);
+}
+
+void msd_wino_dw_finish(float *dw, const float *dwt, int Cout, int Cin)
+{
+    size_t plane = (size_t)Cin * Cout;
+    for (int o = 0; o < Cout; o++)
+        for (int i = 0; i < Cin; i++) {
+            float m[4][4], t[3][4];
+            for (int xi = 0; xi < 16; xi++)
+                m[xi / 4][xi % 4] = dwt[xi * plane + (size_t)i * Cout + o];
+            /* G^T m G, G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1] */
+            for (int b = 0; b < 4; b++) {
+                t[0][b] = m[0][b] + 0.5f * (m[1][b] + m[2][b]);
+                t[1][b] = 0.5f * (m[1][b] - m[2][b]);
+                t[2][b] = 0.5f * (m[1][b] + m[2][b]) + m[3][b];
+            }
+            float *g = dw + ((size_t)o * Cin + i) * 9;
+            for (int a = 0; a < 3; a++) {
+                g[3 * a] += t[a][0] + 0.5f * (t[a][1] + t[a][2]);
+                g[3 * a + 1] += 0.5f * (t[a][1] - t[a][2]);
+                g[3 * a + 2] += 0.5f * (t[a][1] + t[a][2]) + t[a][3];
+            }
+        }
+}

@@ -1,0 +1,79 @@
+/* minisd: 3x3 convolutions by Winograd's minimal filtering, F(2x2, 3x3).
+ *
+ * A 3x3 convolution computes each 2x2 block of its output from the 4x4 block
+ * of (padded) input around it. Done directly that is 36 multiplies per input
+ * and output channel pair; transformed, it is 16: with the input tile D, the
+ * kernel g and the output tile Y (Lavin and Gray, "Fast Algorithms for
+ * Convolutional Neural Networks", 2015),
+ *   Y = A^T [ (G g G^T) . (B^T D B) ] A,   . elementwise,
+ *   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],
+ *   G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],   A^T = [1 1 1 0; 0 1 -1 -1].
+ * Summed over the input channels, each of the 16 elementwise positions is a
+ * matrix product (tiles x Cin) (Cin x Cout): 16 GEMMs on the fp32 kernels of
+ * gemm.h, with 2.25 times fewer multiplies than the direct convolution. The
+ * transforms use only additions and halvings.
+ *
+ * The weight gradient is the same algorithm differentiated with respect to
+ * g: for each tile, dW = G^T [ (A dY A^T) . (B^T D B) ] G, where dY is the
+ * tile's 2x2 output gradient; the sum over tiles moves inside the brackets,
+ * so again 16 GEMMs (Cin x tiles) (tiles x Cout), and one transform at the
+ * end. The input gradient of a stride-1 convolution is a convolution of dy
+ * with the flipped kernel (ops_conv.c), so it runs the forward.
+ *
+ * Used for fp32 convolutions with a 3x3 kernel, stride 1, padding 1, an even
+ * height and width, 16 or more channels in and out and a batch large enough
+ * (msd_wino_ok: the inner convolutions of the seed's ContextUnet when
+ * training or sampling many sprites); msd_wino_set(0) or the
+ * environment variable MINISD_WINOGRAD=0 turns it off. Its results differ
+ * from the direct convolution's by rounding (a few float ulps of the
+ * largest terms, tested against float64 loops in tests/c/test_conv.c).
+ *
+ * The functions below work on one group of nb images, single-threaded (the
+ * caller spreads groups over its threads), and never fail. */
+#ifndef MSD_CONV_WINO_H
+#define MSD_CONV_WINO_H
+
+#include <stddef.h>
+
+/* One group: nb images (Cin, H, W) in, (Cout, H, W) out. */
+typedef struct msd_wino_conv {
+    int nb, Cin, H, W, Cout;
+} msd_wino_conv;
+
+/* 1 when the Winograd path is on (the default; MINISD_WINOGRAD=0 in the
+ * environment, read once, or msd_wino_set(0) turns it off). */
+int msd_wino_get(void);
+void msd_wino_set(int on);
+
+/* 1 when a conv2d of N images of this shape runs here now: the path is on,
+ * the kernel is 3x3, stride 1, padding 1, H and W are even, both channel
+ * counts are at least 16 (narrower products waste the GEMM tile) and the
+ * batch has at least 256 tiles (with fewer, transforming the weights costs
+ * more than the products save: one-image sampling stays direct). */
+int msd_wino_ok(int N, int Cin, int Cout, int H, int W, int kh, int kw, int stride, int pad);
+
+/* Images per group for a batch of N images of H x W: about 128 tiles. */
+int msd_wino_group_images(int N, int H, int W);
+
+/* Floats of scratch that msd_wino_forward or msd_wino_dw needs for group c. */
+size_t msd_wino_scratch(const msd_wino_conv *c);
+
+/* U (16, Cin, Cout) = G g G^T for each kernel g = w[o, i] of w (Cout, Cin,
+ * 3, 3): the B operand of the forward's 16 products. */
+void msd_wino_weights(float *U, const float *w, int Cout, int Cin);
+
+/* y (nb, Cout, H, W) = (or += with add, b ignored) conv2d of x (nb, Cin, H,
+ * W) with the kernels transformed into U, plus b (Cout, or NULL). */
+void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b, const float *x,
+                      const float *U, float *scratch);
+
+/* dwt (16, Cin, Cout) += this group's weight gradient in the transformed
+ * domain, from x (nb, Cin, H, W) and dy (nb, Cout, H, W). */
+void msd_wino_dw(const msd_wino_conv *c, float *dwt, const float *x, const float *dy,
+                 float *scratch);
+
+/* dw (Cout, Cin, 3, 3) += G^T dwt G: the gradient back from the
+ * transformed domain. */
+void msd_wino_dw_finish(float *dw, const float *dwt, int Cout, int Cin);
+
+#endif
