@@ -1,5 +1,13 @@
 /* Elementwise arithmetic with broadcasting, reductions, and shape ops
- * (reshape, narrow, cat), each with its grad function. */
+ * (reshape, narrow, cat), each with its grad function.
+ *
+ * Shapes: a binary op broadcasts a and b (aligned at the right, up to 4 dims, each pair of
+ * sizes equal or one of them 1) to out's shape; unary ops keep x's shape; sum and mean give
+ * a 0-dim tensor. Nothing in this file is saved for backward: every gradient is recomputed
+ * from the node's inputs (which it holds) and its integer arguments, never from the
+ * output, which would then hold its own node (a reference cycle). Backward ADDS into dx[i],
+ * which has input i's own shape (not the broadcast one) and is NULL when input i does not
+ * require grad. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +23,9 @@ typedef struct bcast {
     long sa[4], sb[4];
 } bcast;
 
+/* st (4): t's strides once t is padded on the left to 4 dims: 0 along a dim where t has
+ * size 1 and out_shape does not (every output index there reads the same elements), the
+ * contiguous stride elsewhere. */
 static void padded_strides(const msd_tensor *t, const int *out_shape, long *st)
 {
     int pad = 4 - t->ndim;
@@ -26,6 +37,9 @@ static void padded_strides(const msd_tensor *t, const int *out_shape, long *st)
     }
 }
 
+/* Fills bc: the output shape padded to 4 dims (bc->ndim: its real dim count, the larger of
+ * a's and b's) and both operands' padded strides. MSD_ERR_SHAPE names both shapes and the
+ * dim that disagrees, 1-based among the output's dims. */
 static int broadcast(const char *op, const msd_tensor *a, const msd_tensor *b, bcast *bc)
 {
     int nd = a->ndim > b->ndim ? a->ndim : b->ndim;
@@ -49,6 +63,8 @@ static int broadcast(const char *op, const msd_tensor *a, const msd_tensor *b, b
 
 enum binop { OP_ADD, OP_SUB, OP_MUL, OP_DIV };
 
+/* o[i] = a[i*sa] op b[i*sb], i < n: one row of the innermost dim (sa or sb is 0 where that
+ * operand is broadcast along it). The switch is outside the loops: one branch per row. */
 static void binary_row(enum binop op, float *o, const float *a, long sa, const float *b, long sb,
                        int n)
 {
@@ -72,7 +88,8 @@ static void binary_row(enum binop op, float *o, const float *a, long sa, const f
     }
 }
 
-/* o[i] = a[ia] op b[ib] over the broadcast shape. */
+/* o[i] = a[ia] op b[ib] over the broadcast shape bc->shape: o is written contiguously in
+ * row-major order, a and b are read through their padded strides. */
 static void binary_loop(enum binop op, float *o, const float *a, const float *b, const bcast *bc)
 {
     const int *s = bc->shape;
@@ -87,20 +104,25 @@ static void binary_loop(enum binop op, float *o, const float *a, const float *b,
 }
 
 /* dx += g reduced (summed in double) over the dims where dx is broadcast;
- * st are dx's padded strides against the full shape s of g. */
+ * st are dx's padded strides against the full shape s of g.
+ * g: the full (broadcast) shape s, contiguous; dx: its own shape. A broadcast dim folds
+ * many terms (a (1, C, 1, 1) bias gets N*H*W) into each element of dx: they are summed in
+ * a double scratch array and added to dx rounded once. MSD_ERR_MEM if the scratch fails. */
 static int reduce_into(msd_tensor *dx, const float *g, const int *s, const long *st)
 {
     size_t n = msd_tensor_numel(dx);
     float *d = msd_tensor_data(dx);
     size_t full = (size_t)s[0] * s[1] * s[2] * s[3];
+    /* as many elements as g: no dim of dx is broadcast, and both have the same layout */
     if (n == full) {
         for (size_t i = 0; i < n; i++)
             d[i] += g[i];
         return MSD_OK;
     }
-    double *acc = calloc(n ? n : 1, sizeof *acc);
+    double *acc = calloc(n ? n : 1, sizeof *acc); /* n ? n : 1: calloc(0) may give NULL */
     if (!acc)
         return msd_error(MSD_ERR_MEM, "out of memory in backward");
+    /* a stride of 0 sends every index of a broadcast dim to the same accumulator */
     for (int i0 = 0; i0 < s[0]; i0++)
         for (int i1 = 0; i1 < s[1]; i1++)
             for (int i2 = 0; i2 < s[2]; i2++) {
@@ -117,6 +139,9 @@ static int reduce_into(msd_tensor *dx, const float *g, const int *s, const long 
 static const char *binop_name[] = { "add", "sub", "mul", "div" };
 static const msd_op binop_code[] = { MSD_OP_ADD, MSD_OP_SUB, MSD_OP_MUL, MSD_OP_DIV };
 
+/* Forward of add, sub, mul, div: out (broadcast shape) = a op b. Nothing is saved: the
+ * node holds a and b, all that the backward of mul and div needs. MSD_ERR_SHAPE when the
+ * shapes do not broadcast, MSD_ERR_MEM. */
 static int binary(enum binop op, msd_tensor *a, msd_tensor *b, msd_tensor **out)
 {
     bcast bc;
@@ -151,11 +176,17 @@ static bcast against_full(const bcast *bc, const long *other)
 }
 
 /* Gradient of a binary op for operand `which` (0 = a, 1 = b): the
- * full-shape term g (dy times the local derivative), then reduced. */
+ * full-shape term g (dy times the local derivative), then reduced.
+ * dy: the broadcast shape; dx[0], dx[1]: a's and b's shapes (or NULL), each ADDED to by
+ * reduce_into. The term is dy itself for add and for sub's a (no copy); otherwise it is
+ * built in tmp, one full-shape buffer shared by both operands. The derivatives read a and
+ * b, the node's inputs. MSD_ERR_MEM when a scratch buffer cannot be had. */
 static int binary_grad(enum binop op, msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 {
     msd_tensor *a = n->in[0], *b = n->in[1];
     bcast bc;
+    /* the node keeps no bcast: redone from the inputs' shapes (forward already checked them,
+     * so this cannot fail) */
     int rc = broadcast(binop_name[op], a, b, &bc);
     if (rc != MSD_OK)
         return rc;
@@ -182,7 +213,8 @@ static int binary_grad(enum binop op, msd_node *n, const msd_tensor *dy, msd_ten
                 bcast gb = against_full(&bc, bc.sb);
                 binary_loop(OP_DIV, tmp, g, pb, &gb);
             } else {
-                /* d(a/b)/db = -a/b^2 */
+                /* d(a/b)/db = -a/b^2: it reads both operands, so an explicit loop over the
+                 * broadcast shape instead of binary_loop */
                 const int *s = bc.shape;
                 size_t k = 0;
                 for (int i0 = 0; i0 < s[0]; i0++)
@@ -224,7 +256,9 @@ int msd_grad_div(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 /* ---- unary ops -------------------------------------------------------- */
 
 /* y = f(x) elementwise for the unary ops (s: the scalar of add/mul_scalar),
- * recorded as op with x as the only input. */
+ * recorded as op with x as the only input.
+ * x, out: the same shape. The node keeps s in farg[0] for the scalar ops' backward and
+ * nothing else (backward recomputes f'(x) from x, its input). MSD_ERR_MEM. */
 static int unary(msd_tensor *x, msd_op op, float s, msd_tensor **out)
 {
     msd_tensor *o = msd_tensor_empty_like(x);
@@ -273,7 +307,9 @@ int msd_add_scalar(msd_tensor *x, float s, msd_tensor **out)
 }
 
 /* The backward of every elementwise unary op: dx[i] += dy[i] * f'(x[i]), one loop, the
- * derivative chosen by the node's op (s: the scalar argument of the scalar ops). */
+ * derivative chosen by the node's op (s: the scalar argument of the scalar ops).
+ * dx, dy, x: x's shape. dx[0] is never NULL here: x is the only input, and a node exists
+ * only when it requires grad. */
 static int unary_grad(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 {
     const float *x = msd_tensor_data(n->in[0]), *g = msd_tensor_data(dy);
@@ -294,7 +330,7 @@ static int unary_grad(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
         case MSD_OP_SQRT: /* the output is not saved (it would hold its own node) */
             d[i] += gi * 0.5f / sqrtf(x[i]);
             break;
-        default: /* MSD_OP_EXP */
+        default: /* MSD_OP_EXP: exp(x) again, for the same reason as sqrt */
             d[i] += gi * expf(x[i]);
             break;
         }
@@ -349,6 +385,9 @@ int msd_grad_exp(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 
 /* ---- reductions ------------------------------------------------------- */
 
+/* Sum or mean of all of x into a 0-dim tensor, accumulated in double (x may hold
+ * millions of floats). Nothing is saved: backward needs only x's element count, which
+ * dx[0] carries. MSD_ERR_SHAPE for the mean of an empty tensor (the sum of one is 0). */
 static int reduce_all(msd_tensor *x, msd_op op, msd_tensor **out)
 {
     size_t n = msd_tensor_numel(x);
@@ -370,6 +409,7 @@ static int reduce_all(msd_tensor *x, msd_op op, msd_tensor **out)
 int msd_sum(msd_tensor *x, msd_tensor **out) { return reduce_all(x, MSD_OP_SUM, out); }
 int msd_mean(msd_tensor *x, msd_tensor **out) { return reduce_all(x, MSD_OP_MEAN, out); }
 
+/* dx (x's shape) += dy (0-dim) at every element. */
 int msd_grad_sum(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 {
     (void)n;
@@ -379,6 +419,8 @@ int msd_grad_sum(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
     return MSD_OK;
 }
 
+/* dx (x's shape) += dy / numel(x) at every element; the quotient in double, rounded once
+ * (numel > 0: forward refused an empty x). */
 int msd_grad_mean(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 {
     (void)n;
@@ -389,6 +431,9 @@ int msd_grad_mean(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
     return MSD_OK;
 }
 
+/* Min or max of all of x into *value; no autograd. A comparison with NaN is false, so a NaN
+ * is the result only when it is x's first element, and is skipped anywhere else.
+ * MSD_ERR_SHAPE for an empty tensor. */
 static int extreme(const char *what, const msd_tensor *x, float *value, int want_max)
 {
     size_t n = msd_tensor_numel(x);
@@ -408,6 +453,9 @@ int msd_max(const msd_tensor *x, float *value) { return extreme("max", x, value,
 
 /* ---- shape ops -------------------------------------------------------- */
 
+/* A view of x with another shape, sharing its storage (all tensors are contiguous, so any
+ * shape of the same element count is a view). msd_tensor_view infers a -1 size and sets the
+ * message when the count differs (or, rarely, memory runs out); MSD_ERR_SHAPE either way. */
 int msd_reshape(msd_tensor *x, int ndim, const int *shape, msd_tensor **out)
 {
     msd_tensor *o = msd_tensor_view(x, ndim, shape);
@@ -416,6 +464,8 @@ int msd_reshape(msd_tensor *x, int ndim, const int *shape, msd_tensor **out)
     return msd_autograd_finish(o, MSD_OP_RESHAPE, 1, &x, NULL, out);
 }
 
+/* dx (x's shape) += dy (the new shape) element by element: the same row-major order, only
+ * the shapes differ. */
 int msd_grad_reshape(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 {
     (void)n;
@@ -437,6 +487,11 @@ static void split_at(const msd_tensor *x, int dim, size_t *outer, size_t *inner)
         *inner *= (size_t)x->shape[d];
 }
 
+/* out: x's shape with len at dim, the elements [start, start + len) along dim (0-based;
+ * the messages say 1-based, as the Lua API). Along dim 0 it is a view sharing x's storage
+ * (rows are outermost, so the range stays contiguous); along another dim a copy, x seen as
+ * (outer, size, inner) blocks. The node keeps dim, start, len in iarg[0..2]; nothing is
+ * saved. MSD_ERR_ARG for a dim or range out of bounds, MSD_ERR_MEM. */
 int msd_narrow(msd_tensor *x, int dim, int start, int len, msd_tensor **out)
 {
     char b[64];
@@ -478,6 +533,8 @@ int msd_narrow(msd_tensor *x, int dim, int start, int len, msd_tensor **out)
     return rc;
 }
 
+/* dx (x's shape) += dy in the slab [start, start + len) along dim; the rest of dx gets
+ * nothing. dy: x's shape with len at dim. */
 int msd_grad_narrow(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 {
     int dim = n->iarg[0], start = n->iarg[1], len = n->iarg[2];
@@ -495,6 +552,11 @@ int msd_grad_narrow(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
     return MSD_OK;
 }
 
+/* out: the inputs' common shape with the sizes along dim summed (total). Seen as
+ * (outer, size_k, inner), input k's block of size_k * inner floats per outer index goes at
+ * offset `at` of the output's rows of total * inner floats. The node keeps dim in iarg[0]
+ * and holds every input (backward reads their sizes along dim). MSD_ERR_ARG for no tensor
+ * or a bad dim, MSD_ERR_SHAPE naming the first input whose other sizes differ. */
 int msd_cat(int n, msd_tensor *const *xs, int dim, msd_tensor **out)
 {
     char b1[64], b2[64];
@@ -520,6 +582,8 @@ int msd_cat(int n, msd_tensor *const *xs, int dim, msd_tensor **out)
     }
     int s[MSD_MAX_DIMS];
     memcpy(s, x0->shape, sizeof s);
+    /* total was summed in a long: check it before it narrows to an int size (the whole
+     * shape is checked again by msd_tensor_empty) */
     if (total > MSD_MAX_NUMEL)
         return msd_error(MSD_ERR_MEM, "cat: result too large");
     s[dim] = (int)total;
@@ -544,6 +608,8 @@ int msd_cat(int n, msd_tensor *const *xs, int dim, msd_tensor **out)
     return rc;
 }
 
+/* dx[k] (input k's shape) += input k's block of dy (out's shape); an input that does not
+ * require grad (dx[k] NULL) is skipped, its block still counted in `at`. */
 int msd_grad_cat(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 {
     int dim = n->iarg[0];

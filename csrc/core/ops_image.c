@@ -1,6 +1,11 @@
 /* Image and dataset helpers: layout changes, gathers with flips, alpha
  * compositing, tiles, grids, upscaling, RGBA bytes. No autograd: these
- * prepare inputs and present outputs. */
+ * prepare inputs and present outputs.
+ *
+ * image.h gives each function's contract; the notes here are for whoever edits a loop.
+ * Inputs are contiguous row-major; every output is written whole (=, never +=), a new
+ * tensor except rgba_bytes' caller buffer; arguments are checked before anything is
+ * allocated. Indices are 0-based in C (some messages print them 1-based, as Lua sees them). */
 #include <math.h>
 #include <string.h>
 
@@ -13,6 +18,8 @@ static int new_out(int ndim, const int *shape, msd_tensor **t)
     return *t ? MSD_OK : MSD_ERR_MEM;
 }
 
+/* x (N, H, W, C) or (H, W, C) -> out (N, C, H, W) or (C, H, W), out = x * scale + shift.
+ * The loop reads x in order and scatters to C planes of H*W floats. */
 int msd_image_hwc_to_chw(const msd_tensor *x, float scale, float shift, msd_tensor **out)
 {
     char b[64];
@@ -41,6 +48,8 @@ int msd_image_hwc_to_chw(const msd_tensor *x, float scale, float shift, msd_tens
     return MSD_OK;
 }
 
+/* out (x's shape) = clamp(x * scale + shift, lo, hi). !(lo <= hi) also refuses a NaN
+ * bound. */
 int msd_image_affine_clamp(const msd_tensor *x, float scale, float shift, float lo, float hi,
                            msd_tensor **out)
 {
@@ -75,6 +84,9 @@ static void copy_row(float *dst, const float *src, size_t inner, int w, int flip
             dst[r + k] = src[r + w - 1 - k];
 }
 
+/* x (M, ...) -> out (n, ...), out[i] = x[idx[i]], reversed along the last dim (width)
+ * when flip[i] (flip may be NULL): the batch maker's gather plus horizontal-flip
+ * augmentation in one copy. inner = the floats of one item. */
 int msd_image_gather(const msd_tensor *x, int n, const int *idx, const unsigned char *flip,
                      msd_tensor **out)
 {
@@ -96,6 +108,7 @@ int msd_image_gather(const msd_tensor *x, int n, const int *idx, const unsigned 
     int rc = new_out(x->ndim, s, &o);
     if (rc != MSD_OK)
         return rc;
+    /* M = 0 only with n = 0 (no index can pass the check): avoid dividing by it */
     size_t inner = x->shape[0] ? msd_tensor_numel(x) / (size_t)x->shape[0] : 0;
     int w = x->shape[x->ndim - 1];
     const float *px = msd_tensor_data(x);
@@ -107,6 +120,7 @@ int msd_image_gather(const msd_tensor *x, int n, const int *idx, const unsigned 
     return MSD_OK;
 }
 
+/* out (x's shape) = x reversed along dim. MSD_ERR_ARG for a dim out of range. */
 int msd_image_flip(const msd_tensor *x, int dim, msd_tensor **out)
 {
     char b[64];
@@ -134,6 +148,9 @@ int msd_image_flip(const msd_tensor *x, int dim, msd_tensor **out)
     return MSD_OK;
 }
 
+/* x (4, H, W) or (N, 4, H, W), straight alpha in plane 3 -> out (3, H, W) or (N, 3, H, W),
+ * out_c = x_c a + bg[c] (1 - a): the "over" operator onto an opaque background. cdim is the
+ * channel dim (0 or 1). Values are not clamped. */
 int msd_image_composite(const msd_tensor *x, const float bg[3], msd_tensor **out)
 {
     char b[64];
@@ -163,6 +180,10 @@ int msd_image_composite(const msd_tensor *x, const float bg[3], msd_tensor **out
     return MSD_OK;
 }
 
+/* sheet (C, H, W) -> out (n, C, tile, tile), out[i] = tile idx[i] (i when idx is NULL),
+ * tile k at row k / columns, column k % columns. `columns` may be fewer than the sheet's
+ * width in tiles (a sheet with unused space on the right). Every index is checked against
+ * (H / tile) * columns, in long, before the copy. */
 int msd_image_tiles(const msd_tensor *sheet, int tile, int columns, int n, const int *idx,
                     msd_tensor **out)
 {
@@ -207,6 +228,11 @@ int msd_image_tiles(const msd_tensor *sheet, int tile, int columns, int n, const
     return MSD_OK;
 }
 
+/* x (N, C, H, W) -> out (C, gh, gw) as torchvision's make_grid: cols = min(nrow, N) (nrow
+ * is the number of pictures per row, as torchvision names it), rows = ceil(N / cols),
+ * gh = rows (H + p) + p, gw = cols (W + p) + p with p = padding; out starts as pad_value and
+ * picture k is copied row by row to (p + (k / cols)(H + p), p + (k % cols)(W + p)). Sides
+ * are capped at 65535 (GIF's 16-bit limit), checked in long. */
 int msd_image_grid(const msd_tensor *x, int nrow, int padding, float pad_value,
                    msd_tensor **out)
 {
@@ -242,6 +268,9 @@ int msd_image_grid(const msd_tensor *x, int nrow, int padding, float pad_value,
     return MSD_OK;
 }
 
+/* x (..., H, W) -> out (..., H f, W f), nearest neighbour with f = factor: each pixel
+ * becomes an f x f block. Each output row is built once and memcpy'd f - 1 times. Sides
+ * capped at 65535 as for grids. */
 int msd_image_upscale(const msd_tensor *x, int factor, msd_tensor **out)
 {
     char b[64];
@@ -279,12 +308,17 @@ int msd_image_upscale(const msd_tensor *x, int factor, msd_tensor **out)
     return MSD_OK;
 }
 
+/* [0, 1] -> 0..255: clamped first (written so that NaN fails the first test and gives 0),
+ * then rounded to nearest by lrintf (ties to even in the default rounding mode). */
 static unsigned char to_byte(float v)
 {
     v = v >= 0.0f ? (v <= 1.0f ? v : 1.0f) : 0.0f; /* NaN -> 0 */
     return (unsigned char)lrintf(v * 255.0f);
 }
 
+/* x (C, H, W) -> out (H, W, 4) bytes in the caller's buffer: C = 1 copies the grey plane
+ * into R, G and B; C = 3 sets alpha to 255; C = 4 converts alpha like the colours.
+ * MSD_ERR_SHAPE for any other shape (nothing written then). */
 int msd_image_rgba_bytes(unsigned char *out, const msd_tensor *x)
 {
     char b[64];

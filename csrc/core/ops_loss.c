@@ -1,6 +1,12 @@
 /* Losses with mean reduction: mean squared error and cross-entropy from
  * logits (class-index or class-probability targets), each with its grad
- * function. Results are 0-dim tensors. */
+ * function. Results are 0-dim tensors.
+ *
+ * Shapes: mse: a, b (any shape, the same, n > 0 elements). cross_entropy: logits (N, C),
+ * target (N) of 0-based class indices stored as floats, or (N, C) of probabilities.
+ * Saved for backward: mse nothing (the node holds a and b); cross_entropy each row's
+ * log-sum-exp lse (N), and for index targets the target itself. Sums run in double and
+ * backward ADDS into the gradients, scaled by dloss (the loss's incoming gradient). */
 #include <math.h>
 #include <stddef.h>
 
@@ -8,6 +14,8 @@
 
 /* ---- mse ---------------------------------------------------------------- */
 
+/* *loss = sum_i (a[i] - b[i])^2 / n; a, b (n). Each difference and the sum in double: n may
+ * be millions and the terms are all positive, so float would lose the small ones. */
 void msd_mse_forward(float *loss, const float *a, const float *b, size_t n)
 {
     double s = 0;
@@ -18,7 +26,9 @@ void msd_mse_forward(float *loss, const float *a, const float *b, size_t n)
     *loss = (float)(s / (double)n);
 }
 
-/* d/da = 2 (a - b) / n, d/db = -d/da; da or db may be NULL. */
+/* d/da = 2 (a - b) / n, d/db = -d/da; da or db may be NULL.
+ * da, db, a, b (n): da += g, db -= g with g = 2 dloss (a - b) / n; the factor is formed in
+ * double and rounded once, the per-element product in float. */
 void msd_mse_backward(float *da, float *db, float dloss, const float *a, const float *b,
                       size_t n)
 {
@@ -32,6 +42,8 @@ void msd_mse_backward(float *da, float *db, float dloss, const float *a, const f
     }
 }
 
+/* MSD_ERR_SHAPE when a and b differ in shape or are empty (the mean of nothing). Both are
+ * inputs of the node, so a target that requires grad gets its gradient too. */
 int msd_mse_loss(msd_tensor *a, msd_tensor *b, msd_tensor **out)
 {
     char b1[64], b2[64];
@@ -66,7 +78,9 @@ int msd_grad_mse_loss(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
  * mean_n sum_c t[n,c] (lse_n - x[n,c]) for probabilities (probs = 1), with
  * lse_n = log sum_c exp x[n,c] taken after subtracting the row's max so that
  * large logits cannot overflow. logits (N,C); target (N) or (N,C);
- * lse (N) is written for backward. */
+ * lse (N) is written for backward.
+ * The mean is over the N rows in both cases (PyTorch's "mean" for probability targets
+ * too), and the caller has checked every index (0 <= t < C, integral). */
 void msd_cross_entropy_forward(float *loss, float *lse, const float *logits,
                                const float *target, int probs, int N, int C)
 {
@@ -93,7 +107,11 @@ void msd_cross_entropy_forward(float *loss, float *lse, const float *logits,
 }
 
 /* dlogits += g/N (softmax * sum_c t - t), with t one-hot for indices;
- * dtarget (probabilities only, may be NULL) += g/N (lse - x). */
+ * dtarget (probabilities only, may be NULL) += g/N (lse - x).
+ * dlogits, logits (N, C); target (N) or (N, C); lse (N) from forward; g = dloss. The
+ * softmax is exp(x - lse), from the saved lse instead of a second max-and-sum pass. sum_c t
+ * is 1 for indices, but a probability row need not sum to 1, and the exact gradient of
+ * sum_c t_c (lse - x_c) then scales the softmax by it. */
 void msd_cross_entropy_backward(float *dlogits, float *dtarget, float dloss,
                                 const float *logits, const float *target, const float *lse,
                                 int probs, int N, int C)
@@ -125,6 +143,9 @@ void msd_cross_entropy_backward(float *dlogits, float *dtarget, float dloss,
     }
 }
 
+/* The target's kind follows its shape: (N) holds class indices, (N, C) probabilities.
+ * MSD_ERR_SHAPE for other shapes or N, C < 1; MSD_ERR_ARG (naming the row) for an index
+ * that is not an integer in 0..C-1 (the negated test also catches NaN). */
 int msd_cross_entropy(msd_tensor *logits, msd_tensor *target, msd_tensor **out)
 {
     char b1[64], b2[64];
@@ -158,7 +179,8 @@ int msd_cross_entropy(msd_tensor *logits, msd_tensor *target, msd_tensor **out)
         goto fail;
     msd_cross_entropy_forward(msd_tensor_data(o), msd_tensor_data(lse), msd_tensor_data(logits),
                               msd_tensor_data(target), probs, N, C);
-    /* class indices are not differentiable: then only the logits are inputs */
+    /* class indices are not differentiable: then only the logits are inputs, and the
+     * indices are kept alive as saved[1] instead (saved[0]: lse) */
     msd_tensor *in[2] = { logits, target };
     msd_node *node;
     if ((rc = msd_autograd_record(o, MSD_OP_CROSS_ENTROPY, probs ? 2 : 1, in, &node)) != MSD_OK)
