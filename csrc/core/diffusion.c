@@ -1,5 +1,10 @@
 /* minisd: noise schedules, forward noising and sampler step kernels.
- * See diffusion.h for the conventions (t = 0..T, alphas_cumprod[0] = 1). */
+ * See diffusion.h for the conventions (t = 0..T, alphas_cumprod[0] = 1).
+ *
+ * Schedules are double arrays of T + 1 entries; the kernels take contiguous float arrays of
+ * n elements (x, eps, z, prev, pred_x0 all one shape) and do each element's maths in double,
+ * rounding once on the store. Nothing here records autograd: sampling runs without it, and
+ * the training loss only differentiates through the model's output. */
 #include "diffusion.h"
 
 #include <math.h>
@@ -10,6 +15,7 @@
 
 /* ---- schedules ---------------------------------------------------------- */
 
+/* MSD_ERR_ARG for a NULL table or T < 1. */
 static int check_T(const char *what, const void *p, int T)
 {
     if (!p)
@@ -19,6 +25,7 @@ static int check_T(const char *what, const void *p, int T)
     return MSD_OK;
 }
 
+/* Both ends strictly inside (0, 1); written !(ok) so NaN is refused too. */
 static int check_beta_range(const char *what, double beta_start, double beta_end)
 {
     if (!(beta_start > 0 && beta_start < 1 && beta_end > 0 && beta_end < 1))
@@ -40,6 +47,7 @@ int msd_schedule_linear(double *betas, int T, double beta_start, double beta_end
     return MSD_OK;
 }
 
+/* Linear in sqrt(beta), then squared (Stable Diffusion's schedule). betas (T + 1). */
 int msd_schedule_scaled_linear(double *betas, int T, double beta_start, double beta_end)
 {
     int rc = check_T("schedule_scaled_linear", betas, T);
@@ -62,6 +70,8 @@ static double cosine_f(int t, int T, double s)
     return c * c;
 }
 
+/* betas (T + 1): betas[t] = 1 - f(t) / f(t - 1), the ratio of consecutive alpha_bar (f(0)
+ * cancels), so that msd_schedule_cumprod gives back alpha_bar(t) = f(t) / f(0). */
 int msd_schedule_cosine(double *betas, int T, double s, double max_beta)
 {
     int rc = check_T("schedule_cosine", betas, T);
@@ -80,6 +90,8 @@ int msd_schedule_cosine(double *betas, int T, double s, double max_beta)
     return MSD_OK;
 }
 
+/* alphas, alphas_cumprod, betas (T + 1). Betas must lie in [0, 1): a beta of 1 makes
+ * log(alpha) -inf and every later alphas_cumprod 0, which the samplers divide by. */
 int msd_schedule_cumprod(double *alphas, double *alphas_cumprod, const double *betas, int T)
 {
     int rc = check_T("schedule_cumprod", alphas, T);
@@ -104,6 +116,8 @@ int msd_schedule_cumprod(double *alphas, double *alphas_cumprod, const double *b
     return MSD_OK;
 }
 
+/* ab >= 1 would divide by 1 - ab = 0 (a step from t = 0); v <= 0 (ab_prev < ab, not a
+ * step towards less noise, or rounding) gives sigma 0 rather than a NaN. */
 double msd_ddim_sigma(double alpha_cumprod, double alpha_cumprod_prev, double eta)
 {
     if (eta == 0.0 || alpha_cumprod >= 1.0)
@@ -116,6 +130,9 @@ double msd_ddim_sigma(double alpha_cumprod, double alpha_cumprod_prev, double et
 
 /* ---- raw kernels -------------------------------------------------------- */
 
+/* out, x0, noise (B, per_sample); coef_a, coef_b (B): one pair per sample, since each
+ * sample of a training batch has its own t. Each element of out is written (=) after its
+ * inputs are read, so out may alias x0 or noise. */
 void msd_add_noise_forward(float *out, const float *x0, const float *noise, const float *coef_a,
                            const float *coef_b, int B, size_t per_sample)
 {
@@ -127,6 +144,8 @@ void msd_add_noise_forward(float *out, const float *x0, const float *noise, cons
     }
 }
 
+/* prev, pred_x0 (n) written (=; pred_x0 may be NULL); x, eps, z (n) read (z NULL: no
+ * noise). The per-step scalars are formed once, in double, outside the loop. */
 void msd_ddpm_step_forward(float *prev, float *pred_x0, const float *x, const float *eps,
                            const float *z, double alpha, double alpha_cumprod, double sigma,
                            size_t n)
@@ -146,6 +165,8 @@ void msd_ddpm_step_forward(float *prev, float *pred_x0, const float *x, const fl
     }
 }
 
+/* prev, pred_x0 (n) written (=; pred_x0 may be NULL); x, eps, z (n) read (z NULL: z = 0).
+ * Each element's inputs are read before its outputs are stored, so prev may alias x. */
 void msd_ddim_step_forward(float *prev, float *pred_x0, const float *x, const float *eps,
                            const float *z, double alpha_cumprod, double alpha_cumprod_prev,
                            double sigma, size_t n)
@@ -181,6 +202,9 @@ static int check_same(const char *what, const char *na, const msd_tensor *a, con
                      msd_tensor_shape_str(sb, sizeof sb, b));
 }
 
+/* x0, noise (B, ...) -> out (x0's shape), no autograd node (the noised sample is an input
+ * of the model, never a parameter). MSD_ERR_ARG for a NULL argument, MSD_ERR_SHAPE when
+ * noise's shape differs or n_coef != B. */
 int msd_add_noise(msd_tensor *x0, msd_tensor *noise, const float *coef_a, const float *coef_b,
                   int n_coef, msd_tensor **out)
 {
@@ -198,7 +222,7 @@ int msd_add_noise(msd_tensor *x0, msd_tensor *noise, const float *coef_a, const 
     msd_tensor *o = msd_tensor_empty_like(x0);
     if (!o)
         return MSD_ERR_MEM;
-    size_t per = B ? msd_tensor_numel(x0) / (size_t)B : 0;
+    size_t per = B ? msd_tensor_numel(x0) / (size_t)B : 0; /* B = 0: an empty batch */
     msd_add_noise_forward(msd_tensor_data(o), msd_tensor_data(x0), msd_tensor_data(noise), coef_a,
                           coef_b, B, per);
     *out = o;
@@ -230,6 +254,9 @@ static int alloc_outputs(const msd_tensor *x, msd_tensor **p, msd_tensor **x0, i
     return MSD_OK;
 }
 
+/* x, eps, z (one shape; z may be NULL) -> *prev and, when asked, *pred_x0 (x's shape).
+ * The bounds keep every sqrt and quotient of the kernel finite: ab < 1 for 1 - ab,
+ * alpha > 0 and ab > 0 for the divisions. */
 int msd_ddpm_step(msd_tensor *x, msd_tensor *eps, msd_tensor *z, double alpha,
                   double alpha_cumprod, double alpha_cumprod_prev, msd_ddpm_variance variance,
                   msd_tensor **prev, msd_tensor **pred_x0)
@@ -250,6 +277,8 @@ int msd_ddpm_step(msd_tensor *x, msd_tensor *eps, msd_tensor *z, double alpha,
     msd_tensor *p, *o;
     if ((rc = alloc_outputs(x, &p, &o, pred_x0 != NULL)) != MSD_OK)
         return rc;
+    /* var >= 0 within the checked ranges (0 on fixed_small's last step, ab_prev = 1); the
+     * clamp only keeps sqrt away from a negative */
     msd_ddpm_step_forward(msd_tensor_data(p), o ? msd_tensor_data(o) : NULL, msd_tensor_data(x),
                           msd_tensor_data(eps), z ? msd_tensor_data(z) : NULL, alpha,
                           alpha_cumprod, sqrt(var > 0 ? var : 0), msd_tensor_numel(x));
@@ -259,6 +288,8 @@ int msd_ddpm_step(msd_tensor *x, msd_tensor *eps, msd_tensor *z, double alpha,
     return MSD_OK;
 }
 
+/* x, eps, z (one shape; z may be NULL) -> *prev and, when asked, *pred_x0 (x's shape).
+ * ab_prev >= ab: a step goes towards less noise (and keeps sigma's radicand >= 0). */
 int msd_ddim_step(msd_tensor *x, msd_tensor *eps, msd_tensor *z, double alpha_cumprod,
                   double alpha_cumprod_prev, double eta, msd_tensor **prev,
                   msd_tensor **pred_x0)
@@ -272,6 +303,8 @@ int msd_ddim_step(msd_tensor *x, msd_tensor *eps, msd_tensor *z, double alpha_cu
                          "alpha_cumprod <= alpha_cumprod_prev (%g) <= 1 and eta (%g) >= 0",
                          alpha_cumprod, alpha_cumprod_prev, eta);
     double sigma = msd_ddim_sigma(alpha_cumprod, alpha_cumprod_prev, eta);
+    /* below -1e-12 the radicand of the x_t direction is really negative (eta > 1 can do
+     * it); above, it is rounding, which the kernel clamps to 0 */
     if (1.0 - alpha_cumprod_prev - sigma * sigma < -1e-12)
         return msd_error(MSD_ERR_ARG, "ddim_step: eta %g too large: sigma^2 %g exceeds "
                          "1 - alpha_cumprod_prev %g", eta, sigma * sigma,

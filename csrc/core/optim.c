@@ -7,6 +7,8 @@
 
 #include "optim.h"
 
+/* MSD_ERR_ARG naming adam_step or adamw_step for a step < 1 or a hyperparameter out of
+ * range; every test is written !(ok) so that a NaN fails it too. */
 static int check_adam(const msd_adam_hparams *h, long step)
 {
     const char *op = h->decoupled ? "adamw_step" : "adam_step";
@@ -25,6 +27,9 @@ static int check_adam(const msd_adam_hparams *h, long step)
     return MSD_OK;
 }
 
+/* param, exp_avg, exp_avg_sq (n): updated in place (=); grad (n): read only. step: the new
+ * step count (1 on the first step), which sets the bias corrections. Errors are checked
+ * first, so a refused call modifies nothing. */
 int msd_adam_step(float *param, float *exp_avg, float *exp_avg_sq, const float *grad, size_t n,
                   long step, const msd_adam_hparams *h)
 {
@@ -43,6 +48,10 @@ int msd_adam_step(float *param, float *exp_avg, float *exp_avg_sq, const float *
     const int coupled_wd = !h->decoupled && h->weight_decay != 0;
     const int decoupled_wd = h->decoupled && h->weight_decay != 0;
 
+    /* Each statement is one line of torch's _single_tensor_adam (param.mul_, grad.add,
+     * exp_avg.mul_.add_, exp_avg_sq.mul_.addcmul_, the denominator, param.addcdiv_), its
+     * operands in torch's order: regrouping them, or a compiler fusing them into FMAs,
+     * changes the last bits. */
     for (size_t i = 0; i < n; i++) {
         float p = param[i], g = grad[i];
         if (decoupled_wd)
@@ -60,6 +69,11 @@ int msd_adam_step(float *param, float *exp_avg, float *exp_avg_sq, const float *
     return MSD_OK;
 }
 
+/* param (n): updated in place; momentum_buf (n): updated in place, and required when
+ * momentum != 0 (NULL is fine without momentum); grad (n): read only. first: this
+ * parameter's first step, when the buffer is set to d itself (no dampening), as torch
+ * does. MSD_ERR_ARG before anything is modified: lr, momentum or weight_decay < 0 or NaN,
+ * nesterov without momentum > 0 and dampening 0, momentum without a buffer. */
 int msd_sgd_step(float *param, float *momentum_buf, const float *grad, size_t n, int first,
                  const msd_sgd_hparams *h)
 {
@@ -97,6 +111,9 @@ int msd_sgd_step(float *param, float *momentum_buf, const float *grad, size_t n,
     return MSD_OK;
 }
 
+/* ema (n) = decay ema + (1 - decay) p, in place; p (n) read only. 1 - decay is formed in
+ * double and rounded once: from decay already rounded to float it would carry that rounding
+ * error, 1.7e-4 relative at decay 0.9999. MSD_ERR_ARG unless 0 <= decay <= 1. */
 int msd_ema_update(float *ema, const float *p, size_t n, double decay)
 {
     if (!(decay >= 0 && decay <= 1))

@@ -1,5 +1,11 @@
 /* minisd: Philox 4x32-10 counter-based generator (see rng.h for the exact
- * stream layout that every function below follows). */
+ * stream layout that every function below follows).
+ *
+ * Every draw function follows one pattern: take() reserves the call's words of the stream
+ * (advancing g->offset once, whole blocks), then the words are generated CHUNK at a time
+ * into a stack buffer and mapped to values. Element i depends only on (seed, offset, i),
+ * never on the chunking, so changing CHUNK or splitting the work changes no result; the
+ * mappings are the stream's definition (rng.h) and checkpoints depend on them. */
 #include <math.h>
 #include <stdlib.h>
 
@@ -10,6 +16,10 @@
 #define PHILOX_W0 0x9E3779B9u
 #define PHILOX_W1 0xBB67AE85u
 
+/* Salmon et al. 2011, as Random123's philox4x32_10: ten rounds, the key bumped by the Weyl
+ * constants W0, W1 before each round but the first. A round multiplies c0 and c2 by M0 and
+ * M1 (32 x 32 -> 64 bits), xors the high halves with c1, c3 and the key, and swaps the
+ * pairs. Random123's known-answer vectors are checked in tests/c/test_rng.c. */
 void msd_philox4x32_10(uint32_t out[4], const uint32_t ctr[4], const uint32_t key[2])
 {
     uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
@@ -62,7 +72,9 @@ static void words(const msd_rng *g, uint64_t w0, uint32_t *out, size_t n)
     }
 }
 
-/* Reserves n words of g's stream (rounded up to whole blocks); returns the first. */
+/* Reserves n words of g's stream (rounded up to whole blocks); returns the first.
+ * Rounding keeps the offset a multiple of 4, so every call starts on a fresh block and a
+ * saved {seed, offset} resumes exactly. */
 static uint64_t take(msd_rng *g, uint64_t n)
 {
     uint64_t o = g->offset;
@@ -70,7 +82,8 @@ static uint64_t take(msd_rng *g, uint64_t n)
     return o;
 }
 
-/* Work goes through a small buffer of words, CHUNK at a time (a multiple of 4). */
+/* Work goes through a small buffer of words, CHUNK at a time (a multiple of 4).
+ * A multiple of 4 so that each chunk starts on a block boundary, as words() requires. */
 #define CHUNK 1024
 
 void msd_rng_uniform(msd_rng *g, float *out, size_t n)
@@ -81,6 +94,8 @@ void msd_rng_uniform(msd_rng *g, float *out, size_t n)
         size_t m = n - i < CHUNK ? n - i : CHUNK;
         words(g, o + i, w, m);
         for (size_t k = 0; k < m; k++)
+            /* the top 24 bits: every value k * 2^-24 is exact in a float and the largest is
+             * 1 - 2^-24, so 1.0 cannot come out (32 bits would round up to 1.0) */
             out[i + k] = (float)(w[k] >> 8) * (1.0f / 16777216.0f);
     }
 }
@@ -95,6 +110,8 @@ void msd_rng_normal(msd_rng *g, float *out, size_t n)
         size_t m = pairs - j < CHUNK / 2 ? pairs - j : CHUNK / 2;
         words(g, o + 2 * j, w, 2 * m);
         for (size_t k = 0; k < m; k++) {
+            /* u1 in (0, 1]: + 1 keeps log(u1) finite; cos and sin of one pair give two
+             * independent normals (Box-Muller) */
             double u1 = ((double)w[2 * k] + 1.0) * (1.0 / 4294967296.0);
             double u2 = (double)w[2 * k + 1] * (1.0 / 4294967296.0);
             double r = sqrt(-2.0 * log(u1)), th = two_pi * u2;
@@ -106,7 +123,10 @@ void msd_rng_normal(msd_rng *g, float *out, size_t n)
     }
 }
 
-/* floor(x * range / 2^64) for a 64-bit x: the high half of the 128-bit product. */
+/* floor(x * range / 2^64) for a 64-bit x: the high half of the 128-bit product.
+ * Schoolbook on 32-bit halves, portable C without __int128: mid gathers the carries of the
+ * three lower partial products (each term < 2^32, so the sum cannot overflow). Mapping 64
+ * random bits rather than 32 keeps the bias below range / 2^64. */
 static uint64_t scale64(uint64_t x, uint64_t range)
 {
     uint64_t xl = (uint32_t)x, xh = x >> 32, rl = (uint32_t)range, rh = range >> 32;
@@ -115,6 +135,9 @@ static uint64_t scale64(uint64_t x, uint64_t range)
     return hh + (lh >> 32) + (hl >> 32) + (mid >> 32);
 }
 
+/* out (n): integers in [low, high] as floats, two words per element. The bounds keep
+ * every value exact in a float (2^24) and high - low + 1 far from overflow. MSD_ERR_ARG
+ * before anything is drawn (n = 0 is then a pure range check: take(g, 0) moves nothing). */
 int msd_rng_randint(msd_rng *g, float *out, size_t n, int64_t low, int64_t high)
 {
     const int64_t lim = 16777216;
@@ -135,6 +158,8 @@ int msd_rng_randint(msd_rng *g, float *out, size_t n, int64_t low, int64_t high)
     return MSD_OK;
 }
 
+/* out (n) = a permutation of 0..n-1 by Fisher-Yates from the top: draw k (two words)
+ * picks j in [0, i] for i = n - 1 - k, so the n - 1 draws are reserved in one take(). */
 void msd_rng_randperm(msd_rng *g, int *out, int n)
 {
     for (int i = 0; i < n; i++)
@@ -159,6 +184,9 @@ void msd_rng_randperm(msd_rng *g, int *out, int n)
     }
 }
 
+/* msd_rand, msd_randn, msd_randint: a new tensor of the shape, filled by the draw of the
+ * same name. The shape is checked before the tensor exists, so an error leaves *out NULL
+ * and g untouched. */
 int msd_rand(msd_rng *g, int ndim, const int *shape, msd_tensor **out)
 {
     *out = NULL;
