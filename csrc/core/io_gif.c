@@ -1,4 +1,12 @@
-/* minisd: animated GIF writer (see gif.h for the format choices). */
+/* minisd: animated GIF writer (see gif.h for the format choices).
+ *
+ * The file is built in memory (msd_buf), then written atomically. Its blocks in file order
+ * (sections of the GIF89a specification): header "GIF89a"; logical screen descriptor (18)
+ * and global colour table (19); the NETSCAPE2.0 application extension (loop count); per
+ * frame a graphic control extension (23), an image descriptor (20) and the LZW-coded image
+ * data (22, appendix F); the trailer 0x3B (27). All integers are 16-bit little-endian. Data
+ * after the minimum code size byte travels in sub-blocks of 1..255 bytes, each preceded by
+ * its length, ended by a zero-length block (15, 16). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +24,11 @@ msd_gif_options msd_gif_defaults(void)
     return o;
 }
 
-/* ---- the colour table: distinct opaque colours with counts ---------------- */
+/* ---- the colour table: distinct opaque colours with counts ----------------
+ * An open-addressing hash (linear probing) from 24-bit RGB to the colour's position in
+ * the order of first appearance; keys store rgb + 1 so that 0 can mean empty while black
+ * (0) stays a valid colour. The caller sizes the table to at least twice the colours it
+ * can hold, so a probe always ends. */
 
 typedef struct colour_set {
     uint32_t *keys;  /* rgb + 1, 0 = empty slot */
@@ -28,6 +40,8 @@ typedef struct colour_set {
     size_t n;
 } colour_set;
 
+/* Knuth's multiplicative hash, xored with a shift so that the low bits (the mask) also
+ * see the high bytes of the colour. */
 static size_t hash_slot(const colour_set *s, uint32_t rgb)
 {
     return (size_t)((rgb * 2654435761u) ^ (rgb >> 13)) & s->mask;
@@ -49,7 +63,9 @@ static size_t colour_find_add(colour_set *s, uint32_t rgb)
     return s->n++;
 }
 
-/* ---- median cut ------------------------------------------------------------ */
+/* ---- median cut ------------------------------------------------------------
+ * Heckbert's median cut over the distinct colours, each weighted by its pixel count (see
+ * gif.h). The result depends only on the colours and counts, not on qsort's algorithm. */
 
 typedef struct mc_colour {
     uint8_t c[3];
@@ -78,6 +94,8 @@ typedef struct mc_box {
     int range, channel;
 } mc_box;
 
+/* The widest channel of the box's colours and its range (max - min); the first channel
+ * wins a tie (strict >), R before G before B. */
 static void mc_measure(const mc_colour *col, mc_box *b)
 {
     int mn[3] = {255, 255, 255}, mx[3] = {0, 0, 0};
@@ -119,6 +137,8 @@ static int median_cut(const colour_set *s, int maxc, unsigned char *pal)
     box[0].lo = 0;
     box[0].hi = s->n;
     mc_measure(col, &box[0]);
+    /* split the box with the widest channel range (the first such box on a tie) until
+     * there are maxc boxes or none can split (each left holds a single colour) */
     while (nbox < maxc) {
         int best = -1;
         for (int i = 0; i < nbox; i++)
@@ -129,6 +149,8 @@ static int median_cut(const colour_set *s, int maxc, unsigned char *pal)
             break;
         mc_box *b = &box[best];
         qsort(col + b->lo, b->hi - b->lo, sizeof *col, mc_compare[b->channel]);
+        /* cut after the first colour at which the cumulative weight reaches half the box's;
+         * m stays in [lo + 1, hi - 1], so both halves keep at least one colour */
         uint64_t total = 0, acc = 0;
         for (size_t i = b->lo; i < b->hi; i++)
             total += col[i].weight;
@@ -146,6 +168,8 @@ static int median_cut(const colour_set *s, int maxc, unsigned char *pal)
         mc_measure(col, &box[nbox]);
         nbox++;
     }
+    /* each box's colour: the pixel-weighted mean of its colours, rounded (w > 0: every
+     * distinct colour has at least one pixel) */
     for (int i = 0; i < nbox; i++) {
         double sum[3] = {0, 0, 0}, w = 0;
         for (size_t k = box[i].lo; k < box[i].hi; k++) {
@@ -162,10 +186,17 @@ static int median_cut(const colour_set *s, int maxc, unsigned char *pal)
     return nbox;
 }
 
-/* ---- LZW ------------------------------------------------------------------- */
+/* ---- LZW -------------------------------------------------------------------
+ * GIF's variable-length LZW (GIF89a appendix F): with minimum code size mcs, codes
+ * 0..2^mcs - 1 are the palette indices, 2^mcs is Clear and 2^mcs + 1 End of Information;
+ * new strings take codes from 2^mcs + 2 up. Codes start mcs + 1 bits wide, grow by one bit
+ * as the table passes each power of two, up to 12 bits (4096 codes); a full table is
+ * followed by a Clear code and a fresh start. Codes are packed least significant bit
+ * first into bytes, and the bytes into sub-blocks of at most 255. The string table is a
+ * hash from (prefix code, next index) to the string's code. */
 
 #define LZW_MAX_CODES 4096
-#define LZW_SLOTS 8192
+#define LZW_SLOTS 8192 /* twice the codes: the table is at most half full */
 
 typedef struct lzw {
     msd_buf *out;
@@ -177,6 +208,8 @@ typedef struct lzw {
     uint16_t codes[LZW_SLOTS];
 } lzw;
 
+/* Appends one byte of coded data; a full sub-block (255 bytes) goes out with its length
+ * byte first. */
 static void lzw_byte(lzw *z, int v)
 {
     z->block[z->nblock++] = (unsigned char)v;
@@ -187,6 +220,8 @@ static void lzw_byte(lzw *z, int v)
     }
 }
 
+/* Appends a code of `size` bits, least significant bit first: acc holds the bits not yet
+ * in a byte (fewer than 8 between calls, so 8 + 12 always fit in 32). */
 static void lzw_code(lzw *z, int code, int size)
 {
     z->acc |= (uint32_t)code << z->nacc;
@@ -198,6 +233,7 @@ static void lzw_code(lzw *z, int code, int size)
     }
 }
 
+/* Multiplicative hash: the top 13 bits of the 32-bit product index the 8192 slots. */
 static size_t lzw_slot(int32_t key)
 {
     return ((uint32_t)key * 2654435761u >> 19) & (LZW_SLOTS - 1);
@@ -216,8 +252,11 @@ static void lzw_encode(lzw *z, msd_buf *out, const uint8_t *idx, int w, int h, i
     const int clear = 1 << mcs, eoi = clear + 1;
     int next = clear + 2, size = mcs + 1;
     msd_buf_byte(out, mcs);
+    /* a Clear code first, as appendix F asks of encoders */
     lzw_code(z, clear, size);
     const int W = w * scale, H = h * scale;
+    /* prefix: the code of the longest string seen so far that is in the table (-1 before
+     * the first pixel); the upscaled canvas is read through idx, never materialised */
     int prefix = -1;
     for (int y = 0; y < H; y++) {
         const uint8_t *row = idx + (size_t)(y / scale) * w;
@@ -227,6 +266,7 @@ static void lzw_encode(lzw *z, msd_buf *out, const uint8_t *idx, int w, int h, i
                 prefix = c;
                 continue;
             }
+            /* prefix < 4096 and c < 256: the key fits in 20 bits; + 1 keeps 0 for empty */
             int32_t key = (prefix << 8 | c) + 1;
             size_t s = lzw_slot(key);
             while (z->keys[s] != 0 && z->keys[s] != key)
@@ -240,6 +280,8 @@ static void lzw_encode(lzw *z, msd_buf *out, const uint8_t *idx, int w, int h, i
              * grows once the next free code no longer fits, as giflib does */
             if (next >= (1 << size) && size < 12)
                 size++;
+            /* the string prefix + c gets the next code; with the table full (4096 codes)
+             * the encoder sends Clear at the current width (12 bits) instead and restarts */
             if (next < LZW_MAX_CODES) {
                 z->keys[s] = key;
                 z->codes[s] = (uint16_t)next++;
@@ -252,6 +294,10 @@ static void lzw_encode(lzw *z, msd_buf *out, const uint8_t *idx, int w, int h, i
             prefix = c;
         }
     }
+    /* the last string, then End of Information at the width the decoder now expects: the
+     * same growth check as after every code in the loop, since the decoder grows its width
+     * after reading the last code as after any other; the last byte is padded with zero
+     * bits */
     lzw_code(z, prefix, size);
     if (next >= (1 << size) && size < 12)
         size++;
@@ -267,6 +313,7 @@ static void lzw_encode(lzw *z, msd_buf *out, const uint8_t *idx, int w, int h, i
 
 /* ---- the file -------------------------------------------------------------- */
 
+/* MSD_ERR_ARG unless lo <= v <= hi; the GIF fields are 16-bit. */
 static int check_opt(const char *what, int v, int lo, int hi)
 {
     if (v < lo || v > hi)
@@ -275,6 +322,12 @@ static int check_opt(const char *what, int v, int lo, int hi)
     return MSD_OK;
 }
 
+/* rgba[f] (height, width, 4) bytes for each of the n frames -> *out, a malloc'd GIF of
+ * *size bytes (the caller frees it). Three passes: collect the distinct opaque colours of
+ * all frames (one global palette keeps colours stable across the animation), build the
+ * palette (exact or median cut), then per frame map pixels to indices and LZW-code them.
+ * MSD_ERR_ARG for bad sizes or options (checked before any allocation), MSD_ERR_MEM;
+ * nothing is returned on error. */
 int msd_gif_encode(unsigned char **out, size_t *size, const unsigned char *const *rgba, int n,
                    int width, int height, const msd_gif_options *opt)
 {
@@ -295,6 +348,9 @@ int msd_gif_encode(unsigned char **out, size_t *size, const unsigned char *const
         if (!rgba[f])
             return msd_error(MSD_ERR_ARG, "gif_encode: frame %d has no pixels", f);
 
+    /* hash slots: a power of two >= 2 * pixels, at most 2^25 = twice the 2^24 colours RGB
+     * can hold, so the table is at most half full either way; maxn: the most distinct
+     * colours possible */
     const size_t hw = (size_t)width * height, total = hw * (size_t)n;
     size_t cap = 1024;
     while (cap < 2 * total && cap < ((size_t)1 << 25))
@@ -318,6 +374,8 @@ int msd_gif_encode(unsigned char **out, size_t *size, const unsigned char *const
         goto done;
     }
 
+    /* pos: per pixel of every frame, its colour's position, or UINT32_MAX when alpha is
+     * below half (GIF has one transparent index, no partial alpha) */
     int transparent = 0;
     for (int f = 0; f < n; f++)
         for (size_t p = 0; p < hw; p++) {
@@ -333,6 +391,8 @@ int msd_gif_encode(unsigned char **out, size_t *size, const unsigned char *const
             }
         }
 
+    /* s.pal maps each distinct colour to its palette index; one slot is kept free for the
+     * transparent index when any pixel is transparent */
     unsigned char pal[256 * 3];
     memset(pal, 0, sizeof pal);
     int maxc = transparent ? 255 : 256, npal;
@@ -350,6 +410,8 @@ int msd_gif_encode(unsigned char **out, size_t *size, const unsigned char *const
             rc = msd_error(MSD_ERR_MEM, "gif_encode: out of memory for the palette");
             goto done;
         }
+        /* nearest palette colour per distinct colour (not per pixel): squared RGB
+         * distance, the lowest index on a tie (strict <) */
         for (size_t i = 0; i < s.n; i++) {
             int r = (int)(s.rgb[i] >> 16), g = (int)(s.rgb[i] >> 8 & 0xff),
                 bl = (int)(s.rgb[i] & 0xff);
@@ -368,6 +430,9 @@ int msd_gif_encode(unsigned char **out, size_t *size, const unsigned char *const
     }
     const int tindex = npal; /* only used when transparent */
     const int ncol = npal + transparent;
+    /* the colour table holds 2^bits entries, bits >= 1 (the field stores bits - 1; the
+     * unused entries are black); the LZW minimum code size is at least 2, as the
+     * specification requires even of 1-bit images (appendix F) */
     int bits = 1;
     while ((1 << bits) < ncol)
         bits++;
@@ -377,12 +442,15 @@ int msd_gif_encode(unsigned char **out, size_t *size, const unsigned char *const
     msd_buf_put(&b, "GIF89a", 6);
     msd_buf_u16le(&b, width * o.scale);
     msd_buf_u16le(&b, height * o.scale);
+    /* packed: global table present (0x80), colour resolution 8 bits (7 << 4), not sorted,
+     * table size 2^(field + 1) */
     msd_buf_byte(&b, 0x80 | 0x70 | (bits - 1));
     msd_buf_byte(&b, 0); /* background colour index */
     msd_buf_byte(&b, 0); /* pixel aspect ratio: none */
     msd_buf_put(&b, pal, (size_t)3 << bits);
 
-    /* NETSCAPE2.0 application extension: loop count */
+    /* NETSCAPE2.0 application extension: loop count
+     * (0x21 0xFF, block of 11 bytes "NETSCAPE2.0", sub-block of 3: id 1 and the count) */
     msd_buf_put(&b, "\x21\xff\x0bNETSCAPE2.0\x03\x01", 16);
     msd_buf_u16le(&b, o.loop);
     msd_buf_byte(&b, 0);
@@ -391,7 +459,8 @@ int msd_gif_encode(unsigned char **out, size_t *size, const unsigned char *const
         const uint32_t *fp = pos + (size_t)f * hw;
         for (size_t p = 0; p < hw; p++)
             idx[p] = fp[p] == UINT32_MAX ? (uint8_t)tindex : s.pal[fp[p]];
-        /* graphic control extension */
+        /* graphic control extension: packed byte = disposal method << 2 | transparency
+         * flag; then the delay in centiseconds, the transparent index, the terminator */
         msd_buf_put(&b, "\x21\xf9\x04", 3);
         msd_buf_byte(&b, (transparent ? 2 : 1) << 2 | transparent);
         msd_buf_u16le(&b, f == n - 1 ? o.last_delay : o.delay);
@@ -435,6 +504,7 @@ typedef struct gif_write {
     const char *path;
 } gif_write;
 
+/* msd_write_fn for msd_file_write_atomic: the encoded bytes in one fwrite. */
 static int write_buffer(FILE *f, void *ctx)
 {
     const gif_write *w = ctx;
@@ -443,6 +513,9 @@ static int write_buffer(FILE *f, void *ctx)
     return MSD_OK;
 }
 
+/* frames[f] (C, H, W), C = 1, 3 or 4, values in [0, 1], all of one H and W -> RGBA bytes
+ * (msd_image_rgba_bytes: clamped, rounded) -> msd_gif_encode -> an atomic write. Every
+ * frame's shape is checked first, naming the frame 1-based. */
 int msd_gif_save(const char *path, const msd_tensor *const *frames, int n,
                  const msd_gif_options *opt)
 {
@@ -492,6 +565,7 @@ int msd_gif_save(const char *path, const msd_tensor *const *frames, int n,
     free(bytes);
     free(rgba);
     if (rc != MSD_OK) {
+        /* copied first: msd_error rewrites the buffer that msd_last_error returns */
         snprintf(msg, sizeof msg, "%s", msd_last_error());
         return msd_error(rc, "save_gif '%s': %s", path, msg);
     }

@@ -3,7 +3,16 @@
  * Layout: "\x93NUMPY", major, minor, header length (2 bytes LE in 1.0, 4
  * bytes LE in 2.0 and 3.0), then a Python dict literal such as
  * {'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), } padded with
- * spaces and '\n', then the raw array data. */
+ * spaces and '\n', then the raw array data.
+ *
+ * The rules followed (numpy.lib.format, the NEP 1 format description): version 2.0 exists
+ * only for headers over 65535 bytes, 3.0 only changes the header's encoding from latin-1
+ * to UTF-8 (irrelevant to the ASCII keys and values read here); the header is a dict
+ * literal with exactly the keys descr, fortran_order and shape; descr is a type string,
+ * byte order ('<' little, '>' big, '|' not applicable, '=' native) + kind + item size;
+ * the data follows the header immediately, in C order unless fortran_order. The reader
+ * loads the whole file and checks the header length, every shape entry and the data size
+ * against the file before it allocates the tensor. */
 #include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -30,6 +39,9 @@ static uint64_t le(const unsigned char *p, int n)
     return msd_le(p, n);
 }
 
+/* One element at p (possibly unaligned, little-endian) as a float: integers and doubles
+ * round to the nearest float (integers beyond 2^24 in magnitude lose low bits), bool is 0
+ * or 1, float16 widens exactly. */
 static float convert(const unsigned char *p, enum npy_kind k)
 {
     switch (k) {
@@ -59,7 +71,10 @@ static float convert(const unsigned char *p, enum npy_kind k)
     return 0.0f;
 }
 
-/* ---- header dict parser ---------------------------------------------------- */
+/* ---- header dict parser ----------------------------------------------------
+ * Only the subset of Python literal syntax that NumPy writes: a dict of three known keys
+ * whose values are a string, True or False, and a tuple of non-negative integers. Every
+ * read checks s < end: the header is not NUL-terminated. */
 
 typedef struct {
     const char *s, *end, *path;
@@ -81,7 +96,9 @@ static int expect(hdr *h, char c)
     return MSD_OK;
 }
 
-/* A quoted Python string (no escapes needed in npy headers) into buf. */
+/* A quoted Python string (no escapes needed in npy headers) into buf.
+ * buf holds n bytes including the NUL: a longer string (or any backslash) is refused
+ * rather than truncated. */
 static int parse_str(hdr *h, char *buf, size_t n)
 {
     skip_ws(h);
@@ -115,7 +132,9 @@ static int starts(hdr *h, const char *word)
     return 0;
 }
 
-/* (d0, d1, ...) with an optional trailing comma; dims as int64. */
+/* (d0, d1, ...) with an optional trailing comma; dims as int64.
+ * dims holds 32 entries (NumPy's own limit for a long time); () is a 0-dim array and a
+ * 1-dim tuple is written (n,). Overflow is refused digit by digit, before it happens. */
 static int parse_shape(hdr *h, int *ndim, long long *dims)
 {
     int rc = expect(h, '(');
@@ -161,6 +180,8 @@ typedef struct {
     long long dims[32];
 } npy_header;
 
+/* Fills out from the dict; keys in any order, each required, an unknown key an error, and
+ * nothing but padding after the closing brace. MSD_ERR_FORMAT naming the file. */
 static int parse_header(hdr *h, npy_header *out)
 {
     int seen_descr = 0, seen_fortran = 0, seen_shape = 0, rc;
@@ -215,13 +236,17 @@ static int parse_header(hdr *h, npy_header *out)
     return MSD_OK;
 }
 
-/* Decodes a .npy file held in memory; path names it in messages. */
+/* Decodes a .npy file held in memory; path names it in messages.
+ * buf: size bytes, the caller's. *out: a new tensor of the array's shape (0 to
+ * MSD_MAX_DIMS dims). MSD_ERR_FORMAT for anything the file gets wrong, MSD_ERR_SHAPE or
+ * MSD_ERR_MEM from msd_shape_check for a shape beyond the tensor limits. */
 static int npy_decode(const unsigned char *buf, size_t size, const char *path, msd_tensor **out)
 {
     int rc;
     if (size < 10 || memcmp(buf, "\x93NUMPY", 6) != 0) {
         return msd_error(MSD_ERR_FORMAT, "load_npy: '%s': not a .npy file (bad magic)", path);
     }
+    /* buf[6], buf[7]: major, minor version; the minor only appears in the version error */
     int major = buf[6];
     size_t hlen, hstart;
     if (major == 1) {
@@ -248,7 +273,7 @@ static int npy_decode(const unsigned char *buf, size_t size, const char *path, m
     if ((rc = parse_header(&h, &nh))) {
         return rc;
     }
-    /* dtype */
+    /* dtype: byte-order character, kind character, item size in bytes ("<f4", "|u1") */
     const char *d = nh.descr;
     int n = (int)strlen(d), found = -1;
     if (n >= 3 && strchr("<>|=", d[0])) {
@@ -258,6 +283,8 @@ static int npy_decode(const unsigned char *buf, size_t size, const char *path, m
             for (int i = 0; i < (int)(sizeof npy_types / sizeof npy_types[0]); i++)
                 if (npy_types[i].code == d[1] && npy_types[i].size == sz)
                     found = i;
+        /* byte order matters only past one byte; '=' (native) is read as little-endian,
+         * the order of the x86-64 and ARM64 hosts minisd targets */
         if (found >= 0 && d[0] == '>' && sz > 1) {
             return msd_error(MSD_ERR_FORMAT, "load_npy: '%s': big-endian dtype '%s' is not "
                              "supported; save it with arr.astype('<%c%ld')", path, d, d[1], sz);
@@ -271,6 +298,8 @@ static int npy_decode(const unsigned char *buf, size_t size, const char *path, m
         return msd_error(MSD_ERR_FORMAT, "load_npy: '%s': array has %d dims, at most %d "
                          "supported", path, nh.ndim, MSD_MAX_DIMS);
     }
+    /* numel saturates at ULLONG_MAX instead of wrapping (numel > 0 guards the division;
+     * after a zero dim numel stays 0), so an overflow cannot pass the data-size check */
     int shape[MSD_MAX_DIMS];
     unsigned long long numel = 1;
     for (int i = 0; i < nh.ndim; i++) {
@@ -287,10 +316,13 @@ static int npy_decode(const unsigned char *buf, size_t size, const char *path, m
     if ((rc = msd_shape_check(what, nh.ndim, shape))) {
         return rc;
     }
+    /* Fortran and C order are the same bytes for 0 and 1 dims */
     if (nh.fortran && nh.ndim > 1) {
         return msd_error(MSD_ERR_FORMAT, "load_npy: '%s' is Fortran-ordered; save it with "
                          "np.ascontiguousarray", path);
     }
+    /* the data starts right after the header; bytes after the data are ignored, as
+     * NumPy does. Divided rather than multiplied, so numel * isz cannot overflow */
     size_t isz = (size_t)npy_types[found].size, dstart = hstart + hlen;
     if (numel > (size - dstart) / isz) {
         return msd_error(MSD_ERR_FORMAT, "load_npy: '%s': truncated: the header says %llu "
@@ -336,6 +368,10 @@ struct npy_job {
     const char *path;
 };
 
+/* Writes t as '<f4' in C order: the 10-byte preamble (magic, version 1.0, 2-byte header
+ * length; 2.0 and a 4-byte length only if the padded header passed 65535 bytes, which a
+ * 4-dim shape never does), the dict, padding, then the floats. Write errors are collected
+ * by ferror at the end (MSD_ERR_IO); msd_file_write_atomic removes the partial file. */
 static int write_npy(FILE *f, void *ctx)
 {
     struct npy_job *job = ctx;
@@ -344,8 +380,11 @@ static int write_npy(FILE *f, void *ctx)
     int n = snprintf(dict, sizeof dict, "{'descr': '<f4', 'fortran_order': False, 'shape': (");
     for (int i = 0; i < t->ndim; i++)
         n += snprintf(dict + n, sizeof dict - (size_t)n, i ? ", %d" : "%d", t->shape[i]);
+    /* a 1-tuple needs its comma in Python: (3,) not (3) */
     n += snprintf(dict + n, sizeof dict - (size_t)n, t->ndim == 1 ? ",), }" : "), }");
-    /* pad with spaces + '\n' so that magic + version + length + header is a multiple of 64 */
+    /* pad with spaces + '\n' so that magic + version + length + header is a multiple of 64
+     * (NumPy's ARRAY_ALIGN, so the data can be memory-mapped aligned); hl counts the
+     * dict, the padding and the final '\n' */
     size_t pre = 10, hl = (size_t)n + 1;
     int major = 1;
     if ((pre + hl + 63) / 64 * 64 - pre > 65535) {
@@ -362,6 +401,8 @@ static int write_npy(FILE *f, void *ctx)
     for (size_t i = (size_t)n; i + 1 < hl; i++)
         fputc(' ', f);
     fputc('\n', f);
+    /* each float's bits stored byte by byte, least significant first: the file says '<f4'
+     * on any host; 1024 floats per fwrite */
     const float *d = msd_tensor_data(t);
     size_t numel = msd_tensor_numel(t);
     unsigned char tmp[4096];

@@ -1,4 +1,10 @@
-/* minisd: PNG files through libpng's simplified API (png_image). */
+/* minisd: PNG files through libpng's simplified API (png_image).
+ *
+ * libpng does the decoding, the CRC checks (every chunk's CRC-32 over its type and data),
+ * the unfiltering and the conversions; this file only guards libpng against hostile
+ * sizes, then converts between its interleaved 8-bit pixels, (H, W, C) bytes, and minisd's
+ * planar (C, H, W) floats in [0, 1]. 8-bit formats of the simplified API are sRGB with
+ * straight (not premultiplied) alpha, in both directions. */
 #include <math.h>
 #include <png.h>
 #include <stdlib.h>
@@ -15,6 +21,7 @@
 #define PNG_MAX_SIDE 8192u
 #define PNG_MAX_PIXELS (4096u * 4096u)
 
+/* PNG stores every integer big-endian (network order). */
 static unsigned long be32(const unsigned char *p)
 {
     return (unsigned long)p[0] << 24 | (unsigned long)p[1] << 16 | (unsigned long)p[2] << 8 | p[3];
@@ -23,6 +30,11 @@ static unsigned long be32(const unsigned char *p)
 /* Walks the chunks before libpng sees the file: libpng reserves what a chunk declares, so
  * a chunk whose length runs past the end of the file is refused here (a 43-byte file could
  * otherwise cost gigabytes), and so is a picture larger than a sprite library needs. */
+/* PNG layout (PNG spec, sec. 5): the 8-byte signature, then chunks of length (4 bytes, the
+ * data only), type (4 letters), data, CRC (4); IHDR must come first and starts with width
+ * and height (4 bytes each), and IEND ends the stream. The walk stops at IEND (what
+ * follows is not examined) or at the end of the file. MSD_ERR_FORMAT naming the file and
+ * the chunk's byte offset. */
 static int png_precheck(const unsigned char *file, size_t size, const char *path)
 {
     static const unsigned char sig[8] = { 0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n' };
@@ -35,6 +47,8 @@ static int png_precheck(const unsigned char *file, size_t size, const char *path
             return msd_error(MSD_ERR_FORMAT, "load_png: '%s': truncated chunk at byte %zu", path,
                              at);
         unsigned long len = be32(file + at);
+        /* the type for messages and comparisons; a non-letter (never valid in a chunk type)
+         * shows as '?' so a corrupt file cannot put control bytes in the message */
         char type[5] = { 0 };
         for (int i = 0; i < 4; i++) {
             unsigned char c = file[at + 4 + (size_t)i];
@@ -63,7 +77,11 @@ static int png_precheck(const unsigned char *file, size_t size, const char *path
     return MSD_OK;
 }
 
-/* Decodes a PNG held in memory; path names it in messages. */
+/* Decodes a PNG held in memory; path names it in messages.
+ * file: size bytes, the caller's. *out: a new (C, H, W) tensor, values byte / 255, C chosen
+ * from the file's format as io.h says. MSD_ERR_FORMAT with libpng's message for a corrupt
+ * file, MSD_ERR_MEM. libpng's state is released on every path (png_image_finish_read
+ * releases it itself). */
 static int png_decode(const unsigned char *file, size_t size, const char *path, msd_tensor **out)
 {
     int rc = png_precheck(file, size, path);
@@ -77,6 +95,8 @@ static int png_decode(const unsigned char *file, size_t size, const char *path, 
         png_image_free(&img);
         return rc;
     }
+    /* the output format asked of libpng: keep alpha when the file has any (a tRNS chunk
+     * counts), colour when it has colour, else grey; 8 bits per channel */
     int c;
     if (img.format & PNG_FORMAT_FLAG_ALPHA) {
         c = 4;
@@ -88,6 +108,8 @@ static int png_decode(const unsigned char *file, size_t size, const char *path, 
         c = 1;
         img.format = PNG_FORMAT_GRAY;
     }
+    /* a second guard on libpng's own reading of the header (png_precheck already bounded
+     * the sides): the pixels must fit the compression ratio, and each side an int */
     unsigned long long w = img.width, h = img.height;
     unsigned long long raw = w * h * (unsigned long long)c;
     if (raw > (unsigned long long)size * PNG_MAX_RATIO + (1u << 20) || h > 2147483647ull ||
@@ -108,6 +130,8 @@ static int png_decode(const unsigned char *file, size_t size, const char *path, 
         png_image_free(&img);
         return rc;
     }
+    /* background NULL: alpha is never removed here; row stride 0: packed rows of w * c
+     * bytes, top row first */
     if (!png_image_finish_read(&img, NULL, pix, 0, NULL)) {
         rc = msd_error(MSD_ERR_FORMAT, "load_png: '%s': %s", path, img.message);
         png_image_free(&img);
@@ -155,9 +179,13 @@ struct png_job {
     const char *path;
 };
 
+/* Encodes job->pix (H, W, C bytes, packed rows) into f. png_image_write_to_stdio releases
+ * libpng's state itself on return (pngwrite.c), so the png_image_free after a failure is a
+ * harmless repeat. MSD_ERR_IO with libpng's message. */
 static int write_png(FILE *f, void *ctx)
 {
     struct png_job *job = ctx;
+    /* convert_to_8bit 0 (the data is already 8-bit), row stride 0 (packed), no colormap */
     if (!png_image_write_to_stdio(job->img, f, 0, job->pix, 0, NULL)) {
         int rc = msd_error(MSD_ERR_IO, "save_png: '%s': %s", job->path, job->img->message);
         png_image_free(job->img);
@@ -166,6 +194,9 @@ static int write_png(FILE *f, void *ctx)
     return MSD_OK;
 }
 
+/* t (C, H, W), C = 1, 3 or 4 -> an 8-bit grey, RGB or RGBA PNG: the planes are
+ * interleaved into (H, W, C) bytes, round(clamp(v, 0, 1) * 255) (lroundf: halves away from
+ * zero). MSD_ERR_SHAPE for other shapes, MSD_ERR_MEM, MSD_ERR_IO from the write. */
 int msd_png_save(const char *path, const msd_tensor *t)
 {
     char sb[64];

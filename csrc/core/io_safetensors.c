@@ -447,7 +447,13 @@ int msd_safetensors_load_mem(const char *path, const unsigned char *buf, size_t 
     return rc;
 }
 
-/* ---- saving -------------------------------------------------------------------- */
+/* ---- saving --------------------------------------------------------------------
+ * The file, as the safetensors format defines it: N (8 bytes, unsigned little-endian), N
+ * bytes of UTF-8 JSON beginning with '{' and padded at the end with spaces (0x20), then
+ * the data section, each tensor's bytes at data_offsets [begin, end) relative to its
+ * start, little-endian, C order, contiguous and without gaps or overlap. minisd writes the
+ * header compact (no spaces), "__metadata__" first and every key in a fixed order, so the
+ * same content always gives the same bytes. */
 
 struct st_job {
     const msd_safetensors *st;
@@ -456,6 +462,12 @@ struct st_job {
     msd_buf *header;
 };
 
+/* Writes the length N, the header job->header (already padded) and then the tensors in
+ * job->order, the order their data_offsets were assigned in. Values are converted per
+ * dtype and stored byte by byte, least significant first, so the file is little-endian on
+ * any host: I64 by a cast of the float (exact: save checked it is integral), F16 and BF16
+ * rounded to nearest even, F32 as its bits. 4 KiB per fwrite; write errors are collected
+ * by ferror at the end (MSD_ERR_IO). */
 static int write_st(FILE *f, void *ctx)
 {
     struct st_job *job = ctx;
@@ -498,7 +510,12 @@ static int write_st(FILE *f, void *ctx)
     return MSD_OK;
 }
 
-/* The data order: 8-byte dtypes first (keeps every tensor aligned), then by name. */
+/* The data order: 8-byte dtypes first (keeps every tensor aligned), then by name.
+ * Element sizes are powers of two, so with the larger ones first every tensor starts at a
+ * multiple of its own element size (the byte length of every tensor before it is a
+ * multiple of that size); the data section itself starts at 8 + N, a multiple of 8. The
+ * reference writer orders the same way (by alignment, then name). Returns whether tensor
+ * i goes before tensor j. */
 static int before(const msd_safetensors *st, int i, int j)
 {
     size_t si = dtypes[st->dtypes[i]].size, sj = dtypes[st->dtypes[j]].size;
@@ -507,6 +524,11 @@ static int before(const msd_safetensors *st, int i, int j)
     return strcmp(st->names[i], st->names[j]) < 0;
 }
 
+/* Every check runs before the file is opened, so a refused save leaves the target as it
+ * was: names and metadata must be valid UTF-8 (RFC 8259 requires it of JSON text); a
+ * tensor's dtype must be one the writer converts to; F16 and BF16 values must not round a
+ * finite value to infinity; I64 values must be integers within int64. MSD_ERR_ARG naming
+ * the tensor (and the element), MSD_ERR_MEM, or the atomic write's MSD_ERR_IO. */
 int msd_safetensors_save(const char *path, const msd_safetensors *st)
 {
     for (int i = 0; i < st->count; i++) {
@@ -536,6 +558,8 @@ int msd_safetensors_save(const char *path, const msd_safetensors *st)
         if (st->dtypes[i] == MSD_DTYPE_I64) {
             const float *d = msd_tensor_data(st->tensors[i]);
             size_t n = msd_tensor_numel(st->tensors[i]);
+            /* integral and |v| < 2^63 (the float literal is exactly 2^63), so the cast in
+             * write_st is defined; written !(ok), so NaN and infinities fail too */
             for (size_t j = 0; j < n; j++)
                 if (!(d[j] == floorf(d[j]) && fabsf(d[j]) < 9.2233720368547758e18f))
                     return msd_error(MSD_ERR_ARG, "save_safetensors: '%s': tensor '%s' marked "
@@ -553,6 +577,7 @@ int msd_safetensors_save(const char *path, const msd_safetensors *st)
     if (!order)
         return msd_error(MSD_ERR_MEM, "save_safetensors: '%s': out of memory", path);
     int *morder = order + st->count;
+    /* insertion sorts: quadratic in the number of entries, which stays small */
     for (int i = 0; i < st->count; i++) { /* insertion sort: qsort has no context in C11 */
         int k = i;
         for (; k > 0 && before(st, i, order[k - 1]); k--)
@@ -566,6 +591,9 @@ int msd_safetensors_save(const char *path, const msd_safetensors *st)
         morder[k] = i;
     }
 
+    /* the header: {"__metadata__":{...},"name":{"dtype":..,"shape":[..],
+     * "data_offsets":[begin,end]},...}, strings escaped by msd_json_put_string; the offsets
+     * run on without gaps in data order. An allocation failure is checked once, via h.oom */
     msd_buf h = { 0 };
     msd_buf_str(&h, "{");
     if (st->meta_count) {
@@ -601,6 +629,8 @@ int msd_safetensors_save(const char *path, const msd_safetensors *st)
         off += bytes;
     }
     msd_buf_str(&h, "}");
+    /* spaces up to a multiple of 8 bytes, as the reference writer pads: with the 8-byte
+     * length before it, the data section starts 8-aligned */
     while (h.n % 8)
         msd_buf_str(&h, " ");
     int rc;
