@@ -1,4 +1,9 @@
-/* CPU feature detection and the kernel level in use (cpu.h). */
+/* CPU feature detection and the kernel level in use (cpu.h).
+ *
+ * The levels are ordered (generic < avx2 < avx512 < amx), each implying the ones below,
+ * so "the best level" is one number and forcing a lower one is a comparison. The level
+ * and the precision are process-wide atomics: read (relaxed) whenever a kernel picks its
+ * code path, written rarely (msd_isa_set, msd_precision_set, the first msd_isa_get). */
 #define _GNU_SOURCE /* syscall() */
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -46,6 +51,10 @@ static int amx_usable(void)
 /* -1 until first use; then the level in use */
 static atomic_int isa_current = -1;
 
+/* __builtin_cpu_supports (libgcc) also checks that the OS saves the AVX and AVX-512
+ * registers (XGETBV), so a level it reports can run. AVX-512 needs F, BW, DQ and VL
+ * together and AVX2 needs FMA: the target sets the kernels are compiled for (gemm.c). AMX
+ * is offered only on top of AVX-512, and only when amx_usable() says Linux granted it. */
 int msd_isa_best(void)
 {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -72,6 +81,9 @@ int msd_isa_from_name(const char *name)
     return -1;
 }
 
+/* The level in use, chosen at the first call (later changed only by msd_isa_set): the
+ * best one, lowered (never raised) by MINISD_ISA. Two threads racing on the first call
+ * compute and store the same value. */
 int msd_isa_get(void)
 {
     int isa = atomic_load_explicit(&isa_current, memory_order_relaxed);
@@ -85,6 +97,8 @@ int msd_isa_get(void)
     return isa;
 }
 
+/* MSD_ERR_ARG for a level out of range or above the CPU's best: running a kernel the CPU
+ * lacks would fault with SIGILL. */
 int msd_isa_set(int isa)
 {
     int best = msd_isa_best();

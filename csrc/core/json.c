@@ -1,6 +1,15 @@
 /* minisd internal: a small strict JSON parser (RFC 8259: UTF-8 checked, \u escapes and
  * surrogate pairs decoded, no NUL in strings, nesting limited, no key twice in an object)
- * into a tree of msd_jval, and the JSON string writer; see json.h. */
+ * into a tree of msd_jval, and the JSON string writer; see json.h.
+ *
+ * A recursive-descent parser over a byte range that is not NUL-terminated: every read
+ * checks s < end. Where RFC 8259 leaves a choice to the parser, this one takes the strict
+ * side, since its input (a safetensors header) may be hostile: duplicate names are an
+ * error (sec. 4 only says they SHOULD be unique), lone surrogates are an error (sec. 8.2
+ * allows them), nesting depth is capped at MSD_JSON_MAX_DEPTH (sec. 9 allows a limit).
+ * Numbers are validated against the grammar but only a non-negative integer's value is
+ * kept (all the header needs: shapes and offsets). The first error wins: jfail records it
+ * once and every caller returns p->rc. */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +24,8 @@ typedef struct {
     int rc;
 } jparser;
 
+/* Frees what v owns, recursively, and zeroes it; safe on a partly built value: only the
+ * first v->n items (and keys) are freed, and an item is zeroed before it is counted. */
 void msd_json_free(msd_jval *v)
 {
     free(v->str);
@@ -28,6 +39,8 @@ void msd_json_free(msd_jval *v)
     memset(v, 0, sizeof *v);
 }
 
+/* Records the first error (MSD_ERR_FORMAT with the byte offset from the start of the
+ * text) and returns the recorded code, so a parse reports where it first went wrong. */
 static int jfail(jparser *p, const char *what)
 {
     if (p->rc == MSD_OK)
@@ -36,13 +49,15 @@ static int jfail(jparser *p, const char *what)
     return p->rc;
 }
 
+/* Skips insignificant whitespace: exactly space, tab, LF, CR (RFC 8259 sec. 2). */
 static void jws(jparser *p)
 {
     while (p->s < p->end && (*p->s == ' ' || *p->s == '\t' || *p->s == '\n' || *p->s == '\r'))
         p->s++;
 }
 
-/* Appends code point cp as UTF-8. */
+/* Appends code point cp as UTF-8. cp <= 0x10FFFF and not a surrogate, as jstring ensures;
+ * o has room (the caller sized it). */
 static void put_utf8(unsigned char *o, size_t *n, unsigned cp)
 {
     if (cp < 0x80) {
@@ -62,7 +77,10 @@ static void put_utf8(unsigned char *o, size_t *n, unsigned cp)
     }
 }
 
-/* Length of the valid UTF-8 sequence at s (1..4), or 0 if invalid. */
+/* Length of the valid UTF-8 sequence at s (1..4), or 0 if invalid.
+ * RFC 3629's well-formed sequences: 80..BF cannot lead, C0, C1 and F5..FF never occur,
+ * overlong forms are refused (a 2-byte form by its C2 floor, 3- and 4-byte forms by their
+ * code point), and so are the surrogates D800..DFFF and code points past 10FFFF. */
 int msd_utf8_len(const unsigned char *s, const unsigned char *end)
 {
     unsigned c = s[0];
@@ -95,6 +113,7 @@ int msd_utf8_len(const unsigned char *s, const unsigned char *end)
     return n;
 }
 
+/* The four hex digits after "\u" (either case) into *out. */
 static int hex4(jparser *p, unsigned *out)
 {
     if (p->end - p->s < 4)
@@ -117,7 +136,15 @@ static int hex4(jparser *p, unsigned *out)
     return MSD_OK;
 }
 
-/* A string starting at the opening quote, into a new malloc'd buffer. */
+/* A string starting at the opening quote, into a new malloc'd buffer.
+ * RFC 8259 sec. 7: control characters (below 0x20) must be escaped; the escapes are the
+ * eight of "\"\\/bfnrt" and \uXXXX, a character outside the BMP being a surrogate pair
+ * \uD8xx\uDCxx. A first pass finds the closing quote, stepping over escapes in pairs;
+ * its length bounds the decoded one (no escape decodes longer than it is written: 2 bytes
+ * to 1, 6 to at most 3, 12 to 4), so the buffer is allocated once. The second pass runs to
+ * that quote without testing for the end: it cannot step over it, since escapes come in
+ * the same pairs and hex digits and UTF-8 continuation bytes are never '"'. \u0000 is
+ * refused, as the result is a C string. */
 static int jstring(jparser *p, char **out)
 {
     p->s++; /* the quote */
@@ -149,6 +176,7 @@ static int jstring(jparser *p, char **out)
         }
         p->s++;
         c = *p->s++;
+        /* c != 0: strchr also finds the string's terminating NUL */
         const char *simple = strchr("\"\\/bfnrt", (int)c);
         if (c && simple) {
             static const char map[] = "\"\\/\b\f\n\r\t";
@@ -186,6 +214,11 @@ static int jstring(jparser *p, char **out)
     return MSD_OK;
 }
 
+/* A number by the grammar of RFC 8259 sec. 6: -? (0 | [1-9][0-9]*) (.[0-9]+)?
+ * ([eE][+-]?[0-9]+)?; no leading '+', no leading zeros ("01" stops after the 0, and the
+ * caller then fails on the '1'), at least one digit after '.' and after the exponent.
+ * v->is_uint marks a lexeme without '-', fraction or exponent whose value fits in 64
+ * bits; only then is v->uval the value. */
 static int jnumber(jparser *p, msd_jval *v)
 {
     const unsigned char *s = p->s;
@@ -203,6 +236,7 @@ static int jnumber(jparser *p, msd_jval *v)
     } else {
         while (s < p->end && *s >= '0' && *s <= '9') {
             unsigned d = *s++ - '0';
+            /* keep scanning past an overflow: the lexeme is valid JSON, only not a uint */
             if (u > (ULLONG_MAX - d) / 10)
                 overflow = 1;
             else
@@ -236,6 +270,9 @@ static int jnumber(jparser *p, msd_jval *v)
 
 static int jvalue(jparser *p, msd_jval *v, int depth);
 
+/* Room for one more item (and key, in an object): capacity doubles from 4. Each grown
+ * array is stored as soon as it exists, so a failure between the two reallocs leaks
+ * nothing; cap only grows once both have. */
 static int jpush(jparser *p, msd_jval *v)
 {
     if (v->n < v->cap)
@@ -286,7 +323,10 @@ static int jcheck_keys(jparser *p, const msd_jval *v)
     return rc;
 }
 
-/* An array or object starting at its bracket. */
+/* An array or object starting at its bracket.
+ * RFC 8259 sec. 4, 5: members separated by ',', no trailing comma (after ',' a value or a
+ * key must follow), an object's names are strings. v->n counts every item begun, so that
+ * on an error msd_json_free of the root releases the partial item and its key too. */
 static int jcontainer(jparser *p, msd_jval *v, int depth)
 {
     int obj = *p->s == '{';
@@ -334,6 +374,9 @@ static int jcontainer(jparser *p, msd_jval *v, int depth)
     }
 }
 
+/* One value of any type (RFC 8259 sec. 3: the literals are lower case only). depth
+ * counts the containers around it; the limit bounds the recursion, so a hostile header
+ * of nested brackets cannot exhaust the C stack. */
 static int jvalue(jparser *p, msd_jval *v, int depth)
 {
     if (depth > MSD_JSON_MAX_DEPTH)
@@ -362,6 +405,8 @@ static int jvalue(jparser *p, msd_jval *v, int depth)
     return jfail(p, "unexpected character");
 }
 
+/* A linear search: objects here are small (a header entry has three keys), and the big
+ * one, the header's top level, is walked in order instead. */
 const msd_jval *msd_json_get(const msd_jval *obj, const char *key)
 {
     for (int i = 0; i < obj->n; i++)
@@ -370,6 +415,8 @@ const msd_jval *msd_json_get(const msd_jval *obj, const char *key)
     return NULL;
 }
 
+/* s: n bytes of JSON text (need not be NUL-terminated); exactly one value, with only
+ * whitespace around it (RFC 8259 sec. 2). On error root is freed and left empty. */
 int msd_json_parse(const char *context, const unsigned char *s, size_t n, msd_jval *root)
 {
     jparser p = { s, s + n, s, context, MSD_OK };
@@ -387,7 +434,9 @@ int msd_json_parse(const char *context, const unsigned char *s, size_t n, msd_jv
 
 /* ---- writing ---------------------------------------------------------------------- */
 
-/* A JSON string literal; s must be valid UTF-8 (checked by the caller). */
+/* A JSON string literal; s must be valid UTF-8 (checked by the caller).
+ * Escapes only what RFC 8259 sec. 7 requires: '"', '\\' and the control characters below
+ * 0x20 (as \u00XX); every other byte, UTF-8 sequences included, is copied as is. */
 void msd_json_put_string(msd_buf *b, const char *s)
 {
     msd_buf_put(b, "\"", 1);
@@ -408,6 +457,7 @@ void msd_json_put_string(msd_buf *b, const char *s)
     msd_buf_put(b, "\"", 1);
 }
 
+/* Whether the C string s is a sequence of well-formed UTF-8 characters (msd_utf8_len). */
 int msd_utf8_valid(const char *s)
 {
     const unsigned char *p = (const unsigned char *)s, *end = p + strlen(s);
