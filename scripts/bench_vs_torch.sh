@@ -10,6 +10,8 @@
 #   rss     peak RSS of the training process
 #   busy    minisd, 25 DDIM steps x 8 images with one core held by a busy loop:
 #           THREADS threads against 1 thread (>= 1.0: more threads never hurt)
+#   direct  train and ddim32 again with fp32 convolutions always direct
+#           (MINISD_WINOGRAD=0): what Winograd F(2x2, 3x3) gives
 #   bf16    train, ddim32 and ddim1 again with minisd.set_precision("bf16") (on the
 #           AMX tiles where the CPU has them), against the same PyTorch fp32 times:
 #           PyTorch 1.13 cannot run this model in bf16 on a CPU (autocast stops at
@@ -18,7 +20,7 @@
 #
 # Usage: scripts/bench_vs_torch.sh [--threads N] [--steps N] [--warmup N]
 #          [--sample-runs N] [--build DIR] [--lua lua5.4|luajit] [--no-build]
-#          [--also-installed] [--no-busy] [--no-bf16]
+#          [--also-installed] [--no-busy] [--no-bf16] [--no-direct]
 # A benchmark, never a test: it prints numbers and asserts nothing. Run it on an
 # idle machine (a training run in the background halves what it measures).
 set -eu
@@ -34,6 +36,7 @@ DO_BUILD=1
 INSTALLED=0
 BUSY=1
 BF16=1
+DIRECT=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --threads) THREADS=$2; shift 2 ;;
@@ -46,7 +49,8 @@ while [ $# -gt 0 ]; do
         --also-installed) INSTALLED=1; shift ;;
         --no-busy) BUSY=0; shift ;;
         --no-bf16) BF16=0; shift ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        --no-direct) DIRECT=0; shift ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "bench_vs_torch.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -78,6 +82,9 @@ MS_MAIN=$(ms "$THREADS" "$STEPS" "$WARMUP" "$SRUNS" 32)
 PT_MAIN=$(pt "$THREADS" "$STEPS" "$WARMUP" "$SRUNS" 32)
 MS_ONE=$(ms 1 0 0 "$SRUNS" 1)
 PT_ONE=$(pt 1 0 0 "$SRUNS" 1)
+if [ "$DIRECT" = 1 ]; then
+    MS_DIR=$(export MINISD_WINOGRAD=0; ms "$THREADS" "$STEPS" "$WARMUP" "$SRUNS" 32)
+fi
 if [ "$BF16" = 1 ]; then
     MS_BF=$(ms "$THREADS" "$STEPS" "$WARMUP" "$SRUNS" 32 bf16)
     MS_BF_ONE=$(ms 1 0 0 "$SRUNS" 1 bf16)
@@ -92,6 +99,11 @@ row "DDIM 25 steps x 32 images (ms)" "$(get "$MS_MAIN" sample_ms)" "$(get "$PT_M
 row "DDIM 25 steps x 1 image, 1 thread (ms)" "$(get "$MS_ONE" sample_ms)" "$(get "$PT_ONE" sample_ms)"
 row "peak RSS while training (MiB)" "$(get "$MS_MAIN" peak_rss_mb)" "$(get "$PT_MAIN" peak_rss_mb)"
 echo "(last training loss: minisd $(get "$MS_MAIN" train_loss), torch $(get "$PT_MAIN" train_loss))"
+if [ "$DIRECT" = 1 ]; then
+    echo "minisd fp32 without Winograd (MINISD_WINOGRAD=0) against PyTorch fp32 (best):"
+    row "direct train step, batch 100 (ms, median)" "$(get "$MS_DIR" train_ms)" "$(get "$PT_MAIN" train_ms)"
+    row "direct DDIM 25 steps x 32 images (ms)" "$(get "$MS_DIR" sample_ms)" "$(get "$PT_MAIN" sample_ms)"
+fi
 if [ "$BF16" = 1 ]; then
     echo "minisd in bf16 ($(cd "$ROOT" && LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;" \
         LUA_CPATH="$CPATH_DIR/?.so;;" "$LUA" -e 'local m = require("minisd")
@@ -111,7 +123,7 @@ fi
 if [ "$BUSY" = 1 ]; then
     sh -c 'while :; do :; done' &
     SPIN=$!
-    trap 'kill $SPIN 2>/dev/null' EXIT INT TERM
+    trap 'kill $SPIN 2>/dev/null || true' EXIT INT TERM
     B_ONE=$(ms 1 0 0 "$SRUNS" 8)
     B_ALL=$(ms "$THREADS" 0 0 "$SRUNS" 8)
     kill $SPIN 2>/dev/null || true

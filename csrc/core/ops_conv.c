@@ -554,7 +554,7 @@ static void conv2d_dx_col_chunk(void *ctx, int gi, int tid)
  * (k+1) G / nch) into its own transformed partial (16, Cin, Cout); the
  * partials are summed in chunk order and transformed back. nch depends on
  * the shape only, so the result does not depend on the thread count. */
-#define WINO_DW_CHUNKS 16
+#define WINO_DW_CHUNKS 8
 
 typedef struct wino_dw_job {
     msd_wino_conv c;

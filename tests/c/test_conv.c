@@ -402,7 +402,7 @@ static void test_conv2d_winograd(void)
         { 20, 20, 8, 8, 24, 3, 1, 1 },   /* 16 + 4 channels; 8 images a group, 3 groups */
         { 70, 32, 4, 4, 48, 3, 1, 1 },   /* 4x4 maps: 32 images a group */
         { 20, 17, 6, 10, 19, 3, 1, 1 },  /* 6 x 10: 60 pixels, a partial block of 16 */
-        { 40, 16, 16, 16, 16, 3, 1, 1 }, /* 20 groups: more than the 16 dw chunks */
+        { 40, 16, 16, 16, 16, 3, 1, 1 }, /* 20 groups: more than the 8 dw chunks */
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         const geom *g = &cases[i];
