@@ -12,13 +12,13 @@ local parser = argparse("sample.lua", "Sample sprites from a trained minisd mode
 parser:epilog([[
 Examples:
   lua sample.lua runs/sprites/model.safetensors
-  lua sample.lua model.safetensors --context hero --context "food,spell=0.6" -n 8 --guidance 2
+  lua sample.lua model.safetensors --context hero --context "food,spell=0.6" -n 8 --guidance 4
   lua sample.lua model.safetensors --sampler ddpm --animate denoise.png
   lua sample.lua --alpha-threshold 0.5 --colors 6 --sheet sprites.png   # pixel art + index
   lua sample.lua -c hero --seeds 12 --alpha-threshold 0.5 -o one.png     # one sprite again
-  lua sample.lua -c spell --init sprite.png --strength 0.6 --guidance 2   # variations
-  lua sample.lua -c hero --init sprite.png --mask mask.png --guidance 2   # redraw a part
-  lua sample.lua --interpolate 8 --seeds 3,9 -c hero -c food --guidance 2 --animate m.gif
+  lua sample.lua -c spell --init sprite.png --strength 0.6   # variations
+  lua sample.lua -c hero --init sprite.png --mask mask.png   # redraw a part
+  lua sample.lua --interpolate 8 --seeds 3,9 -c hero -c food --animate m.gif
   lua sample.lua model.safetensors --list-contexts]])
 parser:argument("model", "Model file (.safetensors written by train.lua or model:save; "
   .. "default: the shipped models/sprites-context.safetensors).")
@@ -35,7 +35,15 @@ parser:option("--steps", "Denoising steps (default: 25 for ddim and euler_a, 12 
   .. "dpmpp_2m, 500 for ddpm).")
   :convert(tonumber)
 parser:option("--eta", "DDIM eta (0: deterministic).", "0"):convert(tonumber)
-parser:option("--guidance", "Classifier-free guidance scale (0: off).", "0"):convert(tonumber)
+parser:option("--guidance", "Classifier-free guidance scale (0: off; auto: "
+  .. require("minisd.diffusion").recommended_guidance .. " when sampling with a context from a "
+  .. "model trained with them, else off).", "auto")
+  :convert(function(s)
+    if s == "auto" or tonumber(s) then
+      return s == "auto" and s or tonumber(s)
+    end
+    return nil, "--guidance must be a number or auto, got '" .. s .. "'"
+  end)
 parser:option("--seed", "Random seed: sprite k of the batch (counting row by row across the "
   .. "contexts) has seed + k - 1.", "0"):convert(tonumber)
 parser:option("--seeds", "Per-sprite seeds, e.g. 12 or 3,7,12: one sprite per seed for each "
@@ -265,6 +273,15 @@ local function main()
       row_expr[#rows] = e
       seeds[#rows] = seed_list and seed_list[j] or a.seed + #rows - 1
     end
+  end
+  if a.guidance == "auto" then -- guided where the model learnt the contexts and one is asked
+    local trained = model.training_summary
+    local any = false
+    for _, e in ipairs(exprs) do
+      any = any or not e:match("^%s*none%s*$")
+    end
+    a.guidance = (trained and trained.context and any)
+      and minisd.diffusion.recommended_guidance or 0
   end
   local count = per
   local frames = {}

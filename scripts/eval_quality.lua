@@ -24,7 +24,8 @@ local sampler_names = require("minisd.sched").names()
 parser:option("--sampler", "One of: " .. table.concat(sampler_names, ", ") .. ".", "ddim")
   :choices(sampler_names)
 parser:option("--steps", "Denoising steps.", "25"):convert(tonumber)
-parser:option("--guidance", "Classifier-free guidance scale (0: off).", "2"):convert(tonumber)
+parser:option("--guidance", "Classifier-free guidance scale (0: off).",
+  tostring(require("minisd.quality").defaults.guidance)):convert(tonumber)
 parser:option("--seed", "Random seed.", "0"):convert(tonumber)
 parser:option("--classifier", "Classifier file (default: the shipped "
   .. "models/sprite-classifier.safetensors).")

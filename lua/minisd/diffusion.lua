@@ -67,6 +67,13 @@ function M.loss(model, x0, c, opts)
   return minisd.mse_loss(pred, noise), { t = t, noise = noise }
 end
 
+-- The guidance scale the command line, the evaluator and the examples use with a context
+-- (the library's own default stays 0, off): measured on the shipped context model with
+-- scripts/eval_quality.lua (DDIM 25 steps, seed 0), guidance 2 -> 6 lifted the context
+-- accuracy from 0.57 to 0.86 and lowered the Frechet distance from 52 to 36; past 8 the
+-- accuracy falls again (models/README.md).
+M.recommended_guidance = 6
+
 local Job = {}
 Job.__index = Job
 

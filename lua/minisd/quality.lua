@@ -310,7 +310,8 @@ end
 
 -- ---- evaluating a model ----------------------------------------------------------------------
 
-M.defaults = { n = 100, sampler = "ddim", steps = 25, guidance = 2, seed = 0 }
+M.defaults = { n = 100, sampler = "ddim", steps = 25,
+  guidance = require("minisd.diffusion").recommended_guidance, seed = 0 }
 
 local EVAL_OPTS = { "n", "sampler", "steps", "guidance", "seed", "classifier", "data",
   "on_progress" }
@@ -478,7 +479,8 @@ end
 -- samples count for memorisation and alpha.
 -- @param model a ContextUnet or the path of a model file
 -- @param opts optional {n = 100, sampler = "ddim", steps = 25 (for either sampler: DDPM's
---   full chain of 500 would take 20 times as long), guidance = 2, seed = 0, classifier = a
+--   full chain of 500 would take 20 times as long), guidance = 6
+--   (diffusion.recommended_guidance), seed = 0, classifier = a
 --   SpriteClassifier or a path (default: the shipped one), data = the real sprites' path
 --   (default: the bundled ones), on_progress = function(message)}
 -- @return the results table (see scripts/eval_quality.lua --json), or nil and a message when a

@@ -275,6 +275,35 @@ describe("sample.lua", function()
       assert.truthy(log:find("--palette: '#12' is not a colour", 1, true), log)
     end)
 
+  it("guides by default with a context (diffusion.recommended_guidance), not without", function()
+    local sheet, index = tmp .. "/auto.png", tmp .. "/auto.lua"
+    -- the untrained model of the other cases, marked as trained with contexts
+    local trained = tmp .. "/ctx.safetensors"
+    minisd.manual_seed(1)
+    minisd.models.ContextUnet({ n_feat = 8, in_channels = 4 }):save(trained,
+      { ["minisd.training"] = '{"context": true}' })
+    local ok, _, log = sh("sample.lua " .. model_path .. " -c hero -n 1 --steps 2 --sheet "
+      .. sheet .. " -o " .. tmp .. "/auto_grid.png")
+    assert.is_true(ok, log)
+    assert.are.equal(0, dofile(index).guidance) -- not trained with contexts: off
+    ok, _, log = sh("sample.lua " .. trained .. " -c hero -n 1 --steps 2 --sheet "
+      .. sheet .. " -o " .. tmp .. "/auto_grid.png")
+    assert.is_true(ok, log)
+    assert.are.equal(6, minisd.diffusion.recommended_guidance)
+    assert.are.equal(minisd.diffusion.recommended_guidance, dofile(index).guidance)
+    ok, _, log = sh("sample.lua " .. trained .. " -c none -n 1 --steps 2 --sheet " .. sheet
+      .. " -o " .. tmp .. "/auto_grid.png")
+    assert.is_true(ok, log)
+    assert.are.equal(0, dofile(index).guidance)
+    ok, _, log = sh("sample.lua " .. trained .. " -c hero -n 1 --steps 2 --guidance 1.5 "
+      .. "--negative food --sheet " .. sheet .. " -o " .. tmp .. "/auto_grid.png")
+    assert.is_true(ok, log)
+    assert.are.equal(1.5, dofile(index).guidance)
+    ok, _, log = sh("sample.lua " .. model_path .. " --guidance often -o " .. tmp .. "/x.png")
+    assert.is_false(ok)
+    assert.truthy(log:find("--guidance must be a number or auto, got 'often'", 1, true), log)
+  end)
+
   it("writes a sprite sheet and its index; a sprite is made again from its seed", function()
     local sheet, index = tmp .. "/sheet.png", tmp .. "/sheet.lua"
     local ok, _, log = sh("sample.lua " .. model_path .. " -c hero -c food -n 3 --steps 3 "
