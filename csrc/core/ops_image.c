@@ -289,7 +289,9 @@ int msd_image_upscale(const msd_tensor *x, int factor, msd_tensor **out)
     int rc = new_out(x->ndim, s, &o);
     if (rc != MSD_OK)
         return rc;
-    size_t planes = msd_tensor_numel(x) / ((size_t)H * W), ow = (size_t)W * factor;
+    /* an empty side (H or W 0) leaves no planes to fill: no division by 0 */
+    size_t hw = (size_t)H * W, planes = hw ? msd_tensor_numel(x) / hw : 0;
+    size_t ow = (size_t)W * factor;
     const float *px = msd_tensor_data(x);
     float *po = msd_tensor_data(o);
     for (size_t p = 0; p < planes; p++) {

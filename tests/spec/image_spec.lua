@@ -313,6 +313,9 @@ describe("minisd.image", function()
     assert.are.same(flat(x), flat(image.upscale(x, 1)))
     assert.has_error(function() image.upscale(x, 0) end,
       "image.upscale: factor must be an integer >= 1, got 0")
+    -- an empty side gives an empty picture (it divided by zero once)
+    assert.are.same({ 2, 0, 6 }, minisd.image_upscale(minisd.zeros({ 2, 0, 3 }), 2):shape())
+    assert.are.same({ 2, 4, 0 }, minisd.image_upscale(minisd.zeros({ 2, 2, 0 }), 2):shape())
   end)
 
   it("strip puts frames side by side", function()
