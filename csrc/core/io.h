@@ -70,7 +70,7 @@ int msd_npy_save(const char *path, const msd_tensor *t);
 /* ---- safetensors ---------------------------------------------------------- */
 
 /* Element types of a safetensors file. Loading accepts all of them;
- * saving writes MSD_DTYPE_F32 or MSD_DTYPE_I64. */
+ * saving writes MSD_DTYPE_F32, MSD_DTYPE_F16, MSD_DTYPE_BF16 or MSD_DTYPE_I64. */
 typedef enum msd_dtype {
     MSD_DTYPE_F32,
     MSD_DTYPE_F64,
@@ -95,7 +95,7 @@ typedef struct msd_safetensors {
     int count, cap;
     char **names;
     msd_tensor **tensors;
-    msd_dtype *dtypes; /* load: the dtype in the file; save: F32 or I64 */
+    msd_dtype *dtypes; /* load: the dtype in the file; save: F32, F16, BF16 or I64 */
     int meta_count, meta_cap;
     char **meta_keys, **meta_values;
 } msd_safetensors;
@@ -106,9 +106,11 @@ void msd_safetensors_init(msd_safetensors *st);
 void msd_safetensors_free(msd_safetensors *st);
 
 /* Adds a tensor under a copy of name and retains t. dtype is what save
- * writes: MSD_DTYPE_F32, or MSD_DTYPE_I64 for integer data (save checks
- * that every value is integral). Errors: MSD_ERR_ARG for an empty or
- * duplicate name, "__metadata__", or another dtype; MSD_ERR_MEM. */
+ * writes: MSD_DTYPE_F32; MSD_DTYPE_F16 or MSD_DTYPE_BF16 (rounded to
+ * nearest even; save refuses a finite value that would round to infinity);
+ * or MSD_DTYPE_I64 for integer data (save checks that every value is
+ * integral). Errors: MSD_ERR_ARG for an empty or duplicate name,
+ * "__metadata__", or another dtype; MSD_ERR_MEM. */
 int msd_safetensors_add(msd_safetensors *st, const char *name, msd_tensor *t, msd_dtype dtype);
 /* Sets (or replaces) a metadata entry; key and value are copied. */
 int msd_safetensors_set_meta(msd_safetensors *st, const char *key, const char *value);
@@ -134,12 +136,14 @@ int msd_safetensors_load_mem(const char *name, const unsigned char *buf, size_t 
                              msd_safetensors *st);
 
 /* Saves st: compact JSON header with "__metadata__" first (when non-empty),
- * then the tensors in data order: I64 tensors first, then F32, each group
- * sorted by name (so every tensor's data is aligned to its element size, as
- * the reference writer orders by alignment then name); the header is
+ * then the tensors in data order: by element size, largest first (I64, then
+ * F32, then F16 and BF16), each group sorted by name (so every tensor's data
+ * is aligned to its element size, as the reference writer orders by
+ * alignment then name); the header is
  * padded with spaces to a multiple of 8 bytes, as the reference writer does.
  * MSD_ERR_ARG (naming the tensor) when an I64 tensor holds a value that is
- * not an integer or out of int64 range. Atomic. */
+ * not an integer or out of int64 range, or an F16/BF16 one a finite value
+ * that rounds to infinity. Atomic. */
 int msd_safetensors_save(const char *path, const msd_safetensors *st);
 
 /* ---- PNG (libpng's simplified API) ---------------------------------------- */
