@@ -27,6 +27,9 @@ parser:option("--steps", "Denoising steps.", "25"):convert(tonumber)
 parser:option("--guidance", "Classifier-free guidance scale (0: off).",
   tostring(require("minisd.quality").defaults.guidance)):convert(tonumber)
 parser:option("--seed", "Random seed.", "0"):convert(tonumber)
+parser:option("--alpha-threshold", "RGBA models: measure the sprites after sample.lua's "
+  .. "--alpha-threshold (alpha at or above this value in [0, 1] opaque, below transparent).")
+  :convert(tonumber)
 parser:option("--classifier", "Classifier file (default: the shipped "
   .. "models/sprite-classifier.safetensors).")
 parser:option("--threads", "Threads for the maths (default: all cores).", nil):convert(tonumber)
@@ -43,6 +46,9 @@ check_int(parser, "--threads", a.threads, 1, true)
 if a.guidance == nil then
   parser:error("--guidance must be a number")
 end
+if a.alpha_threshold ~= nil and not (a.alpha_threshold >= 0 and a.alpha_threshold <= 1) then
+  parser:error("--alpha-threshold must be a number in [0, 1]")
+end
 
 run_main("eval_quality.lua", function()
   local minisd = require("minisd")
@@ -53,7 +59,7 @@ run_main("eval_quality.lua", function()
   local t0 = minisd.clock()
   local res, err = quality.evaluate(a.model, {
     n = a.n, sampler = a.sampler, steps = a.steps, guidance = a.guidance, seed = a.seed,
-    classifier = a.classifier,
+    classifier = a.classifier, alpha_threshold = a.alpha_threshold,
     on_progress = not a.quiet and function(msg)
       io.stderr:write(string.format("[%6.1f s] %s\n", minisd.clock() - t0, msg))
     end or nil,

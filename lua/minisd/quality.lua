@@ -314,7 +314,7 @@ M.defaults = { n = 100, sampler = "ddim", steps = 25,
   guidance = require("minisd.diffusion").recommended_guidance, seed = 0 }
 
 local EVAL_OPTS = { "n", "sampler", "steps", "guidance", "seed", "classifier", "data",
-  "on_progress" }
+  "on_progress", "alpha_threshold" }
 
 -- Samples one picture per context row, in chunks of at most 100 (memory), all from one
 -- generator.
@@ -329,10 +329,12 @@ local function sample_rows(model, rows, opts, guidance, gen, progress, what)
     for i = 1, m do
       ctx[i] = rows[i0 + i - 1]
     end
-    out[#out + 1] = minisd.diffusion.sample(model, {
+    local x = minisd.diffusion.sample(model, {
       n = m, context = minisd.tensor(ctx), sampler = opts.sampler, steps = opts.steps,
       guidance = guidance, generator = gen,
     })
+    -- sample.lua --alpha-threshold's pixel-art alpha, when asked: what a user keeps
+    out[#out + 1] = opts.alpha_threshold and image.binary_alpha(x, opts.alpha_threshold) or x
     progress(string.format("sampled %s: %d/%d", what, i0 + m - 1, n))
   end
   return minisd.cat(out, 1)
@@ -482,7 +484,9 @@ end
 --   full chain of 500 would take 20 times as long), guidance = 6
 --   (diffusion.recommended_guidance), seed = 0, classifier = a
 --   SpriteClassifier or a path (default: the shipped one), data = the real sprites' path
---   (default: the bundled ones), on_progress = function(message)}
+--   (default: the bundled ones), on_progress = function(message), alpha_threshold = nil
+--   (an RGBA model's samples get image.binary_alpha with this threshold, as sample.lua's
+--   --alpha-threshold gives them, before they are measured)}
 -- @return the results table (see scripts/eval_quality.lua --json), or nil and a message when a
 --   file is missing or is not the right kind of model
 function M.evaluate(model, opts)
@@ -492,9 +496,18 @@ function M.evaluate(model, opts)
   end
   local progress = opts.on_progress or function() end
   local t0 = minisd.clock()
+  local thr = opts.alpha_threshold
+  if thr ~= nil and (type(thr) ~= "number" or not (thr >= 0 and thr <= 1)) then
+    error("quality.evaluate: alpha_threshold must be a number in [0, 1], got " .. tostring(thr),
+      2)
+  end
   local inp, err = load_inputs(model, opts)
   if not inp then
     return nil, err
+  end
+  if thr and inp.model.config.in_channels ~= 4 then
+    return nil, string.format("quality.evaluate: alpha_threshold needs an RGBA model; this one "
+      .. "has %d channels", inp.model.config.in_channels)
   end
   local ds, cfg = inp.ds, inp.model.config
 
@@ -545,7 +558,7 @@ function M.evaluate(model, opts)
     config = { in_channels = cfg.in_channels, n_feat = cfg.n_feat, height = cfg.height,
       label_names = cfg.label_names, background = cfg.background },
     options = { n = opts.n, sampler = opts.sampler, steps = opts.steps, guidance = opts.guidance,
-      seed = opts.seed },
+      seed = opts.seed, alpha_threshold = thr },
     context_accuracy = accuracy,
     frechet = {
       samples = fd_samples, real_heldout = fd_real, noise = fd_noise, n = #inp.held,
@@ -598,7 +611,8 @@ function M.format(r)
   end
   add("model        %s (%d channels, n_feat %s)", r.model or "(in memory)", r.config.in_channels,
     tostring(r.config.n_feat))
-  add("sampling     %s, %d steps, guidance %g, seed %d", o.sampler, o.steps, o.guidance, o.seed)
+  add("sampling     %s, %d steps, guidance %g, seed %d%s", o.sampler, o.steps, o.guidance, o.seed,
+    o.alpha_threshold and string.format(", alpha threshold %g", o.alpha_threshold) or "")
   add("classifier   %s", r.classifier or "(in memory)")
   add("")
   local ca = r.context_accuracy

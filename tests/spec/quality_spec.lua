@@ -244,6 +244,24 @@ describe("quality.evaluate and scripts/eval_quality.lua", function()
     end
   end)
 
+  it("measures the sprites after the pixel-art alpha when asked (alpha_threshold)", function()
+    local r = assert(quality.evaluate(tiny_path, { n = 2, steps = 2, seed = 3,
+      alpha_threshold = 0.5 }))
+    assert.are.equal(0, r.alpha.fraction) -- every alpha is now 0 or 1
+    assert.are.equal(0.5, r.options.alpha_threshold)
+    assert.are_not.equal(r1.frechet.samples, r.frechet.samples)
+    assert.are.equal(r1.frechet.real_heldout, r.frechet.real_heldout) -- references unchanged
+    assert.truthy(quality.format(r):find("seed 3, alpha threshold 0.5", 1, true))
+    local ok, err = pcall(quality.evaluate, tiny, { n = 2, alpha_threshold = 2 })
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("alpha_threshold must be a number in [0, 1], got 2", 1,
+      true), err)
+    local rgb = minisd.models.ContextUnet({ in_channels = 3, n_feat = 8 })
+    local res, msg = quality.evaluate(rgb, { n = 2, steps = 2, alpha_threshold = 0.5 })
+    assert.is_nil(res)
+    assert.truthy(msg:find("alpha_threshold needs an RGBA model", 1, true), msg)
+  end)
+
   it("returns nil and a message for a missing file or a model of the wrong kind", function()
     local r, err = quality.evaluate(tmp .. "/missing.safetensors", opts)
     assert.is_nil(r)
