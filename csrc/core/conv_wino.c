@@ -98,31 +98,55 @@ typedef float vf __attribute__((vector_size(64)));
                : (void)memcpy((p), &(v), (size_t)(k) * sizeof(float)))
 
 /* After it r[j][i] is the old r[i][j]: four rounds that each swap the
- * off-diagonal blocks of size b = 8, 4, 2, 1 (two-source shuffles: one
- * vpermt2ps each at AVX-512). */
-typedef int vi __attribute__((vector_size(64)));
+ * off-diagonal blocks of size b = 8, 4, 2, 1 between rows i and i + b (two-source
+ * shuffles with constant indices, 0-15 from row i and 16-31 from row i + b: one
+ * vpermt2ps each at AVX-512). __builtin_shufflevector is GCC's (12 and later) and
+ * Clang's. */
+#define SWAP8(i)                                                                         \
+    do {                                                                                 \
+        vf x_ = r[i], y_ = r[(i) + 8];                                                   \
+        r[i] = __builtin_shufflevector(x_, y_, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20,  \
+                                       21, 22, 23);                                      \
+        r[(i) + 8] = __builtin_shufflevector(x_, y_, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, \
+                                             26, 27, 28, 29, 30, 31);                    \
+    } while (0)
+#define SWAP4(i)                                                                         \
+    do {                                                                                 \
+        vf x_ = r[i], y_ = r[(i) + 4];                                                   \
+        r[i] = __builtin_shufflevector(x_, y_, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, \
+                                       25, 26, 27);                                      \
+        r[(i) + 4] = __builtin_shufflevector(x_, y_, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, \
+                                             15, 28, 29, 30, 31);                        \
+    } while (0)
+#define SWAP2(i)                                                                         \
+    do {                                                                                 \
+        vf x_ = r[i], y_ = r[(i) + 2];                                                   \
+        r[i] = __builtin_shufflevector(x_, y_, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, \
+                                       13, 28, 29);                                      \
+        r[(i) + 2] = __builtin_shufflevector(x_, y_, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, \
+                                             27, 14, 15, 30, 31);                        \
+    } while (0)
+#define SWAP1(i)                                                                         \
+    do {                                                                                 \
+        vf x_ = r[i], y_ = r[(i) + 1];                                                   \
+        r[i] = __builtin_shufflevector(x_, y_, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, \
+                                       28, 14, 30);                                      \
+        r[(i) + 1] = __builtin_shufflevector(x_, y_, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, \
+                                             27, 13, 29, 15, 31);                        \
+    } while (0)
 
 INLINE void transpose16(vf r[16])
 {
-    static const vi lo[4] = {
-        { 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23 },
-        { 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27 },
-        { 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29 },
-        { 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30 } };
-    static const vi hi[4] = {
-        { 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31 },
-        { 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31 },
-        { 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31 },
-        { 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31 } };
-#pragma GCC unroll 4
-    for (int s = 0, b = 8; s < 4; s++, b /= 2)
-#pragma GCC unroll 16
-        for (int i = 0; i < 16; i++)
-            if (!(i & b)) {
-                vf x = r[i], y = r[i + b];
-                r[i] = __builtin_shuffle(x, y, lo[s]);
-                r[i + b] = __builtin_shuffle(x, y, hi[s]);
-            }
+    for (int i = 0; i < 8; i++)
+        SWAP8(i);
+    for (int i = 0; i < 16; i += 8)
+        for (int j = 0; j < 4; j++)
+            SWAP4(i + j);
+    for (int i = 0; i < 16; i += 4)
+        for (int j = 0; j < 2; j++)
+            SWAP2(i + j);
+    for (int i = 0; i < 16; i += 2)
+        SWAP1(i);
 }
 
 /* ---- layout changes -------------------------------------------------------- */
