@@ -1,5 +1,6 @@
 -- Shared helpers for the busted specs.
 local minisd = require("minisd")
+local util = require("minisd.util")
 
 local H = {}
 
@@ -79,19 +80,15 @@ function H.run(cmd)
   return code == 0, code, out
 end
 
---- The whole content of a file (an error if it cannot be read).
+--- The whole content of a file (an error if it cannot be read): the library's own
+-- util.read_file (one home for file helpers), asserted.
 function H.read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
+  return assert(util.read_file(path))
 end
 
---- Writes s as the whole content of a file.
+--- Writes s as the whole content of a file (util.write_file: atomic), asserted.
 function H.write_file(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
+  assert(util.write_file(path, s))
 end
 
 --- Whether a file exists and can be opened.
