@@ -1,5 +1,7 @@
 /* max_pool2d, avg_pool2d and linear: forward against naive loops and hand
  * values, gradients against finite differences, and shape errors. */
+#include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "gradcheck.h"
@@ -96,6 +98,61 @@ static void test_max_pool_ties(void)
     msd_tensor_release(x);
 }
 
+/* The 2x2, stride-2 max (written as selects), with and without indices, against the
+ * rule written out as a branchy loop here: random values, ties, zeros of both signs,
+ * infinities and NaNs with distinct payloads, odd sizes (the last row and column unused). */
+static void test_max_pool_2x2_no_index(void)
+{
+    enum { NC = 37, H = 9, W = 11, HO = H / 2, WO = W / 2 };
+    static float x[NC * H * W], y_fast[NC * HO * WO], y_loop[NC * HO * WO], idx[NC * HO * WO];
+    unsigned st = 5;
+    for (int i = 0; i < NC * H * W; i++) {
+        unsigned r = (st = st * 1103515245u + 12345u) >> 16;
+        switch (r % 16) {
+        case 0: x[i] = 0.0f; break;
+        case 1: x[i] = -0.0f; break;
+        case 2: x[i] = INFINITY; break;
+        case 3: x[i] = -INFINITY; break;
+        case 4: { /* a NaN whose payload tells which one it is */
+            uint32_t b = 0x7fc00000u | (uint32_t)i;
+            memcpy(&x[i], &b, sizeof b);
+            break;
+        }
+        case 5: x[i] = 1.0f; break; /* ties */
+        default: x[i] = (float)((int)(r % 2001) - 1000) / 100.0f;
+        }
+    }
+    memset(y_fast, 0xff, sizeof y_fast);
+    msd_max_pool2d_forward(y_fast, NULL, x, NC, H, W, 2, 2);
+    msd_max_pool2d_forward(y_loop, idx, x, NC, H, W, 2, 2);
+    CHECK(memcmp(y_fast, y_loop, sizeof y_fast) == 0);
+    /* both against the rule written out here, indices included */
+    int bad = 0;
+    for (int p = 0; p < NC; p++)
+        for (int oy = 0; oy < HO; oy++)
+            for (int ox = 0; ox < WO; ox++) {
+                int best = 2 * oy * W + 2 * ox;
+                float m = x[p * H * W + best];
+                for (int k = 1; k < 4; k++) {
+                    int at = (2 * oy + k / 2) * W + 2 * ox + k % 2;
+                    float v = x[p * H * W + at];
+                    if (v > m || v != v) {
+                        m = v;
+                        best = at;
+                    }
+                }
+                int o = (p * HO + oy) * WO + ox;
+                bad += memcmp(&m, &y_loop[o], sizeof m) != 0 || idx[o] != (float)best;
+            }
+    CHECK(bad == 0);
+    int nans = 0, zeros = 0;
+    for (int i = 0; i < NC * HO * WO; i++) {
+        nans += y_loop[i] != y_loop[i];
+        zeros += y_loop[i] == 0.0f;
+    }
+    CHECK(nans > 10 && zeros > 0); /* the cases above occur */
+}
+
 static void test_pool_errors(void)
 {
     int s[4] = { 2, 3, 3, 3 }, s3[3] = { 3, 8, 8 };
@@ -190,6 +247,7 @@ int main(void)
     RUN(test_pool_vs_naive);
     RUN(test_pool_gradcheck);
     RUN(test_max_pool_ties);
+    RUN(test_max_pool_2x2_no_index);
     RUN(test_pool_errors);
     RUN(test_linear_vs_naive);
     RUN(test_linear_gradcheck);
