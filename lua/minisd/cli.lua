@@ -5,7 +5,9 @@
 local M = {}
 
 --- Runs fn(...) and reports an error as "program: error: message" on stderr with exit
--- status 1 (MINISD_DEBUG=1 keeps the traceback and the position of the error).
+-- status 1 (MINISD_DEBUG=1 keeps the traceback and the position of the error). In a job of
+-- several processes (minisd.dist) the message names the rank, and the error ends every
+-- rank (minisd.dist.abort), since the others would wait for this one.
 -- @param program the program's name, for messages
 -- @param fn the program's body
 function M.run_main(program, fn, ...)
@@ -20,7 +22,14 @@ function M.run_main(program, fn, ...)
       -- no "file.lua:123:" in front
       msg = msg:gsub("\nstack traceback:.*$", ""):gsub("^[^\n:]*%.lua:%d+: ", "")
     end
+    local dist = package.loaded["minisd.dist"]
+    if dist and dist.size() > 1 then
+      msg = string.format("rank %d of %d: %s", dist.rank(), dist.size(), msg)
+    end
     io.stderr:write(program, ": error: ", msg, "\n")
+    if dist then
+      dist.abort(1)
+    end
     os.exit(1)
   end
 end
