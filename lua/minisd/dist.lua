@@ -209,6 +209,20 @@ function M.abort(code)
   end
 end
 
+local Collective = { __tostring = function(e) return e.message end }
+
+--- Raises msg (without a position) as an error that every rank raises at the same point,
+-- from the same values (an option, data every rank received, a loss summed over the
+-- ranks): `minisd.cli.run_main` reports it once, on rank 0, and every rank exits with
+-- status 1 without aborting the job. In a job of one process, a plain error.
+-- @param msg the message
+function M.collective_error(msg)
+  if M.size() == 1 then
+    error(msg, 0)
+  end
+  error(setmetatable({ message = msg, collective = true }, Collective), 0)
+end
+
 --- Ends MPI (also done at exit). No collective may follow.
 function M.finalize()
   if C and started then

@@ -32,6 +32,11 @@ local RESUME_MAY_CHANGE = { epochs = true, sample_every = true, sample_steps = t
 local util = require("minisd.util")
 local path_join, file_exists = util.join_path, util.is_file
 
+-- An error every rank meets at the same point with the same numbers (an option, the
+-- checkpoint rank 0 sent, the batch's loss): reported once, and the job ends without an
+-- abort (minisd.dist.collective_error); in one process, a plain error.
+local fail = dist.collective_error
+
 local function mkdir_p(dir)
   if not util.mkdir_p(dir) then
     error("cannot create the output directory " .. dir, 0)
@@ -208,7 +213,8 @@ local function load_checkpoint(dir)
     end
   end
   if dist.size() > 1 then -- "B" and the bytes, or "E" and rank 0's error
-    local msg, derr = dist.broadcast_string(err and ("E" .. err) or ("B" .. bytes), 0)
+    local mine = dist.rank() == 0 and (err and ("E" .. err) or ("B" .. bytes)) or nil
+    local msg, derr = dist.broadcast_string(mine, 0)
     if not msg then
       error(derr, 0)
     end
@@ -350,13 +356,13 @@ local NO_LOG = { write = function() end, flush = function() end, close = functio
 -- one sprite each in the last.
 local function check_shares(n, batch_size, ranks)
   if batch_size % ranks ~= 0 then
-    error(string.format("--batch-size %d is not a multiple of the %d ranks: each rank takes an "
-      .. "equal share of every batch (give a multiple of %d)", batch_size, ranks, ranks), 0)
+    fail(string.format("--batch-size %d is not a multiple of the %d ranks: each rank takes an "
+      .. "equal share of every batch (give a multiple of %d)", batch_size, ranks, ranks))
   end
   local last = n % batch_size
   if last > 0 and last < ranks then
-    error(string.format("the last batch of each epoch has %d sprites (%d %% %d), fewer than "
-      .. "the %d ranks: change --batch-size or --limit", last, n, batch_size, ranks), 0)
+    fail(string.format("the last batch of each epoch has %d sprites (%d %% %d), fewer than "
+      .. "the %d ranks: change --batch-size or --limit", last, n, batch_size, ranks))
   end
 end
 
@@ -397,7 +403,7 @@ function M.run(args)
   if args.resume then
     local info, err = load_checkpoint(args.resume)
     if not info then
-      error(err, 0)
+      fail(err)
     end
     resume = info
     -- the options given on this command line (train.lua's `given`; epochs_given is the
@@ -407,9 +413,9 @@ function M.run(args)
     for k in pairs(given) do
       if not TRANSIENT[k] and not RESUME_MAY_CHANGE[k] then
         local old = info.args[k == "no_flip" and "flip" or k]
-        error(string.format("--%s cannot change when resuming (the run has %s); resume without "
+        fail(string.format("--%s cannot change when resuming (the run has %s); resume without "
           .. "it, or start a new run with --out", k:gsub("_", "-"),
-          old == nil and "no such setting" or tostring(old)), 0)
+          old == nil and "no such setting" or tostring(old)))
       end
     end
     local keep = { resume = args.resume, threads = args.threads, progress = args.progress,
@@ -467,8 +473,8 @@ function M.run(args)
       okl, lerr = pcall(built.load_state_dict, built, resume.model_state)
     end
     if not (okm and okl) then
-      error(string.format("%s: the model in it does not load (%s); the checkpoint is damaged",
-        resume.path, tostring(not okm and built or lerr):gsub("^[^\n:]*%.lua:%d+: ", "")), 0)
+      fail(string.format("%s: the model in it does not load (%s); the checkpoint is damaged",
+        resume.path, tostring(not okm and built or lerr):gsub("^[^\n:]*%.lua:%d+: ", "")))
     end
     model = built
   else
@@ -478,8 +484,8 @@ function M.run(args)
     local models = require("minisd.models")
     local arch = models.get(args.arch or "ContextUnet")
     if arch.kind ~= "diffusion" then
-      error(string.format("--arch %s is a %s, not a diffusion model (those: %s)", arch.name,
-        arch.kind, table.concat(models.names("diffusion"), ", ")), 0)
+      fail(string.format("--arch %s is a %s, not a diffusion model (those: %s)", arch.name,
+        arch.kind, table.concat(models.names("diffusion"), ", ")))
     end
     model = arch.new(arch.config_for(ds, args))
   end
@@ -510,8 +516,8 @@ function M.run(args)
   -- checked before the first step: a bad value would otherwise fail after the first epoch,
   -- and on every resume of the run
   if args.sample_every > 0 and args.sample_steps > sched.num_train_timesteps then
-    error(string.format("--sample-steps must be at most %d (the model's diffusion steps), got %d",
-      sched.num_train_timesteps, args.sample_steps), 0)
+    fail(string.format("--sample-steps must be at most %d (the model's diffusion steps), got %d",
+      sched.num_train_timesteps, args.sample_steps))
   end
 
   local steps_per_epoch = math.ceil(ds.n / args.batch_size)
@@ -570,10 +576,10 @@ function M.run(args)
           -- diverged: no step on a non-finite loss, and the last checkpoint (the end of the
           -- previous epoch) stays as it was
           local ckpt = path_join(args.out, CHECKPOINT)
-          error(string.format("training diverged: the loss is %s at epoch %d, step %d; no "
+          fail(string.format("training diverged: the loss is %s at epoch %d, step %d; no "
             .. "model written%s (try a lower --lr, or check the data for NaN)",
             value ~= value and "NaN" or (value > 0 and "+inf" or "-inf"), epoch, step,
-            file_exists(ckpt) and ("; the last checkpoint is kept: " .. ckpt) or ""), 0)
+            file_exists(ckpt) and ("; the last checkpoint is kept: " .. ckpt) or ""))
         end
         opt:zero_grad()
         loss:backward()
