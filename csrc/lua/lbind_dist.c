@@ -62,10 +62,12 @@ static int mpi_failed(const char *what, int rc)
     return failed("minisd.dist: %s failed (%d ranks): %s", what, dist.size, msg);
 }
 
-/* Waits for a request, polling: spinning for the first 10 ms (a training
- * step's collectives finish in that time; MPI progresses a non-blocking
- * collective only inside its calls), then 0.1 ms naps, so a rank that waits
- * long (rank 0 writing a checkpoint) leaves its core to others. */
+/* Waits for a request, polling (MPI progresses a non-blocking collective only
+ * inside its calls): spinning for the first millisecond, which a collective
+ * whose peers are there takes, then in 50 us naps, so that a rank waiting for
+ * a late peer (a synchronised BatchNorm ahead of the other rank, rank 0
+ * writing a checkpoint) leaves the core to others: on a shared machine or a
+ * hyperthread sibling, a spinning rank slows the very rank it waits for. */
 static int wait_for(MPI_Request *req, const char *what)
 {
     double start = now();
@@ -83,8 +85,8 @@ static int wait_for(MPI_Request *req, const char *what)
                           "minisd.dist.set_timeout, train.lua --dist-timeout)",
                           what, dist.timeout, dist.size);
         }
-        if (waited > 0.01) {
-            struct timespec nap = { 0, 100000 };
+        if (waited > 0.001) {
+            struct timespec nap = { 0, 50000 };
             nanosleep(&nap, NULL);
         }
     }
