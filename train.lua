@@ -38,8 +38,9 @@ parser:option("--precision", "Convolution precision: fp32, or bf16 (bfloat16 pro
   .. "sums; fast on CPUs with AMX). Kept by --resume.", nil):choices({ "fp32", "bf16" })
 parser:option("--out", "Output directory (checkpoint, sample grids, model).", "runs/sprites")
 parser:option("--resume", "Continue the run saved in this directory (exactly; --epochs, "
-  .. "--sample-every, --sample-steps, --threads, --progress, --quiet and --stop-after may be "
-  .. "given again, other options are the run's).")
+  .. "--sample-every, --sample-steps, --threads, --progress, --quiet, --stop-after and "
+  .. "--dist-timeout may be given again, other options are the run's; any number of MPI "
+  .. "ranks).")
 parser:option("--sample-every", "Write a sample grid every N epochs (0: never).", "1")
   :convert(tonumber)
 parser:option("--sample-steps", "DDIM steps for the sample grids.", "25"):convert(tonumber)
