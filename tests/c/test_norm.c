@@ -394,6 +394,7 @@ static void *run_share(void *arg)
                                   &s->y);
     if (s->rc == MSD_OK)
         s->rc = msd_backward(s->y, s->dy, 0);
+    msd_memory_trim(); /* the blocks this thread freed sit in its own cache */
     return NULL;
 }
 

@@ -11,6 +11,18 @@ local has_mpi = require("minisd.core").dist ~= nil and H.run("command -v mpirun"
 -- as root, mpirun wants --allow-run-as-root; on 2 cores, 3 ranks want --oversubscribe
 local MPIRUN = "timeout 120 mpirun --oversubscribe"
   .. (select(3, H.run("id -u")):match("^0%s") and " --allow-run-as-root" or "")
+-- A sanitizer build's specs run with the ASan runtime preloaded: it goes to the ranks
+-- (which load the instrumented module), not to mpirun or the tools (pgrep hangs under it)
+local PRELOAD = os.getenv("LD_PRELOAD")
+local NO_PRELOAD = PRELOAD and "env -u LD_PRELOAD " or ""
+if PRELOAD then
+  MPIRUN = NO_PRELOAD .. MPIRUN .. " -x LD_PRELOAD=" .. PRELOAD
+  for _, var in ipairs({ "ASAN_OPTIONS", "UBSAN_OPTIONS" }) do
+    if os.getenv(var) then
+      MPIRUN = MPIRUN .. " -x " .. var
+    end
+  end
+end
 
 local function mpirun(n, args)
   return H.run(string.format("%s -np %d %s %s", MPIRUN, n, H.lua_bin, args))
@@ -136,17 +148,17 @@ describe_mpi("train.lua under mpirun", function()
 
   -- Starts LONG on 2 ranks in dir (mpirun's options `mpi`, train.lua's `more`), waits for 3
   -- logged steps, runs `signal` (a shell command given $ranks, the ranks' pids, and $job,
-  -- mpirun's) and returns the output and mpirun's exit status.
+  -- that of the `timeout` running mpirun) and returns the output and mpirun's exit status.
   local function interrupt(dir, signal, mpi, more)
     os.execute("mkdir -p " .. dir)
     local cmd = string.format([[%s -np 2 %s %s %s %s --out %s > %s/log 2>&1 & job=$!
       for i in $(seq 1 300); do
         [ -f %s/losses.tsv ] && [ "$(wc -l < %s/losses.tsv)" -ge 4 ] && break; sleep 0.1
       done
-      ranks=$(pgrep -f "^%s train.lua.*--out %s")
+      ranks=$(%spgrep -f "^%s train.lua.*--out %s")
       %s
       wait $job; echo "code=$?"]], MPIRUN, mpi or "", H.lua_bin, LONG, more or "", dir, dir,
-      dir, dir, H.lua_bin, dir, signal)
+      dir, dir, NO_PRELOAD, H.lua_bin, dir, signal)
     local _, _, out = H.run(cmd)
     return out .. H.read_file(dir .. "/log"), tonumber(out:match("code=(%d+)"))
   end
@@ -166,7 +178,9 @@ describe_mpi("train.lua under mpirun", function()
     -- mpirun sends SIGTERM odls_base_sigkill_timeout seconds after Ctrl-C, and SIGKILL as long
     -- after that
     local dir = tmp .. "/int_mpirun"
-    local out = interrupt(dir, "kill -INT $job", "--mca odls_base_sigkill_timeout 3")
+    -- (to mpirun itself: $job is `timeout`, which would follow the signal with SIGCONT)
+    local out = interrupt(dir, "kill -INT $(" .. NO_PRELOAD .. "pgrep -P $job)",
+      "--mca odls_base_sigkill_timeout 3")
     local _, n = out:gsub("stopped after %d+ steps; checkpoint saved", "")
     assert.are.equal(1, n, out)
     local info = assert(require("minisd.train").load_checkpoint(dir))
