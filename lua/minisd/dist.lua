@@ -65,10 +65,22 @@ function M.init(opts)
   if opts.timeout ~= nil then
     M.set_timeout(opts.timeout)
   end
-  started = true
   if not C then
+    -- a launcher that started several processes, and no MPI to join them: each would
+    -- train alone (and write the same files)
+    local n = 1
+    for _, var in ipairs({ "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS" }) do
+      n = math.max(n, tonumber(os.getenv(var) or "") or 1)
+    end
+    if n > 1 then
+      return nil, string.format("minisd.dist.init: started as one of %d processes, but this "
+        .. "minisd was built without MPI, so each would run alone; rebuild with MPI "
+        .. "(libopenmpi-dev; CMake's MINISD_MPI), or run one process", n)
+    end
+    started = true
     return 0, 1
   end
+  started = true
   local rank, size = C.init()
   if not rank then
     return nil, size

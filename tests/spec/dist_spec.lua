@@ -67,6 +67,16 @@ describe("minisd.dist in one process", function()
     dist.abort(3) -- a job of one: returns
   end)
 
+  it("refuses to start as one of several processes without MPI", function()
+    local ok, _, out = H.run("OMPI_COMM_WORLD_SIZE=3 " .. H.lua_bin .. " -e 'local d = require("
+      .. "\"minisd.dist\"); if d.available then print(\"mpi\") else print(d.init()) end'")
+    assert.is_true(ok, out)
+    if not out:find("^mpi") then
+      assert.truthy(out:find("nil\tminisd.dist.init: started as one of 3 processes, but this "
+        .. "minisd was built without MPI", 1, true), out)
+    end
+  end)
+
   it("knows a launcher's environment", function()
     local ok, _, out = H.run("env -u OMPI_COMM_WORLD_SIZE -u PMIX_RANK -u PMI_RANK -u PMI_SIZE "
       .. "-u SLURM_NTASKS " .. H.lua_bin .. " -e 'io.write(tostring(require(\"minisd.dist\")"
