@@ -568,9 +568,9 @@ function M.run(args)
           loss = loss * (rows / b)
         end
         local value = loss:item()
-        local stop = minisd.interrupt_requested()
+        local stop = false
         if ranks > 1 then -- the batch's loss, and whether any rank was interrupted
-          value, stop = sum_over_ranks(value, stop)
+          value, stop = sum_over_ranks(value, minisd.interrupt_requested())
         end
         if value ~= value or math.abs(value) == math.huge then
           -- diverged: no step on a non-finite loss, and the last checkpoint (the end of the
@@ -599,7 +599,8 @@ function M.run(args)
           steps = steps_per_epoch, loss = last_loss, global_step = global_step,
           images = images_seen, elapsed = math.max(wall, 1e-3), steps_timed = step })
         state.epoch, state.step, state.global_step = epoch, step, global_step
-        if stop or (args.stop_after and global_step >= args.stop_after) then
+        if stop or (ranks == 1 and minisd.interrupt_requested())
+          or (args.stop_after and global_step >= args.stop_after) then
           interrupted = true
           progress:finish_line()
           return
