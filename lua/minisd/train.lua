@@ -209,7 +209,6 @@ local function load_checkpoint(dir)
       err = "no checkpoint at " .. path
     elseif dist.size() > 1 then
       bytes, err = util.read_file(path)
-      err = err and (path .. ": " .. err)
     end
   end
   if dist.size() > 1 then -- "B" and the bytes, or "E" and rank 0's error
@@ -236,7 +235,7 @@ local Progress = {}
 Progress.__index = Progress
 
 local function new_progress(mode, total_steps, quiet)
-  local bar = mode == "bar" or (mode == "auto" and isatty())
+  local bar = mode == "bar" or (mode == "auto" and not quiet and isatty())
   return setmetatable({ bar = bar, total = total_steps, quiet = quiet, last_plain = -math.huge },
     Progress)
 end
