@@ -16,6 +16,7 @@ Examples:
   lua train.lua                         # bundled sprites, unconditional, 32 epochs
   lua train.lua --context --epochs 50   # with the five context labels
   lua train.lua --resume runs/sprites   # continue an interrupted run exactly
+  mpirun -np 4 lua train.lua --sync-bn  # data-parallel over 4 processes (MPI)
 Ctrl-C saves a checkpoint in the output directory before exiting.]])
 parser:option("--data", "Dataset: a sprite sheet (.png + _labels.tsv), the seed's .npy pair, "
   .. "or a folder of PNGs (default: the bundled data/sprites.png).")
@@ -37,8 +38,9 @@ parser:option("--precision", "Convolution precision: fp32, or bf16 (bfloat16 pro
   .. "sums; fast on CPUs with AMX). Kept by --resume.", nil):choices({ "fp32", "bf16" })
 parser:option("--out", "Output directory (checkpoint, sample grids, model).", "runs/sprites")
 parser:option("--resume", "Continue the run saved in this directory (exactly; --epochs, "
-  .. "--sample-every, --sample-steps, --threads, --progress, --quiet and --stop-after may be "
-  .. "given again, other options are the run's).")
+  .. "--sample-every, --sample-steps, --threads, --progress, --quiet, --stop-after and "
+  .. "--dist-timeout may be given again, other options are the run's; any number of MPI "
+  .. "ranks).")
 parser:option("--sample-every", "Write a sample grid every N epochs (0: never).", "1")
   :convert(tonumber)
 parser:option("--sample-steps", "DDIM steps for the sample grids.", "25"):convert(tonumber)
@@ -53,6 +55,10 @@ parser:option("--ema", "Keep an exponential moving average of the weights with t
 parser:option("--progress", "Progress display: auto, bar or plain.", "auto")
   :choices({ "auto", "bar", "plain" })
 parser:flag("--quiet", "Print only the summary.")
+parser:flag("--sync-bn", "Under MPI (mpirun, srun): BatchNorm statistics of the whole batch "
+  .. "over every rank, so that N ranks compute what one process does (kept by --resume).")
+parser:option("--dist-timeout", "Under MPI: seconds a rank waits for the others before it "
+  .. "stops the job (0: for ever).", "300"):convert(tonumber)
 
 local a = parser:parse(require("minisd.util").negative_numbers(arg))
 
@@ -69,6 +75,9 @@ check_int(parser, "--stop-after", a.stop_after, 1, true)
 check_int(parser, "--seed", a.seed, 0, true)
 if a.ema == nil or a.ema < 0 or a.ema >= 1 then
   parser:error("--ema must be a number in [0, 1), got " .. tostring(a.ema))
+end
+if a.dist_timeout == nil or not (a.dist_timeout >= 0 and a.dist_timeout <= 1e9) then
+  parser:error("--dist-timeout must be a number of seconds in [0, 1e9]")
 end
 if a.lr == nil or a.lr <= 0 then
   parser:error("--lr must be a positive number")
@@ -90,6 +99,17 @@ for i = 1, #arg do
 end
 
 run_main("train.lua", function()
+  -- data-parallel when started by mpirun, mpiexec or srun (README: "Training on several
+  -- machines")
+  local dist = require("minisd.dist")
+  local lead = true
+  if dist.launched() then
+    local rank, err = dist.init({ timeout = a.dist_timeout })
+    if not rank then
+      error(err, 0)
+    end
+    lead = rank == 0
+  end
   local res = require("minisd.train").run({
     data = a.data, context = a.context, epochs = a.epochs, given = given, arch = a.arch,
     batch_size = a.batch_size, lr = a.lr, n_feat = a.n_feat, channels = a.channels,
@@ -98,8 +118,11 @@ run_main("train.lua", function()
     resume = a.resume, sample_every = a.sample_every, sample_steps = a.sample_steps,
     limit = a.limit, stop_after = a.stop_after, flip = not a.no_flip, ema = a.ema,
     progress = a.progress,
-    quiet = a.quiet,
+    quiet = a.quiet, sync_bn = a.sync_bn,
   })
+  if not lead then -- rank 0 reports
+    os.exit(res.interrupted and not a.stop_after and 130 or 0)
+  end
   if res.interrupted then
     print(string.format("stopped after %d steps; checkpoint saved: %s (continue with --resume %s)",
       res.steps, res.checkpoint, a.resume or a.out))

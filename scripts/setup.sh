@@ -5,8 +5,11 @@
 # Usage: sh scripts/setup.sh [--no-install] [extra cmake args...]
 set -eu
 
+# libopenmpi-dev + openmpi-bin: minisd.dist, data-parallel training over MPI (optional: the
+# build leaves it out when MPI is missing)
 PACKAGES="cmake make gcc pkg-config lua5.4 liblua5.4-dev luajit libluajit-5.1-dev \
-libpng-dev libopenblas-dev lua-busted lua-argparse lua-check luarocks"
+libpng-dev libopenblas-dev lua-busted lua-argparse lua-check luarocks \
+libopenmpi-dev openmpi-bin"
 
 install=1
 if [ "${1:-}" = "--no-install" ]; then

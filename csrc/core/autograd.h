@@ -44,6 +44,8 @@ struct msd_node {
     msd_tensor *saved[MSD_NODE_MAX_SAVED];  /* retained, op-specific */
     int iarg[8];                            /* op-specific integers */
     float farg[4];                          /* op-specific floats */
+    const void *parg;                       /* op-specific pointer, not owned (the reducer
+                                               of a synchronised BatchNorm) */
     int out_ndim;
     int out_shape[MSD_MAX_DIMS];
     int freed;                              /* inputs/saved dropped by backward */

@@ -93,6 +93,30 @@ int msd_batch_norm2d(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
 int msd_batch_norm2d_gelu(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
                           msd_tensor *running_mean, msd_tensor *running_var, int training,
                           float momentum, float eps, msd_tensor **out);
+/* A sum over the processes of a data-parallel job, for synchronised BatchNorm: sum
+ * replaces buf[0..n) by the element-wise sum of every process's buf (the same n on all; the
+ * same result on all, bit for bit) and returns MSD_OK, or an error code after msd_error
+ * (a peer that died or timed out). Every process must make the same calls in the same
+ * order. The core calls it on the thread that called the op or msd_backward, and knows
+ * nothing of how the sum is made (minisd.dist's binding uses MPI); ud is passed through. */
+typedef struct msd_reducer {
+    int (*sum)(double *buf, int n, void *ud);
+    void *ud;
+} msd_reducer;
+/* batch_norm2d in training mode with the statistics of the whole job (SyncBatchNorm): x is
+ * this process's share of a global batch; the per-channel mean and biased variance are
+ * those of every process's x together (the sums of x, then of (x - mean)^2, reduced with
+ * sync: the same two passes in double as msd_batch_norm2d, whose bits it gives when sync
+ * sums over one process), the running variance is unbiased with the global count, and the
+ * backward reduces the per-channel sums of dy and dy * xhat, so that dx is the gradient of
+ * a loss summed over the processes. dweight and dbias get this process's part (a
+ * data-parallel job sums the gradients). With gelu, GELU is applied as in
+ * msd_batch_norm2d_gelu. sync must stay valid until the graph is freed (the backward uses
+ * it); it is called twice in forward (C + 1, then C values) and once in backward (2C),
+ * unless no input needs a gradient. */
+int msd_batch_norm2d_sync(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
+                          msd_tensor *running_mean, msd_tensor *running_var, float momentum,
+                          float eps, int gelu, const msd_reducer *sync, msd_tensor **out);
 int msd_group_norm(msd_tensor *x, int groups, msd_tensor *weight, msd_tensor *bias, float eps,
                    msd_tensor **out);
 /* Kernels. BatchNorm2d: x, y, dx, dy (N,C,HW); gamma, beta, dgamma, dbeta

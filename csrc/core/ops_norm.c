@@ -5,8 +5,10 @@
  * and apply the per-channel affine y = xhat * gamma + beta. Backward saves
  * mean and rstd (never the output, which would hold its own node) and
  * recomputes xhat from the input. */
+#include <limits.h>
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 
 #include "ops.h"
 #include "reduce.h"
@@ -50,6 +52,65 @@ void msd_batchnorm_stats(float *mean, float *var, const float *x, int N, int C, 
     bn_stats_job j = {mean, var, x, N, C, HW};
     msd_parallel_for(C, (size_t)N * HW * C > BN_SERIAL_MAX ? MSD_ALL_THREADS : 1,
                      bn_stats_chunk, &j);
+}
+
+/* Synchronised statistics (msd_batch_norm2d_sync): the two passes of
+ * bn_stats_chunk with a job-wide sum after each. Chunk c writes channel
+ * c's local sum of x (mean NULL), or of (x - mean[c])^2, in the lanes'
+ * order of bn_stats_chunk, so that one process gets its bits. */
+typedef struct bn_sums_job {
+    double *out;
+    const double *mean;
+    const float *x;
+    int N, C, HW;
+} bn_sums_job;
+
+MSD_MULTIVERSION
+static void bn_sums_chunk(void *ctx, int c, int tid)
+{
+    const bn_sums_job *j = ctx;
+    int N = j->N, C = j->C, HW = j->HW;
+    double a[MSD_LANES] = { 0 };
+    (void)tid;
+    for (int n = 0; n < N; n++) {
+        const float *p = j->x + ((size_t)n * C + c) * HW;
+        if (j->mean)
+            msd_sumsq_dev_lanes(a, p, (size_t)HW, j->mean[c]);
+        else
+            msd_sum_lanes(a, p, (size_t)HW);
+    }
+    j->out[c] = msd_lanes_total(a);
+}
+
+/* mean and biased var (C) of x over every process, and the global count of
+ * values per channel. buf: 2C + 1 doubles of scratch. */
+static int bn_sync_stats(float *mean, float *var, double *count, double *buf, const float *x,
+                         int N, int C, int HW, const msd_reducer *sync)
+{
+    int nthr = (size_t)N * HW * C > BN_SERIAL_MAX ? MSD_ALL_THREADS : 1, rc;
+    double *m = buf, *q = buf + C + 1;
+    bn_sums_job j = {m, NULL, x, N, C, HW};
+    msd_parallel_for(C, nthr, bn_sums_chunk, &j);
+    m[C] = (double)N * HW;
+    if ((rc = sync->sum(m, C + 1, sync->ud)) != MSD_OK)
+        return rc;
+    *count = m[C];
+    if (!(*count > 1 && *count <= INT_MAX))
+        return msd_error(MSD_ERR_SHAPE, "batch_norm2d (synchronised): training needs 2 to %d "
+                                        "values per channel over the processes, got %.0f",
+                         INT_MAX, *count);
+    for (int c = 0; c < C; c++)
+        m[c] /= *count;
+    j.out = q;
+    j.mean = m;
+    msd_parallel_for(C, nthr, bn_sums_chunk, &j);
+    if ((rc = sync->sum(q, C, sync->ud)) != MSD_OK)
+        return rc;
+    for (int c = 0; c < C; c++) {
+        mean[c] = (float)m[c];
+        var[c] = (float)(q[c] / *count);
+    }
+    return MSD_OK;
 }
 
 typedef struct bn_forward_job {
@@ -115,13 +176,20 @@ typedef struct bn_backward_job {
     float *dx, *dgamma, *dbeta;
     const float *dy, *x, *gamma, *beta, *mean, *rstd;
     int training, N, C, HW;
-    float *scratch; /* with GELU: N*HW floats per thread; else NULL */
+    float *scratch; /* with GELU: N*HW floats per thread (per channel when synchronised) */
+    double count;   /* values per channel in the statistics: N*HW, or the job's */
+    /* synchronised: the first pass writes each channel's sums of dy and
+     * dy (x - mean) to lsum[c], lsum[C + c] and stops; the second reads the
+     * job-wide ones from gsum and computes dx */
+    double *lsum;
+    const double *gsum;
 } bn_backward_job;
 
 /* Chunk c: channel c's dgamma, dbeta and dx. With GELU (scratch set), dy is
  * the gradient of the GELU's output: the BatchNorm's output is recomputed
  * with the forward's bits, and its gradient dy * gelu'(y) is kept in the
- * thread's scratch and used as dy below. */
+ * scratch and used as dy below (synchronised: the first pass writes it
+ * to the channel's own scratch and the second reads it there). */
 MSD_MULTIVERSION
 static void bn_backward_chunk(void *ctx, int c, int tid)
 {
@@ -129,13 +197,14 @@ static void bn_backward_chunk(void *ctx, int c, int tid)
     int N = j->N, C = j->C, HW = j->HW;
     const float *x = j->x, *dy = j->dy + (size_t)c * HW;
     size_t dys = (size_t)C * HW; /* from image n to n+1 in dy */
-    double count = (double)N * HW;
+    double count = j->count;
     double m = j->mean[c], r = j->rstd[c], g = j->gamma ? j->gamma[c] : 1.0;
     double a_dy[MSD_LANES] = { 0 }, a_dyx[MSD_LANES] = { 0 };
     if (j->scratch) {
-        float *t = j->scratch + (size_t)tid * N * HW, fa, fb;
+        int synced = j->lsum || j->gsum;
+        float *t = j->scratch + (size_t)(synced ? c : tid) * N * HW, fa, fb;
         fold_channel(&fa, &fb, j->mean, j->rstd, j->gamma, j->beta, c);
-        for (int n = 0; n < N; n++) {
+        for (int n = 0; n < N && !j->gsum; n++) {
             const float *px = x + ((size_t)n * C + c) * HW;
             float *tn = t + (size_t)n * HW;
             for (int i = 0; i < HW; i++)
@@ -145,16 +214,28 @@ static void bn_backward_chunk(void *ctx, int c, int tid)
         dy = t;
         dys = (size_t)HW;
     }
-    for (int n = 0; n < N; n++) {
-        size_t off = ((size_t)n * C + c) * HW;
-        msd_sum_lanes(a_dy, dy + n * dys, (size_t)HW);
-        msd_dot_dev_lanes(a_dyx, dy + n * dys, x + off, (size_t)HW, m);
+    double sdy, sdy_xhat;
+    if (j->gsum) {
+        sdy = j->gsum[c];
+        sdy_xhat = j->gsum[C + c] * r;
+    } else {
+        for (int n = 0; n < N; n++) {
+            size_t off = ((size_t)n * C + c) * HW;
+            msd_sum_lanes(a_dy, dy + n * dys, (size_t)HW);
+            msd_dot_dev_lanes(a_dyx, dy + n * dys, x + off, (size_t)HW, m);
+        }
+        sdy = msd_lanes_total(a_dy);
+        sdy_xhat = msd_lanes_total(a_dyx) * r;
+        if (j->dgamma)
+            j->dgamma[c] += (float)sdy_xhat;
+        if (j->dbeta)
+            j->dbeta[c] += (float)sdy;
+        if (j->lsum) {
+            j->lsum[c] = sdy;
+            j->lsum[C + c] = msd_lanes_total(a_dyx);
+            return;
+        }
     }
-    double sdy = msd_lanes_total(a_dy), sdy_xhat = msd_lanes_total(a_dyx) * r;
-    if (j->dgamma)
-        j->dgamma[c] += (float)sdy_xhat;
-    if (j->dbeta)
-        j->dbeta[c] += (float)sdy;
     if (!j->dx)
         return;
     /* Training: mean and var depend on x, so
@@ -176,7 +257,7 @@ void msd_batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float 
                             const float *rstd, int training, int N, int C, int HW)
 {
     bn_backward_job j = {dx, dgamma, dbeta, dy, x, gamma, NULL, mean, rstd, training, N, C, HW,
-                         NULL};
+                         NULL, (double)N * HW, NULL, NULL};
     msd_parallel_for(C, (size_t)N * HW * C > BN_SERIAL_MAX ? MSD_ALL_THREADS : 1,
                      bn_backward_chunk, &j);
 }
@@ -291,12 +372,13 @@ static const float *data_or_null(const msd_tensor *t)
 }
 
 /* The common end of batch_norm2d and group_norm: records the node (inputs
- * x, weight, bias; saved mean and rstd; iarg[0] = arg, iarg[1] = arg2) and
+ * x, weight, bias; saved mean and rstd; iarg[0] = arg, iarg[1] = arg2; a
+ * synchronised BatchNorm's reducer in parg and global count in iarg[2]) and
  * hands o to *out. Drops the caller's references to mean and rstd, and to o
  * on failure. */
 static int finish(msd_op op, msd_tensor *x, msd_tensor *weight, msd_tensor *bias, int arg,
-                  int arg2, msd_tensor *o, msd_tensor *mean, msd_tensor *rstd,
-                  msd_tensor **out)
+                  int arg2, const msd_reducer *sync, int count, msd_tensor *o,
+                  msd_tensor *mean, msd_tensor *rstd, msd_tensor **out)
 {
     msd_tensor *in[3] = { x, weight, bias };
     msd_node *node;
@@ -306,6 +388,8 @@ static int finish(msd_op op, msd_tensor *x, msd_tensor *weight, msd_tensor *bias
         msd_node_save(node, 1, rstd);
         node->iarg[0] = arg;
         node->iarg[1] = arg2;
+        node->parg = sync;
+        node->iarg[2] = count;
     }
     if (rc == MSD_OK)
         *out = o;
@@ -316,10 +400,12 @@ static int finish(msd_op op, msd_tensor *x, msd_tensor *weight, msd_tensor *bias
     return rc;
 }
 
-/* batch_norm2d, then GELU when gelu. */
+/* batch_norm2d, then GELU when gelu; with sync (training only), the
+ * statistics of every process. */
 static int batch_norm(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
                       msd_tensor *running_mean, msd_tensor *running_var, int training,
-                      float momentum, float eps, int gelu, msd_tensor **out)
+                      float momentum, float eps, int gelu, const msd_reducer *sync,
+                      msd_tensor **out)
 {
     char b1[64];
     int rc;
@@ -339,7 +425,7 @@ static int batch_norm(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
         if ((running_mean == NULL) != (running_var == NULL))
             return msd_error(MSD_ERR_ARG, "batch_norm2d: give both running_mean and "
                                           "running_var, or neither");
-        if (count <= 1)
+        if (count <= 1 && !sync) /* synchronised: the job's count is checked */
             return msd_error(MSD_ERR_SHAPE, "batch_norm2d: training needs more than 1 value "
                                             "per channel, input %s has %zu",
                              msd_tensor_shape_str(b1, sizeof b1, x), count);
@@ -349,19 +435,30 @@ static int batch_norm(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
                          msd_tensor_shape_str(b1, sizeof b1, x));
     }
     int cshape[1] = { C };
+    double total = (double)count; /* values per channel in the statistics */
     msd_tensor *o = msd_tensor_empty_like(x);
     msd_tensor *mean = msd_tensor_empty(1, cshape), *rstd = msd_tensor_empty(1, cshape);
-    if (!o || !mean || !rstd) {
-        rc = MSD_ERR_MEM;
+    double *buf = sync ? malloc((2 * (size_t)C + 1) * sizeof *buf) : NULL;
+    if (!o || !mean || !rstd || (sync && !buf)) {
+        rc = msd_error(MSD_ERR_MEM, "batch_norm2d: out of memory for an input %s",
+                       msd_tensor_shape_str(b1, sizeof b1, x));
         goto fail;
     }
     float *pm = msd_tensor_data(mean), *pr = msd_tensor_data(rstd);
     if (training) {
         /* rstd holds the biased batch variance until it is inverted below */
-        msd_batchnorm_stats(pm, pr, msd_tensor_data(x), N, C, HW);
+        if (sync) {
+            rc = bn_sync_stats(pm, pr, &total, buf, msd_tensor_data(x), N, C, HW, sync);
+            free(buf);
+            buf = NULL;
+            if (rc != MSD_OK)
+                goto fail;
+        } else {
+            msd_batchnorm_stats(pm, pr, msd_tensor_data(x), N, C, HW);
+        }
         if (running_mean) {
             float *rm = msd_tensor_data(running_mean), *rv = msd_tensor_data(running_var);
-            double unbias = (double)count / (double)(count - 1);
+            double unbias = total / (total - 1);
             for (int c = 0; c < C; c++) {
                 rm[c] = (1.0f - momentum) * rm[c] + momentum * pm[c];
                 rv[c] = (1.0f - momentum) * rv[c] + momentum * (float)(pr[c] * unbias);
@@ -376,9 +473,10 @@ static int batch_norm(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
     }
     bn_forward(msd_tensor_data(o), msd_tensor_data(x), pm, pr, data_or_null(weight),
                data_or_null(bias), N, C, HW, gelu);
-    return finish(MSD_OP_BATCH_NORM2D, x, weight, bias, training != 0, gelu, o, mean, rstd,
-                  out);
+    return finish(MSD_OP_BATCH_NORM2D, x, weight, bias, training != 0, gelu, sync, (int)total, o,
+                  mean, rstd, out);
 fail:
+    free(buf);
     msd_tensor_release(o);
     msd_tensor_release(mean);
     msd_tensor_release(rstd);
@@ -390,7 +488,7 @@ int msd_batch_norm2d(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
                      float momentum, float eps, msd_tensor **out)
 {
     return batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, 0,
-                      out);
+                      NULL, out);
 }
 
 int msd_batch_norm2d_gelu(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
@@ -398,28 +496,58 @@ int msd_batch_norm2d_gelu(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
                           float momentum, float eps, msd_tensor **out)
 {
     return batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, 1,
-                      out);
+                      NULL, out);
 }
 
+int msd_batch_norm2d_sync(msd_tensor *x, msd_tensor *weight, msd_tensor *bias,
+                          msd_tensor *running_mean, msd_tensor *running_var, float momentum,
+                          float eps, int gelu, const msd_reducer *sync, msd_tensor **out)
+{
+    if (!sync || !sync->sum)
+        return msd_error(MSD_ERR_ARG, "batch_norm2d_sync: no reducer given");
+    return batch_norm(x, weight, bias, running_mean, running_var, 1, momentum, eps, gelu != 0,
+                      sync, out);
+}
+
+/* Synchronised (a reducer in parg): a first pass for the local sums and
+ * dgamma, dbeta; the job-wide sums; a second pass for dx (with GELU, the
+ * first keeps every channel's dy * gelu' for the second: C scratch
+ * channels instead of one per thread). */
 int msd_grad_batch_norm2d(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 {
     const msd_tensor *x = n->in[0];
-    int N = x->shape[0], C = x->shape[1], HW = x->shape[2] * x->shape[3];
+    const msd_reducer *sync = n->parg;
+    int N = x->shape[0], C = x->shape[1], HW = x->shape[2] * x->shape[3], rc = MSD_OK;
     int nthr = (size_t)N * HW * C > BN_SERIAL_MAX ? msd_get_threads() : 1;
     msd_storage *scratch = NULL;
-    if (n->iarg[1] && !(scratch = msd_storage_new((size_t)nthr * N * HW)))
+    double *sums = NULL;
+    if (n->iarg[1] && !(scratch = msd_storage_new((size_t)(sync ? C : nthr) * N * HW)))
         return msd_error(MSD_ERR_MEM, "batch_norm2d_gelu backward: out of memory for %d "
-                         "scratch channels of %d floats", nthr, N * HW);
+                         "scratch channels of %d floats", sync ? C : nthr, N * HW);
+    if (sync && !(sums = malloc(2 * (size_t)C * sizeof *sums))) {
+        msd_storage_release(scratch);
+        return msd_error(MSD_ERR_MEM, "batch_norm2d backward: out of memory for %d sums", 2 * C);
+    }
     bn_backward_job j = { dx[0] ? msd_tensor_data(dx[0]) : NULL,
                           dx[1] ? msd_tensor_data(dx[1]) : NULL,
                           dx[2] ? msd_tensor_data(dx[2]) : NULL,
                           msd_tensor_data(dy), msd_tensor_data(x), data_or_null(n->in[1]),
                           data_or_null(n->in[2]), msd_tensor_data(n->saved[0]),
                           msd_tensor_data(n->saved[1]), n->iarg[0], N, C, HW,
-                          scratch ? scratch->data : NULL };
+                          scratch ? scratch->data : NULL,
+                          sync ? (double)n->iarg[2] : (double)N * HW, sums, NULL };
     msd_parallel_for(C, nthr, bn_backward_chunk, &j); /* tid < nthr: scratch for each */
+    if (sync && dx[0]) { /* the same graph on every process: all of them reduce, or none */
+        rc = sync->sum(sums, 2 * C, sync->ud);
+        if (rc == MSD_OK) {
+            j.lsum = NULL;
+            j.gsum = sums;
+            msd_parallel_for(C, nthr, bn_backward_chunk, &j);
+        }
+    }
+    free(sums);
     msd_storage_release(scratch);
-    return MSD_OK;
+    return rc;
 }
 
 int msd_group_norm(msd_tensor *x, int groups, msd_tensor *weight, msd_tensor *bias, float eps,
@@ -455,7 +583,7 @@ int msd_group_norm(msd_tensor *x, int groups, msd_tensor *weight, msd_tensor *bi
     msd_groupnorm_forward(msd_tensor_data(o), msd_tensor_data(mean), msd_tensor_data(rstd),
                           msd_tensor_data(x), data_or_null(weight), data_or_null(bias), N, C, HW,
                           groups, eps);
-    return finish(MSD_OP_GROUP_NORM, x, weight, bias, groups, 0, o, mean, rstd, out);
+    return finish(MSD_OP_GROUP_NORM, x, weight, bias, groups, 0, NULL, 0, o, mean, rstd, out);
 fail:
     msd_tensor_release(o);
     msd_tensor_release(mean);

@@ -103,6 +103,25 @@ msd_tensor *lbind_opt_tensor(lua_State *L, int i)
     return lua_isnoneornil(L, i) ? NULL : lbind_check_tensor(L, i);
 }
 
+void lbind_push_reducer(lua_State *L, const msd_reducer *r)
+{
+    const msd_reducer **box = lbind_newuserdata(L, sizeof *box);
+    *box = r;
+    luaL_getmetatable(L, LBIND_REDUCER_MT);
+    lua_setmetatable(L, -2);
+}
+
+const msd_reducer *lbind_opt_reducer(lua_State *L, int i)
+{
+    if (lua_isnoneornil(L, i))
+        return NULL;
+    const msd_reducer **box = luaL_testudata(L, i, LBIND_REDUCER_MT);
+    if (!box)
+        luaL_argerror(L, i, lua_pushfstring(L, "reducer expected (minisd.dist.reducer()), got %s",
+                                            luaL_typename(L, i)));
+    return *box;
+}
+
 int lbind_check_int(lua_State *L, int i)
 {
     if (!lbind_isintegral(L, i))

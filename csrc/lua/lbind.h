@@ -8,6 +8,7 @@
 #include "minisd.h"
 
 #define LBIND_TENSOR_MT "minisd.Tensor"
+#define LBIND_REDUCER_MT "minisd.Reducer"
 
 /* The tensor at index i, or a Lua error naming the argument. */
 msd_tensor *lbind_check_tensor(lua_State *L, int i);
@@ -51,6 +52,11 @@ int lbind_op_exp(lua_State *L);
  * lbind_check_shape, then msd_shape_check (no -1, no negative size, not too
  * many elements); `what` names the function in the message. Returns ndim. */
 int lbind_check_new_shape(lua_State *L, int i, const char *what, int *shape);
+/* A reducer (ops.h) for synchronised BatchNorm, as a userdata holding a pointer to r, which
+ * must live as long as the module (minisd.dist's is static). */
+void lbind_push_reducer(lua_State *L, const msd_reducer *r);
+/* The reducer at i, or NULL when the value there is nil or absent. */
+const msd_reducer *lbind_opt_reducer(lua_State *L, int i);
 /* Raises a Lua error with msd_last_error() when rc != MSD_OK. */
 void lbind_check_rc(lua_State *L, int rc);
 /* An integer argument (error if not an integral number). */
@@ -68,5 +74,9 @@ void lbind_open_diffusion(lua_State *L);
 void lbind_open_image(lua_State *L);
 void lbind_open_sys(lua_State *L);
 void lbind_open_gif(lua_State *L);
+#ifdef MINISD_MPI
+/* minisd.core.dist: MPI (lbind_dist.c, built with -DMINISD_MPI=ON) */
+void lbind_open_dist(lua_State *L);
+#endif
 
 #endif

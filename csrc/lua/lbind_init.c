@@ -19,5 +19,8 @@ MSD_EXPORT int luaopen_minisd_core(lua_State *L)
     lbind_open_image(L);
     lbind_open_sys(L);
     lbind_open_gif(L);
+#ifdef MINISD_MPI
+    lbind_open_dist(L);
+#endif
     return 1;
 }

@@ -53,8 +53,10 @@ static int l_ops_conv_transpose2d(lua_State *L)
 }
 
 /* batch_norm2d(x, running_mean, running_var [, weight [, bias [, training=false
- *              [, momentum=0.1 [, eps=1e-5 [, gelu=false]]]]]]): with gelu, GELU
- * applied to the result in the same op */
+ *              [, momentum=0.1 [, eps=1e-5 [, gelu=false [, sync]]]]]]]): with gelu, GELU
+ * applied to the result in the same op; with a reducer as sync and training, the
+ * statistics of every process (msd_batch_norm2d_sync; eval ignores it, as PyTorch's
+ * SyncBatchNorm does) */
 static int l_ops_batch_norm2d(lua_State *L)
 {
     msd_tensor *x = lbind_check_tensor(L, 1);
@@ -63,7 +65,11 @@ static int l_ops_batch_norm2d(lua_State *L)
     int training = lua_toboolean(L, 6);
     float momentum = (float)luaL_optnumber(L, 7, 0.1), eps = (float)luaL_optnumber(L, 8, 1e-5);
     int gelu = lua_toboolean(L, 9);
+    const msd_reducer *sync = lbind_opt_reducer(L, 10);
     msd_tensor **box = lbind_new_box(L);
+    if (sync && training)
+        return lbind_result(L, msd_batch_norm2d_sync(x, w, b, rm, rv, momentum, eps, gelu, sync,
+                                                     box), box);
     return lbind_result(L, (gelu ? msd_batch_norm2d_gelu : msd_batch_norm2d)(
                                x, w, b, rm, rv, training, momentum, eps, box), box);
 }
@@ -131,7 +137,18 @@ static const luaL_Reg functions[] = {
     { NULL, NULL },
 };
 
+static int l_reducer_tostring(lua_State *L)
+{
+    lua_pushfstring(L, "minisd.Reducer (%p)", *(const void **)lua_touserdata(L, 1));
+    return 1;
+}
+
 void lbind_open_ops(lua_State *L)
 {
     luaL_setfuncs(L, functions, 0);
+    /* the reducers minisd.dist hands to batch_norm2d */
+    luaL_newmetatable(L, LBIND_REDUCER_MT);
+    lua_pushcfunction(L, l_reducer_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
 }

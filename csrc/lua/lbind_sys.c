@@ -108,26 +108,38 @@ static int l_clock(lua_State *L)
 }
 
 static volatile sig_atomic_t interrupt_flag;
-static struct sigaction previous;
-static int trapping;
+static struct sigaction previous, previous_term;
+static int trapping, trapping_term;
 
-/* The first Ctrl-C is recorded; a second one restores the previous
- * handler and re-raises, so an impatient user can still stop at once. */
+static void untrap(void)
+{
+    if (trapping)
+        sigaction(SIGINT, &previous, NULL);
+    if (trapping_term)
+        sigaction(SIGTERM, &previous_term, NULL);
+    trapping = trapping_term = 0;
+}
+
+/* The first Ctrl-C (or SIGTERM, when trapped) is recorded; a second Ctrl-C
+ * restores the previous handlers and re-raises, so an impatient user can
+ * still stop at once. A SIGTERM never stops at once: it is a launcher's
+ * (mpirun, srun), which sends SIGKILL on its own schedule. */
 static void on_sigint(int sig)
 {
-    if (interrupt_flag) {
-        sigaction(SIGINT, &previous, NULL);
+    if (interrupt_flag && sig == SIGINT) {
+        untrap();
         raise(sig);
         return;
     }
     interrupt_flag = 1;
 }
 
-/* trap_interrupt(on): while on, SIGINT only sets a flag that
- * interrupt_requested() reports. */
+/* trap_interrupt(on [, terminate]): while on, SIGINT (and SIGTERM with
+ * terminate: what mpirun sends every rank on Ctrl-C, after SIGINT under
+ * srun) only sets a flag that interrupt_requested() reports. */
 static int l_sys_trap_interrupt(lua_State *L)
 {
-    int on = lua_toboolean(L, 1);
+    int on = lua_toboolean(L, 1), term = lua_toboolean(L, 2);
     if (on && !trapping) {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
@@ -136,10 +148,16 @@ static int l_sys_trap_interrupt(lua_State *L)
         if (sigaction(SIGINT, &sa, &previous) != 0)
             return luaL_error(L, "trap_interrupt: cannot install a SIGINT handler");
         trapping = 1;
+        if (term) {
+            if (sigaction(SIGTERM, &sa, &previous_term) != 0) {
+                untrap();
+                return luaL_error(L, "trap_interrupt: cannot install a SIGTERM handler");
+            }
+            trapping_term = 1;
+        }
         interrupt_flag = 0;
-    } else if (!on && trapping) {
-        sigaction(SIGINT, &previous, NULL);
-        trapping = 0;
+    } else if (!on) {
+        untrap();
     }
     return 0;
 }

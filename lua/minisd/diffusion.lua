@@ -39,27 +39,48 @@ end
 -- image x_t, and the MSE between the predicted and the true noise. Context rows
 -- are dropped (set to zero) with probability `context_drop` so that the model
 -- also learns the unconditional prediction used by classifier-free guidance.
+-- With `share = {first = k, total = b}`, x0 (and c) are rows k .. k + B - 1 of a batch of
+-- b (a data-parallel rank's share): t, the noise and the context drops are drawn for all b
+-- rows, in the same order as for one process, and this share's rows are used, so that the
+-- draws of each sample do not depend on how the batch is shared. The loss is still the
+-- mean over the share's rows.
 -- @param model a ContextUnet (called as model(x_t, t/T, c))
 -- @param x0 tensor (B, C, H, W) in [-1, 1]
 -- @param c tensor (B, K) of context rows, or nil for unconditional training
--- @param opts {scheduler=, generator=, context_drop=0.1}
--- @return loss (0-dim tensor), and a table {t=, noise=} of what was drawn
+-- @param opts {scheduler=, generator=, context_drop=0.1, share=}
+-- @return loss (0-dim tensor), and a table {t=, noise=} of what was drawn (the share's rows)
 function M.loss(model, x0, c, opts)
   opts = opts or {}
-  check_options("diffusion.loss", opts, { scheduler = true, generator = true, context_drop = true })
+  check_options("diffusion.loss", opts, { scheduler = true, generator = true, context_drop = true,
+    share = true })
   local s = opts.scheduler or sched.get("ddpm").new(M.schedule_of(model))
   local gen = opts.generator
   local T = s.num_train_timesteps
-  local B = x0:shape()[1]
-  local t = minisd.randint({ B }, 1, T, gen)
-  local noise = minisd.randn(x0:shape(), gen)
+  local shape = x0:shape()
+  local B = shape[1]
+  local first, total = 1, B
+  if opts.share ~= nil then
+    local sh = opts.share
+    first, total = type(sh) == "table" and sh.first, type(sh) == "table" and sh.total
+    if type(first) ~= "number" or type(total) ~= "number" or first ~= math.floor(first)
+      or total ~= math.floor(total) or first < 1 or first + B - 1 > total then
+      error(string.format("diffusion.loss: share must be {first = k, total = b} with the %d "
+        .. "rows of x0 inside 1..b", B), 2)
+    end
+  end
+  local function rows(x) -- this share's rows of a draw for the whole batch
+    return total == B and x or x:narrow(1, first, B)
+  end
+  local t = rows(minisd.randint({ total }, 1, T, gen))
+  shape[1] = total
+  local noise = rows(minisd.randn(shape, gen))
   local x_t = s:add_noise(x0, noise, t)
   if c ~= nil then
     local p = opts.context_drop or 0.1
-    local u = minisd.rand({ B }, gen):totable()
+    local u = minisd.rand({ total }, gen):totable()
     local keep = {}
     for i = 1, B do
-      keep[i] = u[i] < p and 0 or 1
+      keep[i] = u[first - 1 + i] < p and 0 or 1
     end
     c = c * minisd.tensor(keep):reshape(B, 1)
   end

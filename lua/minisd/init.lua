@@ -7,7 +7,9 @@ local core = require("minisd.core")
 
 local M = {}
 for k, v in pairs(core) do
-  M[k] = v
+  if k ~= "dist" then -- the MPI engine of minisd.dist (built with MINISD_MPI)
+    M[k] = v
+  end
 end
 
 M._VERSION = "0.1.0"
@@ -69,7 +71,7 @@ local lazy = {
   image = "minisd.image", diffusion = "minisd.diffusion", models = "minisd.models",
   train = "minisd.train", json = "minisd.json", sched = "minisd.sched",
   quality = "minisd.quality", classifier = "minisd.classifier", linalg = "minisd.linalg",
-  worker = "minisd.worker",
+  worker = "minisd.worker", dist = "minisd.dist",
 }
 
 return setmetatable(M, {

@@ -1,10 +1,11 @@
 --- The training loop behind `train.lua`: the seed's Training and
 -- Training_with_context notebooks with checkpoints, exact resume, progress
--- and per-epoch sample grids.
+-- and per-epoch sample grids; data-parallel over the ranks of a minisd.dist job.
 -- @module minisd.train
 
 local minisd = require("minisd")
 local json = require("minisd.json")
+local dist = require("minisd.dist")
 
 local M = {}
 
@@ -14,14 +15,14 @@ M.defaults = {
   channels = nil, background = "#ffffff", seed = 0, threads = nil, precision = "fp32",
   out = "runs/sprites",
   sample_every = 1, sample_steps = 25, stop_after = nil, limit = nil, flip = true, ema = 0,
-  progress = "auto", quiet = false,
+  progress = "auto", quiet = false, sync_bn = false,
 }
 
 local CHECKPOINT = "checkpoint.safetensors"
 
 -- options that belong to one invocation, not to the run a checkpoint continues
 local TRANSIENT = { resume = true, threads = true, progress = true, quiet = true,
-  stop_after = true }
+  stop_after = true, dist_timeout = true }
 -- options a resumed run takes when given again (they change no number of the training):
 -- the last epoch, and the sample grids
 local RESUME_MAY_CHANGE = { epochs = true, sample_every = true, sample_steps = true }
@@ -30,6 +31,11 @@ local RESUME_MAY_CHANGE = { epochs = true, sample_every = true, sample_steps = t
 
 local util = require("minisd.util")
 local path_join, file_exists = util.join_path, util.is_file
+
+-- An error every rank meets at the same point with the same numbers (an option, the
+-- checkpoint rank 0 sent, the batch's loss): reported once, and the job ends without an
+-- abort (minisd.dist.collective_error); in one process, a plain error.
+local fail = dist.collective_error
 
 local function mkdir_p(dir)
   if not util.mkdir_p(dir) then
@@ -137,18 +143,20 @@ local function save_checkpoint(dir, state)
     ["minisd.checkpoint"] = json.encode({
       epoch = state.epoch, step = state.step, global_step = state.global_step,
       generator = state.generator:get_state(), optim = optim_tree, args = args,
-      config = state.model.config,
+      config = state.model.config, ranks = dist.size(),
     }),
   }
   assert(minisd.save_safetensors(path_join(dir, CHECKPOINT), tensors, meta, { dtypes = dtypes }))
 end
 
-local function load_checkpoint(dir)
-  local path = path_join(dir, CHECKPOINT)
-  if not file_exists(path) then
-    return nil, "no checkpoint at " .. path
+-- The checkpoint from its bytes (nil: read the file at path).
+local function parse_checkpoint(path, bytes)
+  local tensors, meta
+  if bytes then
+    tensors, meta = minisd.load_safetensors_string(bytes, path)
+  else
+    tensors, meta = minisd.load_safetensors(path)
   end
-  local tensors, meta = minisd.load_safetensors(path)
   if not tensors then
     return nil, meta
   end
@@ -190,6 +198,35 @@ local function load_checkpoint(dir)
   return info
 end
 
+--- The checkpoint a run saved in dir (nil and a message if there is none or it is
+-- damaged). In a job of several ranks, rank 0 reads the file and sends its bytes to the
+-- others, which need no access to dir.
+local function load_checkpoint(dir)
+  local path = path_join(dir, CHECKPOINT)
+  local bytes, err
+  if dist.rank() == 0 then
+    if not file_exists(path) then
+      err = "no checkpoint at " .. path
+    elseif dist.size() > 1 then
+      bytes, err = util.read_file(path)
+    end
+  end
+  if dist.size() > 1 then -- "B" and the bytes, or "E" and rank 0's error
+    local mine = dist.rank() == 0 and (err and ("E" .. err) or ("B" .. bytes)) or nil
+    local msg, derr = dist.broadcast_string(mine, 0)
+    if not msg then
+      error(derr, 0)
+    end
+    if msg:sub(1, 1) == "E" then
+      return nil, msg:sub(2)
+    end
+    bytes = msg:sub(2)
+  elseif err then
+    return nil, err
+  end
+  return parse_checkpoint(path, bytes)
+end
+
 M.load_checkpoint = load_checkpoint
 
 -- ---- progress -----------------------------------------------------------
@@ -198,7 +235,7 @@ local Progress = {}
 Progress.__index = Progress
 
 local function new_progress(mode, total_steps, quiet)
-  local bar = mode == "bar" or (mode == "auto" and isatty())
+  local bar = mode == "bar" or (mode == "auto" and not quiet and isatty())
   return setmetatable({ bar = bar, total = total_steps, quiet = quiet, last_plain = -math.huge },
     Progress)
 end
@@ -309,15 +346,63 @@ local function sample_grid(model, args, epoch, path)
   model:train()
 end
 
+-- ---- data parallel --------------------------------------------------------
+
+-- Rank 1.. keep no log: writes go nowhere.
+local NO_LOG = { write = function() end, flush = function() end, close = function() end }
+
+--- Checks that `ranks` can share every batch: equal shares of the full batches, at least
+-- one sprite each in the last.
+local function check_shares(n, batch_size, ranks)
+  if batch_size % ranks ~= 0 then
+    fail(string.format("--batch-size %d is not a multiple of the %d ranks: each rank takes an "
+      .. "equal share of every batch (give a multiple of %d)", batch_size, ranks, ranks))
+  end
+  local last = n % batch_size
+  if last > 0 and last < ranks then
+    fail(string.format("the last batch of each epoch has %d sprites (%d %% %d), fewer than "
+      .. "the %d ranks: change --batch-size or --limit", last, n, batch_size, ranks))
+  end
+end
+
+--- The sum over the ranks of a loss part, and whether any rank asked to stop (one
+-- collective of two values).
+local function sum_over_ranks(value, stop)
+  local t = minisd.tensor({ value, stop and 1 or 0 })
+  local ok, err = dist.allreduce(t, "sum")
+  if not ok then
+    error(err, 0)
+  end
+  local v = t:totable()
+  return v[1], v[2] > 0
+end
+
+--- Sums every parameter's gradient over the ranks, in buckets.
+local function sum_gradients(model)
+  local grads = {}
+  for _, p in ipairs(model:parameters()) do
+    grads[#grads + 1] = p.grad
+  end
+  local ok, err = dist.allreduce(grads, "sum", { bucket_bytes = M.bucket_bytes })
+  if not ok then
+    error(err, 0)
+  end
+end
+
+--- Bytes per bucket of the gradients' sum (one collective per bucket).
+M.bucket_bytes = 4 * 1024 * 1024
+
 --- Runs training. `args` has the fields of M.defaults (see train.lua --help).
 -- With args.resume = DIR, continues the run saved in DIR exactly.
 -- @return a summary table {epochs=, steps=, final_loss=, model_path=, interrupted=}
 function M.run(args)
+  local rank, ranks = dist.rank(), dist.size()
+  local lead = rank == 0 -- rank 0 alone writes files and prints
   local resume
   if args.resume then
     local info, err = load_checkpoint(args.resume)
     if not info then
-      error(err, 0)
+      fail(err)
     end
     resume = info
     -- the options given on this command line (train.lua's `given`; epochs_given is the
@@ -327,9 +412,9 @@ function M.run(args)
     for k in pairs(given) do
       if not TRANSIENT[k] and not RESUME_MAY_CHANGE[k] then
         local old = info.args[k == "no_flip" and "flip" or k]
-        error(string.format("--%s cannot change when resuming (the run has %s); resume without "
+        fail(string.format("--%s cannot change when resuming (the run has %s); resume without "
           .. "it, or start a new run with --out", k:gsub("_", "-"),
-          old == nil and "no such setting" or tostring(old)), 0)
+          old == nil and "no such setting" or tostring(old)))
       end
     end
     local keep = { resume = args.resume, threads = args.threads, progress = args.progress,
@@ -356,6 +441,8 @@ function M.run(args)
   end
   if args.threads then
     minisd.set_threads(args.threads)
+  elseif ranks > 1 then -- the cores of this machine, shared by its ranks
+    minisd.set_threads(dist.default_threads())
   end
   minisd.set_precision(args.precision)
 
@@ -369,9 +456,11 @@ function M.run(args)
     ds.labels = ds.labels:narrow(1, 1, args.limit)
     ds.n = args.limit
   end
-  mkdir_p(args.out)
-  -- temporary files of a write that a kill interrupted (the file they were for is intact)
-  require("minisd.util").remove_stale_temps(args.out)
+  if lead then
+    mkdir_p(args.out)
+    -- temporary files of a write that a kill interrupted (the file they were for is intact)
+    util.remove_stale_temps(args.out)
+  end
 
   local gen = minisd.Generator(args.seed)
   local model
@@ -383,8 +472,8 @@ function M.run(args)
       okl, lerr = pcall(built.load_state_dict, built, resume.model_state)
     end
     if not (okm and okl) then
-      error(string.format("%s: the model in it does not load (%s); the checkpoint is damaged",
-        resume.path, tostring(not okm and built or lerr):gsub("^[^\n:]*%.lua:%d+: ", "")), 0)
+      fail(string.format("%s: the model in it does not load (%s); the checkpoint is damaged",
+        resume.path, tostring(not okm and built or lerr):gsub("^[^\n:]*%.lua:%d+: ", "")))
     end
     model = built
   else
@@ -394,12 +483,28 @@ function M.run(args)
     local models = require("minisd.models")
     local arch = models.get(args.arch or "ContextUnet")
     if arch.kind ~= "diffusion" then
-      error(string.format("--arch %s is a %s, not a diffusion model (those: %s)", arch.name,
-        arch.kind, table.concat(models.names("diffusion"), ", ")), 0)
+      fail(string.format("--arch %s is a %s, not a diffusion model (those: %s)", arch.name,
+        arch.kind, table.concat(models.names("diffusion"), ", ")))
     end
     model = arch.new(arch.config_for(ds, args))
   end
   model:train()
+  if ranks > 1 then
+    check_shares(ds.n, args.batch_size, ranks)
+    -- every rank starts from rank 0's weights and buffers
+    local sd = model:state_dict()
+    local tensors = {}
+    for _, name in ipairs(util.sorted_keys(sd)) do
+      tensors[#tensors + 1] = sd[name]
+    end
+    local okb, berr = dist.broadcast(tensors, 0)
+    if not okb then
+      error(berr, 0)
+    end
+  end
+  if args.sync_bn then
+    dist.sync_batch_norm(model)
+  end
   local opt = minisd.optim.Adam(model:parameters(), { lr = args.lr })
   if resume then
     opt:load_state_dict(resume.optim)
@@ -410,13 +515,13 @@ function M.run(args)
   -- checked before the first step: a bad value would otherwise fail after the first epoch,
   -- and on every resume of the run
   if args.sample_every > 0 and args.sample_steps > sched.num_train_timesteps then
-    error(string.format("--sample-steps must be at most %d (the model's diffusion steps), got %d",
-      sched.num_train_timesteps, args.sample_steps), 0)
+    fail(string.format("--sample-steps must be at most %d (the model's diffusion steps), got %d",
+      sched.num_train_timesteps, args.sample_steps))
   end
 
   local steps_per_epoch = math.ceil(ds.n / args.batch_size)
   local total = steps_per_epoch * args.epochs
-  local progress = new_progress(args.progress, total, args.quiet)
+  local progress = new_progress(args.progress, total, args.quiet or not lead)
   local start_epoch, start_step = 1, 0
   local global_step = 0
   if resume then
@@ -427,15 +532,16 @@ function M.run(args)
     end
   end
   local log_path = path_join(args.out, "losses.tsv")
-  if resume then
+  if resume and lead then
     keep_log_lines(log_path, global_step)
   end
-  local log = assert(io.open(log_path, resume and "a" or "w"))
+  local log = lead and assert(io.open(log_path, resume and "a" or "w")) or NO_LOG
   if not resume then
     log:write("epoch\tstep\tloss\tlr\n")
   end
 
-  local ema = args.ema > 0 and new_ema(model, resume and resume.ema_state) or nil
+  -- the EMA serves the sample grids and the files, which rank 0 writes
+  local ema = args.ema > 0 and lead and new_ema(model, resume and resume.ema_state) or nil
   local state = { model = model, optimizer = opt, generator = gen, args = args, ema = ema }
   local last_loss, interrupted = nil, false
 
@@ -446,40 +552,54 @@ function M.run(args)
     local data_gen = minisd.Generator(args.seed * 100003 + epoch)
     local step = 0
     local images_seen, t_start = 0, minisd.clock()
-    local batches = ds:batches(args.batch_size,
-      { shuffle = true, generator = data_gen, flip = args.flip })
-    for x, c in batches do
+    -- with several ranks, each takes its share of every batch of that one order, and
+    -- the noise of its rows from the one generator (see diffusion.loss)
+    local batches = ds:batches(args.batch_size, { shuffle = true, generator = data_gen,
+      flip = args.flip, share = ranks > 1 and { rank = rank, size = ranks } or nil })
+    for x, c, b, first in batches do
       step = step + 1
       -- (PUC Lua 5.1 has no goto: the steps already done are skipped by this if)
       if not (epoch == start_epoch and step <= start_step) then
-        local loss = diffusion.loss(model, x, args.context and c or nil,
-          { scheduler = sched, generator = gen })
+        local loss = diffusion.loss(model, x, args.context and c or nil, { scheduler = sched,
+          generator = gen, share = ranks > 1 and { first = first, total = b } or nil })
+        local rows = x:shape()[1]
+        if rows ~= b then -- this rank's part of the batch's mean: the parts add up to it
+          loss = loss * (rows / b)
+        end
         local value = loss:item()
+        local stop = false
+        if ranks > 1 then -- the batch's loss, and whether any rank was interrupted
+          value, stop = sum_over_ranks(value, minisd.interrupt_requested())
+        end
         if value ~= value or math.abs(value) == math.huge then
           -- diverged: no step on a non-finite loss, and the last checkpoint (the end of the
           -- previous epoch) stays as it was
           local ckpt = path_join(args.out, CHECKPOINT)
-          error(string.format("training diverged: the loss is %s at epoch %d, step %d; no "
+          fail(string.format("training diverged: the loss is %s at epoch %d, step %d; no "
             .. "model written%s (try a lower --lr, or check the data for NaN)",
             value ~= value and "NaN" or (value > 0 and "+inf" or "-inf"), epoch, step,
-            file_exists(ckpt) and ("; the last checkpoint is kept: " .. ckpt) or ""), 0)
+            file_exists(ckpt) and ("; the last checkpoint is kept: " .. ckpt) or ""))
         end
         opt:zero_grad()
         loss:backward()
+        if ranks > 1 then -- the batch's gradients: the sum of the parts'
+          sum_gradients(model)
+        end
         opt:step()
         last_loss = value
         global_step = global_step + 1
         if ema then
           update_ema(ema, model, args.ema, global_step)
         end
-        images_seen = images_seen + x:shape()[1]
+        images_seen = images_seen + b
         log:write(string.format("%d\t%d\t%.9g\t%.9g\n", epoch, step, last_loss, opt.lr))
         local wall = minisd.clock() - t_start
         progress:update({ epoch = epoch, epochs = args.epochs, step = step,
           steps = steps_per_epoch, loss = last_loss, global_step = global_step,
           images = images_seen, elapsed = math.max(wall, 1e-3), steps_timed = step })
         state.epoch, state.step, state.global_step = epoch, step, global_step
-        if minisd.interrupt_requested() or (args.stop_after and global_step >= args.stop_after) then
+        if stop or (ranks == 1 and minisd.interrupt_requested())
+          or (args.stop_after and global_step >= args.stop_after) then
           interrupted = true
           progress:finish_line()
           return
@@ -490,8 +610,9 @@ function M.run(args)
   end
 
   -- Ctrl-C only sets a flag: the current step finishes, then a consistent
-  -- checkpoint is written (a second Ctrl-C stops at once)
-  minisd.trap_interrupt(true)
+  -- checkpoint is written (a second Ctrl-C stops at once). With several ranks, SIGTERM too
+  -- (mpirun turns Ctrl-C into SIGTERM to every rank), and the ranks agree on the step.
+  minisd.trap_interrupt(true, ranks > 1)
   local ok, err = pcall(function()
     for epoch = start_epoch, args.epochs do
       epoch_loop(epoch)
@@ -500,14 +621,23 @@ function M.run(args)
       -- --resume, grid included (the grid has its own seed: the run's numbers do not change)
       if not interrupted then
         progress:finish_line()
-        if args.sample_every > 0 and (epoch % args.sample_every == 0 or epoch == args.epochs) then
+        if lead and args.sample_every > 0
+          and (epoch % args.sample_every == 0 or epoch == args.epochs) then
           with_ema(model, ema, function()
             sample_grid(model, args, epoch,
               path_join(args.out, string.format("samples_epoch%03d.png", epoch)))
           end)
         end
       end
-      save_checkpoint(args.out, state)
+      if lead then
+        save_checkpoint(args.out, state)
+      end
+      if interrupted and ranks > 1 then -- the others wait for the checkpoint before exiting
+        local okb, berr = dist.barrier()
+        if not okb then
+          error(berr, 0)
+        end
+      end
       if interrupted then
         return
       end
@@ -523,16 +653,22 @@ function M.run(args)
     epochs = args.epochs, steps = global_step, final_loss = last_loss, interrupted = interrupted,
     checkpoint = path_join(args.out, CHECKPOINT),
   }
-  if not interrupted then
+  if not interrupted and lead then
     summary.model_path = path_join(args.out, "model.safetensors")
     with_ema(model, ema, function()
       assert(model:save(summary.model_path, { training = {
         epochs = args.epochs, steps = global_step, batch_size = args.batch_size, lr = args.lr,
         final_loss = last_loss, seed = args.seed, context = args.context and true or false,
         dataset = args.data or "bundled", images = ds.n, ema = args.ema,
-        precision = args.precision,
+        precision = args.precision, ranks = ranks, sync_bn = args.sync_bn and true or false,
       } }))
     end)
+  end
+  if not interrupted and ranks > 1 then -- every rank returns once the model is written
+    local okb, berr = dist.barrier()
+    if not okb then
+      error(berr, 0)
+    end
   end
   return summary
 end

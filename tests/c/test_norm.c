@@ -1,6 +1,11 @@
 /* BatchNorm2d and GroupNorm: forward against naive double-precision loops,
  * the running-stat update against its formula, gradients against finite
- * differences in training and eval modes, and the error messages. */
+ * differences in training and eval modes, the error messages, and the
+ * synchronised BatchNorm: over one process it gives the plain op's bits,
+ * over two processes (threads here) the full batch's values. */
+#define _POSIX_C_SOURCE 200809L /* pthread barriers */
+#include <pthread.h>
+
 #include "gradcheck.h"
 #include "test.h"
 
@@ -278,6 +283,250 @@ static void test_batch_norm_errors(void)
         msd_tensor_release(ts[i]);
 }
 
+/* ---- synchronised BatchNorm ------------------------------------------- */
+
+/* A reducer over one process: the sum is the buffer itself. Counts calls. */
+static int sum_alone(double *buf, int n, void *ud)
+{
+    (void)buf;
+    (void)n;
+    (*(int *)ud)++;
+    return MSD_OK;
+}
+
+static int sum_fails(double *buf, int n, void *ud)
+{
+    (void)buf;
+    (void)ud;
+    return msd_error(MSD_ERR_STATE, "test reducer: no answer for %d values", n);
+}
+
+/* Over one process, batch_norm2d_sync gives the bits of batch_norm2d (and of
+ * batch_norm2d_gelu): output, running stats, every gradient; the reducer is
+ * called twice in forward and once in backward. With 2 threads. */
+static void test_batch_norm_sync_alone(void)
+{
+    int big[4] = { 5, 8, 16, 16 }, C8 = 8, threads = msd_get_threads();
+    msd_set_threads(2);
+    for (int gelu = 0; gelu < 2; gelu++) {
+        msd_tensor *x[2], *w[2], *b[2], *rm[2], *rv[2], *y[2], *dy = gc_randn_like(4, big, 50);
+        int calls = 0;
+        msd_reducer alone = { sum_alone, &calls };
+        for (int k = 0; k < 2; k++) { /* k = 0: synchronised; 1: plain */
+            x[k] = leaf(4, big, 51);
+            w[k] = uniform(C8, 0.5f, 1.5f, 52);
+            b[k] = gc_randn_like(1, &C8, 53);
+            w[k]->requires_grad = b[k]->requires_grad = 1;
+            rm[k] = uniform(C8, -0.5f, 0.5f, 54);
+            rv[k] = uniform(C8, 0.5f, 1.5f, 55);
+            if (k == 0)
+                CHECK_OK(msd_batch_norm2d_sync(x[k], w[k], b[k], rm[k], rv[k], 0.1f, 1e-5f, gelu,
+                                               &alone, &y[k]));
+            else
+                CHECK_OK((gelu ? msd_batch_norm2d_gelu : msd_batch_norm2d)(
+                    x[k], w[k], b[k], rm[k], rv[k], 1, 0.1f, 1e-5f, &y[k]));
+            CHECK_OK(msd_backward(y[k], dy, 0));
+        }
+        CHECK(calls == 3);
+        const msd_tensor *pairs[][2] = { { y[0], y[1] }, { x[0]->grad, x[1]->grad },
+                                         { w[0]->grad, w[1]->grad }, { b[0]->grad, b[1]->grad },
+                                         { rm[0], rm[1] }, { rv[0], rv[1] } };
+        for (size_t p = 0; p < sizeof pairs / sizeof *pairs; p++) {
+            size_t n = msd_tensor_numel(pairs[p][0]), diff = 0;
+            const float *u = msd_tensor_data(pairs[p][0]), *v = msd_tensor_data(pairs[p][1]);
+            for (size_t i = 0; i < n; i++)
+                diff += u[i] != v[i];
+            if (diff) {
+                fprintf(stderr, "  gelu %d, pair %zu: %zu of %zu values differ\n", gelu, p, diff,
+                        n);
+                CHECK(0);
+            }
+        }
+        for (int k = 0; k < 2; k++) {
+            msd_tensor *ts[6] = { x[k], w[k], b[k], rm[k], rv[k], y[k] };
+            for (int i = 0; i < 6; i++)
+                msd_tensor_release(ts[i]);
+        }
+        msd_tensor_release(dy);
+    }
+    msd_set_threads(threads);
+}
+
+/* Two processes as two threads: each holds its slot and waits for the
+ * other's at a barrier; both add the slots in the same order. */
+typedef struct pair_reducer {
+    pthread_barrier_t barrier;
+    double *slot[2];
+} pair_reducer;
+
+typedef struct pair_member {
+    pair_reducer *shared;
+    int k;
+} pair_member;
+
+static int sum_pair(double *buf, int n, void *ud)
+{
+    pair_member *m = ud;
+    pair_reducer *p = m->shared;
+    p->slot[m->k] = buf;
+    pthread_barrier_wait(&p->barrier);
+    double *copy = malloc((size_t)n * sizeof *copy);
+    for (int i = 0; i < n; i++)
+        copy[i] = p->slot[0][i] + p->slot[1][i];
+    pthread_barrier_wait(&p->barrier); /* both have read both slots */
+    memcpy(buf, copy, (size_t)n * sizeof *copy);
+    free(copy);
+    return MSD_OK;
+}
+
+/* One process's share: rows [first, first + n) of the batch. */
+typedef struct share {
+    msd_reducer red;
+    pair_member member;
+    msd_tensor *x, *w, *b, *rm, *rv, *dy, *y;
+    int gelu, rc;
+} share;
+
+static void *run_share(void *arg)
+{
+    share *s = arg;
+    s->rc = msd_batch_norm2d_sync(s->x, s->w, s->b, s->rm, s->rv, 0.1f, 1e-5f, s->gelu, &s->red,
+                                  &s->y);
+    if (s->rc == MSD_OK)
+        s->rc = msd_backward(s->y, s->dy, 0);
+    msd_memory_trim(); /* the blocks this thread freed sit in its own cache */
+    return NULL;
+}
+
+static msd_tensor *rows(const msd_tensor *t, int first, int n, int requires_grad)
+{
+    int shape[4] = { n, t->shape[1], t->shape[2], t->shape[3] };
+    size_t row = msd_tensor_numel(t) / (size_t)t->shape[0];
+    msd_tensor *r = msd_tensor_from_data(4, shape, msd_tensor_data(t) + (size_t)first * row);
+    r->requires_grad = requires_grad;
+    return r;
+}
+
+/* |a - b| <= 1e-5 + 1e-4 |b| over n values, or a message naming the worst */
+static int close_all(const char *what, const float *a, const float *b, size_t n)
+{
+    size_t worst = 0;
+    double excess = -1;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - b[i]) - (1e-5 + 1e-4 * fabs((double)b[i]));
+        if (e > excess) {
+            excess = e;
+            worst = i;
+        }
+    }
+    if (excess > 0)
+        fprintf(stderr, "  %s: element %zu is %.9g, expected %.9g\n", what, worst, a[worst],
+                b[worst]);
+    return excess <= 0;
+}
+
+/* A batch of 7 split 3 + 4 over two "processes": each output row and input
+ * gradient row is the full batch's, the weight gradients add up to the full
+ * batch's, and both get the full batch's running stats (unbiased with the
+ * count of 7 images). */
+static void test_batch_norm_sync_two_shares(void)
+{
+    int s[4] = { 7, 4, 5, 5 }, C = 4, first[2] = { 0, 3 }, n[2] = { 3, 4 };
+    for (int gelu = 0; gelu < 2; gelu++) {
+        msd_tensor *x = leaf(4, s, 61), *w = uniform(C, 0.5f, 1.5f, 62),
+                   *b = gc_randn_like(1, &C, 63), *rm = uniform(C, -0.5f, 0.5f, 64),
+                   *rv = uniform(C, 0.5f, 1.5f, 65), *dy = gc_randn_like(4, s, 66), *y;
+        float *px = msd_tensor_data(x);
+        for (int i = 0; i < 7 * C * 25; i++) /* shares with different means */
+            px[i] = px[i] * 2.0f + (i < 3 * C * 25 ? 1.0f : -0.5f);
+        w->requires_grad = b->requires_grad = 1;
+        pair_reducer pr;
+        pthread_barrier_init(&pr.barrier, NULL, 2);
+        share sh[2];
+        pthread_t th[2];
+        for (int k = 0; k < 2; k++) {
+            share *p = &sh[k];
+            memset(p, 0, sizeof *p);
+            p->member.shared = &pr;
+            p->member.k = k;
+            p->red.sum = sum_pair;
+            p->red.ud = &p->member;
+            p->x = rows(x, first[k], n[k], 1);
+            p->dy = rows(dy, first[k], n[k], 0);
+            p->w = msd_tensor_clone(w);
+            p->b = msd_tensor_clone(b);
+            p->w->requires_grad = p->b->requires_grad = 1;
+            p->rm = msd_tensor_clone(rm);
+            p->rv = msd_tensor_clone(rv);
+            p->gelu = gelu;
+        }
+        for (int k = 0; k < 2; k++)
+            pthread_create(&th[k], NULL, run_share, &sh[k]);
+        for (int k = 0; k < 2; k++)
+            pthread_join(th[k], NULL);
+        pthread_barrier_destroy(&pr.barrier);
+        CHECK_OK((gelu ? msd_batch_norm2d_gelu : msd_batch_norm2d)(x, w, b, rm, rv, 1, 0.1f,
+                                                                   1e-5f, &y));
+        CHECK_OK(msd_backward(y, dy, 0));
+        size_t row = (size_t)C * 25;
+        float dw[4], db[4];
+        for (int k = 0; k < 2; k++) {
+            CHECK_OK(sh[k].rc);
+            CHECK(close_all("y", msd_tensor_data(sh[k].y), msd_tensor_data(y) + first[k] * row,
+                            n[k] * row));
+            CHECK(close_all("dx", msd_tensor_data(sh[k].x->grad),
+                            msd_tensor_data(x->grad) + first[k] * row, n[k] * row));
+            CHECK(close_all("running_mean", msd_tensor_data(sh[k].rm), msd_tensor_data(rm), 4));
+            CHECK(close_all("running_var", msd_tensor_data(sh[k].rv), msd_tensor_data(rv), 4));
+        }
+        for (int c = 0; c < C; c++) {
+            dw[c] = msd_tensor_data(sh[0].w->grad)[c] + msd_tensor_data(sh[1].w->grad)[c];
+            db[c] = msd_tensor_data(sh[0].b->grad)[c] + msd_tensor_data(sh[1].b->grad)[c];
+        }
+        CHECK(close_all("dweight", dw, msd_tensor_data(w->grad), 4));
+        CHECK(close_all("dbias", db, msd_tensor_data(b->grad), 4));
+        for (int k = 0; k < 2; k++) {
+            msd_tensor *ts[7] = { sh[k].x, sh[k].w, sh[k].b, sh[k].rm, sh[k].rv, sh[k].dy,
+                                  sh[k].y };
+            for (int i = 0; i < 7; i++)
+                msd_tensor_release(ts[i]);
+        }
+        msd_tensor *ts[7] = { x, w, b, rm, rv, dy, y };
+        for (int i = 0; i < 7; i++)
+            msd_tensor_release(ts[i]);
+    }
+}
+
+/* A reducer's failure is the op's (forward) or backward's error; no reducer
+ * is misuse. */
+static void test_batch_norm_sync_errors(void)
+{
+    int s[4] = { 2, 3, 4, 4 };
+    msd_tensor *x = leaf(4, s, 71), *y = NULL;
+    msd_reducer fails = { sum_fails, NULL }, none = { NULL, NULL };
+    CHECK(msd_batch_norm2d_sync(x, NULL, NULL, NULL, NULL, 0.1f, 1e-5f, 0, &fails, &y) ==
+          MSD_ERR_STATE);
+    CHECK(strstr(msd_last_error(), "test reducer: no answer for 4 values"));
+    CHECK(y == NULL);
+    CHECK(msd_batch_norm2d_sync(x, NULL, NULL, NULL, NULL, 0.1f, 1e-5f, 0, &none, &y) ==
+          MSD_ERR_ARG);
+    CHECK(strstr(msd_last_error(), "no reducer"));
+    CHECK(msd_batch_norm2d_sync(x, NULL, NULL, NULL, NULL, 0.1f, 1e-5f, 0, NULL, &y) ==
+          MSD_ERR_ARG);
+    int calls = 0;
+    msd_reducer once = { sum_alone, &calls };
+    CHECK_OK(msd_batch_norm2d_sync(x, NULL, NULL, NULL, NULL, 0.1f, 1e-5f, 0, &once, &y));
+    CHECK(calls == 2);
+    msd_tensor *l;
+    CHECK_OK(msd_sum(y, &l));
+    y->grad_fn->parg = &fails; /* the backward's reduction fails */
+    CHECK(msd_backward(l, NULL, 0) == MSD_ERR_STATE);
+    CHECK(strstr(msd_last_error(), "test reducer: no answer for 6 values"));
+    msd_tensor_release(l);
+    msd_tensor_release(y);
+    msd_tensor_release(x);
+}
+
 /* Stats per (n, g) over C/G channels x HW, as a naive loop in double. */
 static void naive_group_norm(double *y, const float *x, const float *w, const float *b,
                              double eps, int N, int C, int HW, int G)
@@ -387,6 +636,9 @@ int main(void)
     RUN(test_batch_norm_gelu);
     RUN(test_batch_norm_grad_structure);
     RUN(test_batch_norm_errors);
+    RUN(test_batch_norm_sync_alone);
+    RUN(test_batch_norm_sync_two_shares);
+    RUN(test_batch_norm_sync_errors);
     RUN(test_group_norm_forward);
     RUN(test_group_norm_grads);
     RUN(test_group_norm_errors);

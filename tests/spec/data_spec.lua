@@ -266,7 +266,8 @@ describe("data.load: the bundled dataset and misuse", function()
       "data.load: background 'white' is not a \"#rrggbb\" colour")
     local ds = assert(data.load(FILES .. "/npy4"))
     assert.has_error(function() ds:batches(2, { shufle = true }) end,
-      "Dataset:batches: unknown option 'shufle' (allowed: shuffle, generator, flip, drop_last)")
+      "Dataset:batches: unknown option 'shufle' (allowed: shuffle, generator, flip, drop_last, "
+      .. "share)")
     assert.has_error(function() ds:batches(0) end,
       "Dataset:batches: batch_size must be an integer >= 1, got 0")
   end)

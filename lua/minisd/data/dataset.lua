@@ -8,7 +8,7 @@ local context = require("minisd.context")
 
 local M = {}
 
-local BATCH_OPTS = { "shuffle", "generator", "flip", "drop_last" }
+local BATCH_OPTS = { "shuffle", "generator", "flip", "drop_last", "share" }
 local check_opts = util.check_options
 
 local function parse_background(bg)
@@ -147,19 +147,40 @@ function Dataset:get(i)
   return img:reshape({ self.channels, self.height, self.width }), lab:reshape({ -1 })
 end
 
+--- The rows of a batch of b that share `rank` (0-based) of `size` gets: the contiguous
+-- rows first .. first + count - 1, counts differing by at most one (equal when size
+-- divides b).
+-- @return first (1-based), count
+function M.share_rows(b, rank, size)
+  local first = math.floor(rank * b / size)
+  return first + 1, math.floor((rank + 1) * b / size) - first
+end
+
 --- An iterator over batches: `for x, c in ds:batches(32, {generator = g, flip = true}) do`.
 -- The order is drawn once, when `batches` is called: `minisd.randperm` with the generator.
 -- With `flip`, each sample of each batch is mirrored left-right with probability 1/2, drawn
 -- from the same generator when its batch is made.
+-- With `share = {rank = r, size = n}` (data-parallel training, r 0-based), the iterator
+-- draws the same order and flips as without it and yields only share r of each batch (see
+-- share_rows), so the n shares together are the batches one process would get.
 -- @param batch_size samples per batch
 -- @param opts optional: `shuffle` (true), `generator` (a minisd.Generator; default one shared
 --   generator seeded with 0), `flip` (false), `drop_last` (false: the last batch may be
---   smaller)
--- @return an iterator yielding images (B,C,H,W) and labels (B,K)
+--   smaller), `share` (none)
+-- @return an iterator yielding images (B,C,H,W), labels (B,K), the whole batch's size and
+--   the position of the first row yielded in it (1 without `share`)
 function Dataset:batches(batch_size, opts)
   opts = check_opts("Dataset:batches", opts, BATCH_OPTS, 2)
   if type(batch_size) ~= "number" or batch_size ~= math.floor(batch_size) or batch_size < 1 then
     error("Dataset:batches: batch_size must be an integer >= 1, got " .. tostring(batch_size), 2)
+  end
+  local share = opts.share
+  if share ~= nil then
+    local r, n = type(share) == "table" and share.rank, type(share) == "table" and share.size
+    if type(n) ~= "number" or n ~= math.floor(n) or n < 1 or type(r) ~= "number"
+      or r ~= math.floor(r) or r < 0 or r >= n then
+      error("Dataset:batches: share must be {rank = r, size = n} with integers 0 <= r < n", 2)
+    end
   end
   local shuffle = opts.shuffle
   if shuffle == nil then
@@ -188,19 +209,28 @@ function Dataset:batches(batch_size, opts)
     if b <= 0 or (opts.drop_last and b < batch_size) then
       return nil
     end
+    local first, count = 1, b
+    if share then
+      first, count = M.share_rows(b, share.rank, share.size)
+      if count < 1 then
+        error(string.format("Dataset:batches: a batch of %d cannot be shared by %d ranks (rank "
+          .. "%d gets none)", b, share.size, share.rank), 2)
+      end
+    end
     local idx = {}
-    for i = 1, b do
-      idx[i] = order[pos + i]
+    for i = 1, count do
+      idx[i] = order[pos + first - 1 + i]
     end
     pos = pos + b
     local flips
     if flip then
-      flips = minisd.rand({ b }, gen):totable()
-      for i = 1, b do
-        flips[i] = flips[i] < 0.5
+      local all = minisd.rand({ b }, gen):totable()
+      flips = {}
+      for i = 1, count do
+        flips[i] = all[first - 1 + i] < 0.5
       end
     end
-    return minisd.image_gather(images, idx, flips), minisd.image_gather(labels, idx)
+    return minisd.image_gather(images, idx, flips), minisd.image_gather(labels, idx), b, first
   end
 end
 

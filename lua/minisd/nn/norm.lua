@@ -40,6 +40,8 @@ end
 -- @param gelu (optional) apply GELU to the result in the same op (what
 --   Sequential does for a BatchNorm2d followed by a GELU)
 -- @return tensor (N, C, H, W)
+-- With `self.sync` set to a reducer (`minisd.dist.sync_batch_norm(model)` sets it),
+-- training normalises with the statistics of every rank's batch (SyncBatchNorm).
 function BatchNorm2d:forward(x, gelu)
   local track = self.track_running_stats
   if self.training and track then
@@ -48,7 +50,7 @@ function BatchNorm2d:forward(x, gelu)
   end
   return minisd.batch_norm2d(x, track and self.running_mean or nil,
     track and self.running_var or nil, self.weight, self.bias,
-    self.training or not track, self.momentum, self.eps, gelu)
+    self.training or not track, self.momentum, self.eps, gelu, self.sync)
 end
 
 function BatchNorm2d:extra_repr()
