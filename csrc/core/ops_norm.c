@@ -264,6 +264,14 @@ void msd_batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float 
 
 /* ---- GroupNorm kernels ------------------------------------------------ */
 
+/* GroupNorm forward. x, y: (N, C, HW); gamma, beta: (C), or NULL for 1 and 0;
+ * mean, rstd: (N, G), written for backward (the group's mean and 1/sqrt(var +
+ * eps), var biased, as PyTorch). C is a multiple of G (the op checks), so the
+ * cpg = C / G channels of a group are one contiguous run of cpg * HW floats.
+ * Two passes over the group in double (mean, then the squared deviations:
+ * steadier than E[x^2] - mean^2 when the mean is large); then gamma and the
+ * normalisation fold into y = x a + b per channel. Serial: the model's one
+ * GroupNorm is small. */
 void msd_groupnorm_forward(float *y, float *mean, float *rstd, const float *x,
                            const float *gamma, const float *beta, int N, int C, int HW, int G,
                            float eps)
@@ -296,6 +304,11 @@ void msd_groupnorm_forward(float *y, float *mean, float *rstd, const float *x,
         }
 }
 
+/* GroupNorm backward from forward's mean and rstd (N, G); x is the forward's
+ * input, recomputed into xhat = (x - mean) rstd rather than kept. ADDS to dx
+ * (N, C, HW), dgamma and dbeta (C) where they are not NULL: dgamma = sum of dy
+ * xhat and dbeta = sum of dy over n and HW, in double; dx by the closed form
+ * below, its two group sums in double. */
 void msd_groupnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
                             const float *x, const float *gamma, const float *mean,
                             const float *rstd, int N, int C, int HW, int G)
