@@ -100,6 +100,19 @@ function H.exists(path)
   return f ~= nil
 end
 
+--- The rows of a run's losses.tsv: {epoch =, step =, loss = (a number), text = (the loss
+-- as written)}.
+function H.read_losses(path)
+  local rows = {}
+  for line in io.lines(path) do
+    local e, st, l = line:match("^(%d+)\t(%d+)\t([^\t]+)")
+    if e then
+      rows[#rows + 1] = { epoch = tonumber(e), step = tonumber(st), loss = tonumber(l), text = l }
+    end
+  end
+  return rows
+end
+
 --- A fresh temporary directory.
 function H.tmpdir()
   local ok, _, out = H.run("mktemp -d")

@@ -28,16 +28,7 @@ local function mpirun(n, args)
   return H.run(string.format("%s -np %d %s %s", MPIRUN, n, H.lua_bin, args))
 end
 
-local function read_losses(path)
-  local rows = {}
-  for line in io.lines(path) do
-    local e, s, l = line:match("^(%d+)\t(%d+)\t([^\t]+)")
-    if e then
-      rows[#rows + 1] = { epoch = tonumber(e), step = tonumber(s), loss = tonumber(l) }
-    end
-  end
-  return rows
-end
+local read_losses = H.read_losses
 
 -- The same steps, and the losses equal to float rounding (the sums run in another order).
 local function same_losses(a, b)
