@@ -159,6 +159,33 @@ static int call_bn_gelu(msd_tensor *const *in, void *ctx, msd_tensor **out)
                                  out);
 }
 
+/* Two runs (k = 0, 1) of a BatchNorm comparison gave the same bits: output,
+ * input, weight and bias gradients, running stats. Releases the tensors. */
+static void same_bits_and_release(const char *what, int variant, msd_tensor *x[2],
+                                  msd_tensor *w[2], msd_tensor *b[2], msd_tensor *rm[2],
+                                  msd_tensor *rv[2], msd_tensor *y[2])
+{
+    const msd_tensor *pairs[][2] = { { y[0], y[1] }, { x[0]->grad, x[1]->grad },
+                                     { w[0]->grad, w[1]->grad }, { b[0]->grad, b[1]->grad },
+                                     { rm[0], rm[1] }, { rv[0], rv[1] } };
+    for (size_t p = 0; p < sizeof pairs / sizeof *pairs; p++) {
+        size_t n = msd_tensor_numel(pairs[p][0]), diff = 0;
+        const float *u = msd_tensor_data(pairs[p][0]), *v = msd_tensor_data(pairs[p][1]);
+        for (size_t i = 0; i < n; i++)
+            diff += u[i] != v[i];
+        if (diff) {
+            fprintf(stderr, "  %s %d, pair %zu: %zu of %zu values differ\n", what, variant, p,
+                    diff, n);
+            CHECK(0);
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        msd_tensor *ts[6] = { x[k], w[k], b[k], rm[k], rv[k], y[k] };
+        for (int i = 0; i < 6; i++)
+            msd_tensor_release(ts[i]);
+    }
+}
+
 /* batch_norm2d_gelu: finite differences, and the same values as
  * batch_norm2d then gelu (forward, running stats and every gradient), with
  * several threads (each has its own scratch in backward). */
@@ -200,25 +227,7 @@ static void test_batch_norm_gelu(void)
             }
             CHECK_OK(msd_backward(y[k], dy, 0));
         }
-        const msd_tensor *pairs[][2] = { { y[0], y[1] }, { x[0]->grad, x[1]->grad },
-                                         { w[0]->grad, w[1]->grad }, { b[0]->grad, b[1]->grad },
-                                         { rm[0], rm[1] }, { rv[0], rv[1] } };
-        for (size_t p = 0; p < sizeof pairs / sizeof *pairs; p++) {
-            size_t n = msd_tensor_numel(pairs[p][0]), diff = 0;
-            const float *u = msd_tensor_data(pairs[p][0]), *v = msd_tensor_data(pairs[p][1]);
-            for (size_t i = 0; i < n; i++)
-                diff += u[i] != v[i];
-            if (diff) {
-                fprintf(stderr, "  training %d, pair %zu: %zu of %zu values differ\n", training,
-                        p, diff, n);
-                CHECK(0);
-            }
-        }
-        for (int k = 0; k < 2; k++) {
-            msd_tensor *ts[6] = { x[k], w[k], b[k], rm[k], rv[k], y[k] };
-            for (int i = 0; i < 6; i++)
-                msd_tensor_release(ts[i]);
-        }
+        same_bits_and_release("training", training, x, w, b, rm, rv, y);
         msd_tensor_release(dy);
     }
     msd_set_threads(threads);
@@ -328,25 +337,7 @@ static void test_batch_norm_sync_alone(void)
             CHECK_OK(msd_backward(y[k], dy, 0));
         }
         CHECK(calls == 3);
-        const msd_tensor *pairs[][2] = { { y[0], y[1] }, { x[0]->grad, x[1]->grad },
-                                         { w[0]->grad, w[1]->grad }, { b[0]->grad, b[1]->grad },
-                                         { rm[0], rm[1] }, { rv[0], rv[1] } };
-        for (size_t p = 0; p < sizeof pairs / sizeof *pairs; p++) {
-            size_t n = msd_tensor_numel(pairs[p][0]), diff = 0;
-            const float *u = msd_tensor_data(pairs[p][0]), *v = msd_tensor_data(pairs[p][1]);
-            for (size_t i = 0; i < n; i++)
-                diff += u[i] != v[i];
-            if (diff) {
-                fprintf(stderr, "  gelu %d, pair %zu: %zu of %zu values differ\n", gelu, p, diff,
-                        n);
-                CHECK(0);
-            }
-        }
-        for (int k = 0; k < 2; k++) {
-            msd_tensor *ts[6] = { x[k], w[k], b[k], rm[k], rv[k], y[k] };
-            for (int i = 0; i < 6; i++)
-                msd_tensor_release(ts[i]);
-        }
+        same_bits_and_release("gelu", gelu, x, w, b, rm, rv, y);
         msd_tensor_release(dy);
     }
     msd_set_threads(threads);
