@@ -452,7 +452,7 @@ static int conv2d_wino(const char *op, float *y, const float *x, const float *w,
         return rc;
     }
     msd_wino_weights(u->data, w, g->Cout, g->Cin);
-    conv2d_job j = { .g = gw, .y = y, .x = x, .w = w, .b = b, .sc = sc, .per = per,
+    conv2d_job j = { .g = gw, .y = y, .x = x, .b = b, .sc = sc, .per = per,
                      .add = add, .post_a = post_a, .post_b = post_b, .gelu = gelu,
                      .wu = u->data };
     msd_parallel_for(G, nthr, conv2d_gemm_chunk, &j);
