@@ -71,8 +71,8 @@ parser:option("--mask", "With --init: inpainting. A PNG of the sprite's size (or
   .. "--init): white where to generate, black where to keep the input, which stays exact.")
 parser:option("--jumps", "With --mask: RePaint's resampling, each step undone and redone this "
   .. "many times (ddim, ddpm, euler_a).", "0"):convert(tonumber)
-parser:option("--negative", "Guide away from this context instead of the null one (needs "
-  .. "--guidance).")
+parser:option("--negative", "Guide away from this context instead of the null one (works "
+  .. "through guidance: not with --guidance 0).")
 parser:option("--interpolate", "Interpolate in this many frames between two seeds (--seeds A,B) "
   .. "and contexts (-c FROM -c TO; one -c for both ends): the grid is one row of frames, and "
   .. "--animate writes them as the animation.")
@@ -121,7 +121,7 @@ if a.jumps > 0 and not a.mask then
   parser:error("--jumps goes with --mask")
 end
 if a.negative and a.guidance == 0 then
-  parser:error("--negative works through guidance: give --guidance too")
+  parser:error("--negative works through guidance: not with --guidance 0")
 end
 if a.interpolate and a.init then
   parser:error("give --interpolate or --init, not both")

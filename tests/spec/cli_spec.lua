@@ -290,6 +290,15 @@ describe("sample.lua", function()
       .. "--negative food --sheet " .. sheet .. " -o " .. tmp .. "/auto_grid.png")
     assert.is_true(ok, log)
     assert.are.equal(1.5, dofile(index).guidance)
+    ok, _, log = sh("sample.lua " .. trained .. " -c hero -n 1 --steps 2 --negative food "
+      .. "--sheet " .. sheet .. " -o " .. tmp .. "/auto_grid.png") -- auto guides: negative works
+    assert.is_true(ok, log)
+    assert.are.equal(6, dofile(index).guidance)
+    ok, _, log = sh("sample.lua " .. trained .. " -c hero --negative food --guidance 0 -o "
+      .. tmp .. "/x.png")
+    assert.is_false(ok)
+    assert.truthy(log:find("--negative works through guidance: not with --guidance 0", 1, true),
+      log)
     ok, _, log = sh("sample.lua " .. model_path .. " --guidance often -o " .. tmp .. "/x.png")
     assert.is_false(ok)
     assert.truthy(log:find("--guidance must be a number or auto, got 'often'", 1, true), log)
