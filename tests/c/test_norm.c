@@ -159,6 +159,21 @@ static int call_bn_gelu(msd_tensor *const *in, void *ctx, msd_tensor **out)
                                  out);
 }
 
+/* The inputs of one run of a BatchNorm comparison, from seeds seed .. seed + 4: x
+ * (shape s, a leaf), weight and bias (s[1], requiring gradients), running mean
+ * and variance. */
+static void bn_inputs(const int *s, unsigned seed, msd_tensor **x, msd_tensor **w,
+                      msd_tensor **b, msd_tensor **rm, msd_tensor **rv)
+{
+    int C = s[1];
+    *x = leaf(4, s, seed);
+    *w = uniform(C, 0.5f, 1.5f, seed + 1);
+    *b = gc_randn_like(1, &C, seed + 2);
+    (*w)->requires_grad = (*b)->requires_grad = 1;
+    *rm = uniform(C, -0.5f, 0.5f, seed + 3);
+    *rv = uniform(C, 0.5f, 1.5f, seed + 4);
+}
+
 /* Two runs (k = 0, 1) of a BatchNorm comparison gave the same bits: output,
  * input, weight and bias gradients, running stats. Releases the tensors. */
 static void same_bits_and_release(const char *what, int variant, msd_tensor *x[2],
@@ -204,17 +219,12 @@ static void test_batch_norm_gelu(void)
         msd_tensor_release(ctx.rm);
         msd_tensor_release(ctx.rv);
     }
-    int big[4] = { 5, 8, 16, 16 }, C8 = 8, threads = msd_get_threads();
+    int big[4] = { 5, 8, 16, 16 }, threads = msd_get_threads();
     msd_set_threads(2);
     for (int training = 0; training < 2; training++) {
         msd_tensor *x[2], *w[2], *b[2], *rm[2], *rv[2], *y[2], *dy = gc_randn_like(4, big, 40);
         for (int k = 0; k < 2; k++) { /* k = 0: fused; 1: two ops */
-            x[k] = leaf(4, big, 41);
-            w[k] = uniform(C8, 0.5f, 1.5f, 42);
-            b[k] = gc_randn_like(1, &C8, 43);
-            w[k]->requires_grad = b[k]->requires_grad = 1;
-            rm[k] = uniform(C8, -0.5f, 0.5f, 44);
-            rv[k] = uniform(C8, 0.5f, 1.5f, 45);
+            bn_inputs(big, 41, &x[k], &w[k], &b[k], &rm[k], &rv[k]);
             if (k == 0) {
                 CHECK_OK(msd_batch_norm2d_gelu(x[k], w[k], b[k], rm[k], rv[k], training, 0.1f,
                                                1e-5f, &y[k]));
@@ -315,19 +325,14 @@ static int sum_fails(double *buf, int n, void *ud)
  * called twice in forward and once in backward. With 2 threads. */
 static void test_batch_norm_sync_alone(void)
 {
-    int big[4] = { 5, 8, 16, 16 }, C8 = 8, threads = msd_get_threads();
+    int big[4] = { 5, 8, 16, 16 }, threads = msd_get_threads();
     msd_set_threads(2);
     for (int gelu = 0; gelu < 2; gelu++) {
         msd_tensor *x[2], *w[2], *b[2], *rm[2], *rv[2], *y[2], *dy = gc_randn_like(4, big, 50);
         int calls = 0;
         msd_reducer alone = { sum_alone, &calls };
         for (int k = 0; k < 2; k++) { /* k = 0: synchronised; 1: plain */
-            x[k] = leaf(4, big, 51);
-            w[k] = uniform(C8, 0.5f, 1.5f, 52);
-            b[k] = gc_randn_like(1, &C8, 53);
-            w[k]->requires_grad = b[k]->requires_grad = 1;
-            rm[k] = uniform(C8, -0.5f, 0.5f, 54);
-            rv[k] = uniform(C8, 0.5f, 1.5f, 55);
+            bn_inputs(big, 51, &x[k], &w[k], &b[k], &rm[k], &rv[k]);
             if (k == 0)
                 CHECK_OK(msd_batch_norm2d_sync(x[k], w[k], b[k], rm[k], rv[k], 0.1f, 1e-5f, gelu,
                                                &alone, &y[k]));
