@@ -23,8 +23,19 @@ parser:option("--data", "Dataset: a sprite sheet (.png + _labels.tsv), the seed'
 parser:flag("--context", "Train with the context labels (Training_with_context).")
 parser:option("--epochs", "Number of epochs.", "32"):convert(tonumber)
 parser:option("--batch-size", "Batch size.", "100"):convert(tonumber)
-parser:option("--lr", "Learning rate (decays linearly to 0 over the epochs).", "1e-3")
+parser:option("--lr", "Peak learning rate (see --lr-schedule).", "1e-3")
   :convert(tonumber)
+parser:option("--lr-schedule", "How the learning rate moves: linear (the seed's: from --lr to 0 "
+  .. "over the epochs, epoch by epoch), cosine (half a cosine from --lr to 0 over the run's "
+  .. "steps) or constant.", "linear"):choices({ "linear", "cosine", "constant" })
+parser:option("--warmup", "Raise the learning rate linearly from 0 over the first N optimizer "
+  .. "steps.", "0"):convert(tonumber)
+parser:option("--loss-weighting", "uniform (the seed's plain MSE of the noise) or min-snr "
+  .. "(each sample weighted by min(SNR, gamma) / SNR, Min-SNR weighting).", "uniform")
+  :choices({ "uniform", "min-snr" })
+parser:option("--snr-gamma", "gamma of --loss-weighting min-snr.", "5"):convert(tonumber)
+parser:option("--context-drop", "With --context: the fraction of rows trained with the null "
+  .. "context, which classifier-free guidance needs.", "0.1"):convert(tonumber)
 parser:option("--arch", "Model architecture: a diffusion model of the registry "
   .. "(minisd.models.register).", "ContextUnet")
   :choices(require("minisd.models").names("diffusion"))
@@ -73,6 +84,13 @@ check_int(parser, "--sample-steps", a.sample_steps, 1, true, 10000)
 check_int(parser, "--limit", a.limit, 1, true)
 check_int(parser, "--stop-after", a.stop_after, 1, true)
 check_int(parser, "--seed", a.seed, 0, true)
+check_int(parser, "--warmup", a.warmup, 0, true, 100000000)
+if a.snr_gamma == nil or not (a.snr_gamma > 0 and a.snr_gamma <= 1e6) then
+  parser:error("--snr-gamma must be a positive number (at most 1e6), got " .. tostring(a.snr_gamma))
+end
+if a.context_drop == nil or not (a.context_drop >= 0 and a.context_drop <= 1) then
+  parser:error("--context-drop must be a number in [0, 1], got " .. tostring(a.context_drop))
+end
 if a.ema == nil or a.ema < 0 or a.ema >= 1 then
   parser:error("--ema must be a number in [0, 1), got " .. tostring(a.ema))
 end
@@ -112,7 +130,9 @@ run_main("train.lua", function()
   end
   local res = require("minisd.train").run({
     data = a.data, context = a.context, epochs = a.epochs, given = given, arch = a.arch,
-    batch_size = a.batch_size, lr = a.lr, n_feat = a.n_feat, channels = a.channels,
+    batch_size = a.batch_size, lr = a.lr, lr_schedule = a.lr_schedule, warmup = a.warmup,
+    loss_weighting = a.loss_weighting, snr_gamma = a.snr_gamma, context_drop = a.context_drop,
+    n_feat = a.n_feat, channels = a.channels,
     background = a.background, seed = a.seed, threads = a.threads, precision = a.precision,
     out = a.out,
     resume = a.resume, sample_every = a.sample_every, sample_steps = a.sample_steps,

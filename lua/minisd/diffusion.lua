@@ -39,6 +39,12 @@ end
 -- image x_t, and the MSE between the predicted and the true noise. Context rows
 -- are dropped (set to zero) with probability `context_drop` so that the model
 -- also learns the unconditional prediction used by classifier-free guidance.
+-- With `weighting = "min-snr"`, each sample's squared error is weighted by
+-- min(SNR(t), gamma) / SNR(t), SNR(t) = abar_t / (1 - abar_t) (Hang et al. 2023, "Efficient
+-- Diffusion Training via Min-SNR Weighting Strategy", the form for a noise-predicting
+-- model): the nearly clean timesteps, whose noise is hardest to tell and least useful to
+-- sampling, count less; `snr_gamma` is gamma (default 5). "uniform" (the default) is the
+-- seed's plain MSE.
 -- With `share = {first = k, total = b}`, x0 (and c) are rows k .. k + B - 1 of a batch of
 -- b (a data-parallel rank's share): t, the noise and the context drops are drawn for all b
 -- rows, in the same order as for one process, and this share's rows are used, so that the
@@ -47,12 +53,26 @@ end
 -- @param model a ContextUnet (called as model(x_t, t/T, c))
 -- @param x0 tensor (B, C, H, W) in [-1, 1]
 -- @param c tensor (B, K) of context rows, or nil for unconditional training
--- @param opts {scheduler=, generator=, context_drop=0.1, share=}
+-- @param opts {scheduler=, generator=, context_drop=0.1, weighting="uniform", snr_gamma=5,
+--   share=}
 -- @return loss (0-dim tensor), and a table {t=, noise=} of what was drawn (the share's rows)
 function M.loss(model, x0, c, opts)
   opts = opts or {}
   check_options("diffusion.loss", opts, { scheduler = true, generator = true, context_drop = true,
-    share = true })
+    weighting = true, snr_gamma = true, share = true })
+  local weighting = opts.weighting or "uniform"
+  if weighting ~= "uniform" and weighting ~= "min-snr" then
+    error("diffusion.loss: weighting must be \"uniform\" or \"min-snr\", got "
+      .. tostring(weighting), 2)
+  end
+  local gamma = opts.snr_gamma or 5
+  if type(gamma) ~= "number" or gamma ~= gamma or gamma <= 0 or gamma == math.huge then
+    error("diffusion.loss: snr_gamma must be a positive number, got " .. tostring(gamma), 2)
+  end
+  local drop = opts.context_drop or 0.1
+  if type(drop) ~= "number" or not (drop >= 0 and drop <= 1) then
+    error("diffusion.loss: context_drop must be a number in [0, 1], got " .. tostring(drop), 2)
+  end
   local s = opts.scheduler or sched.get("ddpm").new(M.schedule_of(model))
   local gen = opts.generator
   local T = s.num_train_timesteps
@@ -76,7 +96,7 @@ function M.loss(model, x0, c, opts)
   local noise = rows(minisd.randn(shape, gen))
   local x_t = s:add_noise(x0, noise, t)
   if c ~= nil then
-    local p = opts.context_drop or 0.1
+    local p = drop
     local u = minisd.rand({ total }, gen):totable()
     local keep = {}
     for i = 1, B do
@@ -85,7 +105,18 @@ function M.loss(model, x0, c, opts)
     c = c * minisd.tensor(keep):reshape(B, 1)
   end
   local pred = model(x_t, M.time_input(t, T), c)
-  return minisd.mse_loss(pred, noise), { t = t, noise = noise }
+  if weighting == "uniform" then
+    return minisd.mse_loss(pred, noise), { t = t, noise = noise }
+  end
+  local w, ts = {}, t:totable()
+  for i = 1, B do
+    local ab = s.alphas_cumprod[ts[i]]
+    local snr = ab / (1 - ab)
+    w[i] = math.min(snr, gamma) / snr
+  end
+  local d = pred - noise
+  local loss = (d * d * minisd.tensor(w):reshape(B, 1, 1, 1)):mean()
+  return loss, { t = t, noise = noise, weights = w }
 end
 
 -- The guidance scale the command line, the evaluator and the examples use with a context

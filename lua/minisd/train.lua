@@ -16,6 +16,10 @@ M.defaults = {
   out = "runs/sprites",
   sample_every = 1, sample_steps = 25, stop_after = nil, limit = nil, flip = true, ema = 0,
   progress = "auto", quiet = false, sync_bn = false,
+  -- the recipe: the seed's by default (a checkpoint of an older minisd, which kept none of
+  -- these, resumes with them)
+  lr_schedule = "linear", warmup = 0, loss_weighting = "uniform", snr_gamma = 5,
+  context_drop = 0.1,
 }
 
 local CHECKPOINT = "checkpoint.safetensors"
@@ -545,8 +549,23 @@ function M.run(args)
   local state = { model = model, optimizer = opt, generator = gen, args = args, ema = ema }
   local last_loss, interrupted = nil, false
 
+  -- the learning rate of the step after `done` optimizer steps, in epoch `epoch`
+  local function lr_at(epoch, done)
+    local lr = args.lr
+    if args.lr_schedule == "linear" then -- the seed's: one value per epoch
+      lr = lr * (1 - (epoch - 1) / args.epochs)
+    elseif args.lr_schedule == "cosine" then
+      lr = lr * 0.5 * (1 + math.cos(math.pi * math.min(done, total) / total))
+    elseif args.lr_schedule ~= "constant" then
+      fail("unknown lr_schedule " .. tostring(args.lr_schedule))
+    end
+    if done < args.warmup then
+      lr = lr * (done + 1) / args.warmup
+    end
+    return lr
+  end
+
   local function epoch_loop(epoch)
-    opt.lr = args.lr * (1 - (epoch - 1) / args.epochs) -- the seed's linear decay
     -- batches of an epoch come from a generator seeded by (seed, epoch), so a
     -- resumed run rebuilds the same order and skips the steps already done
     local data_gen = minisd.Generator(args.seed * 100003 + epoch)
@@ -561,7 +580,8 @@ function M.run(args)
       -- (PUC Lua 5.1 has no goto: the steps already done are skipped by this if)
       if not (epoch == start_epoch and step <= start_step) then
         local loss = diffusion.loss(model, x, args.context and c or nil, { scheduler = sched,
-          generator = gen, share = ranks > 1 and { first = first, total = b } or nil })
+          generator = gen, context_drop = args.context_drop, weighting = args.loss_weighting,
+          snr_gamma = args.snr_gamma, share = ranks > 1 and { first = first, total = b } or nil })
         local rows = x:shape()[1]
         if rows ~= b then -- this rank's part of the batch's mean: the parts add up to it
           loss = loss * (rows / b)
@@ -580,6 +600,7 @@ function M.run(args)
             value ~= value and "NaN" or (value > 0 and "+inf" or "-inf"), epoch, step,
             file_exists(ckpt) and ("; the last checkpoint is kept: " .. ckpt) or ""))
         end
+        opt.lr = lr_at(epoch, global_step)
         opt:zero_grad()
         loss:backward()
         if ranks > 1 then -- the batch's gradients: the sum of the parts'
@@ -660,6 +681,8 @@ function M.run(args)
         epochs = args.epochs, steps = global_step, batch_size = args.batch_size, lr = args.lr,
         final_loss = last_loss, seed = args.seed, context = args.context and true or false,
         dataset = args.data or "bundled", images = ds.n, ema = args.ema,
+        lr_schedule = args.lr_schedule, warmup = args.warmup, loss_weighting = args.loss_weighting,
+        snr_gamma = args.snr_gamma, context_drop = args.context_drop,
         precision = args.precision, ranks = ranks, sync_bn = args.sync_bn and true or false,
       } }))
     end)

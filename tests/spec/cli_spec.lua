@@ -19,7 +19,8 @@ describe("train.lua", function()
     local ok, _, out = sh("train.lua --help")
     assert.is_true(ok, out)
     for _, opt in ipairs({ "--data", "--context", "--epochs", "--batch-size", "--lr", "--n-feat",
-      "--channels", "--background", "--seed", "--threads", "--out", "--resume" }) do
+      "--channels", "--background", "--seed", "--threads", "--out", "--resume", "--lr-schedule",
+      "--warmup", "--loss-weighting", "--snr-gamma", "--context-drop" }) do
       assert.truthy(out:find(opt, 1, true), "missing " .. opt)
     end
   end)
@@ -85,6 +86,54 @@ describe("train.lua", function()
       assert.are.same(t:totable(), mb[name]:totable(), name)
     end
   end)
+
+  it("follows --lr-schedule and --warmup, keeps the recipe in the checkpoint, resumes exactly",
+    function()
+      -- 24 sprites in batches of 8: 3 steps an epoch, 4 epochs, 12 steps
+      local opts = "train.lua " .. TINY .. " --context --epochs 4 --lr 2e-3 --lr-schedule cosine"
+        .. " --warmup 5 --loss-weighting min-snr --snr-gamma 3 --context-drop 0.25"
+      local a, b = tmp .. "/rc_a", tmp .. "/rc_b"
+      local ok, _, out = sh(opts .. " --out " .. a)
+      assert.is_true(ok, out)
+      local rows = read_losses(a .. "/losses.tsv")
+      assert.are.equal(12, #rows)
+      for i, r in ipairs(rows) do -- step i comes after i - 1 done
+        local done = i - 1
+        local want = 2e-3 * 0.5 * (1 + math.cos(math.pi * done / 12)) * math.min(1, i / 5)
+        H.assert_close(tonumber(r.lr), want, 1e-6, 0, "lr of step " .. i)
+      end
+      ok, _, out = sh(opts .. " --stop-after 5 --out " .. b)
+      assert.is_true(ok, out)
+      -- the recipe is the run's: changing it on resume is refused by name
+      local bad, _, msg = sh("train.lua --resume " .. b .. " --loss-weighting uniform")
+      assert.is_false(bad)
+      assert.truthy(msg:find("--loss-weighting cannot change when resuming (the run has min-snr)",
+        1, true), msg)
+      ok, _, out = sh("train.lua --resume " .. b .. " --quiet")
+      assert.is_true(ok, out)
+      assert.are.equal(read_all(a .. "/losses.tsv"), read_all(b .. "/losses.tsv"))
+      local model = assert(minisd.load_model(a .. "/model.safetensors"))
+      local t = model.training_summary
+      assert.are.same({ "cosine", 5, "min-snr", 3, 0.25 }, { t.lr_schedule, t.warmup,
+        t.loss_weighting, t.snr_gamma, t.context_drop })
+      -- the seed's recipe by default: one learning rate per epoch, decaying linearly
+      local c = tmp .. "/rc_c"
+      ok, _, out = sh("train.lua " .. TINY .. " --epochs 4 --out " .. c)
+      assert.is_true(ok, out)
+      for i, r in ipairs(read_losses(c .. "/losses.tsv")) do
+        H.assert_close(tonumber(r.lr), 1e-3 * (1 - math.floor((i - 1) / 3) / 4), 1e-6, 0,
+          "seed lr of step " .. i)
+      end
+      for _, case in ipairs({ { "--warmup -1", "--warmup must be" },
+        { "--snr-gamma 0", "--snr-gamma must be a positive number" },
+        { "--context-drop 2", "--context-drop must be a number in [0, 1]" },
+        { "--lr-schedule step", "--lr-schedule" } }) do
+        local okc, _, msgc = sh("train.lua " .. TINY .. " " .. case[1] .. " --out " .. tmp
+          .. "/rc_x")
+        assert.is_false(okc, case[1])
+        assert.truthy(msgc:find(case[2], 1, true), case[1] .. " gave: " .. msgc)
+      end
+    end)
 
   it("keeps an EMA of the weights: in the model file, in the checkpoint, exact on resume",
     function()

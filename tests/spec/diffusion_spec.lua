@@ -427,6 +427,72 @@ describe("diffusion.loss", function()
     H.assert_close(loss:item(), want:item(), 1e-4, 1e-6, "loss")
   end)
 
+  it("weights each sample by min(SNR, gamma) / SNR with weighting = min-snr", function()
+    local m = small_net(3)
+    m:train()
+    local gamma = 2
+    local loss, drawn = diffusion.loss(m, x0, c, { generator = minisd.Generator(21),
+      context_drop = 0, weighting = "min-snr", snr_gamma = gamma })
+    -- the same draws give the plain loss: the weights are the only change
+    local plain, same = diffusion.loss(m, x0, c, { generator = minisd.Generator(21),
+      context_drop = 0 })
+    assert.are.same(drawn.t:totable(), same.t:totable())
+    -- abar_t written out from the linear betas, the SNR and the weight by hand
+    local T, acc, ab = 500, 0, {}
+    for i = 0, T do
+      acc = acc + math.log(1 - (1e-4 + (0.02 - 1e-4) * i / T))
+      ab[i] = math.exp(acc)
+    end
+    local ts = drawn.t:totable()
+    local a, b, tin, w = {}, {}, {}, {}
+    local some_below, some_one = false, false
+    for i, t in ipairs(ts) do
+      a[i], b[i], tin[i] = math.sqrt(ab[t]), math.sqrt(1 - ab[t]), t / T
+      local snr = ab[t] / (1 - ab[t])
+      w[i] = snr > gamma and gamma / snr or 1
+      H.assert_close(drawn.weights[i], w[i], 1e-6, 1e-9, "weight " .. i) -- abar in float32
+      some_below, some_one = some_below or w[i] < 1, some_one or w[i] == 1
+    end
+    -- each sample's mean squared error, from the prediction at the drawn x_t
+    local xt = x0 * minisd.tensor(a):reshape(4, 1, 1, 1)
+      + drawn.noise * minisd.tensor(b):reshape(4, 1, 1, 1)
+    local pred = minisd.no_grad(function()
+      return m(xt, minisd.tensor(tin):reshape(4, 1, 1, 1), c)
+    end)
+    local p, n = pred:totable(), drawn.noise:totable()
+    local want, mse = 0, 0
+    for i = 1, 4 do
+      local se = 0
+      for ch = 1, 3 do
+        for y = 1, 16 do
+          for x = 1, 16 do
+            local d = p[i][ch][y][x] - n[i][ch][y][x]
+            se = se + d * d
+          end
+        end
+      end
+      want, mse = want + w[i] * se / (4 * 768), mse + se / (4 * 768)
+    end
+    H.assert_close(loss:item(), want, 1e-4, 1e-6, "weighted loss")
+    H.assert_close(plain:item(), mse, 1e-4, 1e-6, "plain loss")
+    -- seed 21 draws both kinds of timestep, so the weighting is seen to act
+    assert.is_true(some_below and some_one, "draws: " .. table.concat(ts, ", "))
+    loss:backward()
+    assert.is_true(m:named_parameters()["out.3.weight"].grad:abs():max() > 0)
+  end)
+
+  it("refuses a bad weighting, gamma or context_drop by name", function()
+    local m = small_net(3)
+    for _, case in ipairs({ { { weighting = "snr" }, "weighting must be" },
+      { { weighting = "min-snr", snr_gamma = 0 }, "snr_gamma must be a positive number" },
+      { { snr_gamma = 0 / 0 }, "snr_gamma must be" }, { { context_drop = 1.5 }, "context_drop" },
+      { { context_drop = "x" }, "context_drop must be a number in [0, 1]" } }) do
+      local ok, err = pcall(diffusion.loss, m, x0, c, case[1])
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find(case[2], 1, true), err)
+    end
+  end)
+
   it("back-propagates into every parameter and is reproducible", function()
     local m = small_net(3)
     m:train()

@@ -100,14 +100,15 @@ function H.exists(path)
   return f ~= nil
 end
 
---- The rows of a run's losses.tsv: {epoch =, step =, loss = (a number), text = (the loss
+--- The rows of a run's losses.tsv: {epoch =, step =, loss = (a number), lr =, text = (the loss
 -- as written)}.
 function H.read_losses(path)
   local rows = {}
   for line in io.lines(path) do
-    local e, st, l = line:match("^(%d+)\t(%d+)\t([^\t]+)")
+    local e, st, l, lr = line:match("^(%d+)\t(%d+)\t([^\t]+)\t?([^\t]*)")
     if e then
-      rows[#rows + 1] = { epoch = tonumber(e), step = tonumber(st), loss = tonumber(l), text = l }
+      rows[#rows + 1] = { epoch = tonumber(e), step = tonumber(st), loss = tonumber(l), text = l,
+        lr = tonumber(lr) }
     end
   end
   return rows
