@@ -40,6 +40,10 @@ parser:option("--arch", "Model architecture: a diffusion model of the registry "
   .. "(minisd.models.register).", "ContextUnet")
   :choices(require("minisd.models").names("diffusion"))
 parser:option("--n-feat", "Width of the U-Net (n_feat).", "64"):convert(tonumber)
+parser:option("--init", "Start from the weights of this model file (e.g. "
+  .. "models/sprites-context.safetensors) instead of random ones: fine-tuning. Its "
+  .. "architecture and width are used; the data must have its channels, size and number of "
+  .. "labels.")
 parser:option("--channels", "3 (RGB over --background) or 4 (RGBA); default: the data's own.")
   :convert(tonumber)
 parser:option("--background", "Background colour for 3-channel training of RGBA data.", "#ffffff")
@@ -132,7 +136,7 @@ run_main("train.lua", function()
     data = a.data, context = a.context, epochs = a.epochs, given = given, arch = a.arch,
     batch_size = a.batch_size, lr = a.lr, lr_schedule = a.lr_schedule, warmup = a.warmup,
     loss_weighting = a.loss_weighting, snr_gamma = a.snr_gamma, context_drop = a.context_drop,
-    n_feat = a.n_feat, channels = a.channels,
+    n_feat = a.n_feat, init = a.init, channels = a.channels,
     background = a.background, seed = a.seed, threads = a.threads, precision = a.precision,
     out = a.out,
     resume = a.resume, sample_every = a.sample_every, sample_steps = a.sample_steps,

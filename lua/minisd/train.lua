@@ -19,7 +19,7 @@ M.defaults = {
   -- the recipe: the seed's by default (a checkpoint of an older minisd, which kept none of
   -- these, resumes with them)
   lr_schedule = "linear", warmup = 0, loss_weighting = "uniform", snr_gamma = 5,
-  context_drop = 0.1,
+  context_drop = 0.1, init = nil,
 }
 
 local CHECKPOINT = "checkpoint.safetensors"
@@ -396,6 +396,44 @@ end
 --- Bytes per bucket of the gradients' sum (one collective per bucket).
 M.bucket_bytes = 4 * 1024 * 1024
 
+--- The model of args.init (a model file) to start from, checked against the dataset and
+-- the options given with it; its config gets the dataset's label names.
+local function init_model(args, ds)
+  local models = require("minisd.models")
+  local model, err = models.load_model(args.init)
+  if not model then
+    fail("--init: " .. err)
+  end
+  local arch = models.get(model.arch)
+  if arch.kind ~= "diffusion" then
+    fail(string.format("--init %s: a %s (%s), not a diffusion model", args.init, arch.kind,
+      arch.name))
+  end
+  local given, cfg = args.given or {}, model.config
+  if given.arch and args.arch ~= arch.name then
+    fail(string.format("--init %s is a %s; --arch %s does not match (leave it out)", args.init,
+      arch.name, args.arch))
+  end
+  if given.n_feat and cfg.n_feat and args.n_feat ~= cfg.n_feat then
+    fail(string.format("--init %s has n_feat %d; --n-feat %d does not match (leave it out)",
+      args.init, cfg.n_feat, args.n_feat))
+  end
+  local want = arch.config_for(ds, { n_feat = cfg.n_feat, background = args.background })
+  for _, k in ipairs({ "in_channels", "height", "n_cfeat" }) do
+    if cfg[k] ~= nil and want[k] ~= cfg[k] then
+      fail(string.format("--init %s: the model has %s %s, the data %s (%s)", args.init, k,
+        tostring(cfg[k]), tostring(want[k]), k == "n_cfeat" and "label columns"
+        or k == "in_channels" and "try --channels" or "sprite size"))
+    end
+  end
+  cfg.label_names = want.label_names
+  if want.background then
+    cfg.background = want.background
+  end
+  args.arch, args.n_feat = arch.name, cfg.n_feat
+  return model
+end
+
 --- Runs training. `args` has the fields of M.defaults (see train.lua --help).
 -- With args.resume = DIR, continues the run saved in DIR exactly.
 -- @return a summary table {epochs=, steps=, final_loss=, model_path=, interrupted=}
@@ -480,6 +518,8 @@ function M.run(args)
         resume.path, tostring(not okm and built or lerr):gsub("^[^\n:]*%.lua:%d+: ", "")))
     end
     model = built
+  elseif args.init then
+    model = init_model(args, ds)
   else
     minisd.manual_seed(args.seed) -- the initial weights come from the default generator
     -- the architecture from the registry (train.lua --arch): a diffusion model, called
@@ -682,7 +722,7 @@ function M.run(args)
         final_loss = last_loss, seed = args.seed, context = args.context and true or false,
         dataset = args.data or "bundled", images = ds.n, ema = args.ema,
         lr_schedule = args.lr_schedule, warmup = args.warmup, loss_weighting = args.loss_weighting,
-        snr_gamma = args.snr_gamma, context_drop = args.context_drop,
+        snr_gamma = args.snr_gamma, context_drop = args.context_drop, init = args.init,
         precision = args.precision, ranks = ranks, sync_bn = args.sync_bn and true or false,
       } }))
     end)

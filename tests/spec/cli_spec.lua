@@ -20,7 +20,7 @@ describe("train.lua", function()
     assert.is_true(ok, out)
     for _, opt in ipairs({ "--data", "--context", "--epochs", "--batch-size", "--lr", "--n-feat",
       "--channels", "--background", "--seed", "--threads", "--out", "--resume", "--lr-schedule",
-      "--warmup", "--loss-weighting", "--snr-gamma", "--context-drop" }) do
+      "--warmup", "--loss-weighting", "--snr-gamma", "--context-drop", "--init" }) do
       assert.truthy(out:find(opt, 1, true), "missing " .. opt)
     end
   end)
@@ -134,6 +134,42 @@ describe("train.lua", function()
         assert.truthy(msgc:find(case[2], 1, true), case[1] .. " gave: " .. msgc)
       end
     end)
+
+  it("fine-tunes from a model file with --init, and refuses one that does not fit", function()
+    local base, tuned = tmp .. "/init_base", tmp .. "/init_tuned"
+    local ok, _, out = sh("train.lua " .. TINY .. " --context --epochs 1 --out " .. base)
+    assert.is_true(ok, out)
+    local from = base .. "/model.safetensors"
+    -- a learning rate of 1e-9: after 3 Adam steps every weight is within 3e-9 of the start
+    ok, _, out = sh("train.lua " .. TINY .. " --context --epochs 1 --lr 1e-9 --seed 5 --init "
+      .. from .. " --out " .. tuned)
+    assert.is_true(ok, out)
+    local a = minisd.load_safetensors(from)
+    local b = minisd.load_safetensors(tuned .. "/model.safetensors")
+    local w = "init_conv.conv1.0.weight"
+    assert.is_true((a[w] - b[w]):abs():max() < 1e-8)
+    assert.is_true((a[w] - b[w]):abs():max() > 0) -- it did train
+    local m = assert(minisd.load_model(tuned .. "/model.safetensors"))
+    assert.are.equal(from, m.training_summary.init)
+    assert.are.equal(8, m.config.n_feat)
+    for _, case in ipairs({
+      { "--n-feat 16", "has n_feat 8; --n-feat 16 does not match" },
+      { "--channels 3", "the model has in_channels 4, the data 3" },
+      { "--data " .. tmp .. "/none.png", "none.png" } }) do
+      local okc, _, msg = sh("train.lua " .. TINY .. " --init " .. from .. " " .. case[1]
+        .. " --out " .. tmp .. "/init_x")
+      assert.is_false(okc, case[1])
+      assert.truthy(msg:find(case[2], 1, true), case[1] .. " gave: " .. msg)
+    end
+    local okc, _, msg = sh("train.lua " .. TINY .. " --init " .. tmp .. "/none.safetensors --out "
+      .. tmp .. "/init_x")
+    assert.is_false(okc)
+    assert.truthy(msg:find("--init: load_model: cannot open", 1, true), msg)
+    okc, _, msg = sh("train.lua " .. TINY .. " --init models/sprite-classifier.safetensors --out "
+      .. tmp .. "/init_x")
+    assert.is_false(okc)
+    assert.truthy(msg:find("not a diffusion model", 1, true), msg)
+  end)
 
   it("keeps an EMA of the weights: in the model file, in the checkpoint, exact on resume",
     function()

@@ -162,7 +162,7 @@ end
 --   file's bytes (a string holding NUL bytes, as every safetensors header does: what
 --   `love.filesystem.read` gives a game for a model inside its .love archive)
 -- @param name (optional, with bytes) what to call them in messages (default "(model bytes)")
--- @return model (in eval mode), or nil and a message
+-- @return model (in eval mode, its field `arch` the architecture's name), or nil and a message
 function M.load_model(path, name)
   local minisd = require("minisd")
   local json = require("minisd.json")
@@ -260,6 +260,7 @@ function M.load_model(path, name)
     end
     model.training_summary = tr
   end
+  model.arch = arch
   model:eval()
   return model
 end
