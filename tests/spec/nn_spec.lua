@@ -245,6 +245,78 @@ describe("minisd.nn", function()
     end)
   end)
 
+  describe("Sequential's fused ops", function()
+    -- spies on the ops Sequential calls through the minisd table, and on GELU's forward
+    local function spy(fn)
+      local calls, saved = {}, {}
+      local names = { "conv2d_bn_act", "batch_norm2d" }
+      for _, name in ipairs(names) do
+        saved[name] = minisd[name]
+        minisd[name] = function(...)
+          local a = table.pack(...)
+          local g = a[name == "conv2d_bn_act" and 11 or 9]
+          calls[#calls + 1] = { op = name, gelu = g and true or false }
+          return saved[name](...)
+        end
+      end
+      local gelu_forward = nn.GELU.forward
+      nn.GELU.forward = function(self, x)
+        calls[#calls + 1] = { op = "GELU" }
+        return gelu_forward(self, x)
+      end
+      local ok, res = pcall(fn)
+      for _, name in ipairs(names) do
+        minisd[name] = saved[name]
+      end
+      nn.GELU.forward = gelu_forward
+      assert(ok, res)
+      return res, calls
+    end
+
+    local x = minisd.randn({ 2, 3, 6, 6 }, minisd.Generator(3))
+    local function layers(with_gelu)
+      minisd.manual_seed(4)
+      local conv, bn = nn.Conv2d(3, 4, 3, 1, 1), nn.BatchNorm2d(4)
+      bn.running_mean:copy_(minisd.randn({ 4 }, minisd.Generator(5)))
+      bn.running_var:copy_(minisd.rand({ 4 }, minisd.Generator(6)) + 0.5)
+      local seq = with_gelu and nn.Sequential(conv, bn, nn.GELU()) or nn.Sequential(conv, bn)
+      return seq, conv, bn
+    end
+
+    it("runs Conv2d, BatchNorm2d (eval), GELU as one op under no_grad, with the same bits",
+      function()
+        for _, with_gelu in ipairs({ true, false }) do
+          local seq, conv, bn = layers(with_gelu)
+          seq:eval()
+          local y, calls = spy(function()
+            return minisd.no_grad(function() return seq(x) end)
+          end)
+          assert.are.same({ { op = "conv2d_bn_act", gelu = with_gelu } }, calls)
+          local want = minisd.no_grad(function()
+            local z = bn(conv(x))
+            return with_gelu and minisd.gelu(z) or z
+          end)
+          assert.are.same(want:totable(), y:totable()) -- a last BatchNorm gets no GELU
+        end
+      end)
+
+    it("runs BatchNorm2d, GELU as one op in training, and no GELU after a last BatchNorm",
+      function()
+        for _, with_gelu in ipairs({ true, false }) do
+          local seq, conv, bn = layers(with_gelu)
+          local y, calls = spy(function() return seq(x) end)
+          assert.are.same({ { op = "batch_norm2d", gelu = with_gelu } }, calls)
+          local _, c2, b2 = layers(with_gelu)
+          local z = b2(c2(x))
+          local want = with_gelu and minisd.gelu(z) or z
+          assert.are.same(want:totable(), y:totable())
+          -- the running statistics moved the same way
+          assert.are.same(b2.running_var:totable(), bn.running_var:totable())
+          assert.are.same(c2.weight:totable(), conv.weight:totable())
+        end
+      end)
+  end)
+
   describe("Module:extend", function()
     local Block = nn.Module:extend("Block")
     function Block:init(cin, cout)

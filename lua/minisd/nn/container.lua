@@ -11,6 +11,7 @@ local module = require("minisd.nn.module")
 local is_module, shape_str = module.is_module, module.shape_str
 local Conv2d = require("minisd.nn.conv").Conv2d
 local BatchNorm2d = require("minisd.nn.norm").BatchNorm2d
+local GELU = require("minisd.nn.act").GELU
 
 local M = {}
 
@@ -121,11 +122,13 @@ function Sequential:forward(x)
     -- Conv2d, BatchNorm2d in eval [, GELU] under no_grad: one fused pass, same bits
     if bn and getmetatable(m) == Conv2d and getmetatable(bn) == BatchNorm2d
       and not bn.training and bn.track_running_stats then
-      local gelu = getmetatable(map[keys[i + 2]]) == M.GELU
+      local next_m = map[keys[i + 2]]
+      local gelu = next_m ~= nil and getmetatable(next_m) == GELU
       x = minisd.conv2d_bn_act(x, m.weight, m.bias, m.stride, m.padding, bn.weight, bn.bias,
         bn.running_mean, bn.running_var, bn.eps, gelu)
       i = i + (gelu and 3 or 2)
-    elseif getmetatable(m) == BatchNorm2d and getmetatable(map[keys[i + 1]]) == M.GELU then
+    elseif getmetatable(m) == BatchNorm2d and map[keys[i + 1]] ~= nil
+      and getmetatable(map[keys[i + 1]]) == GELU then
       -- BatchNorm2d, GELU (training): one op, the same bits, no BatchNorm output kept
       x = m:forward(x, true)
       i = i + 2
