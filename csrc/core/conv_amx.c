@@ -25,6 +25,7 @@
 
 #include "conv_amx.h"
 #include "cpu.h"
+#include "reduce.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
@@ -43,11 +44,19 @@ uint16_t msd_bf16_from_float(float f)
     return (uint16_t)(u >> 16);
 }
 
+/* msd_bf16_from_float's three cases as selects, so that the loop
+ * vectorises (it rounds every input of the bf16 paths without tiles). */
+MSD_MULTIVERSION
 void msd_round_bf16(float *x, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        uint32_t u = (uint32_t)msd_bf16_from_float(x[i]) << 16;
-        memcpy(x + i, &u, sizeof u);
+        uint32_t u;
+        memcpy(&u, x + i, sizeof u);
+        uint32_t rounded = (u + 0x7fffu + (u >> 16 & 1u)) & 0xffff0000u;
+        uint32_t nan = (u | 0x00400000u) & 0xffff0000u;
+        uint32_t r = (u & 0x7fffffffu) > 0x7f800000u ? nan : rounded;
+        r = (u & 0x7f800000u) == 0 ? u & 0x80000000u : r;
+        memcpy(x + i, &r, sizeof r);
     }
 }
 

@@ -381,6 +381,106 @@ static void conv2d_epilogue(const conv2d_job *j, float *yn, size_t L)
         msd_gelu_forward_inplace(yn, (size_t)j->g.Cout * L);
 }
 
+/* Convolutions with at most SMALL_COUT output channels (the model's last
+ * conv has 3) waste most of the GEMM's 64-wide column tiles; for stride 1
+ * they run directly instead, reading rows of the padded input xpn (Cin, Hp,
+ * Wp) in place. Each output is a sum over k = (ci, ki, kj) in that order,
+ * to which the bias is added, or which is added to y (add), as in the GEMM
+ * path; every output takes the same steps whichever loop below computes
+ * it. Blocks of SC_ROWS rows x SC_COLS columns of every output channel are
+ * summed in registers (3 channels x 4 rows: 12 vector accumulators sharing
+ * each tap's 4 row loads); the edges that do not fill a block are summed
+ * tap by tap in memory. */
+#define SMALL_COUT 4
+#define SC_ROWS 4
+#define SC_COLS 16
+
+/* One block at (oy0, ox0) for CO output channels (a constant where it is
+ * inlined, so that the accumulators can live in registers), into the
+ * output planes acc (CO, Ho, Wo). */
+static inline __attribute__((always_inline)) void
+small_cout_block(float *acc, const float *xpn, const float *w, const conv_geom *g, int oy0,
+                 int ox0, const int CO)
+{
+    int kh = g->kh, kw = g->kw, Hp = g->Hp, Wp = g->Wp;
+    size_t K = (size_t)g->Cin * kh * kw, L = (size_t)g->Ho * g->Wo;
+    float a[SMALL_COUT][SC_ROWS][SC_COLS] = { { { 0 } } };
+    for (int ci = 0; ci < g->Cin; ci++)
+        for (int ki = 0; ki < kh; ki++)
+            for (int kj = 0; kj < kw; kj++) {
+                size_t k = ((size_t)ci * kh + ki) * kw + kj;
+                const float *s0 = xpn + ((size_t)ci * Hp + oy0 + ki) * Wp + ox0 + kj;
+                for (int r = 0; r < SC_ROWS; r++) {
+                    const float *sr = s0 + (size_t)r * Wp;
+                    for (int co = 0; co < CO; co++) {
+                        float wv = w[co * K + k];
+                        for (int v = 0; v < SC_COLS; v++)
+                            a[co][r][v] += wv * sr[v];
+                    }
+                }
+            }
+    for (int co = 0; co < CO; co++)
+        for (int r = 0; r < SC_ROWS; r++)
+            memcpy(acc + co * L + (size_t)(oy0 + r) * g->Wo + ox0, a[co][r], sizeof a[co][r]);
+}
+
+/* Output (oy, ox .. ox + n - 1) of every channel, summed tap by tap in acc. */
+static void small_cout_row(float *acc, const float *xpn, const float *w, const conv_geom *g,
+                           int oy, int ox, int n)
+{
+    int kh = g->kh, kw = g->kw, Hp = g->Hp, Wp = g->Wp;
+    size_t K = (size_t)g->Cin * kh * kw, L = (size_t)g->Ho * g->Wo;
+    for (int co = 0; co < g->Cout; co++) {
+        float *d = acc + co * L + (size_t)oy * g->Wo + ox;
+        for (int i = 0; i < n; i++)
+            d[i] = 0.0f;
+        for (int ci = 0; ci < g->Cin; ci++)
+            for (int ki = 0; ki < kh; ki++)
+                for (int kj = 0; kj < kw; kj++) {
+                    float wv = w[co * K + ((size_t)ci * kh + ki) * kw + kj];
+                    const float *sr = xpn + ((size_t)ci * Hp + oy + ki) * Wp + ox + kj;
+                    for (int i = 0; i < n; i++)
+                        d[i] += wv * sr[i];
+                }
+    }
+}
+
+/* Image yn (Cout, Ho, Wo) of a small-Cout conv; acc holds Cout * Ho * Wo floats. */
+MSD_MULTIVERSION
+static void conv2d_small_cout(float *yn, float *acc, const float *xpn, const float *w,
+                              const float *b, int add, const conv_geom *g)
+{
+    int Ho = g->Ho, Wo = g->Wo, Cout = g->Cout;
+    size_t L = (size_t)Ho * Wo;
+    int hb = Ho / SC_ROWS * SC_ROWS, wb = Wo / SC_COLS * SC_COLS;
+    for (int oy = 0; oy < hb; oy += SC_ROWS)
+        for (int ox = 0; ox < wb; ox += SC_COLS)
+            switch (Cout) {
+            case 1: small_cout_block(acc, xpn, w, g, oy, ox, 1); break;
+            case 2: small_cout_block(acc, xpn, w, g, oy, ox, 2); break;
+            case 3: small_cout_block(acc, xpn, w, g, oy, ox, 3); break;
+            default: small_cout_block(acc, xpn, w, g, oy, ox, 4); break;
+            }
+    for (int oy = 0; oy < Ho; oy++) {
+        if (wb < Wo && oy < hb)
+            small_cout_row(acc, xpn, w, g, oy, wb, Wo - wb);
+        if (oy >= hb)
+            small_cout_row(acc, xpn, w, g, oy, 0, Wo);
+    }
+    for (int c = 0; c < Cout; c++) {
+        float *dst = yn + (size_t)c * L;
+        const float *ac = acc + (size_t)c * L;
+        if (add) {
+            for (size_t l = 0; l < L; l++)
+                dst[l] += ac[l];
+        } else {
+            float bc = b ? b[c] : 0.0f;
+            for (size_t l = 0; l < L; l++)
+                dst[l] = ac[l] + bc;
+        }
+    }
+}
+
 static void conv2d_gemm_chunk(void *ctx, int gi, int tid)
 {
     const conv2d_job *j = ctx;
@@ -410,6 +510,15 @@ static void conv2d_gemm_chunk(void *ctx, int gi, int tid)
     const float *xp = group_patches(sc, g, j->x, n0, nb, &pix, &tap, &yt);
     if (j->round)
         msd_round_bf16((float *)xp, (size_t)nb * g->Cin * g->Hp * g->Wp);
+    if (Cout <= SMALL_COUT && g->s == 1) {
+        for (int n = 0; n < nb; n++) {
+            float *yn = j->y + (size_t)(n0 + n) * Cout * L;
+            conv2d_small_cout(yn, yt, xp + (size_t)n * g->Cin * g->Hp * g->Wp, j->w, j->b,
+                              j->add, g);
+            conv2d_epilogue(j, yn, L);
+        }
+        return;
+    }
     /* yt (nb*L, Cout) = patches^T (nb*L, K) w^T (K, Cout) */
     msd_sgemm_offsets((int)ncols, Cout, K, 1.0f, xp, pix, tap, 1, j->w, K, 0.0f, yt, Cout);
     /* into NCHW, 16 pixels at a time: their Cout values stay in L1 */
@@ -501,6 +610,58 @@ int msd_conv2d_forward(float *y, const float *x, const float *w, const float *b,
     return conv2d_gemm("conv2d", y, x, w, b, &g, 0, NULL, NULL, 0);
 }
 
+/* dw^T (K, CO) of one group for CO output channels (a constant where it is
+ * inlined): dwt[k, co] = sum over the group's images and output pixels of
+ * dy[co, pixel] * xp[the pixel's input for tap k], k = (ci, ki, kj). Each
+ * sum runs image by image, row by row, in SC_COLS lanes (one per column
+ * modulo SC_COLS) that are added in lane order at the end, then the
+ * columns past the last full lane block one by one: a fixed order. dyt is
+ * (CO, nb*L), channel-major; xp the padded group (nb, Cin, Hp, Wp). */
+static inline __attribute__((always_inline)) void
+dw_small_cout_k(float *dwt, const float *xp, const float *dyt, int nb, const conv_geom *g, int k,
+                const int CO)
+{
+    int kh = g->kh, kw = g->kw, Ho = g->Ho, Wo = g->Wo, Hp = g->Hp, Wp = g->Wp, Cin = g->Cin;
+    int ci = k / (kh * kw), ki = k / kw % kh, kj = k % kw, wb = Wo / SC_COLS * SC_COLS;
+    size_t L = (size_t)Ho * Wo, ncols = (size_t)nb * L;
+    float a[SMALL_COUT][SC_COLS] = { { 0 } }, t[SMALL_COUT] = { 0 };
+    for (int n = 0; n < nb; n++)
+        for (int oy = 0; oy < Ho; oy++) {
+            const float *xr = xp + (((size_t)n * Cin + ci) * Hp + oy + ki) * Wp + kj;
+            const float *dr = dyt + (size_t)n * L + (size_t)oy * Wo;
+            for (int co = 0; co < CO; co++) {
+                const float *d = dr + co * ncols;
+                for (int ox = 0; ox < wb; ox += SC_COLS)
+                    for (int v = 0; v < SC_COLS; v++)
+                        a[co][v] += d[ox + v] * xr[ox + v];
+                for (int ox = wb; ox < Wo; ox++)
+                    t[co] += d[ox] * xr[ox];
+            }
+        }
+    for (int co = 0; co < CO; co++) {
+        float s = 0.0f;
+        for (int v = 0; v < SC_COLS; v++)
+            s += a[co][v];
+        dwt[(size_t)k * CO + co] = s + t[co];
+    }
+}
+
+/* The weight gradient of a small-Cout conv (see conv2d_small_cout) for one
+ * group, into dwt (K, Cout), without the GEMM's mostly empty tiles. */
+MSD_MULTIVERSION
+static void conv2d_dw_small_cout(float *dwt, const float *xp, const float *dyt, int nb,
+                                 const conv_geom *g)
+{
+    int K = g->Cin * g->kh * g->kw;
+    for (int k = 0; k < K; k++)
+        switch (g->Cout) {
+        case 1: dw_small_cout_k(dwt, xp, dyt, nb, g, k, 1); break;
+        case 2: dw_small_cout_k(dwt, xp, dyt, nb, g, k, 2); break;
+        case 3: dw_small_cout_k(dwt, xp, dyt, nb, g, k, 3); break;
+        default: dw_small_cout_k(dwt, xp, dyt, nb, g, k, 4); break;
+        }
+}
+
 /* Weight-gradient pass, group gi: dw^T partial (K, Cout) = patches (K,
  * nb*L) dy^T (nb*L, Cout), dy first copied channel-major (Cout, nb*L). */
 static void conv2d_dw_chunk(void *ctx, int gi, int tid)
@@ -525,6 +686,10 @@ static void conv2d_dw_chunk(void *ctx, int gi, int tid)
     if (j->round) {
         msd_round_bf16((float *)xp, (size_t)nb * g->Cin * g->Hp * g->Wp);
         msd_round_bf16(dyt, (size_t)Cout * ncols);
+    }
+    if (Cout <= SMALL_COUT && g->s == 1) {
+        conv2d_dw_small_cout(j->sp->data + j->nw * gi, xp, dyt, nb, g);
+        return;
     }
     msd_sgemm_offsets(K, Cout, ncols, 1.0f, xp, tap, pix, 1, dyt, ncols, 0.0f,
                       j->sp->data + j->nw * gi, Cout);

@@ -242,6 +242,9 @@ static void test_conv2d_vs_naive(void)
         { 2, 4, 4, 4, 3, 1, 1, 0 },   /* 1x1 shortcut conv */
         { 1, 2, 5, 5, 3, 4, 2, 1 },   /* even kernel, stride and padding */
         { 2, 3, 2, 3, 2, 3, 1, 2 },   /* padding larger than the image */
+        { 3, 64, 16, 16, 3, 3, 1, 1 }, /* the model's last conv: few outputs, direct */
+        { 2, 5, 6, 7, 1, 2, 1, 0 },   /* one output channel, even kernel */
+        { 2, 6, 9, 21, 2, 3, 1, 1 },  /* direct: 4x16 blocks, a right and a bottom edge */
     };
     for (int isa = 0; isa <= msd_isa_best(); isa++) { /* every kernel level */
         CHECK_OK(msd_isa_set(isa));
@@ -271,6 +274,25 @@ static void test_bf16_rounding(void)
     }
     uint16_t nan = msd_bf16_from_float(NAN);
     CHECK((nan & 0x7f80) == 0x7f80 && (nan & 0x7f) != 0);
+    /* the vector loop over one array: every 4093rd bit pattern (NaN payloads,
+     * subnormals, infinities, both signs) against the scalar rule */
+    size_t np = (size_t)(0xffffffffu / 4093u) + 1;
+    uint32_t *pat = malloc(np * sizeof *pat);
+    CHECK(pat != NULL);
+    if (pat) {
+        for (size_t i = 0; i < np; i++)
+            pat[i] = (uint32_t)(i * 4093u);
+        msd_round_bf16((float *)pat, np);
+        size_t wrong = 0;
+        for (size_t i = 0; i < np; i++) {
+            uint32_t u = (uint32_t)(i * 4093u);
+            float f;
+            memcpy(&f, &u, sizeof f);
+            wrong += pat[i] != (uint32_t)msd_bf16_from_float(f) << 16;
+        }
+        CHECK(wrong == 0);
+        free(pat);
+    }
     for (unsigned k = 0; k < 100000; k++) { /* random normal floats */
         float v = (float)ldexp((double)(k * 2654435761u % 1000003u) / 1000003.0 + 0.5,
                                (int)(k % 200) - 100) * (k & 1 ? -1.0f : 1.0f);
@@ -332,6 +354,7 @@ static void test_conv2d_bf16(void)
         { 2, 32, 6, 6, 32, 1, 1, 0 },    /* 1x1 */
         { 2, 3, 8, 8, 32, 3, 1, 1 },     /* 3 channels in: no tiles */
         { 2, 32, 8, 8, 32, 3, 2, 1 },    /* stride 2: no tiles, dx through col2im */
+        { 2, 64, 16, 16, 3, 3, 1, 1 },   /* 3 channels out: direct, inputs rounded */
     };
     CHECK_OK(msd_precision_set(MSD_PREC_BF16));
     for (int isa = 0; isa <= msd_isa_best(); isa++) {
