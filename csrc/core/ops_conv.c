@@ -646,6 +646,45 @@ dw_small_cout_k(float *dwt, const float *xp, const float *dyt, int nb, const con
     }
 }
 
+/* dw_small_cout_k for the nine taps of input channel ci of a 3x3 kernel at
+ * once: 9 x CO lane accumulators, so each row of dy is loaded once for the
+ * nine taps, and each input row once for three. The same sums in the same
+ * order as dw_small_cout_k. */
+static inline __attribute__((always_inline)) void
+dw_small_cout_3x3(float *dwt, const float *xp, const float *dyt, int nb, const conv_geom *g,
+                  int ci, const int CO)
+{
+    int Ho = g->Ho, Wo = g->Wo, Hp = g->Hp, Wp = g->Wp, Cin = g->Cin;
+    int wb = Wo / SC_COLS * SC_COLS;
+    size_t L = (size_t)Ho * Wo, ncols = (size_t)nb * L;
+    float a[9][SMALL_COUT][SC_COLS] = { { { 0 } } }, t[9][SMALL_COUT] = { { 0 } };
+    for (int n = 0; n < nb; n++)
+        for (int oy = 0; oy < Ho; oy++) {
+            const float *xr = xp + (((size_t)n * Cin + ci) * Hp + oy) * Wp;
+            const float *dr = dyt + (size_t)n * L + (size_t)oy * Wo;
+            for (int ox = 0; ox < wb; ox += SC_COLS)
+                for (int tap = 0; tap < 9; tap++) {
+                    const float *xt = xr + (size_t)(tap / 3) * Wp + tap % 3 + ox;
+                    for (int co = 0; co < CO; co++)
+                        for (int v = 0; v < SC_COLS; v++)
+                            a[tap][co][v] += dr[co * ncols + ox + v] * xt[v];
+                }
+            for (int ox = wb; ox < Wo; ox++)
+                for (int tap = 0; tap < 9; tap++) {
+                    float xv = xr[(size_t)(tap / 3) * Wp + tap % 3 + ox];
+                    for (int co = 0; co < CO; co++)
+                        t[tap][co] += dr[co * ncols + ox] * xv;
+                }
+        }
+    for (int tap = 0; tap < 9; tap++)
+        for (int co = 0; co < CO; co++) {
+            float s = 0.0f;
+            for (int v = 0; v < SC_COLS; v++)
+                s += a[tap][co][v];
+            dwt[((size_t)ci * 9 + tap) * CO + co] = s + t[tap][co];
+        }
+}
+
 /* The weight gradient of a small-Cout conv (see conv2d_small_cout) for one
  * group, into dwt (K, Cout), without the GEMM's mostly empty tiles. */
 MSD_MULTIVERSION
@@ -653,6 +692,16 @@ static void conv2d_dw_small_cout(float *dwt, const float *xp, const float *dyt, 
                                  const conv_geom *g)
 {
     int K = g->Cin * g->kh * g->kw;
+    if (g->kh == 3 && g->kw == 3) {
+        for (int ci = 0; ci < g->Cin; ci++)
+            switch (g->Cout) {
+            case 1: dw_small_cout_3x3(dwt, xp, dyt, nb, g, ci, 1); break;
+            case 2: dw_small_cout_3x3(dwt, xp, dyt, nb, g, ci, 2); break;
+            case 3: dw_small_cout_3x3(dwt, xp, dyt, nb, g, ci, 3); break;
+            default: dw_small_cout_3x3(dwt, xp, dyt, nb, g, ci, 4); break;
+            }
+        return;
+    }
     for (int k = 0; k < K; k++)
         switch (g->Cout) {
         case 1: dw_small_cout_k(dwt, xp, dyt, nb, g, k, 1); break;
