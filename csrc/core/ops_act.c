@@ -101,9 +101,10 @@ static inline float normal_cdf(float v, float *e)
  *
  * 1 / (1 + a/2) stays a true division: vrcp14ps and one Newton step (2^-14
  * relative error squared: 2^-28, under the final rounding) measured no faster
- * on Sapphire Rapids, where the divider is not the bottleneck; the division
- * is correctly rounded, so the AVX2 and AVX-512 bits agree and do not depend
- * on the CPU's vendor (the approximate reciprocals' bits are not specified).
+ * on an AMX Xeon (Sapphire Rapids class), where the divider is not the
+ * bottleneck; the division is correctly rounded, so the AVX2 and AVX-512 bits
+ * agree and do not depend on the CPU's vendor (the approximate reciprocals'
+ * bits are not specified).
  *
  * Backward computes the term dy * gelu'(x) with one product and then either
  * adds it to dx (msd_gelu_backward) or writes it (msd_gelu_backward_inplace,
