@@ -1,6 +1,6 @@
 /* minisd: the CPU's instruction sets, and which one the kernels use.
  *
- * One build runs anywhere: the hot kernels (gemm.h) are compiled for several
+ * One build runs anywhere: the hot kernels (gemm.h, GELU) are compiled for several
  * x86-64 levels and the best one the CPU supports is chosen at run time.
  * Tests force each level in turn; a user can force one with the environment
  * variable MINISD_ISA (a name below), read once when minisd first needs it.

@@ -4,18 +4,24 @@
 #include <math.h>
 #include <stddef.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define ACT_X86 1
+#endif
+
+#include "cpu.h"
 #include "ops.h"
-#include "reduce.h"
 #include "threads.h"
 
 #define INV_SQRT2 0.70710678118654752440f
 #define INV_SQRT_2PI 0.39894228040143267794f
 
-/* ---- vectorisable normal CDF ---------------------------------------------
- * glibc's erff/expf are scalar calls; these branch-free forms let the
- * compiler vectorise the GELU loops. The CDF is computed from erfc of |x|,
- * so that its negative tail keeps its relative accuracy (1 + erf(x) would
- * cancel). Checked against erf and exp in double over a wide range in
+/* ---- normal CDF -----------------------------------------------------------
+ * glibc's erff/expf are scalar calls; these are branch-free forms, written
+ * here in scalar C (the generic kernel level) and below once per vector
+ * level with intrinsics. The CDF is computed from erfc of |x|, so that its
+ * negative tail keeps its relative accuracy (1 + erf(x) would cancel).
+ * Checked against erf and exp in double over a wide range in
  * test_act_loss.c: a few 1e-7 relative error, like a float erff. */
 
 /* e^a for a <= 0 (a below -87, or NaN, gives about 1.6e-38: the callers'
@@ -42,76 +48,276 @@ static inline float exp_neg(float a)
     return p * sc.f;
 }
 
-/* erfc(a) for a >= 0 with relative error about 1.2e-7: the classical
- * Chebyshev-fitted form t exp(-a^2 + P(t)), t = 1 / (1 + a / 2)
- * (Numerical Recipes' erfcc). */
-static inline float erfc_pos(float a)
+/* erfc(a) for a >= 0 is t e^(-a^2) Q(t) with t = 1 / (1 + a/2) (Numerical
+ * Recipes' erfcc variable) and Q(t) = e^(a^2) erfc(a) / t, a smooth function
+ * of t on [0, 1], from 1 / (2 sqrt pi) at t = 0 to 1 at t = 1. Q here is its
+ * degree-11 Chebyshev interpolant on [0, 1] (mpmath: chebyfit(Q, [0, 1], 12),
+ * a = 2/t - 2; 5.1e-9 absolute error), its coefficients rounded to float and
+ * halved (exactly) so that it returns Q / 2: relative error 5.2e-8 with the
+ * rounded coefficients, under erfcc's 1.2e-7. Unlike erfcc's form
+ * t e^(P(t) - a^2), the exponential is e^(-a^2) = e^(-v^2/2) for a = |v| /
+ * sqrt 2: the normal density's own, so the GELU gradient Phi(v) + v phi(v)
+ * takes one exponential instead of two, and the exponential no longer waits
+ * for the division and the polynomial (the vector loops are bound by that
+ * latency chain more than by their operation count). */
+static inline float half_q(float t)
 {
-    float t = 1.0f / (1.0f + 0.5f * a);
-    float p = 0.17087277f;
-    p = p * t - 0.82215223f;
-    p = p * t + 1.48851587f;
-    p = p * t - 1.13520398f;
-    p = p * t + 0.27886807f;
-    p = p * t - 0.18628806f;
-    p = p * t + 0.09678418f;
-    p = p * t + 0.37409196f;
-    p = p * t + 1.00002368f;
-    p = p * t - 1.26551223f;
-    return t * exp_neg(p - a * a);
+    float q = -0.00404958054f * 0.5f;
+    q = q * t + 0.0653706789f * 0.5f;
+    q = q * t - 0.287119657f * 0.5f;
+    q = q * t + 0.563545823f * 0.5f;
+    q = q * t - 0.512718678f * 0.5f;
+    q = q * t + 0.162782565f * 0.5f;
+    q = q * t - 0.0696027204f * 0.5f;
+    q = q * t + 0.0956547484f * 0.5f;
+    q = q * t + 0.175047323f * 0.5f;
+    q = q * t + 0.246901363f * 0.5f;
+    q = q * t + 0.282093346f * 0.5f;
+    q = q * t + 0.282094806f * 0.5f;
+    return q;
 }
 
-/* Phi(v), the standard normal CDF: 0.5 erfc(|v| / sqrt 2), mirrored for v > 0. */
-static inline float normal_cdf(float v)
+/* Phi(v), the standard normal CDF: 0.5 erfc(|v| / sqrt 2), mirrored for
+ * v >= 0; *e = e^(-v^2/2), rounded once (-0.5 v is exact). 1 + 0.5 a rounds
+ * once too (0.5 a is exact), as the vector code's FMA. */
+static inline float normal_cdf(float v, float *e)
 {
-    float c = 0.5f * erfc_pos((v < 0.0f ? -v : v) * INV_SQRT2);
+    *e = exp_neg((-0.5f * v) * v);
+    float t = 1.0f / (1.0f + 0.5f * ((v < 0.0f ? -v : v) * INV_SQRT2));
+    float c = t * half_q(t) * *e;
     return v < 0.0f ? c : 1.0f - c;
 }
+
+/* ---- the loops, one per kernel level ------------------------------------
+ * Each level computes every element with the same code whatever its position
+ * (the vector levels do the last, partial vector with masked loads and
+ * stores), so a fused caller working plane by plane (msd_gelu_forward_inplace
+ * from the conv and BatchNorm epilogues) gets the bits of msd_gelu_forward on
+ * the whole tensor. The levels differ from one another by rounding only, like
+ * gemm.c's: the generic loops are the scalar code above, which the build never
+ * contracts into FMAs; the AVX2 and AVX-512 loops evaluate the same formulas
+ * with explicit FMAs (one rounding where the generic code has two), and give
+ * each other's bits (same operations in the same order; see exp_neg16).
+ *
+ * 1 / (1 + a/2) stays a true division: vrcp14ps and one Newton step (2^-14
+ * relative error squared: 2^-28, under the final rounding) measured no faster
+ * on an AMX Xeon (Sapphire Rapids class), where the divider is not the
+ * bottleneck; the division is correctly rounded, so the AVX2 and AVX-512 bits
+ * agree and do not depend on the CPU's vendor (the approximate reciprocals'
+ * bits are not specified).
+ *
+ * Backward computes the term dy * gelu'(x) with one product and then either
+ * adds it to dx (msd_gelu_backward) or writes it (msd_gelu_backward_inplace,
+ * out == x), so the two write the same term. gelu'(v) = Phi(v) + v phi(v),
+ * phi(v) = e^(-v^2/2) / sqrt(2 pi). */
+
+typedef void (*gelu_fwd_fn)(float *y, const float *x, size_t n);
+typedef void (*gelu_bwd_fn)(float *out, const float *dy, const float *x, size_t n, int add);
+
+static void gelu_fwd_generic(float *y, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i], e;
+        y[i] = v * normal_cdf(v, &e);
+    }
+}
+
+static void gelu_bwd_generic(float *out, const float *dy, const float *x, size_t n, int add)
+{
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i], e, cdf = normal_cdf(v, &e);
+        float d = dy[i] * (cdf + v * INV_SQRT_2PI * e);
+        out[i] = add ? out[i] + d : d;
+    }
+}
+
+#ifdef ACT_X86
+#define TARGET_AVX512 __attribute__((target("avx512f,fma")))
+#define TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define INLINE static inline __attribute__((always_inline))
+
+/* ---- AVX-512: 16 lanes --------------------------------------------------- */
+
+/* e^a for a <= 0, exp_neg's method: the same clamp (vmaxps returns its second
+ * operand when the first is NaN, as exp_neg's comparison does), round(a / ln2)
+ * by the 1.5 * 2^23 trick with one rounding, r by two FMAs (exact, then one
+ * rounding), the degree-7 Taylor polynomial by FMAs, and 2^k by vscalefps,
+ * which multiplies by 2^k exactly (rounding once if the result is subnormal,
+ * as a product by 2^k does: the AVX2 code's bits). */
+TARGET_AVX512 INLINE __m512 exp_neg16(__m512 a)
+{
+    const __m512 shift = _mm512_set1_ps(12582912.0f);
+    a = _mm512_max_ps(a, _mm512_set1_ps(-87.0f));
+    __m512 fk = _mm512_sub_ps(_mm512_fmadd_ps(a, _mm512_set1_ps(1.44269504088896341f), shift),
+                              shift);
+    __m512 r = _mm512_fnmadd_ps(fk, _mm512_set1_ps(0.693145751953125f), a);
+    r = _mm512_fnmadd_ps(fk, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, fk);
+}
+
+/* normal_cdf's method */
+TARGET_AVX512 INLINE __m512 normal_cdf16(__m512 v, __m512 *e_out)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 e = exp_neg16(_mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(-0.5f)), v));
+    __m512 a = _mm512_mul_ps(_mm512_abs_ps(v), _mm512_set1_ps(INV_SQRT2));
+    __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(a, _mm512_set1_ps(0.5f), one));
+    __m512 q = _mm512_set1_ps(-0.00404958054f * 0.5f);
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(0.0653706789f * 0.5f));
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(-0.287119657f * 0.5f));
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(0.563545823f * 0.5f));
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(-0.512718678f * 0.5f));
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(0.162782565f * 0.5f));
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(-0.0696027204f * 0.5f));
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(0.0956547484f * 0.5f));
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(0.175047323f * 0.5f));
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(0.246901363f * 0.5f));
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(0.282093346f * 0.5f));
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(0.282094806f * 0.5f));
+    __m512 c = _mm512_mul_ps(_mm512_mul_ps(t, q), e);
+    __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
+    *e_out = e;
+    return _mm512_mask_sub_ps(c, (__mmask16)~neg, one, c); /* 1 - c where v >= 0 */
+}
+
+/* the lanes [0, n - i) of the vector at element i: all when n - i >= 16 */
+TARGET_AVX512 INLINE __mmask16 lanes16(size_t n, size_t i)
+{
+    return n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+}
+
+TARGET_AVX512 static void gelu_fwd_avx512(float *y, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = lanes16(n, i);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + i), e;
+        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(v, normal_cdf16(v, &e)));
+    }
+}
+
+TARGET_AVX512 static void gelu_bwd_avx512(float *out, const float *dy, const float *x,
+                                          size_t n, int add)
+{
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = lanes16(n, i);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + i), e, cdf = normal_cdf16(v, &e);
+        __m512 g = _mm512_fmadd_ps(_mm512_mul_ps(v, _mm512_set1_ps(INV_SQRT_2PI)), e, cdf);
+        __m512 d = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, dy + i), g);
+        if (add)
+            d = _mm512_add_ps(_mm512_maskz_loadu_ps(m, out + i), d);
+        _mm512_mask_storeu_ps(out + i, m, d);
+    }
+}
+
+/* ---- AVX2: 8 lanes, the AVX-512 code's operations ------------------------- */
+
+/* exp_neg16 with 2^k put into the exponent bits as exp_neg does (k in
+ * [-126, 0]: 2^k is a normal float and the product rounds as vscalefps). */
+TARGET_AVX2 INLINE __m256 exp_neg8(__m256 a)
+{
+    const __m256 shift = _mm256_set1_ps(12582912.0f);
+    a = _mm256_max_ps(a, _mm256_set1_ps(-87.0f));
+    __m256 fk = _mm256_sub_ps(_mm256_fmadd_ps(a, _mm256_set1_ps(1.44269504088896341f), shift),
+                              shift);
+    __m256 r = _mm256_fnmadd_ps(fk, _mm256_set1_ps(0.693145751953125f), a);
+    r = _mm256_fnmadd_ps(fk, _mm256_set1_ps(1.428606765330187e-06f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i k = _mm256_add_epi32(_mm256_cvtps_epi32(fk), _mm256_set1_epi32(127));
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(k, 23)));
+}
+
+TARGET_AVX2 INLINE __m256 normal_cdf8(__m256 v, __m256 *e_out)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    __m256 e = exp_neg8(_mm256_mul_ps(_mm256_mul_ps(v, _mm256_set1_ps(-0.5f)), v));
+    __m256 a = _mm256_mul_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v),
+                             _mm256_set1_ps(INV_SQRT2));
+    __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(a, _mm256_set1_ps(0.5f), one));
+    __m256 q = _mm256_set1_ps(-0.00404958054f * 0.5f);
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.0653706789f * 0.5f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(-0.287119657f * 0.5f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.563545823f * 0.5f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(-0.512718678f * 0.5f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.162782565f * 0.5f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(-0.0696027204f * 0.5f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.0956547484f * 0.5f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.175047323f * 0.5f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.246901363f * 0.5f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.282093346f * 0.5f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.282094806f * 0.5f));
+    __m256 c = _mm256_mul_ps(_mm256_mul_ps(t, q), e);
+    __m256 neg = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ);
+    *e_out = e;
+    return _mm256_blendv_ps(_mm256_sub_ps(one, c), c, neg);
+}
+
+/* the lanes [0, n - i) of the vector at element i: all when n - i >= 8 */
+TARGET_AVX2 INLINE __m256i lanes8(size_t n, size_t i)
+{
+    int k = n - i >= 8 ? 8 : (int)(n - i);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+TARGET_AVX2 static void gelu_fwd_avx2(float *y, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i += 8) {
+        __m256i m = lanes8(n, i);
+        __m256 v = _mm256_maskload_ps(x + i, m), e;
+        _mm256_maskstore_ps(y + i, m, _mm256_mul_ps(v, normal_cdf8(v, &e)));
+    }
+}
+
+TARGET_AVX2 static void gelu_bwd_avx2(float *out, const float *dy, const float *x, size_t n,
+                                      int add)
+{
+    for (size_t i = 0; i < n; i += 8) {
+        __m256i m = lanes8(n, i);
+        __m256 v = _mm256_maskload_ps(x + i, m), e, cdf = normal_cdf8(v, &e);
+        __m256 g = _mm256_fmadd_ps(_mm256_mul_ps(v, _mm256_set1_ps(INV_SQRT_2PI)), e, cdf);
+        __m256 d = _mm256_mul_ps(_mm256_maskload_ps(dy + i, m), g);
+        if (add)
+            d = _mm256_add_ps(_mm256_maskload_ps(out + i, m), d);
+        _mm256_maskstore_ps(out + i, m, d);
+    }
+}
+#endif
+
+static const struct gelu_impl {
+    gelu_fwd_fn fwd;
+    gelu_bwd_fn bwd;
+} gelu_impls[MSD_ISA_COUNT] = {
+    [MSD_ISA_GENERIC] = { gelu_fwd_generic, gelu_bwd_generic },
+#ifdef ACT_X86
+    [MSD_ISA_AVX2] = { gelu_fwd_avx2, gelu_bwd_avx2 },
+    [MSD_ISA_AVX512] = { gelu_fwd_avx512, gelu_bwd_avx512 },
+    [MSD_ISA_AMX] = { gelu_fwd_avx512, gelu_bwd_avx512 },
+#endif
+};
 
 /* Elements per block (one msd_parallel_for chunk): blocks are fixed, so
  * results do not depend on the thread count (they could not anyway: every
  * element is independent). */
 #define ACT_BLOCK 16384
 
-MSD_MULTIVERSION
-static void gelu_fwd_range(float *y, const float *x, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i];
-        y[i] = v * normal_cdf(v);
-    }
-}
-
-MSD_MULTIVERSION
-void msd_gelu_forward_inplace(float *y, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        float v = y[i];
-        y[i] = v * normal_cdf(v);
-    }
-}
-
-MSD_MULTIVERSION
-static void gelu_bwd_range(float *dx, const float *dy, const float *x, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i];
-        dx[i] += dy[i] * (normal_cdf(v) + v * INV_SQRT_2PI * exp_neg(-0.5f * v * v));
-    }
-}
-
-MSD_MULTIVERSION
-void msd_gelu_backward_inplace(float *t, const float *dy, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        float v = t[i];
-        t[i] = dy[i] * (normal_cdf(v) + v * INV_SQRT_2PI * exp_neg(-0.5f * v * v));
-    }
-}
-
 /* A GELU loop over n elements: out is y (forward) or dx (backward); dy is
  * NULL in forward. Chunk k covers block k. */
 typedef struct gelu_job {
+    const struct gelu_impl *im;
     float *out;
     const float *dy, *x;
     size_t n;
@@ -127,7 +333,7 @@ static void gelu_fwd_chunk(void *ctx, int k, int tid)
     const gelu_job *j = ctx;
     size_t lo = (size_t)k * ACT_BLOCK, m = j->n - lo < ACT_BLOCK ? j->n - lo : ACT_BLOCK;
     (void)tid;
-    gelu_fwd_range(j->out + lo, j->x + lo, m);
+    j->im->fwd(j->out + lo, j->x + lo, m);
 }
 
 static void gelu_bwd_chunk(void *ctx, int k, int tid)
@@ -135,20 +341,31 @@ static void gelu_bwd_chunk(void *ctx, int k, int tid)
     const gelu_job *j = ctx;
     size_t lo = (size_t)k * ACT_BLOCK, m = j->n - lo < ACT_BLOCK ? j->n - lo : ACT_BLOCK;
     (void)tid;
-    gelu_bwd_range(j->out + lo, j->dy + lo, j->x + lo, m);
+    j->im->bwd(j->out + lo, j->dy + lo, j->x + lo, m, 1);
 }
 
 void msd_gelu_forward(float *y, const float *x, size_t n)
 {
-    gelu_job j = {y, NULL, x, n};
+    gelu_job j = { &gelu_impls[msd_isa_get()], y, NULL, x, n };
     msd_parallel_for(gelu_blocks(n), MSD_ALL_THREADS, gelu_fwd_chunk, &j);
 }
 
 /* d/dx [x Phi(x)] = Phi(x) + x phi(x), Phi the normal CDF, phi its density */
 void msd_gelu_backward(float *dx, const float *dy, const float *x, size_t n)
 {
-    gelu_job j = {dx, dy, x, n};
+    gelu_job j = { &gelu_impls[msd_isa_get()], dx, dy, x, n };
     msd_parallel_for(gelu_blocks(n), MSD_ALL_THREADS, gelu_bwd_chunk, &j);
+}
+
+/* the fused epilogues' entry points: the level's loop on the calling thread */
+void msd_gelu_forward_inplace(float *y, size_t n)
+{
+    gelu_impls[msd_isa_get()].fwd(y, y, n);
+}
+
+void msd_gelu_backward_inplace(float *t, const float *dy, size_t n)
+{
+    gelu_impls[msd_isa_get()].bwd(t, dy, t, n, 0);
 }
 
 /* NaN passes through, as in PyTorch. */

@@ -82,6 +82,58 @@ static void test_gelu_accuracy(void)
     CHECK(isnan(nan_dx));
 }
 
+/* Every kernel level (each has its own GELU loop, ops_act.c): the accuracy
+ * test above at each, the AVX2 and AVX-512 loops giving each other's bits,
+ * and at each level the in-place entry points of the fused epilogues giving
+ * the bits of msd_gelu_forward / msd_gelu_backward on every length (the last,
+ * partial vector included) and at every offset. */
+static void test_gelu_every_level(void)
+{
+    enum { N = 16 * 1024 + 77 };
+    static float x[N], y[N], dx[N], dy[N], t[N], ref_y[N], ref_dx[N];
+    unsigned s = 7;
+    for (int i = 0; i < N; i++) {
+        s = s * 1664525u + 1013904223u;
+        x[i] = ((float)(s >> 8) / 16777216.0f - 0.5f) * 24.0f; /* [-12, 12) */
+        s = s * 1664525u + 1013904223u;
+        dy[i] = (float)(s >> 8) / 16777216.0f - 0.5f;
+    }
+    int best = msd_isa_best();
+    for (int isa = 0; isa <= best; isa++) {
+        CHECK_OK(msd_isa_set(isa));
+        test_gelu_accuracy();
+        if (test_failed_flag) {
+            fprintf(stderr, "  at level %s\n", msd_isa_name(isa));
+            break;
+        }
+        memset(dx, 0, sizeof dx);
+        msd_gelu_forward(y, x, N);
+        msd_gelu_backward(dx, dy, x, N);
+        if (isa == MSD_ISA_AVX2) {
+            memcpy(ref_y, y, sizeof y);
+            memcpy(ref_dx, dx, sizeof dx);
+        }
+        if (isa >= MSD_ISA_AVX512 && best >= MSD_ISA_AVX2) {
+            CHECK(memcmp(y, ref_y, sizeof y) == 0);
+            CHECK(memcmp(dx, ref_dx, sizeof dx) == 0);
+        }
+        int bad = 0;
+        for (int n = 1, off = 0; off + n <= N; off += n, n = n % 37 + 1) {
+            memcpy(t, x + off, (size_t)n * sizeof *t);
+            msd_gelu_forward_inplace(t, (size_t)n);
+            bad |= memcmp(t, y + off, (size_t)n * sizeof *t) != 0;
+            memcpy(t, x + off, (size_t)n * sizeof *t);
+            msd_gelu_backward_inplace(t, dy + off, (size_t)n);
+            for (int i = 0; i < n; i++)
+                bad |= t[i] != dx[off + i]; /* dx = 0 + term: +0 where the term is -0 */
+        }
+        if (bad)
+            fprintf(stderr, "  in-place GELU differs at level %s\n", msd_isa_name(isa));
+        CHECK(!bad);
+    }
+    CHECK_OK(msd_isa_set(best));
+}
+
 static void test_relu(void)
 {
     int s[2] = { 4, 5 };
@@ -262,6 +314,7 @@ int main(void)
 {
     RUN(test_gelu);
     RUN(test_gelu_accuracy);
+    RUN(test_gelu_every_level);
     RUN(test_relu);
     RUN(test_mse_loss);
     RUN(test_cross_entropy_indices);
