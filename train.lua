@@ -30,8 +30,12 @@ parser:option("--lr-schedule", "How the learning rate moves: linear (the seed's:
   .. "steps) or constant.", "linear"):choices({ "linear", "cosine", "constant" })
 parser:option("--warmup", "Raise the learning rate linearly from 0 over the first N optimizer "
   .. "steps.", "0"):convert(tonumber)
+parser:option("--recipe", "minisd (the seed's recipe with Min-SNR loss weighting, which "
+  .. "trains faster; see models/README.md) or seed (the seed's notebooks exactly). Options "
+  .. "given with it win.", "minisd"):choices({ "minisd", "seed" })
 parser:option("--loss-weighting", "uniform (the seed's plain MSE of the noise) or min-snr "
-  .. "(each sample weighted by min(SNR, gamma) / SNR, Min-SNR weighting).", "uniform")
+  .. "(each sample weighted by min(SNR, gamma) / SNR, Min-SNR weighting); default: the "
+  .. "recipe's.")
   :choices({ "uniform", "min-snr" })
 parser:option("--snr-gamma", "gamma of --loss-weighting min-snr.", "5"):convert(tonumber)
 parser:option("--context-drop", "With --context: the fraction of rows trained with the null "
@@ -134,7 +138,8 @@ run_main("train.lua", function()
   end
   local res = require("minisd.train").run({
     data = a.data, context = a.context, epochs = a.epochs, given = given, arch = a.arch,
-    batch_size = a.batch_size, lr = a.lr, lr_schedule = a.lr_schedule, warmup = a.warmup,
+    batch_size = a.batch_size, lr = a.lr, recipe = a.recipe, lr_schedule = a.lr_schedule,
+    warmup = a.warmup,
     loss_weighting = a.loss_weighting, snr_gamma = a.snr_gamma, context_drop = a.context_drop,
     n_feat = a.n_feat, init = a.init, channels = a.channels,
     background = a.background, seed = a.seed, threads = a.threads, precision = a.precision,

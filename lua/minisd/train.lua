@@ -16,11 +16,21 @@ M.defaults = {
   out = "runs/sprites",
   sample_every = 1, sample_steps = 25, stop_after = nil, limit = nil, flip = true, ema = 0,
   progress = "auto", quiet = false, sync_bn = false,
-  -- the recipe: the seed's by default (a checkpoint of an older minisd, which kept none of
-  -- these, resumes with them)
+  -- the recipe's settings, where neither the options nor M.recipes[args.recipe] give one
+  -- (the seed's values: a checkpoint of an older minisd, which kept none of these, resumes
+  -- with them)
   lr_schedule = "linear", warmup = 0, loss_weighting = "uniform", snr_gamma = 5,
   context_drop = 0.1, init = nil,
 }
+
+--- Named recipes (train.lua --recipe): settings a new run takes unless its options give
+-- them. "seed" is the seed's notebooks' recipe; "minisd" (the default) differs from it only
+-- where scripts/eval_quality.lua measured an improvement (models/README.md, "Recipe").
+M.recipes = {
+  seed = { loss_weighting = "uniform" },
+  minisd = { loss_weighting = "min-snr" },
+}
+M.default_recipe = "minisd"
 
 local CHECKPOINT = "checkpoint.safetensors"
 
@@ -476,6 +486,25 @@ function M.run(args)
     end
     args.out = args.resume
   end
+  if not resume then -- a resumed run has its own recipe; an older one's is the seed's
+    args.recipe = args.recipe or M.default_recipe
+    local recipe = M.recipes[args.recipe]
+    if not recipe then
+      local names = {}
+      for name in pairs(M.recipes) do
+        names[#names + 1] = name
+      end
+      table.sort(names)
+      fail(string.format("unknown recipe '%s' (known: %s)", tostring(args.recipe),
+        table.concat(names, ", ")))
+    end
+    for k, v in pairs(recipe) do
+      if args[k] == nil then
+        args[k] = v
+      end
+    end
+  end
+  args.recipe = args.recipe or "seed"
   for k, v in pairs(M.defaults) do
     if args[k] == nil then
       args[k] = v
@@ -721,7 +750,8 @@ function M.run(args)
         epochs = args.epochs, steps = global_step, batch_size = args.batch_size, lr = args.lr,
         final_loss = last_loss, seed = args.seed, context = args.context and true or false,
         dataset = args.data or "bundled", images = ds.n, ema = args.ema,
-        lr_schedule = args.lr_schedule, warmup = args.warmup, loss_weighting = args.loss_weighting,
+        recipe = args.recipe, lr_schedule = args.lr_schedule, warmup = args.warmup,
+        loss_weighting = args.loss_weighting,
         snr_gamma = args.snr_gamma, context_drop = args.context_drop, init = args.init,
         precision = args.precision, ranks = ranks, sync_bn = args.sync_bn and true or false,
       } }))

@@ -20,7 +20,7 @@ describe("train.lua", function()
     assert.is_true(ok, out)
     for _, opt in ipairs({ "--data", "--context", "--epochs", "--batch-size", "--lr", "--n-feat",
       "--channels", "--background", "--seed", "--threads", "--out", "--resume", "--lr-schedule",
-      "--warmup", "--loss-weighting", "--snr-gamma", "--context-drop", "--init" }) do
+      "--warmup", "--loss-weighting", "--snr-gamma", "--context-drop", "--init", "--recipe" }) do
       assert.truthy(out:find(opt, 1, true), "missing " .. opt)
     end
   end)
@@ -116,7 +116,8 @@ describe("train.lua", function()
       local t = model.training_summary
       assert.are.same({ "cosine", 5, "min-snr", 3, 0.25 }, { t.lr_schedule, t.warmup,
         t.loss_weighting, t.snr_gamma, t.context_drop })
-      -- the seed's recipe by default: one learning rate per epoch, decaying linearly
+      -- the seed's schedule by default: one learning rate per epoch, decaying linearly; the
+      -- default recipe weights the loss by Min-SNR, --recipe seed does not, an option wins
       local c = tmp .. "/rc_c"
       ok, _, out = sh("train.lua " .. TINY .. " --epochs 4 --out " .. c)
       assert.is_true(ok, out)
@@ -124,6 +125,26 @@ describe("train.lua", function()
         H.assert_close(tonumber(r.lr), 1e-3 * (1 - math.floor((i - 1) / 3) / 4), 1e-6, 0,
           "seed lr of step " .. i)
       end
+      for _, case in ipairs({ { "", "minisd", "min-snr" }, { "--recipe seed", "seed", "uniform" },
+        { "--recipe seed --loss-weighting min-snr", "seed", "min-snr" },
+        { "--loss-weighting uniform", "minisd", "uniform" } }) do
+        local dir = tmp .. "/rc_r"
+        ok, _, out = sh("train.lua " .. TINY .. " --epochs 1 --stop-after 1 " .. case[1]
+          .. " --out " .. dir)
+        assert.is_true(ok, out)
+        local info = assert(require("minisd.train").load_checkpoint(dir))
+        assert.are.same({ case[2], case[3] }, { info.args.recipe, info.args.loss_weighting },
+          case[1])
+        os.remove(dir .. "/checkpoint.safetensors")
+      end
+      -- the seed's recipe reproduces the seed's loss: its first step's loss is the plain MSE
+      -- (the same draws with the two weightings give different first losses)
+      local s1, s2 = tmp .. "/rc_s1", tmp .. "/rc_s2"
+      assert.is_true((sh("train.lua " .. TINY .. " --epochs 1 --stop-after 1 --recipe seed --out "
+        .. s1)))
+      assert.is_true((sh("train.lua " .. TINY .. " --epochs 1 --stop-after 1 --out " .. s2)))
+      assert.are_not.equal(read_losses(s1 .. "/losses.tsv")[1].text,
+        read_losses(s2 .. "/losses.tsv")[1].text)
       for _, case in ipairs({ { "--warmup -1", "--warmup must be" },
         { "--snr-gamma 0", "--snr-gamma must be a positive number" },
         { "--context-drop 2", "--context-drop must be a number in [0, 1]" },
