@@ -38,6 +38,9 @@ parser:option("--loss-weighting", "uniform (the seed's plain MSE of the noise) o
   .. "recipe's.")
   :choices({ "uniform", "min-snr" })
 parser:option("--snr-gamma", "gamma of --loss-weighting min-snr.", "5"):convert(tonumber)
+parser:flag("--other-label", "With --context: give the sprites that have no label a label of "
+  .. "their own, 'other', so that they can be asked for and guided like the others (the "
+  .. "all-zero context stays the null one).")
 parser:option("--context-drop", "With --context: the fraction of rows trained with the null "
   .. "context, which classifier-free guidance needs.", "0.1"):convert(tonumber)
 parser:option("--arch", "Model architecture: a diffusion model of the registry "
@@ -141,6 +144,7 @@ run_main("train.lua", function()
     batch_size = a.batch_size, lr = a.lr, recipe = a.recipe, lr_schedule = a.lr_schedule,
     warmup = a.warmup,
     loss_weighting = a.loss_weighting, snr_gamma = a.snr_gamma, context_drop = a.context_drop,
+    other_label = a.other_label or nil,
     n_feat = a.n_feat, init = a.init, channels = a.channels,
     background = a.background, seed = a.seed, threads = a.threads, precision = a.precision,
     out = a.out,

@@ -381,9 +381,17 @@ local function load_inputs(model, opts)
     end
   end
   local cfg, ccfg = model.config, cls.config
-  if table.concat(cfg.label_names, ",") ~= table.concat(ccfg.label_names, ",") then
-    return nil, string.format("the model's labels (%s) are not the classifier's (%s)",
-      table.concat(cfg.label_names, ", "), table.concat(ccfg.label_names, ", "))
+  -- the classifier's labels, or those and its class for the sprites with none ("other": a
+  -- model trained with train.lua --other-label), which the null-context sprites are then
+  -- sampled as
+  local labels, other = table.concat(ccfg.label_names, ","), nil
+  local extra = ccfg.class_names and ccfg.class_names[#ccfg.label_names + 1]
+  if extra and table.concat(cfg.label_names, ",") == labels .. "," .. extra then
+    other = #cfg.label_names
+  elseif table.concat(cfg.label_names, ",") ~= labels then
+    return nil, string.format("the model's labels (%s) are not the classifier's (%s%s)",
+      table.concat(cfg.label_names, ", "), table.concat(ccfg.label_names, ", "),
+      extra and (", optionally with " .. extra) or "")
   end
   if cfg.height ~= ccfg.height then
     return nil, string.format("the model makes %dx%d pictures, the classifier takes %dx%d",
@@ -409,7 +417,7 @@ local function load_inputs(model, opts)
     end
   end
   return { model = model, model_path = model_path, cls = cls, cls_path = cls_path, ds = ds,
-    held = split.heldout, train = train }
+    held = split.heldout, train = train, other = other }
 end
 
 -- The classifier's features of pictures (N, C, H, W) in [-1, 1].
@@ -436,14 +444,15 @@ end
 -- that label: the first n are classified for the context accuracy, the first h join the
 -- Frechet set. Returns the accuracy table, the Frechet set's labelled part and all samples.
 local function context_accuracy(inp, opts, held_per_label, gen, progress)
-  local names, class_names = inp.model.config.label_names, inp.cls.config.class_names
+  local names, class_names = inp.cls.config.label_names, inp.cls.config.class_names
+  local K = #inp.model.config.label_names
   local per_label, predicted, all, fd_part = {}, {}, {}, {}
   local right = 0
   for k, name in ipairs(names) do
     local h = held_per_label[k] or 0
     local rows = {}
     for i = 1, math.max(opts.n, h) do
-      rows[i] = one_hot(k, #names)
+      rows[i] = one_hot(k, K)
     end
     local x = sample_rows(inp.model, rows, opts, opts.guidance, gen, progress, name)
     all[#all + 1] = x
@@ -462,7 +471,7 @@ local function context_accuracy(inp, opts, held_per_label, gen, progress)
   local summary = inp.cls.training_summary
   return {
     overall = right / (opts.n * #names), per_label = per_label, predicted = predicted,
-    classes = class_names,
+    classes = class_names, label_names = names,
     classifier_heldout = summary.heldout_label_accuracy,
     classifier_heldout_per_label = summary.heldout_per_class or {},
     classifier_heldout_all = summary.heldout_accuracy,
@@ -477,8 +486,10 @@ end
 -- sprites with that label; the first n measure the context accuracy. The Frechet set is one
 -- sample per held-out sprite with that sprite's context row: the first h of each label, then
 -- one per held-out null-context sprite (sampled without guidance, which does nothing for a
--- null context), so that it has the size and label mix of the real held-out reference. All
--- samples count for memorisation and alpha.
+-- null context; or, for a model with the classifier's "other" class as a sixth label
+-- (train.lua --other-label), with that label and guidance), so that it has the size and
+-- label mix of the real held-out reference. The context accuracy is over the classifier's
+-- labels. All samples count for memorisation and alpha.
 -- @param model a ContextUnet or the path of a model file
 -- @param opts optional {n = 100, sampler = "ddim", steps = 25 (for either sampler: DDPM's
 --   full chain of 500 would take 20 times as long), guidance = 6
@@ -523,6 +534,7 @@ function M.evaluate(model, opts)
   progress("reference statistics of the real sprites and of noise")
 
   local held_per_label, unguided, guided = {}, {}, {}
+  local K = #cfg.label_names
   for _, row in ipairs(pick(ds.labels:totable(), inp.held)) do
     local k = label_of(row)
     if k then
@@ -532,7 +544,14 @@ function M.evaluate(model, opts)
       for _, v in ipairs(row) do
         null = null and v == 0
       end
-      table.insert(null and unguided or guided, row) -- guided: mixed labels
+      for j = #row + 1, K do -- the model's "other" column
+        row[j] = 0
+      end
+      if null and inp.other then -- sampled as "other", with guidance
+        row[inp.other] = 1
+        null = false
+      end
+      table.insert(null and unguided or guided, row) -- guided: mixed labels, or "other"
     end
   end
   local accuracy, fd_parts, all = context_accuracy(inp, opts, held_per_label,
@@ -541,7 +560,7 @@ function M.evaluate(model, opts)
   for _, part in ipairs({ { unguided, 0 }, { guided, opts.guidance } }) do
     if #part[1] > 0 then
       local x = sample_rows(inp.model, part[1], opts, part[2], fd_gen, progress,
-        part[2] == 0 and "the null context" or "mixed contexts")
+        part[2] == 0 and "the null context" or "mixed contexts and other")
       fd_parts[#fd_parts + 1] = x
       all[#all + 1] = x
     end
@@ -558,7 +577,8 @@ function M.evaluate(model, opts)
     config = { in_channels = cfg.in_channels, n_feat = cfg.n_feat, height = cfg.height,
       label_names = cfg.label_names, background = cfg.background },
     options = { n = opts.n, sampler = opts.sampler, steps = opts.steps, guidance = opts.guidance,
-      seed = opts.seed, alpha_threshold = thr },
+      seed = opts.seed, alpha_threshold = thr,
+      other_label = inp.other and cfg.label_names[inp.other] or nil },
     context_accuracy = accuracy,
     frechet = {
       samples = fd_samples, real_heldout = fd_real, noise = fd_noise, n = #inp.held,
@@ -603,7 +623,7 @@ end
 -- @return string (lines ending in "\n")
 function M.format(r)
   local o = r.options
-  local names = r.config.label_names
+  local names = r.context_accuracy.label_names or r.config.label_names
   local class_names = r.context_accuracy.classes
   local lines = {}
   local function add(...)
@@ -614,6 +634,10 @@ function M.format(r)
   add("sampling     %s, %d steps, guidance %g, seed %d%s", o.sampler, o.steps, o.guidance, o.seed,
     o.alpha_threshold and string.format(", alpha threshold %g", o.alpha_threshold) or "")
   add("classifier   %s", r.classifier or "(in memory)")
+  if o.other_label then
+    add("             (the held-out sprites with no label are sampled as '%s', guided)",
+      o.other_label)
+  end
   add("")
   local ca = r.context_accuracy
   add("context accuracy, %d samples per label", o.n)

@@ -20,7 +20,7 @@ M.defaults = {
   -- (the seed's values: a checkpoint of an older minisd, which kept none of these, resumes
   -- with them)
   lr_schedule = "linear", warmup = 0, loss_weighting = "uniform", snr_gamma = 5,
-  context_drop = 0.1, init = nil,
+  context_drop = 0.1, init = nil, other_label = false,
 }
 
 --- Named recipes (train.lua --recipe): settings a new run takes unless its options give
@@ -429,6 +429,26 @@ local function init_model(args, ds)
       args.init, cfg.n_feat, args.n_feat))
   end
   local want = arch.config_for(ds, { n_feat = cfg.n_feat, background = args.background })
+  -- data with more labels than the model, the model's first (--other-label): widened, the
+  -- new labels' weights zero
+  local k_old, k_new = cfg.n_cfeat, want.n_cfeat
+  if k_old and k_new and k_new > k_old and arch.widen_context then
+    local same = true
+    for i = 1, k_old do
+      same = same and (cfg.label_names or {})[i] == want.label_names[i]
+    end
+    if same then
+      local state = arch.widen_context(model:state_dict(), k_new)
+      local wider = {}
+      for key, v in pairs(cfg) do
+        wider[key] = v
+      end
+      wider.n_cfeat, wider.label_names = k_new, want.label_names
+      model = arch.new(wider)
+      model:load_state_dict(state)
+      cfg = model.config
+    end
+  end
   for _, k in ipairs({ "in_channels", "height", "n_cfeat" }) do
     if cfg[k] ~= nil and want[k] ~= cfg[k] then
       fail(string.format("--init %s: the model has %s %s, the data %s (%s)", args.init, k,
@@ -521,6 +541,12 @@ function M.run(args)
   local ds, derr = minisd.data.load(args.data, data_opts)
   if not ds then
     error(derr, 0)
+  end
+  if args.other_label then -- a label of their own for the rows with none (--other-label)
+    if not args.context then
+      fail("--other-label needs --context (it adds a context label)")
+    end
+    minisd.data.add_other_label(ds)
   end
   if args.limit and args.limit < ds.n then -- the first `limit` sprites
     ds.images = ds.images:narrow(1, 1, args.limit)
@@ -753,6 +779,7 @@ function M.run(args)
         recipe = args.recipe, lr_schedule = args.lr_schedule, warmup = args.warmup,
         loss_weighting = args.loss_weighting,
         snr_gamma = args.snr_gamma, context_drop = args.context_drop, init = args.init,
+        other_label = args.other_label,
         precision = args.precision, ranks = ranks, sync_bn = args.sync_bn and true or false,
       } }))
     end)

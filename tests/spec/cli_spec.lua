@@ -20,7 +20,8 @@ describe("train.lua", function()
     assert.is_true(ok, out)
     for _, opt in ipairs({ "--data", "--context", "--epochs", "--batch-size", "--lr", "--n-feat",
       "--channels", "--background", "--seed", "--threads", "--out", "--resume", "--lr-schedule",
-      "--warmup", "--loss-weighting", "--snr-gamma", "--context-drop", "--init", "--recipe" }) do
+      "--warmup", "--loss-weighting", "--snr-gamma", "--context-drop", "--init", "--recipe",
+      "--other-label" }) do
       assert.truthy(out:find(opt, 1, true), "missing " .. opt)
     end
   end)
@@ -182,6 +183,38 @@ describe("train.lua", function()
       assert.is_false(okc, case[1])
       assert.truthy(msg:find(case[2], 1, true), case[1] .. " gave: " .. msg)
     end
+    -- --other-label: the model gets a sixth label, whose weights start at zero, so that at
+    -- first it means what the null context means
+    local wide = tmp .. "/init_wide"
+    ok, _, out = sh("train.lua " .. TINY .. " --context --other-label --epochs 1 --lr 1e-9 --init "
+      .. from .. " --out " .. wide)
+    assert.is_true(ok, out)
+    local mw = assert(minisd.load_model(wide .. "/model.safetensors"))
+    assert.are.same({ "hero", "non-hero", "food", "spell", "side-facing", "other" },
+      mw.config.label_names)
+    local cw = mw:named_parameters()["contextembed1.model.0.weight"]
+    local cb = a["contextembed1.model.0.weight"]
+    assert.are.same({ 16, 6 }, cw:shape())
+    assert.is_true((cw:narrow(2, 1, 5) - cb):abs():max() < 1e-8)
+    assert.is_true(cw:narrow(2, 6, 1):abs():max() < 1e-8)
+    local arch = minisd.models.get("ContextUnet")
+    local five = assert(minisd.load_model(from))
+    local widened = minisd.models.ContextUnet({ in_channels = 4, n_feat = 8, n_cfeat = 6 })
+    widened:load_state_dict(arch.widen_context(five:state_dict(), 6))
+    widened:eval()
+    local x = minisd.randn({ 2, 4, 16, 16 }, minisd.Generator(8))
+    local tt = minisd.full({ 2, 1, 1, 1 }, 0.3)
+    minisd.no_grad(function()
+      local y_null = five(x, tt, minisd.zeros({ 2, 5 }))
+      local y_other = widened(x, tt, minisd.tensor({ { 0, 0, 0, 0, 0, 1 }, { 0, 0, 0, 0, 0, 1 } }))
+      H.assert_close(y_other:totable(), y_null:totable(), 1e-6, 1e-6, "other = null at first")
+      local y_hero = five(x, tt, minisd.tensor({ { 1, 0, 0, 0, 0 }, { 0, 0, 1, 0, 0 } }))
+      local y_hero6 = widened(x, tt, minisd.tensor({ { 1, 0, 0, 0, 0, 0 }, { 0, 0, 1, 0, 0, 0 } }))
+      H.assert_close(y_hero6:totable(), y_hero:totable(), 1e-6, 1e-6, "the five labels kept")
+    end)
+    local bad, _, bmsg = sh("train.lua " .. TINY .. " --other-label --out " .. tmp .. "/init_x")
+    assert.is_false(bad)
+    assert.truthy(bmsg:find("--other-label needs --context", 1, true), bmsg)
     local okc, _, msg = sh("train.lua " .. TINY .. " --init " .. tmp .. "/none.safetensors --out "
       .. tmp .. "/init_x")
     assert.is_false(okc)

@@ -273,6 +273,30 @@ describe("data.load: the bundled dataset and misuse", function()
   end)
 end)
 
+describe("data.add_other_label", function()
+  it("gives the rows with no label a column of their own, and nothing else changes", function()
+    local images = minisd.zeros({ 4, 3, 16, 16 })
+    local labels = minisd.tensor({ { 1, 0 }, { 0, 0 }, { 0, 0.5 }, { 0, 0 } })
+    local ds = data.from_tensors(images, labels, { "cat", "dog" })
+    assert.are.equal(ds, data.add_other_label(ds))
+    assert.are.same({ "cat", "dog", "other" }, ds.label_names)
+    assert.are.same({ { 1, 0, 0 }, { 0, 0, 1 }, { 0, 0.5, 0 }, { 0, 0, 1 } }, ds.labels:totable())
+    local ok, err = pcall(data.add_other_label, ds)
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("already has a label 'other'", 1, true), err)
+    data.add_other_label(ds, "misc")
+    assert.are.same({ "cat", "dog", "other", "misc" }, ds.label_names)
+    assert.are.same({ 0, 0, 0, 0 }, ds.labels:narrow(2, 4, 1):reshape(-1):totable())
+  end)
+
+  it("labels 856 of the 1806 bundled sprites 'other'", function()
+    local ds = data.add_other_label(assert(data.load()))
+    assert.are.equal(6, #ds.label_names)
+    assert.are.equal(856, ds.labels:narrow(2, 6, 1):sum():item())
+    assert.are.equal(1806, ds.labels:sum():item()) -- one label per sprite now
+  end)
+end)
+
 describe("Dataset:batches", function()
   -- 50 samples: image n is a 1x2x3 ramp offset by n (not mirror-symmetric, exact in
   -- float32), label n

@@ -262,6 +262,50 @@ describe("quality.evaluate and scripts/eval_quality.lua", function()
     assert.truthy(msg:find("alpha_threshold needs an RGBA model", 1, true), msg)
   end)
 
+  it("samples the sprites with no label as 'other', guided, for a model with that label",
+    function()
+      local names = { "hero", "non-hero", "food", "spell", "side-facing", "other" }
+      minisd.manual_seed(12)
+      local six = minisd.models.ContextUnet({ in_channels = 4, n_feat = 8, n_cfeat = 6,
+        label_names = names })
+      -- every sampling call's context rows and guidance
+      local calls, sample = {}, minisd.diffusion.sample
+      minisd.diffusion.sample = function(model, o)
+        calls[#calls + 1] = { rows = o.context:totable(), guidance = o.guidance }
+        return sample(model, o)
+      end
+      local ok, r = pcall(quality.evaluate, six, opts)
+      minisd.diffusion.sample = sample
+      assert(ok, r)
+      assert(r, "no result")
+      assert.are.equal("other", r.options.other_label)
+      local other_rows, unguided = 0, 0
+      for _, c in ipairs(calls) do
+        for _, row in ipairs(c.rows) do
+          assert.are.equal(6, #row)
+          if row[6] == 1 then
+            other_rows = other_rows + 1
+            assert.are.equal(6, c.guidance)
+          end
+        end
+        unguided = unguided + (c.guidance == 0 and 1 or 0)
+      end
+      assert.are.equal(171, other_rows) -- the held-out split's null-context sprites
+      assert.are.equal(0, unguided)
+      -- the accuracy is over the classifier's five labels
+      assert.are.same({ "hero", "non-hero", "food", "spell", "side-facing" },
+        r.context_accuracy.label_names)
+      assert.is_nil(r.context_accuracy.per_label.other)
+      assert.truthy(quality.format(r):find("sampled as 'other', guided", 1, true))
+      -- a sixth label of another name is not the classifier's
+      names[6] = "misc"
+      local misc = minisd.models.ContextUnet({ in_channels = 4, n_feat = 8, n_cfeat = 6,
+        label_names = names })
+      local res, err = quality.evaluate(misc, opts)
+      assert.is_nil(res)
+      assert.truthy(err:find("optionally with other", 1, true), err)
+    end)
+
   it("returns nil and a message for a missing file or a model of the wrong kind", function()
     local r, err = quality.evaluate(tmp .. "/missing.safetensors", opts)
     assert.is_nil(r)

@@ -159,4 +159,38 @@ function M.load(path, opts)
   return nil, path .. ": not a dataset file (expected .npy, .png or .tsv, or a folder)"
 end
 
+--- Gives the rows that carry no label a label of their own: a column `name` (default
+-- "other"), 1 where every other column is 0, appended to ds.labels and ds.label_names (in
+-- place). A model trained on it can be guided towards those sprites (classifier-free
+-- guidance needs a context that differs from the null one), while the all-zero row stays
+-- the null context that training drops rows to.
+-- @param ds a dataset (data.load, data.from_tensors)
+-- @param name (optional) the new label's name
+-- @return ds
+function M.add_other_label(ds, name)
+  name = name or "other"
+  local names = ds.label_names
+  for _, n in ipairs(names) do
+    if n == name then
+      error("data.add_other_label: the dataset already has a label '" .. name .. "'", 2)
+    end
+  end
+  local rows = ds.labels:totable()
+  for _, row in ipairs(rows) do
+    local any = false
+    for _, v in ipairs(row) do
+      any = any or v ~= 0
+    end
+    row[#row + 1] = any and 0 or 1
+  end
+  local new_names = {}
+  for i, n in ipairs(names) do
+    new_names[i] = n
+  end
+  new_names[#new_names + 1] = name
+  ds.label_names = context.names(new_names)
+  ds.labels = #rows > 0 and minisd.tensor(rows) or minisd.zeros({ 0, #new_names })
+  return ds
+end
+
 return M

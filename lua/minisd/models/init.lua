@@ -120,6 +120,25 @@ M.register({
     end
     return true
   end,
+  -- the state of a model with k context features for one with more (train.lua --init with
+  -- data that has more labels, e.g. --other-label): the new inputs get zero weights, so a
+  -- row that sets only them is the null context at first
+  widen_context = function(state, k)
+    local minisd = require("minisd")
+    local out = {}
+    for name, t in pairs(state) do
+      out[name] = t
+    end
+    for _, name in ipairs({ "contextembed1.model.0.weight", "contextembed2.model.0.weight" }) do
+      local w = state[name]
+      local s = w:shape()
+      if s[2] > k then
+        error(string.format("widen_context: %s has %d inputs, more than %d", name, s[2], k), 2)
+      end
+      out[name] = s[2] == k and w or minisd.cat({ w, minisd.zeros({ s[1], k - s[2] }) }, 2)
+    end
+    return out
+  end,
   -- a bare state_dict (e.g. converted from PyTorch): the shapes give the config
   infer_config = function(tensors)
     local w = shape_of(tensors, "init_conv.conv1.0.weight")
