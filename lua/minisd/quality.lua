@@ -534,13 +534,16 @@ function M.evaluate(model, opts)
   progress("reference statistics of the real sprites and of noise")
 
   local held_per_label, unguided, guided = {}, {}, {}
+  -- which of the Frechet set's samples, and which real held-out sprites, have no label
+  local guided_unlabelled, real_labelled, real_unlabelled = {}, {}, {}
   local K = #cfg.label_names
-  for _, row in ipairs(pick(ds.labels:totable(), inp.held)) do
+  local held_rows = pick(ds.labels:totable(), inp.held)
+  for i, row in ipairs(held_rows) do
     local k = label_of(row)
+    local null = not k
     if k then
       held_per_label[k] = (held_per_label[k] or 0) + 1
     else
-      local null = true
       for _, v in ipairs(row) do
         null = null and v == 0
       end
@@ -549,10 +552,13 @@ function M.evaluate(model, opts)
       end
       if null and inp.other then -- sampled as "other", with guidance
         row[inp.other] = 1
-        null = false
+        guided[#guided + 1] = row
+        guided_unlabelled[#guided] = true
+      else
+        table.insert(null and unguided or guided, row) -- guided: mixed labels
       end
-      table.insert(null and unguided or guided, row) -- guided: mixed labels, or "other"
     end
+    table.insert(null and real_unlabelled or real_labelled, real_rows[inp.held[i]])
   end
   local accuracy, fd_parts, all = context_accuracy(inp, opts, held_per_label,
     minisd.Generator(3 * opts.seed + 1), progress)
@@ -565,7 +571,27 @@ function M.evaluate(model, opts)
       all[#all + 1] = x
     end
   end
-  local fd_samples = M.frechet_distance(features_of(inp.cls, minisd.cat(fd_parts, 1)), ref)
+  local sample_rows_f = features_of(inp.cls, minisd.cat(fd_parts, 1)):totable()
+  local fd_samples = M.frechet_distance(sample_rows_f, ref)
+  -- the distance with the real held-out sprites in place of the samples without a label, and
+  -- in place of those with one: how much each half keeps the samples from the real ones
+  local n_lab = #sample_rows_f - #unguided - #guided
+  local with_real_unlabelled, with_real_labelled = {}, {}
+  for i, f in ipairs(sample_rows_f) do
+    local unlabelled = i > n_lab and (i <= n_lab + #unguided
+      or guided_unlabelled[i - n_lab - #unguided])
+    table.insert(unlabelled and with_real_labelled or with_real_unlabelled, f)
+  end
+  for _, f in ipairs(real_unlabelled) do
+    with_real_unlabelled[#with_real_unlabelled + 1] = f
+  end
+  for _, f in ipairs(real_labelled) do
+    with_real_labelled[#with_real_labelled + 1] = f
+  end
+  local fd_swap_unlabelled = #real_unlabelled > 0
+    and M.frechet_distance(with_real_unlabelled, ref) or nil
+  local fd_swap_labelled = #real_labelled > 0 and M.frechet_distance(with_real_labelled, ref)
+    or nil
 
   all = minisd.cat(all, 1)
   local threshold = M.memorisation_threshold(ds.images)
@@ -582,6 +608,8 @@ function M.evaluate(model, opts)
     context_accuracy = accuracy,
     frechet = {
       samples = fd_samples, real_heldout = fd_real, noise = fd_noise, n = #inp.held,
+      real_unlabelled = fd_swap_unlabelled, real_labelled = fd_swap_labelled,
+      n_unlabelled = #real_unlabelled,
       n_reference = #inp.train, feature_dim = inp.cls.config.feature_dim,
     },
     memorisation = { fraction = mem.fraction, count = mem.count, n = mem.n,
@@ -660,6 +688,13 @@ function M.format(r)
   add("  %-44s %9s", string.format("reference: real held-out sprites (%d)", f.n),
     fmt(f.real_heldout, "%.2f"))
   add("  %-44s %9s", string.format("reference: Gaussian noise (%d)", f.n), fmt(f.noise, "%.2f"))
+  if f.real_unlabelled then
+    add("  the samples, with real held-out sprites in place of")
+    add("    %-42s %9s", string.format("the %d without a label", f.n_unlabelled),
+      fmt(f.real_unlabelled, "%.2f"))
+    add("    %-42s %9s", string.format("the %d with one", f.n - f.n_unlabelled),
+      fmt(f.real_labelled, "%.2f"))
+  end
   add("")
   local m = r.memorisation
   add("memorisation %s: %d of %d samples are nearer a real sprite (or its mirror image)",

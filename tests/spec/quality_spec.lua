@@ -262,6 +262,46 @@ describe("quality.evaluate and scripts/eval_quality.lua", function()
     assert.truthy(msg:find("alpha_threshold needs an RGBA model", 1, true), msg)
   end)
 
+  it("splits the distance: real sprites in place of the unlabelled or the labelled samples",
+    function()
+      -- a sampler that returns the real held-out sprites asked for (by context row), and noise
+      -- for the null context: the set with real sprites in place of the noise is then exactly
+      -- the real held-out set
+      local cls = assert(minisd.classifier.load(minisd.classifier.default_path()))
+      local ds = assert(minisd.data.load())
+      local labels = ds.labels:totable()
+      local queue = {}
+      for _, i in ipairs(cls.training_summary.split.heldout) do
+        local key = table.concat(labels[i], ",")
+        queue[key] = queue[key] or {}
+        table.insert(queue[key], ds.images:narrow(1, i, 1))
+      end
+      local sample, gen = minisd.diffusion.sample, minisd.Generator(5)
+      minisd.diffusion.sample = function(_, o)
+        local out = {}
+        for j, row in ipairs(o.context:totable()) do
+          local q = queue[table.concat(row, ",")]
+          local null = true
+          for _, v in ipairs(row) do
+            null = null and v == 0
+          end
+          out[j] = (not null and q and #q > 0) and table.remove(q, 1)
+            or minisd.randn({ 1, 4, 16, 16 }, gen)
+        end
+        return minisd.cat(out, 1)
+      end
+      local ok, r = pcall(quality.evaluate, tiny, { n = 2, steps = 1, seed = 3 })
+      minisd.diffusion.sample = sample
+      assert(ok, r)
+      local f = assert(r).frechet
+      assert.are.equal(171, f.n_unlabelled)
+      H.assert_close(f.real_unlabelled, f.real_heldout, 1e-9, 1e-9, "real set")
+      assert.is_true(f.real_labelled > 10 * f.real_heldout, tostring(f.real_labelled))
+      -- the labelled samples are the real ones: putting those back changes nothing
+      H.assert_close(f.real_labelled, f.samples, 1e-8, 1e-8, "same set")
+      assert.truthy(quality.format(r):find("the 171 without a label", 1, true))
+    end)
+
   it("samples the sprites with no label as 'other', guided, for a model with that label",
     function()
       local names = { "hero", "non-hero", "food", "spell", "side-facing", "other" }
