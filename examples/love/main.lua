@@ -4,8 +4,8 @@
 -- Run from the repository root: love examples/love [path/to/model.safetensors]
 -- (default: sprites.safetensors inside the game folder or .love if there is one, read
 -- with love.filesystem; else the shipped models/sprites-context.safetensors)
--- Keys: space = new batch (new seed), 1-5 = context label, 0 = no context, v = variations
--- of the first sprite, escape = quit.
+-- Keys: space = new batch (new seed), 1-9 = context label (as many as the model has), 0 = no
+-- context, v = variations of the first sprite, escape = quit.
 -- MINISD_LOVE_TEST=N: make N batches, print the main thread's frame times while sampling,
 -- check that the sprites were drawn (a screenshot), and quit (exit status 0 when all went
 -- well); what the test suite and the README's frame-time figures run.
@@ -143,7 +143,7 @@ function love.update(dt)
         if test_batches then
           if game.batches < test_batches then
             game.seed = game.seed + 1
-            game.label = (game.batches % 5) + 1
+            game.label = (game.batches % math.max(#game.labels, 1)) + 1
             new_batch()
           else
             finish_test()
@@ -173,7 +173,7 @@ function love.keypressed(key)
     new_batch()
   else
     local k = tonumber(key)
-    if k and k >= 1 and k <= 5 and game.labels[k] then
+    if k and k >= 1 and k <= 9 and game.labels[k] then
       game.label = k
       new_batch()
     end
