@@ -30,19 +30,18 @@
  * straight into the exponent bits. The clamp is written so that NaN fails
  * the comparison and becomes -87: k stays in [-126, 0], and the conversion
  * to int and the shift below are always defined. */
+/* e^r's Taylor coefficients 1/7! .. 1/0!, highest first (Horner), for every level */
+static const float EXP_P[8] = { 1.0f / 5040.0f, 1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f,
+                                1.0f / 6.0f, 0.5f, 1.0f, 1.0f };
+
 static inline float exp_neg(float a)
 {
     a = a > -87.0f ? a : -87.0f;
     float fk = (a * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(a / ln2) */
     float r = a - fk * 0.693145751953125f - fk * 1.428606765330187e-06f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    float p = EXP_P[0];
+    for (int i = 1; i < 8; i++)
+        p = p * r + EXP_P[i];
     union { float f; int i; } sc;
     sc.i = ((int)fk + 127) << 23;
     return p * sc.f;
@@ -60,20 +59,17 @@ static inline float exp_neg(float a)
  * takes one exponential instead of two, and the exponential no longer waits
  * for the division and the polynomial (the vector loops are bound by that
  * latency chain more than by their operation count). */
+static const float HALF_Q[12] = {
+    -0.00404958054f * 0.5f, 0.0653706789f * 0.5f, -0.287119657f * 0.5f, 0.563545823f * 0.5f,
+    -0.512718678f * 0.5f,   0.162782565f * 0.5f,  -0.0696027204f * 0.5f, 0.0956547484f * 0.5f,
+    0.175047323f * 0.5f,    0.246901363f * 0.5f,  0.282093346f * 0.5f,   0.282094806f * 0.5f,
+};
+
 static inline float half_q(float t)
 {
-    float q = -0.00404958054f * 0.5f;
-    q = q * t + 0.0653706789f * 0.5f;
-    q = q * t - 0.287119657f * 0.5f;
-    q = q * t + 0.563545823f * 0.5f;
-    q = q * t - 0.512718678f * 0.5f;
-    q = q * t + 0.162782565f * 0.5f;
-    q = q * t - 0.0696027204f * 0.5f;
-    q = q * t + 0.0956547484f * 0.5f;
-    q = q * t + 0.175047323f * 0.5f;
-    q = q * t + 0.246901363f * 0.5f;
-    q = q * t + 0.282093346f * 0.5f;
-    q = q * t + 0.282094806f * 0.5f;
+    float q = HALF_Q[0];
+    for (int i = 1; i < 12; i++)
+        q = q * t + HALF_Q[i];
     return q;
 }
 
@@ -152,14 +148,9 @@ TARGET_AVX512 INLINE __m512 exp_neg16(__m512 a)
                               shift);
     __m512 r = _mm512_fnmadd_ps(fk, _mm512_set1_ps(0.693145751953125f), a);
     r = _mm512_fnmadd_ps(fk, _mm512_set1_ps(1.428606765330187e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    __m512 p = _mm512_set1_ps(EXP_P[0]);
+    for (int i = 1; i < 8; i++)
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P[i]));
     return _mm512_scalef_ps(p, fk);
 }
 
@@ -170,18 +161,9 @@ TARGET_AVX512 INLINE __m512 normal_cdf16(__m512 v, __m512 *e_out)
     __m512 e = exp_neg16(_mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(-0.5f)), v));
     __m512 a = _mm512_mul_ps(_mm512_abs_ps(v), _mm512_set1_ps(INV_SQRT2));
     __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(a, _mm512_set1_ps(0.5f), one));
-    __m512 q = _mm512_set1_ps(-0.00404958054f * 0.5f);
-    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(0.0653706789f * 0.5f));
-    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(-0.287119657f * 0.5f));
-    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(0.563545823f * 0.5f));
-    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(-0.512718678f * 0.5f));
-    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(0.162782565f * 0.5f));
-    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(-0.0696027204f * 0.5f));
-    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(0.0956547484f * 0.5f));
-    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(0.175047323f * 0.5f));
-    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(0.246901363f * 0.5f));
-    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(0.282093346f * 0.5f));
-    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(0.282094806f * 0.5f));
+    __m512 q = _mm512_set1_ps(HALF_Q[0]);
+    for (int i = 1; i < 12; i++)
+        q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(HALF_Q[i]));
     __m512 c = _mm512_mul_ps(_mm512_mul_ps(t, q), e);
     __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
     *e_out = e;
@@ -229,14 +211,9 @@ TARGET_AVX2 INLINE __m256 exp_neg8(__m256 a)
                               shift);
     __m256 r = _mm256_fnmadd_ps(fk, _mm256_set1_ps(0.693145751953125f), a);
     r = _mm256_fnmadd_ps(fk, _mm256_set1_ps(1.428606765330187e-06f), r);
-    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256 p = _mm256_set1_ps(EXP_P[0]);
+    for (int i = 1; i < 8; i++)
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P[i]));
     __m256i k = _mm256_add_epi32(_mm256_cvtps_epi32(fk), _mm256_set1_epi32(127));
     return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(k, 23)));
 }
@@ -248,18 +225,9 @@ TARGET_AVX2 INLINE __m256 normal_cdf8(__m256 v, __m256 *e_out)
     __m256 a = _mm256_mul_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v),
                              _mm256_set1_ps(INV_SQRT2));
     __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(a, _mm256_set1_ps(0.5f), one));
-    __m256 q = _mm256_set1_ps(-0.00404958054f * 0.5f);
-    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.0653706789f * 0.5f));
-    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(-0.287119657f * 0.5f));
-    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.563545823f * 0.5f));
-    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(-0.512718678f * 0.5f));
-    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.162782565f * 0.5f));
-    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(-0.0696027204f * 0.5f));
-    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.0956547484f * 0.5f));
-    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.175047323f * 0.5f));
-    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.246901363f * 0.5f));
-    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.282093346f * 0.5f));
-    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.282094806f * 0.5f));
+    __m256 q = _mm256_set1_ps(HALF_Q[0]);
+    for (int i = 1; i < 12; i++)
+        q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(HALF_Q[i]));
     __m256 c = _mm256_mul_ps(_mm256_mul_ps(t, q), e);
     __m256 neg = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ);
     *e_out = e;
