@@ -510,13 +510,8 @@ function M.run(args)
     args.recipe = args.recipe or M.default_recipe
     local recipe = M.recipes[args.recipe]
     if not recipe then
-      local names = {}
-      for name in pairs(M.recipes) do
-        names[#names + 1] = name
-      end
-      table.sort(names)
       fail(string.format("unknown recipe '%s' (known: %s)", tostring(args.recipe),
-        table.concat(names, ", ")))
+        table.concat(util.sorted_keys(M.recipes), ", ")))
     end
     for k, v in pairs(recipe) do
       if args[k] == nil then

@@ -138,6 +138,11 @@ describe("train.lua", function()
           case[1])
         os.remove(dir .. "/checkpoint.safetensors")
       end
+      local okr, rerr = pcall(require("minisd.train").run, { recipe = "fast", limit = 8,
+        batch_size = 8, n_feat = 8, epochs = 1, out = tmp .. "/rc_bad", quiet = true })
+      assert.is_false(okr)
+      assert.truthy(tostring(rerr):find("unknown recipe 'fast' (known: minisd, seed)", 1, true),
+        rerr)
       -- the seed's recipe reproduces the seed's loss: its first step's loss is the plain MSE
       -- (the same draws with the two weightings give different first losses)
       local s1, s2 = tmp .. "/rc_s1", tmp .. "/rc_s2"
