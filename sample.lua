@@ -29,10 +29,12 @@ parser:option("--context -c", "Context expression, e.g. hero, hero+food, \"hero,
   :count("*")
 parser:option("-n --count", "Sprites per context.", "8"):convert(tonumber)
 local sampler_names = require("minisd.sched").names()
+local recommended = require("minisd.diffusion")
 parser:option("--sampler", table.concat(sampler_names, ", ", 1, #sampler_names - 1) .. " or "
-  .. sampler_names[#sampler_names] .. ".", "ddim"):choices(sampler_names)
-parser:option("--steps", "Denoising steps (default: 25 for ddim and euler_a, 12 for "
-  .. "dpmpp_2m, 500 for ddpm).")
+  .. sampler_names[#sampler_names] .. " (ddpm: the best sprites; ddim, dpmpp_2m: faster).",
+  recommended.recommended_sampler):choices(sampler_names)
+parser:option("--steps", "Denoising steps (default: " .. recommended.recommended_steps
+  .. " for ddpm, 25 for ddim and euler_a, 12 for dpmpp_2m).")
   :convert(tonumber)
 parser:option("--eta", "DDIM eta (0: deterministic).", "0"):convert(tonumber)
 parser:option("--guidance", "Classifier-free guidance scale (0: off; auto: "
@@ -75,7 +77,8 @@ parser:option("--negative", "Guide away from this context instead of the null on
   .. "through guidance: not with --guidance 0).")
 parser:option("--interpolate", "Interpolate in this many frames between two seeds (--seeds A,B) "
   .. "and contexts (-c FROM -c TO; one -c for both ends): the grid is one row of frames, and "
-  .. "--animate writes them as the animation.")
+  .. "--animate writes them as the animation. Samples with ddim unless --sampler is given (a "
+  .. "deterministic sampler keeps the frames a smooth path).")
   :convert(tonumber)
 parser:option("--palette", "Pixel-art colours: every pixel takes the nearest colour of this "
   .. "palette: a PNG swatch (its distinct opaque colours) or #rrggbb colours separated by "
@@ -100,6 +103,18 @@ local check_int = require("minisd.util").check_int_arg
 local MAX_SPRITES = 4096
 check_int(parser, "--count", a.count, 1, true, MAX_SPRITES)
 check_int(parser, "--steps", a.steps, 1, true, 10000)
+if a.interpolate then -- the frames are a smooth path only with a deterministic sampler
+  local given = false
+  for i = 1, #arg do
+    given = given or arg[i]:match("^%-%-sampler") ~= nil
+  end
+  if not given then
+    a.sampler = "ddim"
+  end
+end
+if a.steps == nil and a.sampler == recommended.recommended_sampler then
+  a.steps = recommended.recommended_steps
+end
 check_int(parser, "--scale", a.scale, 1, true, 64)
 check_int(parser, "--nrow", a.nrow, 1, true, MAX_SPRITES)
 check_int(parser, "--frames", a.frames, 1, true, 1000)

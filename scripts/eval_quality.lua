@@ -21,9 +21,12 @@ Examples:
 parser:argument("model", "Model file (.safetensors written by train.lua).")
 parser:option("--n", "Samples per label for the context accuracy.", "100"):convert(tonumber)
 local sampler_names = require("minisd.sched").names()
-parser:option("--sampler", "One of: " .. table.concat(sampler_names, ", ") .. ".", "ddim")
-  :choices(sampler_names)
-parser:option("--steps", "Denoising steps.", "25"):convert(tonumber)
+local q_defaults = require("minisd.quality").defaults
+parser:option("--sampler", "One of: " .. table.concat(sampler_names, ", ") .. ".",
+  q_defaults.sampler):choices(sampler_names)
+parser:option("--steps", "Denoising steps (default: " .. require("minisd.quality").default_steps(
+  q_defaults.sampler) .. " for " .. q_defaults.sampler .. ", 25 for ddim).")
+  :convert(tonumber)
 parser:option("--guidance", "Classifier-free guidance scale (0: off).",
   tostring(require("minisd.quality").defaults.guidance)):convert(tonumber)
 parser:option("--seed", "Random seed.", "0"):convert(tonumber)
@@ -40,7 +43,7 @@ local a = parser:parse(require("minisd.util").negative_numbers(arg))
 
 local check_int = require("minisd.util").check_int_arg
 check_int(parser, "--n", a.n, 1)
-check_int(parser, "--steps", a.steps, 1)
+check_int(parser, "--steps", a.steps, 1, true)
 check_int(parser, "--seed", a.seed, 0)
 check_int(parser, "--threads", a.threads, 1, true)
 if a.guidance == nil then

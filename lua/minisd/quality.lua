@@ -310,8 +310,18 @@ end
 
 -- ---- evaluating a model ----------------------------------------------------------------------
 
-M.defaults = { n = 100, sampler = "ddim", steps = 25,
+M.defaults = { n = 100, sampler = require("minisd.diffusion").recommended_sampler,
   guidance = require("minisd.diffusion").recommended_guidance, seed = 0 }
+
+--- The steps of a sampler when none are given: diffusion.recommended_steps for the
+-- recommended sampler, else the sampler's default_steps (25 where it has none).
+function M.default_steps(sampler)
+  local diffusion = require("minisd.diffusion")
+  if sampler == diffusion.recommended_sampler then
+    return diffusion.recommended_steps
+  end
+  return require("minisd.sched").get(sampler).default_steps or 25
+end
 
 local EVAL_OPTS = { "n", "sampler", "steps", "guidance", "seed", "classifier", "data",
   "on_progress", "alpha_threshold" }
@@ -491,8 +501,9 @@ end
 -- label mix of the real held-out reference. The context accuracy is over the classifier's
 -- labels. All samples count for memorisation and alpha.
 -- @param model a ContextUnet or the path of a model file
--- @param opts optional {n = 100, sampler = "ddim", steps = 25 (for either sampler: DDPM's
---   full chain of 500 would take 20 times as long), guidance = 6
+-- @param opts optional {n = 100, sampler = "ddpm" (diffusion.recommended_sampler), steps =
+--   M.default_steps(sampler) (50 for ddpm: its full chain of 500 would take ten times as
+--   long; 25 for ddim), guidance = 6
 --   (diffusion.recommended_guidance), seed = 0, classifier = a
 --   SpriteClassifier or a path (default: the shipped one), data = the real sprites' path
 --   (default: the bundled ones), on_progress = function(message), alpha_threshold = nil
@@ -502,6 +513,7 @@ end
 --   file is missing or is not the right kind of model
 function M.evaluate(model, opts)
   opts = util.options("quality.evaluate", opts, M.defaults, nil, EVAL_OPTS)
+  opts.steps = opts.steps or M.default_steps(opts.sampler)
   if type(opts.n) ~= "number" or opts.n < 1 or opts.n ~= math.floor(opts.n) then
     error("quality.evaluate: n must be a positive integer, got " .. tostring(opts.n), 2)
   end

@@ -410,6 +410,19 @@ describe("sample.lua", function()
       assert.truthy(log:find("--palette: '#12' is not a colour", 1, true), log)
     end)
 
+  it("samples with DDPM in 50 steps by default (diffusion.recommended_sampler), DDIM in 25",
+    function()
+      for _, case in ipairs({ { "", "ddpm", 50 }, { "--sampler ddim", "ddim", 25 },
+        { "--sampler ddpm --steps 7", "ddpm", 7 } }) do
+        local sheet = tmp .. "/rs.png"
+        local ok, _, log = sh("sample.lua " .. model_path .. " -c hero -n 1 " .. case[1]
+          .. " --sheet " .. sheet .. " -o " .. tmp .. "/rs_grid.png")
+        assert.is_true(ok, log)
+        local idx = dofile(tmp .. "/rs.lua")
+        assert.are.same({ case[2], case[3] }, { idx.sampler, idx.steps }, case[1])
+      end
+    end)
+
   it("guides by default with a context (diffusion.recommended_guidance), not without", function()
     local sheet, index = tmp .. "/auto.png", tmp .. "/auto.lua"
     -- the untrained model of the other cases, marked as trained with contexts
@@ -535,10 +548,12 @@ describe("sample.lua", function()
     assert.are.same({ seed = 9, context = "food" }, idx.interpolate.to)
     assert.are.equal("hero=0.666667,food=0.333333", idx.sprites[2].context)
     assert.are.equal("GIF89a", read_all(gif):sub(1, 6))
-    -- the first frame is plain sampling of seed 3 with context hero
+    -- the first frame is plain sampling of seed 3 with context hero, with the sampler that
+    -- interpolation uses unless told otherwise (ddim: deterministic)
+    assert.are.equal("ddim", idx.sampler)
     local one = tmp .. "/first.png"
     ok, _, log = sh("sample.lua " .. model_path .. " -c hero --seeds 3 --guidance 2 --steps 3 "
-      .. "--sheet " .. one .. " -o " .. tmp .. "/ig.png")
+      .. "--sampler ddim --sheet " .. one .. " -o " .. tmp .. "/ig.png")
     assert.is_true(ok, log)
     H.assert_close(minisd.load_png(sheet):narrow(3, 1, 16), minisd.load_png(one), 0, 0)
     ok, _, log = sh("sample.lua " .. model_path .. " --interpolate 4 --seeds 1,2,3 -o "
