@@ -107,7 +107,8 @@ fi
 if [ "$BF16" = 1 ]; then
     echo "minisd in bf16 ($(cd "$ROOT" && LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;" \
         LUA_CPATH="$CPATH_DIR/?.so;;" "$LUA" -e 'local m = require("minisd")
-        print(select(2, m.get_precision()) and "AMX tiles" or "no AMX: fp32 kernels on rounded inputs")')) against PyTorch fp32 (best):"
+        local hw = select(2, m.get_precision())
+        print(hw == "amx" and "AMX tiles" or hw and "vdpbf16ps, Winograd" or "fp32 kernels on rounded inputs")')) against PyTorch fp32 (best):"
     row "bf16 train step, batch 100 (ms, median)" "$(get "$MS_BF" train_ms)" "$(get "$PT_MAIN" train_ms)"
     row "bf16 DDIM 25 steps x 32 images (ms)" "$(get "$MS_BF" sample_ms)" "$(get "$PT_MAIN" sample_ms)"
     row "bf16 DDIM 25 x 1 image, 1 thread (ms)" "$(get "$MS_BF_ONE" sample_ms)" "$(get "$PT_ONE" sample_ms)"

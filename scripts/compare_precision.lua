@@ -40,8 +40,8 @@ run_main("compare_precision.lua", function()
   local minisd = require("minisd")
   local train = require("minisd.train")
   local isa, best = minisd.get_isa()
-  print(string.format("kernel level %s (best %s); bf16 on the AMX tiles: %s", isa, best,
-    select(2, minisd.get_precision()) and "yes" or "no (fp32 kernels on rounded inputs)"))
+  print(string.format("kernel level %s (best %s); bf16 products on: %s", isa, best,
+    select(2, minisd.get_precision()) or "the fp32 kernels (rounded inputs)"))
   local runs, times = {}, {}
   for _, p in ipairs({ "fp32", "bf16" }) do
     local out = a.out .. "/" .. p

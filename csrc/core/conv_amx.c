@@ -29,6 +29,8 @@
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
+
+#include "bf16_x86.h"
 #define MSD_AMX 1
 #endif
 
@@ -148,33 +150,6 @@ void msd_amx_pack_weights(uint16_t *wa, const float *w, int Cout, int Cin, int t
 #define AVX512 "avx512f,avx512bw,avx512vl"
 #define AMX AVX512 ",amx-tile,amx-bf16"
 
-/* 16 floats to their bf16 bits (msd_bf16_from_float's rules), each in the
- * high half of its 32-bit lane; the low half is garbage. */
-__attribute__((target(AVX512))) static inline __m512i bf16_hi(__m512 v)
-{
-    __m512i u = _mm512_castps_si512(v);
-    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-    __m512i mag = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
-    __mmask16 nan = _mm512_cmpgt_epu32_mask(mag, _mm512_set1_epi32(0x7f800000));
-    __mmask16 sub = _mm512_testn_epi32_mask(u, _mm512_set1_epi32(0x7f800000));
-    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x00400000)));
-    return _mm512_mask_mov_epi32(r, sub, _mm512_and_si512(u, _mm512_set1_epi32((int)0x80000000)));
-}
-
-/* dst[2i], dst[2i+1] = bf16(a[i]), bf16(b[i]) for i < n */
-__attribute__((target(AVX512))) static void to_bf16_pairs(uint16_t *dst, const float *a,
-                                                          const float *b, int n)
-{
-    for (int i = 0; i < n; i += 16) {
-        __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-        __m512i lo = _mm512_srli_epi32(bf16_hi(_mm512_maskz_loadu_ps(m, a + i)), 16);
-        __m512i hi = _mm512_andnot_si512(_mm512_set1_epi32(0xffff),
-                                         bf16_hi(_mm512_maskz_loadu_ps(m, b + i)));
-        _mm512_mask_storeu_epi32(dst + 2 * i, m, _mm512_or_si512(lo, hi));
-    }
-}
-
 /* msd_amx_pack_weights for Cin a multiple of 16: 16 input channels of one output channel
  * and tap at a time, gathered at the stride of the taps */
 __attribute__((target(AVX512))) static void pack_weights_avx512(uint16_t *wa, const float *w,
@@ -188,20 +163,11 @@ __attribute__((target(AVX512))) static void pack_weights_avx512(uint16_t *wa, co
         for (int t = 0; t < taps; t++)
             for (int ci = 0; ci < Cin; ci += 16) {
                 const float *src = w + ((size_t)co * Cin + ci) * taps + t;
-                __m512i h = _mm512_srli_epi32(bf16_hi(_mm512_i32gather_ps(idx, src, 4)), 16);
+                __m512 v = _mm512_i32gather_ps(idx, src, 4);
+                __m512i h = _mm512_srli_epi32(msd_bf16_hi512(v), 16);
                 _mm256_storeu_si256((__m256i *)(wa + co * kt + (size_t)t * Cin + ci),
                                     _mm512_cvtepi32_epi16(h));
             }
-}
-
-/* dst[i] = bf16(src[i]) for i < n */
-__attribute__((target(AVX512))) static void to_bf16(uint16_t *dst, const float *src, int n)
-{
-    for (int i = 0; i < n; i += 16) {
-        __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-        __m512i h = _mm512_srli_epi32(bf16_hi(_mm512_maskz_loadu_ps(m, src + i)), 16);
-        _mm256_mask_storeu_epi16(dst + i, m, _mm512_cvtepi32_epi16(h));
-    }
 }
 
 /* Every tile 16 rows of 64 bytes: C tiles 0-3, A tiles 4-5, B tiles 6-7. */
@@ -271,7 +237,7 @@ __attribute__((target(AMX))) void msd_amx_conv_forward(const msd_amx_conv *c, fl
             const float *x0 = x + ((size_t)n * Cin + 2 * cp) * H * W, *x1 = x0 + (size_t)H * W;
             uint16_t *d = xv + 2 * ((size_t)cp * g.Pbuf + n * g.plane + (size_t)pad * g.Wp + pad);
             for (int iy = 0; iy < H; iy++)
-                to_bf16_pairs(d + 2 * (size_t)iy * g.Wp, x0 + (size_t)iy * W,
+                msd_bf16_pairs512(d + 2 * (size_t)iy * g.Wp, x0 + (size_t)iy * W,
                               x1 + (size_t)iy * W, W);
         }
     /* where each computed q lands in y (pixel offset of channel 0), or -1 */
@@ -345,7 +311,7 @@ __attribute__((target(AMX))) void msd_amx_conv_dw(const msd_amx_conv *c, float *
             const float *src = x + ((size_t)n * Cin + ci) * H * W;
             uint16_t *d = xc + (size_t)ci * g.Pbuf + n * g.plane + (size_t)pad * g.Wp + pad;
             for (int iy = 0; iy < H; iy++)
-                to_bf16(d + (size_t)iy * g.Wp, src + (size_t)iy * W, W);
+                msd_bf16_row512(d + (size_t)iy * g.Wp, src + (size_t)iy * W, W);
         }
     /* dy channel-major at the output positions q, zero at the others; then
      * each pair of positions (a 32-bit word) transposed: dyv (Pc/2, Cout) */
@@ -356,7 +322,7 @@ __attribute__((target(AMX))) void msd_amx_conv_dw(const msd_amx_conv *c, float *
             const float *src = dy + ((size_t)n * Cout + co) * L;
             uint16_t *d = dyc + (size_t)co * g.Pc + n * g.plane;
             for (int oy = 0; oy < g.Ho; oy++)
-                to_bf16(d + (size_t)oy * g.Wp, src + (size_t)oy * g.Wo, g.Wo);
+                msd_bf16_row512(d + (size_t)oy * g.Wp, src + (size_t)oy * g.Wo, g.Wo);
         }
     transpose32((uint32_t *)dyv, (const uint32_t *)dyc, g.Pc / 2, (size_t)Cout);
     tiles_on();

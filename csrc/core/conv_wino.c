@@ -1,5 +1,5 @@
 /* Winograd F(2x2, 3x3) convolutions (conv_wino.h): the transforms, and the
- * 16 products per group on msd_sgemm.
+ * 16 products per group on msd_sgemm (msd_sgemm_bf16 in bf16).
  *
  * Layouts, for a group of nb images with T = nb (H/2) (W/2) tiles (tile t =
  * (n, ty, tx) in that order, covering output rows 2ty, 2ty+1 and columns
@@ -443,7 +443,7 @@ void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b,
     input_transform(V, xc, nb, Cin, H, W);
     /* M_xi (T, Cout) = V_xi (T, Cin) U_xi (Cin, Cout) */
     for (int xi = 0; xi < 16; xi++)
-        msd_sgemm(0, 0, (int)T, Cout, Cin, 1.0f, V + xi * T * Cin, Cin,
+        (c->bf16 ? msd_sgemm_bf16 : msd_sgemm)(0, 0, (int)T, Cout, Cin, 1.0f, V + xi * T * Cin, Cin,
                   U + (size_t)xi * Cin * Cout, Cout, 0.0f, M + xi * T * Cout, Cout);
     /* each image's tiles to its output, channels last, then into NCHW */
     for (int n = 0; n < nb; n++) {
@@ -467,8 +467,9 @@ void msd_wino_dw(const msd_wino_conv *c, float *dwt, const float *x, const float
     grad_transform(E, dyc, nb, Cout, H, W);
     /* dwt_xi (Cin, Cout) += V_xi^T (Cin, T) E_xi (T, Cout) */
     for (int xi = 0; xi < 16; xi++)
-        msd_sgemm(1, 0, Cin, Cout, (int)T, 1.0f, V + xi * T * Cin, Cin, E + xi * T * Cout, Cout,
-                  1.0f, dwt + (size_t)xi * Cin * Cout, Cout);
+        (c->bf16 ? msd_sgemm_bf16 : msd_sgemm)(1, 0, Cin, Cout, (int)T, 1.0f, V + xi * T * Cin,
+                                               Cin, E + xi * T * Cout, Cout, 1.0f,
+                                               dwt + (size_t)xi * Cin * Cout, Cout);
 }
 
 void msd_wino_dw_finish(float *dw, const float *dwt, int Cout, int Cin)

@@ -35,9 +35,11 @@
 
 #include <stddef.h>
 
-/* One group: nb images (Cin, H, W) in, (Cout, H, W) out. */
+/* One group: nb images (Cin, H, W) in, (Cout, H, W) out; bf16: the 16
+ * products on msd_sgemm_bf16 (the bf16 precision: the transformed tiles and
+ * kernels rounded to bf16), else on msd_sgemm. */
 typedef struct msd_wino_conv {
-    int nb, Cin, H, W, Cout;
+    int nb, Cin, H, W, Cout, bf16;
 } msd_wino_conv;
 
 /* 1 when the Winograd path is on (the default; MINISD_WINOGRAD=0 in the

@@ -1,6 +1,6 @@
 /* CPU feature detection and the kernel level in use (cpu.h).
  *
- * The levels are ordered (generic < avx2 < avx512 < amx), each implying the ones below,
+ * The levels are ordered (generic < avx2 < avx512 < avx512bf16 < amx), each implying the ones below,
  * so "the best level" is one number and forcing a lower one is a comparison. The level
  * and the precision are process-wide atomics: read (relaxed) whenever a kernel picks its
  * code path, written rarely (msd_isa_set, msd_precision_set, the first msd_isa_get). */
@@ -22,6 +22,7 @@
 
 static const char *const isa_names[MSD_ISA_COUNT] = {
     [MSD_ISA_GENERIC] = "generic", [MSD_ISA_AVX2] = "avx2", [MSD_ISA_AVX512] = "avx512",
+    [MSD_ISA_AVX512_BF16] = "avx512bf16",
     [MSD_ISA_AMX] = "amx"
 };
 
@@ -54,14 +55,18 @@ static atomic_int isa_current = -1;
 /* __builtin_cpu_supports (libgcc) also checks that the OS saves the AVX and AVX-512
  * registers (XGETBV), so a level it reports can run. AVX-512 needs F, BW, DQ and VL
  * together and AVX2 needs FMA: the target sets the kernels are compiled for (gemm.c). AMX
- * is offered only on top of AVX-512, and only when amx_usable() says Linux granted it. */
+ * is offered only on top of AVX-512 with AVX512-BF16 (every CPU with the tiles has it),
+ * and only when amx_usable() says Linux granted it. */
 int msd_isa_best(void)
 {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-        return amx_usable() ? MSD_ISA_AMX : MSD_ISA_AVX512;
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
+        if (!__builtin_cpu_supports("avx512bf16"))
+            return MSD_ISA_AVX512;
+        return amx_usable() ? MSD_ISA_AMX : MSD_ISA_AVX512_BF16;
+    }
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         return MSD_ISA_AVX2;
 #endif

@@ -17,6 +17,7 @@
  * Each kernel sums over k in the same order (KC blocks, then k), so a
  * level's result does not depend on M, N, the blocking or the thread. */
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,7 +25,12 @@
 #include <immintrin.h>
 #define MSD_X86 1
 #endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include "bf16_x86.h"
+#define MSD_BF16_KERNEL 1
+#endif
 
+#include "conv_amx.h" /* msd_bf16_from_float */
 #include "cpu.h"
 #include "gemm.h"
 
@@ -143,8 +149,36 @@ kernel_avx2(int kc, const float *const *a, const int *koff, const float *b, floa
 
 #define A5_MR 6
 #define A5_NR 64
+#define A5_TARGET "avx512f,avx512bw,avx512dq,avx512vl,fma"
 
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma"))) static void
+/* C = alpha acc + beta C on the m x n corner of an A5_MR x A5_NR tile; with
+ * beta == 0, C is not read */
+__attribute__((target(A5_TARGET), always_inline)) static inline void
+store_acc512(__m512 acc[A5_MR][4], float *c, size_t ldc, int m, int n, float alpha, float beta)
+{
+    /* masks for the columns < n of each 16-wide vector */
+    __mmask16 mk[4];
+    for (int j = 0; j < 4; j++) {
+        int r = n - 16 * j;
+        r = r < 0 ? 0 : r > 16 ? 16 : r;
+        mk[j] = (__mmask16)((1u << r) - 1u);
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 6
+    for (int i = 0; i < A5_MR; i++) {
+        if (i >= m)
+            break;
+        for (int j = 0; j < 4; j++) {
+            float *p = c + i * ldc + 16 * j;
+            __m512 v = _mm512_mul_ps(acc[i][j], va);
+            if (beta != 0.0f)
+                v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(mk[j], p), v);
+            _mm512_mask_storeu_ps(p, mk[j], v);
+        }
+    }
+}
+
+__attribute__((target(A5_TARGET))) static void
 kernel_avx512(int kc, const float *const *a, const int *koff, const float *b, float *c,
               size_t ldc, int m, int n, float alpha, float beta)
 {
@@ -170,27 +204,44 @@ kernel_avx512(int kc, const float *const *a, const int *koff, const float *b, fl
             acc[i][3] = _mm512_fmadd_ps(ai, b3, acc[i][3]);
         }
     }
-    /* masks for the columns < n of each 16-wide vector */
-    __mmask16 mk[4];
-    for (int j = 0; j < 4; j++) {
-        int r = n - 16 * j;
-        r = r < 0 ? 0 : r > 16 ? 16 : r;
-        mk[j] = (__mmask16)((1u << r) - 1u);
-    }
-    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    store_acc512(acc, c, ldc, m, n, alpha, beta);
+}
+
+#ifdef MSD_BF16_KERNEL
+/* ---- AVX512-BF16: 6 x 64 over pairs of k ----------------------------------
+ * The AVX-512 kernel's tile with vdpbf16ps in place of the FMA: each lane
+ * adds the products of two bf16 pairs, so one instruction does the work of
+ * two FMAs (this machine's Zen 4 core issues one 512-bit vdpbf16ps per cycle,
+ * as it does FMAs: twice the multiply-adds). Operands in 32-bit words, each
+ * holding k = 2p in its low half and 2p + 1 in its high half: A's word
+ * (i, p) at a[i][p * ks], B's panel NR words per p. */
+__attribute__((target(A5_TARGET ",avx512bf16"))) static void
+kernel_bf16(int kp, const uint32_t *const *a, size_t ks, const uint32_t *b, float *c, size_t ldc,
+            int m, int n, float alpha, float beta)
+{
+    __m512 acc[A5_MR][4];
 #pragma GCC unroll 6
-    for (int i = 0; i < A5_MR; i++) {
-        if (i >= m)
-            break;
-        for (int j = 0; j < 4; j++) {
-            float *p = c + i * ldc + 16 * j;
-            __m512 v = _mm512_mul_ps(acc[i][j], va);
-            if (beta != 0.0f)
-                v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(mk[j], p), v);
-            _mm512_mask_storeu_ps(p, mk[j], v);
+    for (int i = 0; i < A5_MR; i++)
+        acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = _mm512_setzero_ps();
+    const uint32_t *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
+    for (int p = 0; p < kp; p++, b += A5_NR) {
+        __m512bh b0 = (__m512bh)_mm512_load_si512(b), b1 = (__m512bh)_mm512_load_si512(b + 16);
+        __m512bh b2 = (__m512bh)_mm512_load_si512(b + 32);
+        __m512bh b3 = (__m512bh)_mm512_load_si512(b + 48);
+        size_t o = (size_t)p * ks;
+        const uint32_t *ar[A5_MR] = { a0, a1, a2, a3, a4, a5 };
+#pragma GCC unroll 6
+        for (int i = 0; i < A5_MR; i++) {
+            __m512bh ai = (__m512bh)_mm512_set1_epi32((int)ar[i][o]);
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
+            acc[i][2] = _mm512_dpbf16_ps(acc[i][2], ai, b2);
+            acc[i][3] = _mm512_dpbf16_ps(acc[i][3], ai, b3);
         }
     }
+    store_acc512(acc, c, ldc, m, n, alpha, beta);
 }
+#endif /* MSD_BF16_KERNEL */
 #endif
 
 static const struct impl impls[MSD_ISA_COUNT] = {
@@ -198,6 +249,7 @@ static const struct impl impls[MSD_ISA_COUNT] = {
 #ifdef MSD_X86
     [MSD_ISA_AVX2] = { A2_MR, A2_NR, kernel_avx2 },
     [MSD_ISA_AVX512] = { A5_MR, A5_NR, kernel_avx512 },
+    [MSD_ISA_AVX512_BF16] = { A5_MR, A5_NR, kernel_avx512 },
     [MSD_ISA_AMX] = { A5_MR, A5_NR, kernel_avx512 },
 #endif
 };
@@ -365,4 +417,168 @@ void msd_sgemm_offsets(int M, int N, int K, float alpha, const float *base, cons
 {
     operand_a a = { base, rowoff, koff, 0, 0 };
     gemm(&a, transb, M, N, K, alpha, B, ldb, beta, C, ldc);
+}
+
+/* ---- bf16 products ---------------------------------------------------------
+ * msd_sgemm_bf16 at MSD_ISA_AVX512_BF16 and above: the Goto loops of gemm()
+ * with both operands packed to bf16 words (32 bits: k = 2p low, 2p + 1 high;
+ * an odd K's last word is completed with zeros), A too this time, since its
+ * words must be pairs along k whatever its layout:
+ *   B's kc x nc block: ceil(nc/NR) panels, per p NR words (bp[p*NR + j]);
+ *   A's mc x kc block: rows of ceil(kc/2) words when A's rows run along k
+ *   (transa == 0), else per p a row of mc words (A's columns run along i).
+ * Both come from the per-thread buffer, half each (KC/2 x NC words of B,
+ * NC x KC/2 words of A). */
+
+/* bf16 of a float, as the upper half of a word (the lower is zero) */
+static uint32_t bf16_word_hi(float f)
+{
+    return (uint32_t)msd_bf16_from_float(f) << 16;
+}
+
+/* Below the bf16 level: the products of the rounded inputs, summed in fp32
+ * in the order of k (slow; only for forced lower levels and other CPUs). */
+static void gemm_bf16_unblocked(int transa, int transb, int M, int N, int K, float alpha,
+                                const float *A, int lda, const float *B, int ldb, float beta,
+                                float *C, int ldc)
+{
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            float s = 0.0f;
+            for (int k = 0; k < K; k++) {
+                uint32_t ua = bf16_word_hi(transa ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]);
+                uint32_t ub = bf16_word_hi(transb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
+                float fa, fb;
+                memcpy(&fa, &ua, sizeof fa);
+                memcpy(&fb, &ub, sizeof fb);
+                s += fa * fb;
+            }
+            float *p = C + (size_t)i * ldc + j;
+            *p = beta == 0.0f ? alpha * s : alpha * s + beta * *p;
+        }
+}
+
+#ifdef MSD_BF16_KERNEL
+#define BF_MC NC /* rows of A per packed block */
+
+static const float zeros[A5_NR > 16 ? A5_NR : 16];
+
+/* op(B)[p0 .. p0+kc, j0 .. j0+nc] as bf16 word panels of A5_NR columns */
+__attribute__((target(MSD_BF16_AVX512))) static void
+pack_b_bf16(uint32_t *bp, const float *B, int ldb, int transb, int p0, int kc, int j0, int nc)
+{
+    int kp = (kc + 1) / 2;
+    for (int jr = 0; jr < nc; jr += A5_NR) {
+        int n = nc - jr < A5_NR ? nc - jr : A5_NR;
+        for (int p = 0; p < kp; p++, bp += A5_NR) {
+            int k = p0 + 2 * p, two = 2 * p + 1 < kc;
+            if (!transb) {
+                const float *r0 = B + (size_t)k * ldb + j0 + jr;
+                msd_bf16_pairs512((uint16_t *)bp, r0, two ? r0 + ldb : zeros, n);
+            } else {
+                for (int j = 0; j < n; j++) {
+                    const float *r = B + (size_t)(j0 + jr + j) * ldb + k;
+                    bp[j] = bf16_word_hi(r[0]) >> 16 | (two ? bf16_word_hi(r[1]) : 0u);
+                }
+            }
+            for (int j = n; j < A5_NR; j++)
+                bp[j] = 0;
+        }
+    }
+}
+
+/* A's rows i0 .. i0+mc, columns p0 .. p0+kc as words: with transa == 0, row i
+ * at ap + i*kp (*ks = 1), else word p of row i at ap + p*ldp + i (*ks = ldp);
+ * rows[i] = where row i's words start */
+__attribute__((target(MSD_BF16_AVX512))) static void
+pack_a_bf16(uint32_t *ap, const float *A, int lda, int transa, int i0, int mc, int p0, int kc,
+            size_t *ks)
+{
+    int kp = (kc + 1) / 2;
+    if (!transa) {
+        for (int i = 0; i < mc; i++) {
+            uint32_t *dst = ap + (size_t)i * kp;
+            msd_bf16_row512((uint16_t *)dst, A + (size_t)(i0 + i) * lda + p0, kc);
+            if (kc % 2)
+                ((uint16_t *)dst)[kc] = 0;
+        }
+        *ks = 1;
+    } else {
+        size_t ldp = (size_t)mc;
+        for (int p = 0; p < kp; p++) {
+            const float *r0 = A + (size_t)(p0 + 2 * p) * lda + i0;
+            /* the zero row is only as long as a panel: an odd K's last pair goes in
+             * pieces */
+            if (2 * p + 1 < kc)
+                msd_bf16_pairs512((uint16_t *)(ap + p * ldp), r0, r0 + lda, mc);
+            else
+                for (int i = 0; i < mc; i += 16)
+                    msd_bf16_pairs512((uint16_t *)(ap + p * ldp + i), r0 + i, zeros,
+                                      mc - i < 16 ? mc - i : 16);
+        }
+        *ks = ldp;
+    }
+}
+
+/* msd_sgemm_bf16 on the bf16 kernel; 0 when the buffer cannot be had */
+static int gemm_bf16_blocked(int transa, int transb, int M, int N, int K, float alpha,
+                             const float *A, int lda, const float *B, int ldb, float beta,
+                             float *C, int ldc)
+{
+    float *buf = thread_buffer();
+    if (!buf)
+        return 0;
+    uint32_t *bp = (uint32_t *)buf, *ap = bp + (size_t)(KC / 2) * NC;
+    const uint32_t *rows[A5_MR];
+    for (int jc = 0; jc < N; jc += NC) {
+        int nc = N - jc < NC ? N - jc : NC;
+        for (int pc = 0; pc < K; pc += KC) {
+            int kc = K - pc < KC ? K - pc : KC, kp = (kc + 1) / 2;
+            float bet = pc == 0 ? beta : 1.0f;
+            pack_b_bf16(bp, B, ldb, transb, pc, kc, jc, nc);
+            for (int ic = 0; ic < M; ic += BF_MC) {
+                int mc = M - ic < BF_MC ? M - ic : BF_MC;
+                size_t ks;
+                pack_a_bf16(ap, A, lda, transa, ic, mc, pc, kc, &ks);
+                size_t rs = ks == 1 ? (size_t)kp : 1;
+                for (int ir = 0; ir < mc; ir += A5_MR) {
+                    int m = mc - ir < A5_MR ? mc - ir : A5_MR;
+                    for (int i = 0; i < A5_MR; i++)
+                        rows[i] = ap + (size_t)(ir + (i < m ? i : m - 1)) * rs;
+                    for (int jr = 0; jr < nc; jr += A5_NR)
+                        kernel_bf16(kp, rows, ks, bp + (size_t)jr * kp,
+                                    C + (size_t)(ic + ir) * ldc + jc + jr, (size_t)ldc, m,
+                                    nc - jr < A5_NR ? nc - jr : A5_NR, alpha, bet);
+                }
+            }
+        }
+    }
+    return 1;
+}
+#endif
+
+int msd_gemm_bf16_native(void)
+{
+#ifdef MSD_BF16_KERNEL
+    return msd_isa_get() >= MSD_ISA_AVX512_BF16;
+#else
+    return 0;
+#endif
+}
+
+void msd_sgemm_bf16(int transa, int transb, int M, int N, int K, float alpha, const float *A,
+                    int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    if (K <= 0 || alpha == 0.0f) {
+        scale_c(C, ldc, M, N, beta);
+        return;
+    }
+#ifdef MSD_BF16_KERNEL
+    if (msd_gemm_bf16_native() &&
+        gemm_bf16_blocked(transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+        return;
+#endif
+    gemm_bf16_unblocked(transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }

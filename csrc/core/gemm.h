@@ -27,4 +27,16 @@ void msd_sgemm_offsets(int M, int N, int K, float alpha, const float *base, cons
                        const int *koff, int transb, const float *B, int ldb, float beta,
                        float *C, int ldc);
 
+/* msd_sgemm with the products of bf16-rounded inputs (msd_bf16_from_float,
+ * conv_amx.h), summed in fp32: the bf16 precision's matrix product (cpu.h).
+ * At level MSD_ISA_AVX512_BF16 and above on vdpbf16ps (twice the multiply-
+ * adds of fp32 per instruction; as the hardware does, subnormal products
+ * and sums may be flushed to zero), below it by plain loops (correct, slow).
+ * Same guarantees as msd_sgemm otherwise. */
+void msd_sgemm_bf16(int transa, int transb, int M, int N, int K, float alpha, const float *A,
+                    int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+/* 1 when msd_sgemm_bf16 runs on vdpbf16ps at the level in use. */
+int msd_gemm_bf16_native(void);
+
 #endif

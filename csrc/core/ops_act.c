@@ -273,6 +273,7 @@ static const struct gelu_impl {
 #ifdef ACT_X86
     [MSD_ISA_AVX2] = { gelu_fwd_avx2, gelu_bwd_avx2 },
     [MSD_ISA_AVX512] = { gelu_fwd_avx512, gelu_bwd_avx512 },
+    [MSD_ISA_AVX512_BF16] = { gelu_fwd_avx512, gelu_bwd_avx512 },
     [MSD_ISA_AMX] = { gelu_fwd_avx512, gelu_bwd_avx512 },
 #endif
 };

@@ -330,7 +330,8 @@ typedef struct conv2d_job {
     int amx;                      /* bf16 on the AMX tiles ... */
     const uint16_t *wa;           /* ... with these packed weights (forward) */
     int round;                    /* bf16 without the tiles: round the group's copies */
-    const float *wu;              /* fp32 by Winograd (conv_wino.h) with these weights */
+    const float *wu;              /* by Winograd (conv_wino.h) with these weights ... */
+    int wino_bf16;                /* ... and bf16 products */
 } conv2d_job;
 
 /* The AMX geometry of a group of nb images. */
@@ -490,7 +491,7 @@ static void conv2d_gemm_chunk(void *ctx, int gi, int tid)
     size_t L = (size_t)g->Ho * g->Wo, ncols = (size_t)nb * L;
     float *sc = j->sc->data + j->per * (size_t)tid;
     if (j->wu) {
-        msd_wino_conv c = { nb, g->Cin, g->H, g->W, Cout };
+        msd_wino_conv c = { nb, g->Cin, g->H, g->W, Cout, j->wino_bf16 };
         msd_wino_forward(&c, j->y + (size_t)n0 * Cout * L, j->add, j->b,
                          j->x + (size_t)n0 * g->Cin * g->H * g->W, j->wu, sc);
         for (int n = 0; n < nb; n++)
@@ -542,15 +543,27 @@ static void conv2d_gemm_chunk(void *ctx, int gi, int tid)
     }
 }
 
+/* 1 when a conv2d of this shape runs by Winograd now (its forward, and its weight
+ * gradient when dw): where msd_wino_ok says so in fp32; in bf16 too when msd_sgemm_bf16
+ * runs on vdpbf16ps and the AMX tiles do not take the shape (they take it whole, in
+ * direct form, faster). Elsewhere bf16 stays direct: the fp32 kernels on rounded inputs
+ * would gain nothing from the transforms' rounding. */
+static int wino_path(const conv_geom *g, int bf16)
+{
+    if (!msd_wino_ok(g->N, g->Cin, g->Cout, g->H, g->W, g->kh, g->kw, g->s, g->p))
+        return 0;
+    return !bf16 || (msd_gemm_bf16_native() && !msd_amx_conv_ok(g->Cin, g->Cout, g->s));
+}
+
 /* conv2d_gemm by Winograd (conv_wino.h): groups of msd_wino_group_images
  * images, the kernels transformed once. */
 static int conv2d_wino(const char *op, float *y, const float *x, const float *w, const float *b,
                        const conv_geom *g, int add, const float *post_a, const float *post_b,
-                       int gelu)
+                       int gelu, int bf16)
 {
     conv_geom gw = *g;
     gw.nbmax = msd_wino_group_images(g->N, g->H, g->W);
-    msd_wino_conv c = { gw.nbmax, g->Cin, g->H, g->W, g->Cout };
+    msd_wino_conv c = { gw.nbmax, g->Cin, g->H, g->W, g->Cout, bf16 };
     int G = (g->N + gw.nbmax - 1) / gw.nbmax, nthr, rc;
     size_t per = msd_wino_scratch(&c), nu = (size_t)16 * g->Cin * g->Cout;
     msd_storage *sc, *u = msd_storage_new(nu);
@@ -563,7 +576,7 @@ static int conv2d_wino(const char *op, float *y, const float *x, const float *w,
     msd_wino_weights(u->data, w, g->Cout, g->Cin);
     conv2d_job j = { .g = gw, .y = y, .x = x, .b = b, .sc = sc, .per = per,
                      .add = add, .post_a = post_a, .post_b = post_b, .gelu = gelu,
-                     .wu = u->data };
+                     .wu = u->data, .wino_bf16 = bf16 };
     msd_parallel_for(G, nthr, conv2d_gemm_chunk, &j);
     msd_storage_release(sc);
     msd_storage_release(u);
@@ -577,8 +590,8 @@ static int conv2d_gemm(const char *op, float *y, const float *x, const float *w,
                        int gelu)
 {
     int bf16 = msd_precision_get() == MSD_PREC_BF16;
-    if (!bf16 && msd_wino_ok(g->N, g->Cin, g->Cout, g->H, g->W, g->kh, g->kw, g->s, g->p))
-        return conv2d_wino(op, y, x, w, b, g, add, post_a, post_b, gelu);
+    if (wino_path(g, bf16))
+        return conv2d_wino(op, y, x, w, b, g, add, post_a, post_b, gelu, bf16);
     int G = (g->N + g->nbmax - 1) / g->nbmax, nthr;
     int amx = bf16 && msd_amx_conv_ok(g->Cin, g->Cout, g->s);
     size_t per = amx ? amx_scratch_floats(g)
@@ -794,10 +807,10 @@ static void wino_dw_chunk(void *ctx, int k, int tid)
 }
 
 static int conv2d_wino_dw(float *dw, const float *dy, const float *x, int N, int Cin, int H,
-                          int W, int Cout)
+                          int W, int Cout, int bf16)
 {
     const char *op = "conv2d backward";
-    msd_wino_conv c = { msd_wino_group_images(N, H, W), Cin, H, W, Cout };
+    msd_wino_conv c = { msd_wino_group_images(N, H, W), Cin, H, W, Cout, bf16 };
     int G = (N + c.nb - 1) / c.nb, nch = G < WINO_DW_CHUNKS ? G : WINO_DW_CHUNKS, nthr, rc;
     size_t per = msd_wino_scratch(&c), nw = (size_t)16 * Cin * Cout;
     msd_storage *sc, *sp = msd_storage_new(nw * (nch + 1));
@@ -852,8 +865,8 @@ int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
         dx = NULL;
     }
     int bf16 = msd_precision_get() == MSD_PREC_BF16;
-    if (dw && !bf16 && msd_wino_ok(N, Cin, Cout, H, W, kh, kw, stride, pad)) {
-        if ((rc = conv2d_wino_dw(dw, dy, x, N, Cin, H, W, Cout)) != MSD_OK)
+    if (dw && wino_path(&g, bf16)) {
+        if ((rc = conv2d_wino_dw(dw, dy, x, N, Cin, H, W, Cout, bf16)) != MSD_OK)
             return rc;
         dw = NULL;
     }

@@ -25,14 +25,14 @@ static int l_get_threads(lua_State *L)
 }
 
 /* set_isa(name): the kernel level for everything ("generic", "avx2",
- * "avx512", "amx"); an error names the levels and the CPU's best. */
+ * "avx512", "avx512bf16", "amx"); an error names the levels and the CPU's best. */
 static int l_set_isa(lua_State *L)
 {
     const char *name = luaL_checkstring(L, 1);
     int isa = msd_isa_from_name(name);
     if (isa < 0)
         return luaL_argerror(L, 1, lua_pushfstring(L, "unknown kernel level '%s' (expected "
-                                                   "generic, avx2, avx512 or amx)", name));
+                                                   "generic, avx2, avx512, avx512bf16 or amx)", name));
     lbind_check_rc(L, msd_isa_set(isa));
     return 0;
 }
@@ -57,12 +57,17 @@ static int l_set_precision(lua_State *L)
     return 0;
 }
 
-/* get_precision() -> "fp32" or "bf16", and whether bf16 runs on the AMX
- * tiles at the level in use */
+/* get_precision() -> "fp32" or "bf16", and what runs bf16's products at the
+ * level in use: "amx" (the tiles), "avx512bf16" (vdpbf16ps, for the
+ * convolutions Winograd takes) or false (the fp32 kernels on rounded inputs) */
 static int l_get_precision(lua_State *L)
 {
     lua_pushstring(L, msd_precision_name(msd_precision_get()));
-    lua_pushboolean(L, msd_isa_get() == MSD_ISA_AMX);
+    int isa = msd_isa_get();
+    if (isa == MSD_ISA_AMX || isa == MSD_ISA_AVX512_BF16)
+        lua_pushstring(L, msd_isa_name(isa));
+    else
+        lua_pushboolean(L, 0);
     return 2;
 }
 

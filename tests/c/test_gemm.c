@@ -1,9 +1,11 @@
-/* msd_sgemm against a double-precision triple loop, for every transpose
- * combination, edge sizes around each kernel's tile, alpha/beta cases, and
- * every kernel level this CPU can run. */
+/* msd_sgemm and msd_sgemm_bf16 against a double-precision triple loop, for
+ * every transpose combination, edge sizes around each kernel's tile, alpha/beta
+ * cases, and every kernel level this CPU can run. */
 #include <stdlib.h>
 #include <string.h>
 
+#include "conv_amx.h" /* msd_bf16_from_float */
+#include "gemm.h"
 #include "minisd.h"
 #include "test.h"
 
@@ -15,23 +17,44 @@ static float frand(void)
     return (float)((rng_state >> 8) & 0xffff) / 32768.0f - 1.0f;
 }
 
-/* C (M,N) = alpha op(A) op(B) + beta C0, in double */
+/* v, or with bf16 the float that v rounds to in bf16 (written out here: the
+ * bf16 bits are the top half, rounded to nearest even, subnormals to zero) */
+static double input(float v, int bf16)
+{
+    if (!bf16)
+        return v;
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    if ((u & 0x7f800000u) == 0)
+        return (u >> 31) ? -0.0 : 0.0;
+    uint32_t low = u & 0xffffu, r = u & 0xffff0000u;
+    if (low > 0x8000u || (low == 0x8000u && (u & 0x10000u)))
+        r += 0x10000u;
+    float f;
+    memcpy(&f, &r, sizeof f);
+    return f;
+}
+
+/* C (M,N) = alpha op(A) op(B) + beta C0, in double; with bf16, of the inputs
+ * rounded to bf16 */
 static void ref_gemm(int ta, int tb, int M, int N, int K, double alpha, const float *A, int lda,
-                     const float *B, int ldb, double beta, const float *C0, double *C, int ldc)
+                     const float *B, int ldb, double beta, const float *C0, double *C, int ldc,
+                     int bf16)
 {
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
             double s = 0;
             for (int k = 0; k < K; k++)
-                s += (double)(ta ? A[k * lda + i] : A[i * lda + k]) *
-                     (tb ? B[j * ldb + k] : B[k * ldb + j]);
+                s += input(ta ? A[k * lda + i] : A[i * lda + k], bf16) *
+                     input(tb ? B[j * ldb + k] : B[k * ldb + j], bf16);
             C[i * ldc + j] = alpha * s + (beta == 0 ? 0 : beta * C0[i * ldc + j]);
         }
 }
 
-/* One case; returns 0 when msd_sgemm matches to float rounding. Leading
- * dims are padded by 3 so that strides differ from widths. */
-static int one_case(int ta, int tb, int M, int N, int K, float alpha, float beta)
+/* One case; returns 0 when msd_sgemm (msd_sgemm_bf16 with bf16) matches to
+ * float rounding. Leading dims are padded by 3 so that strides differ from
+ * widths. */
+static int one_case_p(int ta, int tb, int M, int N, int K, float alpha, float beta, int bf16)
 {
     int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 3, ldc = N + 3;
     size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb, nc = (size_t)M * ldc;
@@ -51,8 +74,8 @@ static int one_case(int ta, int tb, int M, int N, int K, float alpha, float beta
     for (int i = 0; i < M; i++) /* the padding columns must stay untouched */
         for (int j = N; j < ldc; j++)
             C[(size_t)i * ldc + j] = 7.0f;
-    ref_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C0, R, ldc);
-    msd_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    ref_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C0, R, ldc, bf16);
+    (bf16 ? msd_sgemm_bf16 : msd_sgemm)(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     int bad = 0;
     double worst = 0;
     for (int i = 0; i < M && !bad; i++) {
@@ -62,9 +85,9 @@ static int one_case(int ta, int tb, int M, int N, int K, float alpha, float beta
             if (err > worst)
                 worst = err;
             if (!(err <= tol)) {
-                fprintf(stderr, "  %s ta=%d tb=%d M=%d N=%d K=%d alpha=%g beta=%g: C[%d,%d] = %.9g,"
-                        " expected %.9g\n", msd_isa_name(msd_isa_get()), ta, tb, M, N, K,
-                        alpha, beta, i, j, got, want);
+                fprintf(stderr, "  %s%s ta=%d tb=%d M=%d N=%d K=%d alpha=%g beta=%g: C[%d,%d] = "
+                        "%.9g, expected %.9g\n", msd_isa_name(msd_isa_get()),
+                        bf16 ? " bf16" : "", ta, tb, M, N, K, alpha, beta, i, j, got, want);
                 bad = 1;
                 break;
             }
@@ -81,6 +104,11 @@ static int one_case(int ta, int tb, int M, int N, int K, float alpha, float beta
     free(C0);
     free(R);
     return bad;
+}
+
+static int one_case(int ta, int tb, int M, int N, int K, float alpha, float beta)
+{
+    return one_case_p(ta, tb, M, N, K, alpha, beta, 0);
 }
 
 static void test_all_levels(void)
@@ -105,6 +133,38 @@ static void test_all_levels(void)
         CHECK(one_case(1, 0, 20, 50, 30, 0.5f, -1.0f) == 0);
     }
     CHECK_OK(msd_isa_set(best));
+}
+
+/* msd_sgemm_bf16: the products of the rounded inputs, at every level (plain loops below
+ * avx512bf16), odd K (a half-empty last pair) and K, M, N across the blocks */
+static void test_bf16(void)
+{
+    static const int dims[][3] = {
+        { 1, 1, 1 },    { 3, 5, 7 },     { 6, 64, 16 },  { 7, 65, 129 }, { 17, 47, 257 },
+        { 13, 33, 2 },  { 128, 64, 128 }, { 97, 100, 385 }, { 5, 1921, 3 }, { 9, 1930, 131 },
+        { 2000, 20, 5 },
+    };
+    int best = msd_isa_best();
+    for (int isa = 0; isa <= best; isa++) {
+        CHECK_OK(msd_isa_set(isa));
+        for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++)
+            for (int ta = 0; ta < 2; ta++)
+                for (int tb = 0; tb < 2; tb++) {
+                    CHECK(one_case_p(ta, tb, dims[d][0], dims[d][1], dims[d][2], 1.0f, 0.0f,
+                                     1) == 0);
+                    CHECK(one_case_p(ta, tb, dims[d][0], dims[d][1], dims[d][2], 1.0f, 1.0f,
+                                     1) == 0);
+                }
+        CHECK(one_case_p(0, 1, 20, 50, 30, -2.0f, 0.5f, 1) == 0);
+        CHECK(one_case_p(1, 0, 20, 50, 30, 0.5f, -1.0f, 1) == 0);
+    }
+    CHECK_OK(msd_isa_set(best));
+    /* the rounding is real: these inputs are not bf16 numbers, and fp32 products differ */
+    float a[2] = { 1.00390625f * 1.001f, 3.0f }, b[2] = { 1.0f, 1.0f / 3.0f }, c32, c16;
+    msd_sgemm(0, 0, 1, 1, 2, 1.0f, a, 2, b, 1, 0.0f, &c32, 1);
+    msd_sgemm_bf16(0, 0, 1, 1, 2, 1.0f, a, 2, b, 1, 0.0f, &c16, 1);
+    CHECK(c32 != c16);
+    CHECK(fabs(c16 - (input(a[0], 1) + 3.0 * input(b[1], 1))) < 1e-6);
 }
 
 static void test_degenerate(void)
@@ -185,6 +245,7 @@ int main(void)
     RUN(test_levels);
     RUN(test_degenerate);
     RUN(test_all_levels);
+    RUN(test_bf16);
     RUN(test_offsets);
     return TEST_SUMMARY();
 }

@@ -1,0 +1,59 @@
+/* minisd: float -> bfloat16 with AVX-512, for the bf16 kernels (conv_amx.c,
+ * gemm.c). The rules are msd_bf16_from_float's (conv_amx.h): round to nearest
+ * even, subnormals to a signed zero, NaN stays a quiet NaN, so every path
+ * rounds its inputs to the same bits. Static inline: each file compiles them
+ * into its own AVX-512 functions; include only on x86-64 with GCC or Clang. */
+#ifndef MSD_BF16_X86_H
+#define MSD_BF16_X86_H
+
+#include <immintrin.h>
+#include <stdint.h>
+
+#define MSD_BF16_AVX512 "avx512f,avx512bw,avx512vl"
+
+/* 16 floats to their bf16 bits, each in the high half of its 32-bit lane;
+ * the low half is garbage. */
+__attribute__((target(MSD_BF16_AVX512))) static inline __m512i msd_bf16_hi512(__m512 v)
+{
+    __m512i u = _mm512_castps_si512(v);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+    __m512i mag = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(mag, _mm512_set1_epi32(0x7f800000));
+    __mmask16 sub = _mm512_testn_epi32_mask(u, _mm512_set1_epi32(0x7f800000));
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x00400000)));
+    return _mm512_mask_mov_epi32(r, sub, _mm512_and_si512(u, _mm512_set1_epi32((int)0x80000000)));
+}
+
+/* The mask of the first n (< 16) or all 16 lanes. */
+static inline __mmask16 msd_bf16_lanes(int n)
+{
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+}
+
+/* dst[2i], dst[2i+1] = bf16(a[i]), bf16(b[i]) for i < n: the 32-bit word i
+ * holds a[i] in its low half, b[i] in its high half */
+__attribute__((target(MSD_BF16_AVX512))) static inline void
+msd_bf16_pairs512(uint16_t *dst, const float *a, const float *b, int n)
+{
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = msd_bf16_lanes(n - i);
+        __m512i lo = _mm512_srli_epi32(msd_bf16_hi512(_mm512_maskz_loadu_ps(m, a + i)), 16);
+        __m512i hi = _mm512_andnot_si512(_mm512_set1_epi32(0xffff),
+                                         msd_bf16_hi512(_mm512_maskz_loadu_ps(m, b + i)));
+        _mm512_mask_storeu_epi32(dst + 2 * i, m, _mm512_or_si512(lo, hi));
+    }
+}
+
+/* dst[i] = bf16(src[i]) for i < n */
+__attribute__((target(MSD_BF16_AVX512))) static inline void
+msd_bf16_row512(uint16_t *dst, const float *src, int n)
+{
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = msd_bf16_lanes(n - i);
+        __m512i h = _mm512_srli_epi32(msd_bf16_hi512(_mm512_maskz_loadu_ps(m, src + i)), 16);
+        _mm256_mask_storeu_epi16(dst + i, m, _mm512_cvtepi32_epi16(h));
+    }
+}
+
+#endif
