@@ -37,6 +37,9 @@ parser:option("--steps", "Denoising steps (default: " .. recommended.recommended
   .. " for ddpm, 25 for ddim and euler_a, 12 for dpmpp_2m).")
   :convert(tonumber)
 parser:option("--eta", "DDIM eta (0: deterministic).", "0"):convert(tonumber)
+parser:option("--variance", "DDPM's variance: " .. recommended.recommended_variance
+  .. " (the default: the posterior's) or fixed_large (the seed's beta_t).")
+  :choices(require("minisd.sched").get("ddpm").VARIANCE_TYPES)
 parser:option("--guidance", "Classifier-free guidance scale (0: off; auto: "
   .. require("minisd.diffusion").recommended_guidance .. " when sampling with a context from a "
   .. "model trained with them, else off).", "auto")
@@ -115,6 +118,10 @@ end
 if a.steps == nil and a.sampler == recommended.recommended_sampler then
   a.steps = recommended.recommended_steps
 end
+if a.variance and not require("minisd.sched").get(a.sampler).VARIANCE_TYPES then
+  parser:error("--variance applies to ddpm only, not to " .. a.sampler)
+end
+a.variance = a.variance or recommended.default_variance(a.sampler)
 check_int(parser, "--scale", a.scale, 1, true, 64)
 check_int(parser, "--nrow", a.nrow, 1, true, MAX_SPRITES)
 check_int(parser, "--frames", a.frames, 1, true, 1000)
@@ -309,6 +316,7 @@ local function main()
     job = minisd.diffusion.start_interpolation(model, {
       from = { seed = sa, context = exprs[1] }, to = { seed = sb, context = exprs[2] or exprs[1] },
       frames = a.interpolate, sampler = a.sampler, steps = a.steps, eta = eta,
+      variance = a.variance,
       guidance = a.guidance, negative = a.negative,
     })
     -- the sheet's index: each frame's blended context, and no seed (a blend of two)
@@ -334,6 +342,7 @@ local function main()
     end
     job = minisd.diffusion.start(model, {
       context = minisd.tensor(rows), sampler = a.sampler, steps = a.steps, eta = eta,
+      variance = a.variance,
       guidance = a.guidance, seeds = seeds, init = init, strength = a.strength, mask = mask,
       jumps = a.jumps > 0 and a.jumps or nil, negative = a.negative,
     })
@@ -405,7 +414,7 @@ local function main()
     end
     local index = {
       image = a.sheet:match("[^/]*$"), sprite_width = w, sprite_height = h, columns = cols,
-      model = a.model or "(shipped)", sampler = a.sampler, steps = total,
+      model = a.model or "(shipped)", sampler = a.sampler, variance = a.variance, steps = total,
       guidance = a.guidance, eta = require("minisd.sched").get(a.sampler).takes_eta and a.eta
         or nil, alpha_threshold = a.alpha_threshold, palette = a.palette, colors = a.colors,
       negative = a.negative, init = a.init, strength = job.strength, mask = a.mask,

@@ -27,6 +27,9 @@ parser:option("--sampler", "One of: " .. table.concat(sampler_names, ", ") .. ".
 parser:option("--steps", "Denoising steps (default: " .. require("minisd.quality").default_steps(
   q_defaults.sampler) .. " for " .. q_defaults.sampler .. ", 25 for ddim).")
   :convert(tonumber)
+parser:option("--variance", "ddpm's variance: fixed_small (the default: the posterior's) or "
+  .. "fixed_large (the seed's beta_t).")
+  :choices(require("minisd.sched").get("ddpm").VARIANCE_TYPES)
 parser:option("--guidance", "Classifier-free guidance scale (0: off).",
   tostring(require("minisd.quality").defaults.guidance)):convert(tonumber)
 parser:option("--seed", "Random seed.", "0"):convert(tonumber)
@@ -46,6 +49,9 @@ check_int(parser, "--n", a.n, 1)
 check_int(parser, "--steps", a.steps, 1, true)
 check_int(parser, "--seed", a.seed, 0)
 check_int(parser, "--threads", a.threads, 1, true)
+if a.variance and not require("minisd.sched").get(a.sampler).VARIANCE_TYPES then
+  parser:error("--variance applies to ddpm only, not to " .. a.sampler)
+end
 if a.guidance == nil then
   parser:error("--guidance must be a number")
 end
@@ -61,7 +67,8 @@ run_main("eval_quality.lua", function()
   end
   local t0 = minisd.clock()
   local res, err = quality.evaluate(a.model, {
-    n = a.n, sampler = a.sampler, steps = a.steps, guidance = a.guidance, seed = a.seed,
+    n = a.n, sampler = a.sampler, steps = a.steps, variance = a.variance, guidance = a.guidance,
+    seed = a.seed,
     classifier = a.classifier, alpha_threshold = a.alpha_threshold,
     on_progress = not a.quiet and function(msg)
       io.stderr:write(string.format("[%6.1f s] %s\n", minisd.clock() - t0, msg))

@@ -33,6 +33,8 @@
 #include "conv_amx.h" /* msd_bf16_from_float */
 #include "cpu.h"
 #include "gemm.h"
+#include "reduce.h" /* MSD_MULTIVERSION */
+#include "vec16.h"
 
 #define KC 128
 #define NC 1920 /* a multiple of every NR below */
@@ -256,10 +258,43 @@ static const struct impl impls[MSD_ISA_COUNT] = {
 
 /* ---- packing ------------------------------------------------------------ */
 
+/* pack_b's transposed case for nr a multiple of 16: op(B)[k, j] = B[j*ldb + k], 16 j by
+ * 16 k at a time through a transpose in vector registers (as scalar copies, a
+ * one-image sampling step spent a third of its time here, packing the weights) */
+MSD_MULTIVERSION
+static void pack_bt16(float *restrict bp, const float *restrict B, int ldb, int p0, int kc,
+                      int j0, int nc, int nr)
+{
+    for (int jr = 0; jr < nc; jr += nr) {
+        int n = nc - jr < nr ? nc - jr : nr;
+        const float *src = B + (size_t)(j0 + jr) * ldb + p0;
+        for (int k0 = 0; k0 < kc; k0 += VL) {
+            int kk = kc - k0 < VL ? kc - k0 : VL;
+            for (int jb = 0; jb < nr; jb += VL) {
+                vf r[VL];
+                for (int i = 0; i < VL; i++) {
+                    if (jb + i < n)
+                        LD(r[i], src + (size_t)(jb + i) * ldb + k0, kk);
+                    else
+                        memset(&r[i], 0, sizeof r[i]);
+                }
+                transpose16(r);
+                for (int k = 0; k < kk; k++)
+                    memcpy(bp + (size_t)(k0 + k) * nr + jb, &r[k], sizeof r[k]);
+            }
+        }
+        bp += (size_t)kc * nr;
+    }
+}
+
 /* op(B)[p0 .. p0+kc, j0 .. j0+nc] into ceil(nc/nr) panels of kc x nr */
 static void pack_b(float *bp, const float *B, int ldb, int transb, int p0, int kc, int j0, int nc,
                    int nr)
 {
+    if (transb && nr % VL == 0) {
+        pack_bt16(bp, B, ldb, p0, kc, j0, nc, nr);
+        return;
+    }
     for (int jr = 0; jr < nc; jr += nr) {
         int n = nc - jr < nr ? nc - jr : nr;
         if (!transb) {

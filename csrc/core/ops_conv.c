@@ -10,9 +10,10 @@
  * fast if done image by image.
  *
  * With the bf16 precision (cpu.h), conv2d's products take bf16-rounded
- * inputs: on the AMX tiles when msd_amx_conv_ok (conv_amx.h), else through
- * the paths below after rounding the weights and each group's copies of the
- * image and of dy. */
+ * inputs: on the AMX tiles when msd_amx_conv_ok (conv_amx.h), else by
+ * Winograd on msd_sgemm_bf16 where wino_path says so (vdpbf16ps), else
+ * through the paths below after rounding the weights and each group's copies
+ * of the image and of dy. */
 #include <string.h>
 
 #include "conv_amx.h"

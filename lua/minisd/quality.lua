@@ -323,7 +323,7 @@ function M.default_steps(sampler)
   return require("minisd.sched").get(sampler).default_steps or 25
 end
 
-local EVAL_OPTS = { "n", "sampler", "steps", "guidance", "seed", "classifier", "data",
+local EVAL_OPTS = { "n", "sampler", "steps", "variance", "guidance", "seed", "classifier", "data",
   "on_progress", "alpha_threshold" }
 
 -- Samples one picture per context row, in chunks of at most 100 (memory), all from one
@@ -341,6 +341,7 @@ local function sample_rows(model, rows, opts, guidance, gen, progress, what)
     end
     local x = minisd.diffusion.sample(model, {
       n = m, context = minisd.tensor(ctx), sampler = opts.sampler, steps = opts.steps,
+      variance = opts.variance,
       guidance = guidance, generator = gen,
     })
     -- sample.lua --alpha-threshold's pixel-art alpha, when asked: what a user keeps
@@ -503,7 +504,8 @@ end
 -- @param model a ContextUnet or the path of a model file
 -- @param opts optional {n = 100, sampler = "ddpm" (diffusion.recommended_sampler), steps =
 --   M.default_steps(sampler) (50 for ddpm: its full chain of 500 would take ten times as
---   long; 25 for ddim), guidance = 6
+--   long; 25 for ddim), variance = diffusion.default_variance(sampler) ("fixed_small" for
+--   ddpm), guidance = 6
 --   (diffusion.recommended_guidance), seed = 0, classifier = a
 --   SpriteClassifier or a path (default: the shipped one), data = the real sprites' path
 --   (default: the bundled ones), on_progress = function(message), alpha_threshold = nil
@@ -514,6 +516,9 @@ end
 function M.evaluate(model, opts)
   opts = util.options("quality.evaluate", opts, M.defaults, nil, EVAL_OPTS)
   opts.steps = opts.steps or M.default_steps(opts.sampler)
+  if opts.variance == nil then
+    opts.variance = minisd.diffusion.default_variance(opts.sampler)
+  end
   if type(opts.n) ~= "number" or opts.n < 1 or opts.n ~= math.floor(opts.n) then
     error("quality.evaluate: n must be a positive integer, got " .. tostring(opts.n), 2)
   end
@@ -614,7 +619,8 @@ function M.evaluate(model, opts)
     model = inp.model_path, classifier = inp.cls_path,
     config = { in_channels = cfg.in_channels, n_feat = cfg.n_feat, height = cfg.height,
       label_names = cfg.label_names, background = cfg.background },
-    options = { n = opts.n, sampler = opts.sampler, steps = opts.steps, guidance = opts.guidance,
+    options = { n = opts.n, sampler = opts.sampler, steps = opts.steps, variance = opts.variance,
+      guidance = opts.guidance,
       seed = opts.seed, alpha_threshold = thr,
       other_label = inp.other and cfg.label_names[inp.other] or nil },
     context_accuracy = accuracy,
@@ -671,7 +677,8 @@ function M.format(r)
   end
   add("model        %s (%d channels, n_feat %s)", r.model or "(in memory)", r.config.in_channels,
     tostring(r.config.n_feat))
-  add("sampling     %s, %d steps, guidance %g, seed %d%s", o.sampler, o.steps, o.guidance, o.seed,
+  add("sampling     %s%s, %d steps, guidance %g, seed %d%s", o.sampler,
+    o.variance and string.format(" (%s variance)", o.variance) or "", o.steps, o.guidance, o.seed,
     o.alpha_threshold and string.format(", alpha threshold %g", o.alpha_threshold) or "")
   add("classifier   %s", r.classifier or "(in memory)")
   if o.other_label then

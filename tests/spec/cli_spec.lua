@@ -412,15 +412,20 @@ describe("sample.lua", function()
 
   it("samples with DDPM in 50 steps by default (diffusion.recommended_sampler), DDIM in 25",
     function()
-      for _, case in ipairs({ { "", "ddpm", 50 }, { "--sampler ddim", "ddim", 25 },
-        { "--sampler ddpm --steps 7", "ddpm", 7 } }) do
+      for _, case in ipairs({ { "", "ddpm", 50, "fixed_small" }, { "--sampler ddim", "ddim", 25 },
+        { "--sampler ddpm --steps 7 --variance fixed_large", "ddpm", 7, "fixed_large" } }) do
         local sheet = tmp .. "/rs.png"
         local ok, _, log = sh("sample.lua " .. model_path .. " -c hero -n 1 " .. case[1]
           .. " --sheet " .. sheet .. " -o " .. tmp .. "/rs_grid.png")
         assert.is_true(ok, log)
         local idx = dofile(tmp .. "/rs.lua")
-        assert.are.same({ case[2], case[3] }, { idx.sampler, idx.steps }, case[1])
+        assert.are.same({ case[2], case[3], case[4] }, { idx.sampler, idx.steps, idx.variance },
+          case[1])
       end
+      local ok, _, log = sh("sample.lua " .. model_path .. " --sampler ddim --variance "
+        .. "fixed_small -o " .. tmp .. "/x.png")
+      assert.is_false(ok)
+      assert.truthy(log:find("--variance applies to ddpm only, not to ddim", 1, true), log)
     end)
 
   it("guides by default with a context (diffusion.recommended_guidance), not without", function()

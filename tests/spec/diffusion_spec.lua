@@ -253,6 +253,38 @@ describe("diffusion sampling", function()
     assert.is_true(max_abs_diff(a, d) > 1e-3)
   end)
 
+  it("gives ddpm the variance asked for: the posterior's by hand, the seed's by default",
+    function()
+      local a = diffusion.sample(model, { n = 2, seed = 3, sampler = "ddpm", steps = 5,
+        variance = "fixed_small" })
+      local opts = diffusion.schedule_of(model)
+      opts.variance_type = "fixed_small"
+      local s = require("minisd.sched.ddpm").new(opts)
+      s:set_timesteps(5)
+      local g = minisd.Generator(3)
+      local x = minisd.randn({ 2, 3, 16, 16 }, g)
+      minisd.no_grad(function()
+        for _, t in ipairs(s.timesteps) do
+          x = s:step(model(x, diffusion.time_input(t, 500, 2)), t, x, { generator = g })
+            .prev_sample
+        end
+      end)
+      assert.are.same(x:totable(), a:totable())
+      local large = diffusion.sample(model, { n = 2, seed = 3, sampler = "ddpm", steps = 5 })
+      local named = diffusion.sample(model, { n = 2, seed = 3, sampler = "ddpm", steps = 5,
+        variance = "fixed_large" })
+      assert.are.same(large:totable(), named:totable())
+      assert.is_true(max_abs_diff(a, large) > 1e-3)
+      assert.are.equal("fixed_small", diffusion.default_variance("ddpm"))
+      assert.is_nil(diffusion.default_variance("ddim"))
+      local ok, err = pcall(diffusion.sample, model, { sampler = "ddim", variance = "fixed_small" })
+      assert.is_false(ok)
+      assert.truthy(err:find("variance does not apply to the ddim sampler", 1, true), err)
+      ok, err = pcall(diffusion.sample, model, { sampler = "ddpm", variance = "wide" })
+      assert.is_false(ok)
+      assert.truthy(err:find("unknown variance_type 'wide'", 1, true), err)
+    end)
+
   it("leaves the model in eval mode and records no graph", function()
     local m = small_net(2)
     m:train()

@@ -224,8 +224,11 @@ describe("quality.evaluate and scripts/eval_quality.lua", function()
       sum = sum + ca.per_label[name]
     end
     assert.are.equal(ca.overall, sum / 5)
+    -- the defaults: the recommended sampler, with its variance
+    assert.are.same({ "ddpm", "fixed_small" }, { r1.options.sampler, r1.options.variance })
     local text = quality.format(r1)
-    for _, want in ipairs({ "context accuracy", "side-facing", "Frechet distance",
+    for _, want in ipairs({ "ddpm (fixed_small variance), 2 steps", "context accuracy",
+      "side-facing", "Frechet distance",
       "reference: real held-out sprites (360)", "memorisation", "alpha" }) do
       assert.truthy(text:find(want, 1, true), "missing " .. want .. " in\n" .. text)
     end
@@ -375,8 +378,8 @@ describe("quality.evaluate and scripts/eval_quality.lua", function()
   it("prints --help with its options", function()
     local ok, _, out = sh("--help")
     assert.is_true(ok, out)
-    for _, opt in ipairs({ "--n", "--sampler", "--steps", "--guidance", "--seed", "--threads",
-      "--json", "--classifier" }) do
+    for _, opt in ipairs({ "--n", "--sampler", "--steps", "--variance", "--guidance", "--seed",
+      "--threads", "--json", "--classifier" }) do
       assert.truthy(out:find(opt, 1, true), "missing " .. opt)
     end
   end)
@@ -387,6 +390,8 @@ describe("quality.evaluate and scripts/eval_quality.lua", function()
       { "models/sprite-classifier.safetensors", "is a SpriteClassifier, not a ContextUnet" },
       { "data/sprites.png", "data/sprites.png" },
       { "x.safetensors --n 0", "--n must be an integer >= 1" },
+      { "x.safetensors --sampler ddim --variance fixed_small",
+        "--variance applies to ddpm only, not to ddim" },
     }
     for _, c in ipairs(cases) do
       local ok, code, out = sh(c[1])
