@@ -1,6 +1,7 @@
 /* GEMM benchmark: minisd's msd_sgemm at every kernel level this CPU runs,
  * against OpenBLAS's cblas_sgemm (single-threaded, the core as OpenBLAS
- * detected it), on the matrix shapes of the sprite model's convolutions.
+ * detected it), on the matrix shapes of the sprite model's convolutions; and
+ * msd_sgemm_bf16 (bf16 products) where the CPU has vdpbf16ps.
  * Built as build/bench_gemm; prints GFLOPS, asserts nothing.
  * Usage: build/bench_gemm [seconds per measurement, default 0.3; the best of
  * 10 windows is shown]
@@ -12,6 +13,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "gemm.h"
 #include "minisd.h"
 
 char *openblas_get_corename(void);
@@ -33,6 +35,9 @@ static const struct {
     { 576, 64, 1024, 0, 1, "weight gradient of conv 64->64 (taps x Cout)" },
     { 64, 1024, 576, 0, 0, "conv as Cout x pixels (the im2col layout)" },
     { 256, 64, 576, 0, 1, "conv 64->64, one 16x16 image" },
+    { 128, 64, 64, 0, 0, "Winograd: one of 16 products, 128 tiles, 64 -> 64 channels" },
+    { 128, 128, 128, 0, 0, "Winograd: 128 tiles, 128 -> 128 channels" },
+    { 64, 64, 128, 1, 0, "Winograd weight gradient: (Cin x tiles) (tiles x Cout)" },
 };
 
 int main(int argc, char **argv)
@@ -55,7 +60,8 @@ int main(int argc, char **argv)
         int lda = ta ? M : K, ldb = tb ? K : N;
         double flop = 2.0 * M * N * K;
         printf("%4d x %4d x %4d  %s\n", M, N, K, shapes[s].what);
-        for (int lib = 0; lib <= msd_isa_best() + 1; lib++) {
+        int bf16 = msd_gemm_bf16_native(); /* one more row: msd_sgemm_bf16 */
+        for (int lib = 0; lib <= msd_isa_best() + 1 + bf16; lib++) {
             /* the best of 10 windows: other tenants of a shared machine
              * only ever slow a window down */
             double best = 0;
@@ -66,6 +72,9 @@ int main(int argc, char **argv)
                     if (lib <= msd_isa_best()) {
                         msd_isa_set(lib);
                         msd_sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
+                    } else if (lib == msd_isa_best() + 2) {
+                        msd_isa_set(msd_isa_best());
+                        msd_sgemm_bf16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
                     } else {
                         cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
                                     tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A, lda, B,
@@ -78,7 +87,10 @@ int main(int argc, char **argv)
                     best = flop * reps / t / 1e9;
             }
             printf("    %-10s %7.1f GFLOPS\n",
-                   lib <= msd_isa_best() ? msd_isa_name(lib) : "openblas", best);
+                   lib <= msd_isa_best()       ? msd_isa_name(lib)
+                   : lib == msd_isa_best() + 1 ? "openblas"
+                                               : "bf16",
+                   best);
         }
     }
     msd_isa_set(msd_isa_best());
