@@ -56,4 +56,38 @@ msd_bf16_row512(uint16_t *dst, const float *src, int n)
     }
 }
 
+/* The same conversions with AVX512-BF16's vcvtne2ps2bf16 / vcvtneps2bf16 (round to nearest
+ * even, subnormal inputs to zero, NaN quieted by its top bits: msd_bf16_from_float's
+ * rules, so the same bits), a few instructions per 32 floats where the emulation above
+ * takes a dozen per 16. Only where the CPU has AVX512-BF16. */
+#define MSD_BF16_NATIVE MSD_BF16_AVX512 ",avx512bf16"
+
+/* msd_bf16_pairs512 */
+__attribute__((target(MSD_BF16_NATIVE))) static inline void
+msd_bf16_pairs_native(uint16_t *dst, const float *a, const float *b, int n)
+{
+    /* word i of the result = halfwords i (a[i]) and 16 + i (b[i]) of the conversion */
+    static const uint16_t interleave[32] = { 0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                             21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
+                                             11, 27, 12, 28, 13, 29, 14, 30, 15, 31 };
+    __m512i idx = _mm512_loadu_si512(interleave);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = msd_bf16_lanes(n - i);
+        __m512 va = _mm512_maskz_loadu_ps(m, a + i), vb = _mm512_maskz_loadu_ps(m, b + i);
+        __m512i h = (__m512i)_mm512_cvtne2ps_pbh(vb, va); /* a in the low half */
+        _mm512_mask_storeu_epi32(dst + 2 * i, m, _mm512_permutexvar_epi16(idx, h));
+    }
+}
+
+/* msd_bf16_row512 */
+__attribute__((target(MSD_BF16_NATIVE))) static inline void
+msd_bf16_row_native(uint16_t *dst, const float *src, int n)
+{
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = msd_bf16_lanes(n - i);
+        __m256i h = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i));
+        _mm256_mask_storeu_epi16(dst + i, m, h);
+    }
+}
+
 #endif

@@ -499,7 +499,7 @@ static void gemm_bf16_unblocked(int transa, int transb, int M, int N, int K, flo
 static const float zeros[A5_NR > 16 ? A5_NR : 16];
 
 /* op(B)[p0 .. p0+kc, j0 .. j0+nc] as bf16 word panels of A5_NR columns */
-__attribute__((target(MSD_BF16_AVX512))) static void
+__attribute__((target(MSD_BF16_NATIVE))) static void
 pack_b_bf16(uint32_t *bp, const float *B, int ldb, int transb, int p0, int kc, int j0, int nc)
 {
     int kp = (kc + 1) / 2;
@@ -509,7 +509,7 @@ pack_b_bf16(uint32_t *bp, const float *B, int ldb, int transb, int p0, int kc, i
             int k = p0 + 2 * p, two = 2 * p + 1 < kc;
             if (!transb) {
                 const float *r0 = B + (size_t)k * ldb + j0 + jr;
-                msd_bf16_pairs512((uint16_t *)bp, r0, two ? r0 + ldb : zeros, n);
+                msd_bf16_pairs_native((uint16_t *)bp, r0, two ? r0 + ldb : zeros, n);
             } else {
                 for (int j = 0; j < n; j++) {
                     const float *r = B + (size_t)(j0 + jr + j) * ldb + k;
@@ -525,7 +525,7 @@ pack_b_bf16(uint32_t *bp, const float *B, int ldb, int transb, int p0, int kc, i
 /* A's rows i0 .. i0+mc, columns p0 .. p0+kc as words: with transa == 0, row i
  * at ap + i*kp (*ks = 1), else word p of row i at ap + p*ldp + i (*ks = ldp);
  * rows[i] = where row i's words start */
-__attribute__((target(MSD_BF16_AVX512))) static void
+__attribute__((target(MSD_BF16_NATIVE))) static void
 pack_a_bf16(uint32_t *ap, const float *A, int lda, int transa, int i0, int mc, int p0, int kc,
             size_t *ks)
 {
@@ -533,7 +533,7 @@ pack_a_bf16(uint32_t *ap, const float *A, int lda, int transa, int i0, int mc, i
     if (!transa) {
         for (int i = 0; i < mc; i++) {
             uint32_t *dst = ap + (size_t)i * kp;
-            msd_bf16_row512((uint16_t *)dst, A + (size_t)(i0 + i) * lda + p0, kc);
+            msd_bf16_row_native((uint16_t *)dst, A + (size_t)(i0 + i) * lda + p0, kc);
             if (kc % 2)
                 ((uint16_t *)dst)[kc] = 0;
         }
@@ -545,10 +545,10 @@ pack_a_bf16(uint32_t *ap, const float *A, int lda, int transa, int i0, int mc, i
             /* the zero row is only as long as a panel: an odd K's last pair goes in
              * pieces */
             if (2 * p + 1 < kc)
-                msd_bf16_pairs512((uint16_t *)(ap + p * ldp), r0, r0 + lda, mc);
+                msd_bf16_pairs_native((uint16_t *)(ap + p * ldp), r0, r0 + lda, mc);
             else
                 for (int i = 0; i < mc; i += 16)
-                    msd_bf16_pairs512((uint16_t *)(ap + p * ldp + i), r0 + i, zeros,
+                    msd_bf16_pairs_native((uint16_t *)(ap + p * ldp + i), r0 + i, zeros,
                                       mc - i < 16 ? mc - i : 16);
         }
         *ks = ldp;

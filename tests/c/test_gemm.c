@@ -1,6 +1,8 @@
 /* msd_sgemm and msd_sgemm_bf16 against a double-precision triple loop, for
  * every transpose combination, edge sizes around each kernel's tile, alpha/beta
  * cases, and every kernel level this CPU can run. */
+#include <float.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -167,6 +169,47 @@ static void test_bf16(void)
     CHECK(fabs(c16 - (input(a[0], 1) + 3.0 * input(b[1], 1))) < 1e-6);
 }
 
+/* The bf16 packing rounds exactly as msd_bf16_from_float, specials included (ties to even,
+ * subnormals to zero, overflow to infinity, NaN): each value times 1 through A's rows
+ * (either layout) and through B's pairs, at every level */
+static void test_bf16_specials(void)
+{
+    enum { NV = 19 };
+    const float v[NV] = { 1.0f + 1.0f / 256, 1.0f + 3.0f / 256, 1.00390625f * 1.001f, -2.5e-39f,
+                          1e-40f, FLT_MAX, -FLT_MAX, INFINITY, -INFINITY, NAN, 0.0f, -0.0f,
+                          3.0e38f, 1.17549435e-38f, 65504.0f, -1.0f / 3, 1234.5678f,
+                          -0.1f, 7.0e-10f };
+    float A[NV * 2], At[2 * NV], B[2 * NV], one[2] = { 1.0f, 0.0f }, C[NV];
+    for (int i = 0; i < NV; i++) {
+        A[2 * i] = At[i] = B[i] = v[i];
+        A[2 * i + 1] = At[NV + i] = B[NV + i] = 0.0f;
+    }
+    int best = msd_isa_best();
+    for (int isa = 0; isa <= best; isa++) {
+        CHECK_OK(msd_isa_set(isa));
+        for (int path = 0; path < 3; path++) {
+            if (path == 0) /* A (NV, 2) rows */
+                msd_sgemm_bf16(0, 0, NV, 1, 2, 1.0f, A, 2, one, 1, 0.0f, C, 1);
+            else if (path == 1) /* A as the transpose of (2, NV) */
+                msd_sgemm_bf16(1, 0, NV, 1, 2, 1.0f, At, NV, one, 1, 0.0f, C, 1);
+            else /* B (2, NV) pairs */
+                msd_sgemm_bf16(0, 0, 1, NV, 2, 1.0f, one, 2, B, NV, 0.0f, C, NV);
+            for (int i = 0; i < NV; i++) {
+                uint32_t got, want = (uint32_t)msd_bf16_from_float(v[i]) << 16;
+                memcpy(&got, &C[i], sizeof got);
+                /* a zero's sign is the sum's: -0 + 0 = +0 */
+                int ok = isnan(v[i]) ? isnan(C[i])
+                                     : got == want || ((want << 1) == 0 && (got << 1) == 0);
+                if (!ok)
+                    fprintf(stderr, "  %s path %d: bf16(%.9g) gave %08x, expected %08x\n",
+                            msd_isa_name(isa), path, v[i], got, want);
+                CHECK(ok);
+            }
+        }
+    }
+    CHECK_OK(msd_isa_set(best));
+}
+
 static void test_degenerate(void)
 {
     float C[4] = { 1, 2, 3, 4 }, A[1] = { 5 }, B[1] = { 6 };
@@ -246,6 +289,7 @@ int main(void)
     RUN(test_degenerate);
     RUN(test_all_levels);
     RUN(test_bf16);
+    RUN(test_bf16_specials);
     RUN(test_offsets);
     return TEST_SUMMARY();
 }
