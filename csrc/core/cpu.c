@@ -1,7 +1,7 @@
 /* CPU feature detection and the kernel level in use (cpu.h).
  *
- * The levels are ordered (generic < avx2 < avx512 < avx512bf16 < amx), each implying the ones below,
- * so "the best level" is one number and forcing a lower one is a comparison. The level
+ * The levels are ordered (generic < avx2 < avx512 < avx512bf16 < amx), each implying the
+ * ones below, so "the best level" is one number and forcing a lower one is a comparison. The level
  * and the precision are process-wide atomics: read (relaxed) whenever a kernel picks its
  * code path, written rarely (msd_isa_set, msd_precision_set, the first msd_isa_get). */
 #define _GNU_SOURCE /* syscall() */

@@ -481,8 +481,9 @@ static void gemm_bf16_unblocked(int transa, int transb, int M, int N, int K, flo
         for (int j = 0; j < N; j++) {
             float s = 0.0f;
             for (int k = 0; k < K; k++) {
-                uint32_t ua = bf16_word_hi(transa ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]);
-                uint32_t ub = bf16_word_hi(transb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
+                float a = transa ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k];
+                float b = transb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j];
+                uint32_t ua = bf16_word_hi(a), ub = bf16_word_hi(b);
                 float fa, fb;
                 memcpy(&fa, &ua, sizeof fa);
                 memcpy(&fb, &ub, sizeof fb);
@@ -522,12 +523,12 @@ pack_b_bf16(uint32_t *bp, const float *B, int ldb, int transb, int p0, int kc, i
     }
 }
 
-/* A's rows i0 .. i0+mc, columns p0 .. p0+kc as words: with transa == 0, row i
- * at ap + i*kp (*ks = 1), else word p of row i at ap + p*ldp + i (*ks = ldp);
- * rows[i] = where row i's words start */
+/* A's rows i0 .. i0+mc, columns p0 .. p0+kc as words: word p of row i at
+ * ap + i * *rs + p * *ks: with transa == 0 rows of kp words (*rs = kp, *ks =
+ * 1), else rows of mc words per p (*rs = 1, *ks = mc) */
 __attribute__((target(MSD_BF16_NATIVE))) static void
 pack_a_bf16(uint32_t *ap, const float *A, int lda, int transa, int i0, int mc, int p0, int kc,
-            size_t *ks)
+            size_t *rs, size_t *ks)
 {
     int kp = (kc + 1) / 2;
     if (!transa) {
@@ -537,6 +538,7 @@ pack_a_bf16(uint32_t *ap, const float *A, int lda, int transa, int i0, int mc, i
             if (kc % 2)
                 ((uint16_t *)dst)[kc] = 0;
         }
+        *rs = (size_t)kp;
         *ks = 1;
     } else {
         size_t ldp = (size_t)mc;
@@ -549,8 +551,9 @@ pack_a_bf16(uint32_t *ap, const float *A, int lda, int transa, int i0, int mc, i
             else
                 for (int i = 0; i < mc; i += 16)
                     msd_bf16_pairs_native((uint16_t *)(ap + p * ldp + i), r0 + i, zeros,
-                                      mc - i < 16 ? mc - i : 16);
+                                          mc - i < 16 ? mc - i : 16);
         }
+        *rs = 1;
         *ks = ldp;
     }
 }
@@ -573,9 +576,8 @@ static int gemm_bf16_blocked(int transa, int transb, int M, int N, int K, float 
             pack_b_bf16(bp, B, ldb, transb, pc, kc, jc, nc);
             for (int ic = 0; ic < M; ic += BF_MC) {
                 int mc = M - ic < BF_MC ? M - ic : BF_MC;
-                size_t ks;
-                pack_a_bf16(ap, A, lda, transa, ic, mc, pc, kc, &ks);
-                size_t rs = ks == 1 ? (size_t)kp : 1;
+                size_t rs, ks;
+                pack_a_bf16(ap, A, lda, transa, ic, mc, pc, kc, &rs, &ks);
                 for (int ir = 0; ir < mc; ir += A5_MR) {
                     int m = mc - ir < A5_MR ? mc - ir : A5_MR;
                     for (int i = 0; i < A5_MR; i++)
