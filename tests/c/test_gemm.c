@@ -56,7 +56,7 @@ static void ref_gemm(int ta, int tb, int M, int N, int K, double alpha, const fl
 /* One case; returns 0 when msd_sgemm (msd_sgemm_bf16 with bf16) matches to
  * float rounding. Leading dims are padded by 3 so that strides differ from
  * widths. */
-static int one_case_p(int ta, int tb, int M, int N, int K, float alpha, float beta, int bf16)
+static int one_case(int ta, int tb, int M, int N, int K, float alpha, float beta, int bf16)
 {
     int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 3, ldc = N + 3;
     size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb, nc = (size_t)M * ldc;
@@ -108,9 +108,24 @@ static int one_case_p(int ta, int tb, int M, int N, int K, float alpha, float be
     return bad;
 }
 
-static int one_case(int ta, int tb, int M, int N, int K, float alpha, float beta)
+/* Every shape of dims with every transpose, beta 0 and 1, and two other alpha/beta
+ * pairs, at every level this CPU runs; msd_sgemm_bf16 with bf16 */
+static void sweep(const int (*dims)[3], size_t nd, int bf16)
 {
-    return one_case_p(ta, tb, M, N, K, alpha, beta, 0);
+    int best = msd_isa_best();
+    for (int isa = 0; isa <= best; isa++) {
+        CHECK_OK(msd_isa_set(isa));
+        for (size_t d = 0; d < nd; d++)
+            for (int ta = 0; ta < 2; ta++)
+                for (int tb = 0; tb < 2; tb++) {
+                    const int *m = dims[d];
+                    CHECK(one_case(ta, tb, m[0], m[1], m[2], 1.0f, 0.0f, bf16) == 0);
+                    CHECK(one_case(ta, tb, m[0], m[1], m[2], 1.0f, 1.0f, bf16) == 0);
+                }
+        CHECK(one_case(0, 1, 20, 50, 30, -2.0f, 0.5f, bf16) == 0);
+        CHECK(one_case(1, 0, 20, 50, 30, 0.5f, -1.0f, bf16) == 0);
+    }
+    CHECK_OK(msd_isa_set(best));
 }
 
 static void test_all_levels(void)
@@ -122,19 +137,7 @@ static void test_all_levels(void)
         { 6, 16, 5 },   { 13, 33, 2 },   { 64, 256, 576 }, { 97, 100, 385 },
         { 5, 1921, 3 }, { 128, 64, 200 }, { 3, 256, 64 }, { 9, 1930, 300 },
     };
-    int best = msd_isa_best();
-    for (int isa = 0; isa <= best; isa++) {
-        CHECK_OK(msd_isa_set(isa));
-        for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++)
-            for (int ta = 0; ta < 2; ta++)
-                for (int tb = 0; tb < 2; tb++) {
-                    CHECK(one_case(ta, tb, dims[d][0], dims[d][1], dims[d][2], 1.0f, 0.0f) == 0);
-                    CHECK(one_case(ta, tb, dims[d][0], dims[d][1], dims[d][2], 1.0f, 1.0f) == 0);
-                }
-        CHECK(one_case(0, 1, 20, 50, 30, -2.0f, 0.5f) == 0);
-        CHECK(one_case(1, 0, 20, 50, 30, 0.5f, -1.0f) == 0);
-    }
-    CHECK_OK(msd_isa_set(best));
+    sweep(dims, sizeof dims / sizeof dims[0], 0);
 }
 
 /* msd_sgemm_bf16: the products of the rounded inputs, at every level (plain loops below
@@ -146,21 +149,7 @@ static void test_bf16(void)
         { 13, 33, 2 },  { 128, 64, 128 }, { 97, 100, 385 }, { 5, 1921, 3 }, { 9, 1930, 131 },
         { 2000, 20, 5 },
     };
-    int best = msd_isa_best();
-    for (int isa = 0; isa <= best; isa++) {
-        CHECK_OK(msd_isa_set(isa));
-        for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++)
-            for (int ta = 0; ta < 2; ta++)
-                for (int tb = 0; tb < 2; tb++) {
-                    CHECK(one_case_p(ta, tb, dims[d][0], dims[d][1], dims[d][2], 1.0f, 0.0f,
-                                     1) == 0);
-                    CHECK(one_case_p(ta, tb, dims[d][0], dims[d][1], dims[d][2], 1.0f, 1.0f,
-                                     1) == 0);
-                }
-        CHECK(one_case_p(0, 1, 20, 50, 30, -2.0f, 0.5f, 1) == 0);
-        CHECK(one_case_p(1, 0, 20, 50, 30, 0.5f, -1.0f, 1) == 0);
-    }
-    CHECK_OK(msd_isa_set(best));
+    sweep(dims, sizeof dims / sizeof dims[0], 1);
     /* the rounding is real: these inputs are not bf16 numbers, and fp32 products differ */
     float a[2] = { 1.00390625f * 1.001f, 3.0f }, b[2] = { 1.0f, 1.0f / 3.0f }, c32, c16;
     msd_sgemm(0, 0, 1, 1, 2, 1.0f, a, 2, b, 1, 0.0f, &c32, 1);
