@@ -369,6 +369,15 @@ void msd_wino_weights(float *U, const float *w, int Cout, int Cin)
 
 /* ---- the passes ------------------------------------------------------------ */
 
+/* One of a group's 16 products, C = op(A) B + beta C (msd_sgemm's arguments, no transposed
+ * B): bf16 products when the group asks for them. */
+static void product(const msd_wino_conv *c, int transa, int M, int N, int K, const float *A,
+                    int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    (c->bf16 ? msd_sgemm_bf16 : msd_sgemm)(transa, 0, M, N, K, 1.0f, A, lda, B, ldb, beta, C,
+                                           ldc);
+}
+
 void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b, const float *x,
                       const float *U, float *scratch)
 {
@@ -380,8 +389,8 @@ void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b,
     input_transform(V, xc, nb, Cin, H, W);
     /* M_xi (T, Cout) = V_xi (T, Cin) U_xi (Cin, Cout) */
     for (int xi = 0; xi < 16; xi++)
-        (c->bf16 ? msd_sgemm_bf16 : msd_sgemm)(0, 0, (int)T, Cout, Cin, 1.0f, V + xi * T * Cin, Cin,
-                  U + (size_t)xi * Cin * Cout, Cout, 0.0f, M + xi * T * Cout, Cout);
+        product(c, 0, (int)T, Cout, Cin, V + xi * T * Cin, Cin, U + (size_t)xi * Cin * Cout,
+                Cout, 0.0f, M + xi * T * Cout, Cout);
     /* each image's tiles to its output, channels last, then into NCHW */
     for (int n = 0; n < nb; n++) {
         for (int ty = 0; ty < H / 2; ty++)
@@ -404,9 +413,8 @@ void msd_wino_dw(const msd_wino_conv *c, float *dwt, const float *x, const float
     grad_transform(E, dyc, nb, Cout, H, W);
     /* dwt_xi (Cin, Cout) += V_xi^T (Cin, T) E_xi (T, Cout) */
     for (int xi = 0; xi < 16; xi++)
-        (c->bf16 ? msd_sgemm_bf16 : msd_sgemm)(1, 0, Cin, Cout, (int)T, 1.0f, V + xi * T * Cin,
-                                               Cin, E + xi * T * Cout, Cout, 1.0f,
-                                               dwt + (size_t)xi * Cin * Cout, Cout);
+        product(c, 1, Cin, Cout, (int)T, V + xi * T * Cin, Cin, E + xi * T * Cout, Cout, 1.0f,
+                dwt + (size_t)xi * Cin * Cout, Cout);
 }
 
 void msd_wino_dw_finish(float *dw, const float *dwt, int Cout, int Cin)

@@ -32,7 +32,8 @@ static int l_set_isa(lua_State *L)
     int isa = msd_isa_from_name(name);
     if (isa < 0)
         return luaL_argerror(L, 1, lua_pushfstring(L, "unknown kernel level '%s' (expected "
-                                                   "generic, avx2, avx512, avx512bf16 or amx)", name));
+                                                   "generic, avx2, avx512, avx512bf16 or amx)",
+                                                   name));
     lbind_check_rc(L, msd_isa_set(isa));
     return 0;
 }
