@@ -135,7 +135,7 @@ M.recommended_steps = 50
 -- and its variance (the samplers that take one: ddpm): the posterior's ("fixed_small", what
 -- DDIM with eta 1 gives) in place of the seed's beta_t, measured on the shipped model over
 -- seeds 0 and 1: context accuracy 0.930 / 0.904 against 0.916 / 0.892, Frechet distance 11.9
--- / 14.7 against 12.7 / 16.2, and a tenth of the half-transparent pixels (alpha 0.008 / 0.005
+-- / 14.7 against 12.7 / 16.2, and a tenth of the half-transparent pixels (alpha 0.008 / 0.006
 -- against 0.061 / 0.057) (models/README.md).
 M.recommended_variance = "fixed_small"
 
