@@ -7,7 +7,9 @@
  *   xc  (nb, H+2, W+2, Cin)  the input, zero-padded and channels last, so
  *                            that every transform is a loop over channels
  *                            (vector code) with unit-stride loads
- *   V   (16, T, Cin)         B^T D B of every tile: the A operand, rows t
+ *   V   (16, T, Cin)         B^T D B of every tile: the A operand, rows t; in the
+ *                            bf16 forward as bf16 (16, T, Cin rounded up to even),
+ *                            the rows msd_sgemm_bf16_packed reads in place
  *   M   (16, T, Cout)        the products; the output transform reads them
  *   dyc (nb, H, W, Cout)     dy channels last (weight gradient only)
  *   E   (16, T, Cout)        A dY A^T of every tile (weight gradient only)
@@ -18,9 +20,16 @@
  * and halvings only, in a fixed order, so every clone computes the same bits;
  * the products follow the GEMM's kernel level. */
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include "bf16_x86.h"
+#define WINO_BF16_X86 1
+#endif
+
+#include "conv_amx.h" /* msd_bf16_from_float */
 #include "conv_wino.h"
 #include "gemm.h"
 #include "reduce.h"
@@ -195,10 +204,10 @@ static void from_channels_last(float *restrict y, const float *restrict yc, int 
 /* ---- transforms ------------------------------------------------------------ */
 
 /* One tile, channels [c, c+k): d its 4x4 input (row stride rs), v its 16
- * outputs (stride step). */
-INLINE void input_tile(float *v, const float *d, size_t rs, size_t step, int C, int k)
+ * outputs (lanes k and up zero). */
+INLINE void input_tile(vf v[16], const float *d, size_t rs, int C, int k)
 {
-    vf r[4][4], o;
+    vf r[4][4];
     for (int b = 0; b < 4; b++) {
         vf d0, d1, d2, d3;
         const float *p = d + (size_t)b * C;
@@ -212,16 +221,20 @@ INLINE void input_tile(float *v, const float *d, size_t rs, size_t step, int C, 
         r[3][b] = d1 - d3;
     }
     for (int a = 0; a < 4; a++) {
-        float *q = v + (size_t)4 * a * step;
-        o = r[a][0] - r[a][2];
-        ST(q, o, k);
-        o = r[a][1] + r[a][2];
-        ST(q + step, o, k);
-        o = r[a][2] - r[a][1];
-        ST(q + 2 * step, o, k);
-        o = r[a][1] - r[a][3];
-        ST(q + 3 * step, o, k);
+        v[4 * a] = r[a][0] - r[a][2];
+        v[4 * a + 1] = r[a][1] + r[a][2];
+        v[4 * a + 2] = r[a][2] - r[a][1];
+        v[4 * a + 3] = r[a][1] - r[a][3];
     }
+}
+
+/* One tile's channels [c, c+k) into V (16 planes step floats apart). */
+INLINE void input_tile_f32(float *v, const float *d, size_t rs, size_t step, int C, int k)
+{
+    vf o[16];
+    input_tile(o, d, rs, C, k);
+    for (int xi = 0; xi < 16; xi++)
+        ST(v + xi * step, o[xi], k);
 }
 
 /* V (16, T, C) = B^T D B for every tile of xc (nb, H+2, W+2, C). */
@@ -237,9 +250,67 @@ static void input_transform(float *restrict V, const float *restrict xc, int nb,
                 const float *d = xc + (((size_t)n * (H + 2) + 2 * ty) * Wp + 2 * tx) * C;
                 float *v = V + t * C;
                 for (int c = 0; c < cv; c += VL)
-                    input_tile(v + c, d + c, rs, step, C, VL);
+                    input_tile_f32(v + c, d + c, rs, step, C, VL);
                 if (cv < C)
-                    input_tile(v + cv, d + cv, rs, step, C, C - cv);
+                    input_tile_f32(v + cv, d + cv, rs, step, C, C - cv);
+            }
+}
+
+/* ---- the bf16 forward's V ----------------------------------------------------
+ * Rows of Cp = C rounded up to even bf16 values (an odd C's last one zero), planes
+ * plane_bf16 apart, written by the transform itself: no float V, no packing pass. */
+static int even_up(int C)
+{
+    return C + (C & 1);
+}
+
+/* Elements from one bf16 plane to the next: a cache line more than T Cp (plane_of). */
+static size_t plane_bf16(size_t T, int C)
+{
+    return T * (size_t)even_up(C) + 32;
+}
+
+#ifdef WINO_BF16_X86
+#define BF16_TARGET __attribute__((target(MSD_BF16_NATIVE)))
+/* p[0 .. k) = bf16 of v's lanes (vcvtneps2bf16: msd_bf16_from_float's bits) */
+BF16_TARGET INLINE void st_bf16(uint16_t *p, vf v, int k)
+{
+    __m256i h = (__m256i)_mm512_cvtneps_pbh((__m512)v);
+    _mm256_mask_storeu_epi16(p, msd_bf16_lanes(k), h);
+}
+#else
+#define BF16_TARGET
+static inline void st_bf16(uint16_t *p, vf v, int k)
+{
+    for (int i = 0; i < k; i++)
+        p[i] = msd_bf16_from_float(v[i]);
+}
+#endif
+
+BF16_TARGET INLINE void input_tile_bf16(uint16_t *v, const float *d, size_t rs, size_t step,
+                                        int C, int k, int kst)
+{
+    vf o[16];
+    input_tile(o, d, rs, C, k);
+    for (int xi = 0; xi < 16; xi++)
+        st_bf16(v + xi * step, o[xi], kst);
+}
+
+/* V as bf16 rows: input_transform's values, rounded once. */
+BF16_TARGET static void input_transform_bf16(uint16_t *restrict V, const float *restrict xc,
+                                             int nb, int C, int H, int W)
+{
+    int Wp = W + 2, th = H / 2, tw = W / 2, cv = C / VL * VL, Cp = even_up(C);
+    size_t T = (size_t)nb * th * tw, step = plane_bf16(T, C), t = 0, rs = (size_t)Wp * C;
+    for (int n = 0; n < nb; n++)
+        for (int ty = 0; ty < th; ty++)
+            for (int tx = 0; tx < tw; tx++, t++) {
+                const float *d = xc + (((size_t)n * (H + 2) + 2 * ty) * Wp + 2 * tx) * C;
+                uint16_t *v = V + t * Cp;
+                for (int c = 0; c < cv; c += VL)
+                    input_tile_bf16(v + c, d + c, rs, step, C, VL, VL);
+                if (cv < C) /* the zero lanes fill an odd C's padding */
+                    input_tile_bf16(v + cv, d + cv, rs, step, C, C - cv, Cp - cv);
             }
 }
 
@@ -379,17 +450,20 @@ void msd_wino_weights(float *U, const float *w, int Cout, int Cin)
 
 /* ---- the passes ------------------------------------------------------------ */
 
-/* One of a group's 16 products, C = op(A) B + beta C (msd_sgemm's arguments, no transposed
- * B): bf16 products when the group asks for them. */
-static void product(const msd_wino_conv *c, int transa, int M, int N, int K, const float *A,
-                    int lda, const float *B, int ldb, float beta, float *C, int ldc)
+size_t msd_wino_packed_words(int Cout, int Cin)
 {
-    (c->bf16 ? msd_sgemm_bf16 : msd_sgemm)(transa, 0, M, N, K, 1.0f, A, lda, B, ldb, beta, C,
-                                           ldc);
+    return 16 * msd_bf16_packed_b_words(Cin, Cout);
+}
+
+void msd_wino_pack_bf16(uint32_t *Up, const float *U, int Cout, int Cin)
+{
+    size_t words = msd_bf16_packed_b_words(Cin, Cout), plane = (size_t)Cin * Cout;
+    for (int xi = 0; xi < 16; xi++)
+        msd_bf16_pack_b(Up + xi * words, U + xi * plane, Cout, Cin, Cout);
 }
 
 void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b, const float *x,
-                      const float *U, float *scratch)
+                      const float *U, const uint32_t *Up, float *scratch)
 {
     int nb = c->nb, Cin = c->Cin, Cout = c->Cout, H = c->H, W = c->W;
     size_t T = tiles_of(c), L = (size_t)H * W;
@@ -397,11 +471,20 @@ void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b,
     size_t pi = plane_of(T, Cin), po = plane_of(T, Cout);
     float *M = V + 16 * pi, *yc = M + 16 * po; /* yc (L, Cout): one image */
     to_channels_last(xc, x, nb, Cin, H, W, 1);
-    input_transform(V, xc, nb, Cin, H, W);
-    /* M_xi (T, Cout) = V_xi (T, Cin) U_xi (Cin, Cout) */
-    for (int xi = 0; xi < 16; xi++)
-        product(c, 0, (int)T, Cout, Cin, V + xi * pi, Cin, U + (size_t)xi * Cin * Cout, Cout,
-                0.0f, M + xi * po, Cout);
+    if (c->bf16) { /* V in bf16 (it fits in the float V's room), U packed by the caller */
+        uint16_t *Vh = (uint16_t *)V;
+        size_t ph = plane_bf16(T, Cin), words = msd_bf16_packed_b_words(Cin, Cout);
+        input_transform_bf16(Vh, xc, nb, Cin, H, W);
+        for (int xi = 0; xi < 16; xi++)
+            msd_sgemm_bf16_packed((int)T, Cout, Cin, Vh + xi * ph, even_up(Cin),
+                                  Up + xi * words, 0.0f, M + xi * po, Cout);
+    } else {
+        input_transform(V, xc, nb, Cin, H, W);
+        /* M_xi (T, Cout) = V_xi (T, Cin) U_xi (Cin, Cout) */
+        for (int xi = 0; xi < 16; xi++)
+            msd_sgemm(0, 0, (int)T, Cout, Cin, 1.0f, V + xi * pi, Cin,
+                      U + (size_t)xi * Cin * Cout, Cout, 0.0f, M + xi * po, Cout);
+    }
     /* each image's tiles to its output, channels last, then into NCHW */
     for (int n = 0; n < nb; n++) {
         for (int ty = 0; ty < H / 2; ty++)
@@ -425,8 +508,9 @@ void msd_wino_dw(const msd_wino_conv *c, float *dwt, const float *x, const float
     grad_transform(E, dyc, nb, Cout, H, W);
     /* dwt_xi (Cin, Cout) += V_xi^T (Cin, T) E_xi (T, Cout) */
     for (int xi = 0; xi < 16; xi++)
-        product(c, 1, Cin, Cout, (int)T, V + xi * pi, Cin, E + xi * po, Cout, 1.0f,
-                dwt + (size_t)xi * Cin * Cout, Cout);
+        (c->bf16 ? msd_sgemm_bf16 : msd_sgemm)(1, 0, Cin, Cout, (int)T, 1.0f, V + xi * pi, Cin,
+                                               E + xi * po, Cout, 1.0f,
+                                               dwt + (size_t)xi * Cin * Cout, Cout);
 }
 
 void msd_wino_dw_finish(float *dw, const float *dwt, int Cout, int Cin)

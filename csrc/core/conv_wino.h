@@ -34,6 +34,7 @@
 #define MSD_CONV_WINO_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* One group: nb images (Cin, H, W) in, (Cout, H, W) out; bf16: the 16
  * products on msd_sgemm_bf16 (the bf16 precision: the transformed tiles and
@@ -64,10 +65,16 @@ size_t msd_wino_scratch(const msd_wino_conv *c);
  * 3, 3): the B operand of the forward's 16 products. */
 void msd_wino_weights(float *U, const float *w, int Cout, int Cin);
 
+/* 32-bit words of U packed for the bf16 forward: msd_wino_pack_bf16 writes
+ * U's 16 planes in msd_sgemm_bf16_packed's form (gemm.h), once per convolution
+ * rather than once per group and product. */
+size_t msd_wino_packed_words(int Cout, int Cin);
+void msd_wino_pack_bf16(uint32_t *Up, const float *U, int Cout, int Cin);
 /* y (nb, Cout, H, W) = (or += with add, b ignored) conv2d of x (nb, Cin, H,
- * W) with the kernels transformed into U, plus b (Cout, or NULL). */
+ * W) with the kernels transformed into U, plus b (Cout, or NULL); with c->bf16
+ * the kernels come from Up (msd_wino_pack_bf16) and U is not read. */
 void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b, const float *x,
-                      const float *U, float *scratch);
+                      const float *U, const uint32_t *Up, float *scratch);
 
 /* dwt (16, Cin, Cout) += this group's weight gradient in the transformed
  * domain, from x (nb, Cin, H, W) and dy (nb, Cout, H, W). */

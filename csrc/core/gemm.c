@@ -594,6 +594,123 @@ static int gemm_bf16_blocked(int transa, int transb, int M, int N, int K, float 
 }
 #endif
 
+/* ---- bf16 products on operands packed beforehand ---------------------------
+ * For a B shared by many products (conv_wino.c: each transformed kernel by every group of
+ * tiles): msd_bf16_pack_b writes what gemm_bf16_blocked's pack_b_bf16 would, for every
+ * (NC, KC) block in the loops' order, once; A comes as rows of bf16 (what pack_a_bf16 makes
+ * of an untransposed A), read in place. */
+#define BLOCK_LOOP(K, N)                                                                   \
+    for (int jc = 0, nc; jc < (N) && (nc = (N) - jc < NC ? (N) - jc : NC); jc += NC)       \
+        for (int pc = 0, kc; pc < (K) && (kc = (K) - pc < KC ? (K) - pc : KC); pc += KC)
+
+/* Words of one packed block: whole panels of NR (the AVX-512 kernel's 64) columns. */
+static size_t packed_block_words(int kc, int nc)
+{
+    return (size_t)(nc + 63) / 64 * 64 * (size_t)((kc + 1) / 2);
+}
+
+size_t msd_bf16_packed_b_words(int K, int N)
+{
+    size_t w = 0;
+    BLOCK_LOOP(K, N)
+    w += packed_block_words(kc, nc);
+    return w;
+}
+
+void msd_bf16_pack_b(uint32_t *bp, const float *B, int ldb, int K, int N)
+{
+#ifdef MSD_BF16_KERNEL
+    if (msd_gemm_bf16_native()) {
+        BLOCK_LOOP(K, N)
+        {
+            pack_b_bf16(bp, B, ldb, 0, pc, kc, jc, nc);
+            bp += packed_block_words(kc, nc);
+        }
+        return;
+    }
+#endif
+    /* the same layout by plain loops */
+    BLOCK_LOOP(K, N)
+    {
+        int kp = (kc + 1) / 2;
+        for (int jr = 0; jr < nc; jr += 64)
+            for (int p = 0; p < kp; p++, bp += 64)
+                for (int j = 0; j < 64; j++) {
+                    int k = pc + 2 * p, col = jc + jr + j, in = jr + j < nc;
+                    uint32_t lo = in ? bf16_word_hi(B[(size_t)k * ldb + col]) >> 16 : 0u;
+                    uint32_t hi = in && 2 * p + 1 < kc ? bf16_word_hi(B[(size_t)(k + 1) * ldb +
+                                                                         col])
+                                                       : 0u;
+                    bp[j] = lo | hi;
+                }
+    }
+}
+
+/* A's element (i, k) from its bf16 rows, as a float */
+static float bf16_at(const uint16_t *A, int lda, int i, int k)
+{
+    uint32_t u = (uint32_t)A[(size_t)i * lda + k] << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+void msd_sgemm_bf16_packed(int M, int N, int K, const uint16_t *A, int lda, const uint32_t *bp,
+                           float beta, float *C, int ldc)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    if (K <= 0) {
+        scale_c(C, ldc, M, N, beta);
+        return;
+    }
+#ifdef MSD_BF16_KERNEL
+    if (msd_gemm_bf16_native()) {
+        const uint32_t *rows[A5_MR];
+        BLOCK_LOOP(K, N)
+        {
+            int kp = (kc + 1) / 2;
+            float bet = pc == 0 ? beta : 1.0f;
+            for (int ir = 0; ir < M; ir += A5_MR) {
+                int m = M - ir < A5_MR ? M - ir : A5_MR;
+                for (int i = 0; i < A5_MR; i++)
+                    rows[i] = (const uint32_t *)(A + (size_t)(ir + (i < m ? i : m - 1)) * lda +
+                                                 pc);
+                for (int jr = 0; jr < nc; jr += A5_NR)
+                    kernel_bf16(kp, rows, 1, bp + (size_t)jr * kp,
+                                C + (size_t)ir * ldc + jc + jr, (size_t)ldc, m,
+                                nc - jr < A5_NR ? nc - jr : A5_NR, 1.0f, bet);
+            }
+            bp += packed_block_words(kc, nc);
+        }
+        return;
+    }
+#endif
+    /* plain loops over the same operands: the products in fp32, summed in the order of k */
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            float s = 0.0f;
+            const uint32_t *blk = bp;
+            BLOCK_LOOP(K, N)
+            {
+                if (j >= jc && j < jc + nc) {
+                    int kp = (kc + 1) / 2, jj = j - jc;
+                    const uint32_t *pan = blk + (size_t)(jj / 64) * 64 * kp;
+                    for (int k = 0; k < kc; k++) {
+                        uint32_t u = pan[(size_t)(k / 2) * 64 + jj % 64];
+                        u = k % 2 ? u & 0xffff0000u : u << 16;
+                        float b;
+                        memcpy(&b, &u, sizeof b);
+                        s += bf16_at(A, lda, i, pc + k) * b;
+                    }
+                }
+                blk += packed_block_words(kc, nc);
+            }
+            float *p = C + (size_t)i * ldc + j;
+            *p = beta == 0.0f ? s : s + beta * *p;
+        }
+}
+
 int msd_gemm_bf16_native(void)
 {
 #ifdef MSD_BF16_KERNEL

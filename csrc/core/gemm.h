@@ -11,6 +11,9 @@
 #ifndef MSD_GEMM_H
 #define MSD_GEMM_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 /* C = alpha op(A) op(B) + beta C, all row-major, as cblas_sgemm with
  * CblasRowMajor: op(A) is (M, K), A[i*lda + k] or, with transa,
  * A[k*lda + i]; op(B) is (K, N), B[k*ldb + j] or, with transb, B[j*ldb + k];
@@ -35,6 +38,19 @@ void msd_sgemm_offsets(int M, int N, int K, float alpha, const float *base, cons
  * Same guarantees as msd_sgemm otherwise. */
 void msd_sgemm_bf16(int transa, int transb, int M, int N, int K, float alpha, const float *A,
                     int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+/* The bf16 product with its operands converted beforehand, for a B that many products share
+ * (each transformed kernel of a Winograd convolution, conv_wino.c, by every group of tiles):
+ * msd_bf16_pack_b writes B (K x N, row-major) rounded to bf16 into bp, in the bf16 kernel's
+ * panels (msd_bf16_packed_b_words(K, N) 32-bit words); msd_sgemm_bf16_packed computes
+ * C = A B + beta C with A (M x K) given as bf16 rows (msd_bf16_from_float's bits) of lda
+ * 16-bit elements, read in place: lda even, A 4-byte aligned, and for an odd K each row's
+ * element K is zero. The same bits as msd_sgemm_bf16(0, 0, M, N, K, 1, A, ...) on the
+ * floats A was rounded from; on vdpbf16ps where msd_gemm_bf16_native(), else by plain loops. */
+size_t msd_bf16_packed_b_words(int K, int N);
+void msd_bf16_pack_b(uint32_t *bp, const float *B, int ldb, int K, int N);
+void msd_sgemm_bf16_packed(int M, int N, int K, const uint16_t *A, int lda, const uint32_t *bp,
+                           float beta, float *C, int ldc);
 
 /* 1 when msd_sgemm_bf16 runs on vdpbf16ps at the level in use. */
 int msd_gemm_bf16_native(void);

@@ -332,7 +332,8 @@ typedef struct conv2d_job {
     const uint16_t *wa;           /* ... with these packed weights (forward) */
     int round;                    /* bf16 without the tiles: round the group's copies */
     const float *wu;              /* by Winograd (conv_wino.h) with these weights ... */
-    int wino_bf16;                /* ... and bf16 products */
+    int wino_bf16;                /* ... and bf16 products on these packed ones */
+    const uint32_t *wup;
 } conv2d_job;
 
 /* The AMX geometry of a group of nb images. */
@@ -494,7 +495,7 @@ static void conv2d_gemm_chunk(void *ctx, int gi, int tid)
     if (j->wu) {
         msd_wino_conv c = { nb, g->Cin, g->H, g->W, Cout, j->wino_bf16 };
         msd_wino_forward(&c, j->y + (size_t)n0 * Cout * L, j->add, j->b,
-                         j->x + (size_t)n0 * g->Cin * g->H * g->W, j->wu, sc);
+                         j->x + (size_t)n0 * g->Cin * g->H * g->W, j->wu, j->wup, sc);
         for (int n = 0; n < nb; n++)
             conv2d_epilogue(j, j->y + (size_t)(n0 + n) * Cout * L, L);
         return;
@@ -566,18 +567,24 @@ static int conv2d_wino(const char *op, float *y, const float *x, const float *w,
     gw.nbmax = msd_wino_group_images(g->N, g->H, g->W);
     msd_wino_conv c = { gw.nbmax, g->Cin, g->H, g->W, g->Cout, bf16 };
     int G = (g->N + gw.nbmax - 1) / gw.nbmax, nthr, rc;
+    /* the transformed kernels, then (bf16) the same packed: floats enough for the words */
     size_t per = msd_wino_scratch(&c), nu = (size_t)16 * g->Cin * g->Cout;
-    msd_storage *sc, *u = msd_storage_new(nu);
+    size_t np = bf16 ? msd_wino_packed_words(g->Cout, g->Cin) : 0;
+    msd_storage *sc, *u = msd_storage_new(nu + np);
     if (!u)
-        return msd_error(MSD_ERR_MEM, "%s: out of memory for %zu transformed weights", op, nu);
+        return msd_error(MSD_ERR_MEM, "%s: out of memory for %zu transformed weights", op,
+                         nu + np);
     if ((rc = scratch(op, per, G, &nthr, &sc)) != MSD_OK) {
         msd_storage_release(u);
         return rc;
     }
+    uint32_t *up = bf16 ? (uint32_t *)(u->data + nu) : NULL;
     msd_wino_weights(u->data, w, g->Cout, g->Cin);
+    if (up)
+        msd_wino_pack_bf16(up, u->data, g->Cout, g->Cin);
     conv2d_job j = { .g = gw, .y = y, .x = x, .b = b, .sc = sc, .per = per,
                      .add = add, .post_a = post_a, .post_b = post_b, .gelu = gelu,
-                     .wu = u->data, .wino_bf16 = bf16 };
+                     .wu = u->data, .wino_bf16 = bf16, .wup = up };
     msd_parallel_for(G, nthr, conv2d_gemm_chunk, &j);
     msd_storage_release(sc);
     msd_storage_release(u);

@@ -1,4 +1,4 @@
-/* msd_sgemm and msd_sgemm_bf16 against a double-precision triple loop, for
+/* msd_sgemm, msd_sgemm_bf16 (and its prepacked form) against a double-precision triple loop, for
  * every transpose combination, edge sizes around each kernel's tile, alpha/beta
  * cases, and every kernel level this CPU can run. */
 #include <float.h>
@@ -199,6 +199,56 @@ static void test_bf16_specials(void)
     CHECK_OK(msd_isa_set(best));
 }
 
+/* msd_sgemm_bf16_packed on A's bf16 rows and B packed by msd_bf16_pack_b: the same bits as
+ * msd_sgemm_bf16 on the floats, at every level, for shapes around the kernel's tile (6 x 64)
+ * and the K block (128), an odd K (its padding element), beta 0 and not. */
+static void test_bf16_packed(void)
+{
+    static const int dims[][3] = { { 1, 1, 1 }, { 7, 65, 3 }, { 13, 64, 16 }, { 6, 130, 129 },
+                                   { 20, 3, 300 }, { 37, 100, 64 } };
+    int best = msd_isa_best();
+    for (int isa = 0; isa <= best; isa++) {
+        CHECK_OK(msd_isa_set(isa));
+        for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++) {
+            int M = dims[d][0], N = dims[d][1], K = dims[d][2], lda = K + (K & 1) + 4;
+            int ldc = N + 3;
+            float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * K * N);
+            float *C1 = malloc(sizeof(float) * M * ldc), *C2 = malloc(sizeof(float) * M * ldc);
+            uint16_t *Ah = calloc((size_t)M * lda, sizeof *Ah);
+            /* 64-byte aligned, as the conv's storage */
+            size_t words = msd_bf16_packed_b_words(K, N);
+            uint32_t *bp = aligned_alloc(64, (words * 4 + 63) / 64 * 64);
+            for (int i = 0; i < M * K; i++)
+                A[i] = frand();
+            for (int i = 0; i < K * N; i++)
+                B[i] = frand();
+            for (int i = 0; i < M; i++)
+                for (int k = 0; k < K; k++)
+                    Ah[(size_t)i * lda + k] = msd_bf16_from_float(A[i * K + k]);
+            msd_bf16_pack_b(bp, B, N, K, N);
+            for (int b = 0; b < 2; b++) {
+                float beta = b ? 0.75f : 0.0f;
+                for (int i = 0; i < M * ldc; i++)
+                    C1[i] = C2[i] = frand();
+                msd_sgemm_bf16(0, 0, M, N, K, 1.0f, A, K, B, N, beta, C1, ldc);
+                msd_sgemm_bf16_packed(M, N, K, Ah, lda, bp, beta, C2, ldc);
+                int same = memcmp(C1, C2, sizeof(float) * M * ldc) == 0;
+                if (!same)
+                    fprintf(stderr, "  %s: %d x %d x %d beta %g differs\n", msd_isa_name(isa), M,
+                            N, K, beta);
+                CHECK(same);
+            }
+            free(A);
+            free(B);
+            free(C1);
+            free(C2);
+            free(Ah);
+            free(bp);
+        }
+    }
+    CHECK_OK(msd_isa_set(best));
+}
+
 static void test_degenerate(void)
 {
     float C[4] = { 1, 2, 3, 4 }, A[1] = { 5 }, B[1] = { 6 };
@@ -279,6 +329,7 @@ int main(void)
     RUN(test_all_levels);
     RUN(test_bf16);
     RUN(test_bf16_specials);
+    RUN(test_bf16_packed);
     RUN(test_offsets);
     return TEST_SUMMARY();
 }
