@@ -184,23 +184,6 @@ INLINE void ncl_block(float *y, const float *yc, int C, int L, int add, const fl
     }
 }
 
-/* y (C, L) = (or += with add) yc (L, C) + b (C, or NULL; ignored with add). */
-MSD_MULTIVERSION
-static void from_channels_last(float *restrict y, const float *restrict yc, int C, int L, int add,
-                               const float *b)
-{
-    for (int l0 = 0; l0 < L; l0 += VL) {
-        int kl = L - l0 < VL ? L - l0 : VL;
-        for (int c0 = 0; c0 < C; c0 += VL) {
-            int kc = C - c0 < VL ? C - c0 : VL;
-            if (kl == VL && kc == VL)
-                ncl_block(y, yc, C, L, add, b, l0, c0, VL, VL);
-            else
-                ncl_block(y, yc, C, L, add, b, l0, c0, kl, kc);
-        }
-    }
-}
-
 /* ---- transforms ------------------------------------------------------------ */
 
 /* One tile, channels [c, c+k): d its 4x4 input (row stride rs), v its 16
@@ -315,8 +298,8 @@ BF16_TARGET static void input_transform_bf16(uint16_t *restrict V, const float *
 }
 
 /* One tile, channels [c, c+k): m its 16 products (stride step), o0 and o1
- * its two output rows (two pixels of C channels each). */
-INLINE void output_tile(float *o0, float *o1, const float *m, size_t step, int C, int k)
+ * its two output rows (two pixels, ps floats apart). */
+INLINE void output_tile(float *o0, float *o1, const float *m, size_t step, int ps, int k)
 {
     vf s[2][4], o;
     for (int b = 0; b < 4; b++) {
@@ -332,28 +315,52 @@ INLINE void output_tile(float *o0, float *o1, const float *m, size_t step, int C
     o = s[0][0] + s[0][1] + s[0][2];
     ST(o0, o, k);
     o = s[0][1] - s[0][2] - s[0][3];
-    ST(o0 + C, o, k);
+    ST(o0 + ps, o, k);
     o = s[1][0] + s[1][1] + s[1][2];
     ST(o1, o, k);
     o = s[1][1] - s[1][2] - s[1][3];
-    ST(o1 + C, o, k);
+    ST(o1 + ps, o, k);
 }
 
-/* One row of tiles: out (2, W, C), two output rows channels last, = A^T M A
- * of tiles t0 .. t0 + W/2 - 1 of M (16, T, C). */
-MSD_MULTIVERSION
-static void output_transform_row(float *restrict out, const float *restrict M, size_t T, int C,
-                                 size_t t0, int W)
+/* One row of tiles, channels [c0, c0+kc): their two output rows into buf (2W pixels of 16
+ * floats), = A^T M A of tiles t0 .. t0 + W/2 - 1 of M (16, T, C). */
+INLINE void output_row(float *buf, const float *M, size_t step, int C, size_t t0, int W, int c0,
+                       int kc)
 {
-    size_t step = plane_of(T, C);
-    int cv = C / VL * VL;
-    for (int tx = 0; tx < W / 2; tx++) {
-        const float *m = M + (t0 + tx) * C;
-        float *o0 = out + (size_t)2 * tx * C, *o1 = out + ((size_t)W + 2 * tx) * C;
-        for (int c = 0; c < cv; c += VL)
-            output_tile(o0 + c, o1 + c, m + c, step, C, VL);
-        if (cv < C)
-            output_tile(o0 + cv, o1 + cv, m + cv, step, C, C - cv);
+    for (int tx = 0; tx < W / 2; tx++)
+        output_tile(buf + (size_t)2 * tx * VL, buf + ((size_t)W + 2 * tx) * VL,
+                    M + (t0 + tx) * C + c0, step, VL, kc);
+}
+
+/* y (C, H, W) = (or += with add) the image of tiles t0 .. of M (16, T, C) + b (C, or NULL;
+ * ignored with add): per row of tiles and 16 channels, the two output rows (2W floats in
+ * a row of each channel's plane) formed channels last in buf (2W x 16 floats, in L1), then
+ * transposed into place 16 pixels at a time: the image never goes through memory channels
+ * last. */
+MSD_MULTIVERSION
+static void output_transform(float *restrict y, const float *restrict M, size_t T, int C,
+                             size_t t0, int H, int W, int add, const float *b,
+                             float *restrict buf)
+{
+    size_t step = plane_of(T, C), L = (size_t)H * W;
+    for (int ty = 0; ty < H / 2; ty++) {
+        size_t tr = t0 + (size_t)ty * (W / 2);
+        float *yr = y + (size_t)2 * ty * W;
+        for (int c0 = 0; c0 < C; c0 += VL) {
+            int kc = C - c0 < VL ? C - c0 : VL;
+            const float *bc = b ? b + c0 : NULL;
+            if (kc == VL)
+                output_row(buf, M, step, C, tr, W, c0, VL);
+            else
+                output_row(buf, M, step, C, tr, W, c0, kc);
+            for (int l0 = 0; l0 < 2 * W; l0 += VL) {
+                int kl = 2 * W - l0 < VL ? 2 * W - l0 : VL;
+                if (kl == VL && kc == VL)
+                    ncl_block(yr + c0 * L, buf, VL, (int)L, add, bc, l0, 0, VL, VL);
+                else
+                    ncl_block(yr + c0 * L, buf, VL, (int)L, add, bc, l0, 0, kl, kc);
+            }
+        }
     }
 }
 
@@ -436,11 +443,11 @@ INLINE void weight_block(float *U, const float *w, size_t plane, int Cout, int C
 }
 
 MSD_MULTIVERSION
-void msd_wino_weights(float *U, const float *w, int Cout, int Cin)
+void msd_wino_weights(float *U, const float *w, int Cout, int Cin, int i0, int i1)
 {
     size_t plane = (size_t)Cin * Cout;
     int ov = Cout / VL * VL;
-    for (int i = 0; i < Cin; i++) {
+    for (int i = i0; i < i1; i++) {
         for (int o = 0; o < ov; o += VL)
             weight_block(U, w, plane, Cout, Cin, i, o, VL);
         if (ov < Cout)
@@ -455,10 +462,10 @@ size_t msd_wino_packed_words(int Cout, int Cin)
     return 16 * msd_bf16_packed_b_words(Cin, Cout);
 }
 
-void msd_wino_pack_bf16(uint32_t *Up, const float *U, int Cout, int Cin)
+void msd_wino_pack_bf16(uint32_t *Up, const float *U, int Cout, int Cin, int xi0, int xi1)
 {
     size_t words = msd_bf16_packed_b_words(Cin, Cout), plane = (size_t)Cin * Cout;
-    for (int xi = 0; xi < 16; xi++)
+    for (int xi = xi0; xi < xi1; xi++)
         msd_bf16_pack_b(Up + xi * words, U + xi * plane, Cout, Cin, Cout);
 }
 
@@ -485,13 +492,9 @@ void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b,
             msd_sgemm(0, 0, (int)T, Cout, Cin, 1.0f, V + xi * pi, Cin,
                       U + (size_t)xi * Cin * Cout, Cout, 0.0f, M + xi * po, Cout);
     }
-    /* each image's tiles to its output, channels last, then into NCHW */
-    for (int n = 0; n < nb; n++) {
-        for (int ty = 0; ty < H / 2; ty++)
-            output_transform_row(yc + (size_t)2 * ty * W * Cout, M, T, Cout,
-                                 ((size_t)n * (H / 2) + ty) * (W / 2), W);
-        from_channels_last(y + (size_t)n * Cout * L, yc, Cout, (int)L, add, b);
-    }
+    for (int n = 0; n < nb; n++) /* yc: output_transform's buffer */
+        output_transform(y + (size_t)n * Cout * L, M, T, Cout, (size_t)n * (H / 2) * (W / 2), H,
+                         W, add, b, yc);
 }
 
 void msd_wino_dw(const msd_wino_conv *c, float *dwt, const float *x, const float *dy,

@@ -62,14 +62,16 @@ int msd_wino_group_images(int N, int H, int W);
 size_t msd_wino_scratch(const msd_wino_conv *c);
 
 /* U (16, Cin, Cout) = G g G^T for each kernel g = w[o, i] of w (Cout, Cin,
- * 3, 3): the B operand of the forward's 16 products. */
-void msd_wino_weights(float *U, const float *w, int Cout, int Cin);
+ * 3, 3): the B operand of the forward's 16 products; the rows of input
+ * channels [i0, i1) (the caller spreads them over its threads). */
+void msd_wino_weights(float *U, const float *w, int Cout, int Cin, int i0, int i1);
 
 /* 32-bit words of U packed for the bf16 forward: msd_wino_pack_bf16 writes
- * U's 16 planes in msd_sgemm_bf16_packed's form (gemm.h), once per convolution
- * rather than once per group and product. */
+ * U's planes [xi0, xi1) of 16 in msd_sgemm_bf16_packed's form (gemm.h), once
+ * per convolution rather than once per group and product; Up 64-byte
+ * aligned. */
 size_t msd_wino_packed_words(int Cout, int Cin);
-void msd_wino_pack_bf16(uint32_t *Up, const float *U, int Cout, int Cin);
+void msd_wino_pack_bf16(uint32_t *Up, const float *U, int Cout, int Cin, int xi0, int xi1);
 /* y (nb, Cout, H, W) = (or += with add, b ignored) conv2d of x (nb, Cin, H,
  * W) with the kernels transformed into U, plus b (Cout, or NULL); with c->bf16
  * the kernels come from Up (msd_wino_pack_bf16) and U is not read. */

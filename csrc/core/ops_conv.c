@@ -557,6 +557,33 @@ static int wino_path(const conv_geom *g, int bf16)
     return !bf16 || (msd_gemm_bf16_native() && !msd_amx_conv_ok(g->Cin, g->Cout, g->s));
 }
 
+/* A Winograd convolution's kernels, transformed in parallel: U by blocks of WW_BLOCK input
+ * channels, then (bf16) U's 16 planes packed, one chunk each. Every value is computed
+ * once, so the bits do not depend on the threads. */
+#define WW_BLOCK 8
+
+typedef struct wino_w_job {
+    float *u;
+    uint32_t *up;
+    const float *w;
+    int Cout, Cin;
+} wino_w_job;
+
+static void wino_u_chunk(void *ctx, int k, int tid)
+{
+    const wino_w_job *j = ctx;
+    int i0 = k * WW_BLOCK, i1 = i0 + WW_BLOCK < j->Cin ? i0 + WW_BLOCK : j->Cin;
+    (void)tid;
+    msd_wino_weights(j->u, j->w, j->Cout, j->Cin, i0, i1);
+}
+
+static void wino_pack_chunk(void *ctx, int xi, int tid)
+{
+    const wino_w_job *j = ctx;
+    (void)tid;
+    msd_wino_pack_bf16(j->up, j->u, j->Cout, j->Cin, xi, xi + 1);
+}
+
 /* conv2d_gemm by Winograd (conv_wino.h): groups of msd_wino_group_images
  * images, the kernels transformed once. */
 static int conv2d_wino(const char *op, float *y, const float *x, const float *w, const float *b,
@@ -579,9 +606,10 @@ static int conv2d_wino(const char *op, float *y, const float *x, const float *w,
         return rc;
     }
     uint32_t *up = bf16 ? (uint32_t *)(u->data + nu) : NULL;
-    msd_wino_weights(u->data, w, g->Cout, g->Cin);
+    wino_w_job wj = { u->data, up, w, g->Cout, g->Cin };
+    msd_parallel_for((g->Cin + WW_BLOCK - 1) / WW_BLOCK, MSD_ALL_THREADS, wino_u_chunk, &wj);
     if (up)
-        msd_wino_pack_bf16(up, u->data, g->Cout, g->Cin);
+        msd_parallel_for(16, MSD_ALL_THREADS, wino_pack_chunk, &wj);
     conv2d_job j = { .g = gw, .y = y, .x = x, .b = b, .sc = sc, .per = per,
                      .add = add, .post_a = post_a, .post_b = post_b, .gelu = gelu,
                      .wu = u->data, .wino_bf16 = bf16, .wup = up };
@@ -945,6 +973,12 @@ static void conv_transpose2d_forward_chunk(void *ctx, int g, int tid)
     col2im_add(yg, col, nb, Cout, Ho, Wo, j->kh, j->kw, j->stride, j->pad, H, W);
 }
 
+/* Groups a transposed conv's forward cuts the batch into, at least (when it has as many
+ * images): the model's are small enough for one group of the whole batch (a 1x1, 4x4 or
+ * 8x8 input), which ran on one thread. Each output is computed once whatever the groups
+ * (the GEMM's result does not depend on its N), so the bits do not change. */
+#define CT_MIN_GROUPS 8
+
 /* A transposed conv is the adjoint of a conv mapping (Ho, Wo) to (H, W):
  * col (Cout*kh*kw, nb*H*W) = w^T x, then col2im into y. */
 int msd_conv_transpose2d_forward(float *y, const float *x, const float *w, const float *b, int N,
@@ -956,6 +990,8 @@ int msd_conv_transpose2d_forward(float *y, const float *x, const float *w, const
     if (N == 0)
         return MSD_OK;
     int nbmax = chunk_images(N, K > (size_t)Cin ? K : (size_t)Cin, L);
+    if (nbmax > (N + CT_MIN_GROUPS - 1) / CT_MIN_GROUPS)
+        nbmax = (N + CT_MIN_GROUPS - 1) / CT_MIN_GROUPS;
     int G = (N + nbmax - 1) / nbmax, nthr;
     size_t per = (K + Cin) * nbmax * L;
     msd_storage *sc;
