@@ -86,6 +86,13 @@ static size_t plane_of(size_t T, int C)
     return T * C + 16;
 }
 
+/* The same for U's and dwt's planes (Cin, Cout): Cin Cout floats is 16 KiB at the model's
+ * 64 channels. */
+size_t msd_wino_plane(int Cout, int Cin)
+{
+    return (size_t)Cin * Cout + 16;
+}
+
 /* Scratch: xc, V, M, then dyc for the weight gradient (E reuses M). */
 size_t msd_wino_scratch(const msd_wino_conv *c)
 {
@@ -426,29 +433,50 @@ INLINE void weight_tiles(vf u[16], const vf g[9])
     }
 }
 
-/* Input channel i, output channels [o, o+k). */
-INLINE void weight_block(float *U, const float *w, size_t plane, int Cout, int Cin, int i, int o,
-                         int k)
+/* Input channels [i, i+ki), output channels [o, o+ko) (both at most 16): w's rows o .. o+ko,
+ * 9 ki floats each from input channel i on, transposed 16 x 16 at a time in registers into
+ * columns (one per input channel and tap, across the 16 kernels), then each input
+ * channel's 16 kernels transformed at once (a gather of 9 taps per kernel was a quarter
+ * of a one-sprite sampling step by perf). */
+INLINE void weight_block(float *U, const float *w, size_t plane, int Cout, int Cin, int i, int ki,
+                         int o, int ko)
 {
-    vf g[9] = { { 0 } }, u[16];
-    for (int j = 0; j < k; j++)
-        for (int tap = 0; tap < 9; tap++)
-            g[tap][j] = w[((size_t)(o + j) * Cin + i) * 9 + tap];
-    weight_tiles(u, g);
-    for (int xi = 0; xi < 16; xi++)
-        ST(U + xi * plane + (size_t)i * Cout + o, u[xi], k);
+    vf col[9 * VL];
+    int ncol = 9 * ki;
+    for (int cb = 0; cb < ncol; cb += VL) {
+        int kc = ncol - cb < VL ? ncol - cb : VL;
+        vf r[16];
+        for (int j = 0; j < VL; j++) {
+            if (j < ko)
+                LD(r[j], w + ((size_t)(o + j) * Cin + i) * 9 + cb, kc);
+            else
+                memset(&r[j], 0, sizeof r[j]);
+        }
+        transpose16(r);
+        for (int c = 0; c < kc; c++)
+            col[cb + c] = r[c];
+    }
+    for (int ii = 0; ii < ki; ii++) {
+        vf u[16];
+        weight_tiles(u, col + 9 * ii);
+        for (int xi = 0; xi < 16; xi++)
+            ST(U + xi * plane + (size_t)(i + ii) * Cout + o, u[xi], ko);
+    }
 }
 
 MSD_MULTIVERSION
 void msd_wino_weights(float *U, const float *w, int Cout, int Cin, int i0, int i1)
 {
-    size_t plane = (size_t)Cin * Cout;
-    int ov = Cout / VL * VL;
-    for (int i = i0; i < i1; i++) {
-        for (int o = 0; o < ov; o += VL)
-            weight_block(U, w, plane, Cout, Cin, i, o, VL);
-        if (ov < Cout)
-            weight_block(U, w, plane, Cout, Cin, i, ov, Cout - ov);
+    size_t plane = msd_wino_plane(Cout, Cin);
+    for (int i = i0; i < i1; i += VL) {
+        int ki = i1 - i < VL ? i1 - i : VL;
+        for (int o = 0; o < Cout; o += VL) {
+            int ko = Cout - o < VL ? Cout - o : VL;
+            if (ki == VL && ko == VL)
+                weight_block(U, w, plane, Cout, Cin, i, VL, o, VL);
+            else
+                weight_block(U, w, plane, Cout, Cin, i, ki, o, ko);
+        }
     }
 }
 
@@ -461,7 +489,7 @@ size_t msd_wino_packed_words(int Cout, int Cin)
 
 void msd_wino_pack_bf16(uint32_t *Up, const float *U, int Cout, int Cin, int xi0, int xi1)
 {
-    size_t words = msd_bf16_packed_b_words(Cin, Cout), plane = (size_t)Cin * Cout;
+    size_t words = msd_bf16_packed_b_words(Cin, Cout), plane = msd_wino_plane(Cout, Cin);
     for (int xi = xi0; xi < xi1; xi++)
         msd_bf16_pack_b(Up + xi * words, U + xi * plane, Cout, Cin, Cout);
 }
@@ -487,7 +515,7 @@ void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b,
         /* M_xi (T, Cout) = V_xi (T, Cin) U_xi (Cin, Cout) */
         for (int xi = 0; xi < 16; xi++)
             msd_sgemm(0, 0, (int)T, Cout, Cin, 1.0f, V + xi * pi, Cin,
-                      U + (size_t)xi * Cin * Cout, Cout, 0.0f, M + xi * po, Cout);
+                      U + xi * msd_wino_plane(Cout, Cin), Cout, 0.0f, M + xi * po, Cout);
     }
     for (int n = 0; n < nb; n++) /* yc: output_transform's buffer */
         output_transform(y + (size_t)n * Cout * L, M, T, Cout, (size_t)n * (H / 2) * (W / 2), H,
@@ -510,12 +538,12 @@ void msd_wino_dw(const msd_wino_conv *c, float *dwt, const float *x, const float
     for (int xi = 0; xi < 16; xi++)
         (c->bf16 ? msd_sgemm_bf16 : msd_sgemm)(1, 0, Cin, Cout, (int)T, 1.0f, V + xi * pi, Cin,
                                                E + xi * po, Cout, 1.0f,
-                                               dwt + (size_t)xi * Cin * Cout, Cout);
+                                               dwt + xi * msd_wino_plane(Cout, Cin), Cout);
 }
 
 void msd_wino_dw_finish(float *dw, const float *dwt, int Cout, int Cin)
 {
-    size_t plane = (size_t)Cin * Cout;
+    size_t plane = msd_wino_plane(Cout, Cin);
     for (int o = 0; o < Cout; o++)
         for (int i = 0; i < Cin; i++) {
             float m[4][4], t[3][4];

@@ -61,8 +61,12 @@ int msd_wino_group_images(int N, int H, int W);
 /* Floats of scratch that msd_wino_forward or msd_wino_dw needs for group c. */
 size_t msd_wino_scratch(const msd_wino_conv *c);
 
-/* U (16, Cin, Cout) = G g G^T for each kernel g = w[o, i] of w (Cout, Cin,
- * 3, 3): the B operand of the forward's 16 products; the rows of input
+/* Floats from one of U's or dwt's 16 planes (Cin, Cout) to the next (a cache
+ * line more than Cin Cout, so that the 16 streams of a transform do not all
+ * fall in the same L1 sets): U and dwt hold 16 of them. */
+size_t msd_wino_plane(int Cout, int Cin);
+/* U (16 planes, Cin, Cout) = G g G^T for each kernel g = w[o, i] of w (Cout,
+ * Cin, 3, 3): the B operand of the forward's 16 products; the rows of input
  * channels [i0, i1) (the caller spreads them over its threads). */
 void msd_wino_weights(float *U, const float *w, int Cout, int Cin, int i0, int i1);
 
@@ -78,7 +82,7 @@ void msd_wino_pack_bf16(uint32_t *Up, const float *U, int Cout, int Cin, int xi0
 void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b, const float *x,
                       const float *U, const uint32_t *Up, float *scratch);
 
-/* dwt (16, Cin, Cout) += this group's weight gradient in the transformed
+/* dwt (16 planes, Cin, Cout) += this group's weight gradient in the transformed
  * domain, from x (nb, Cin, H, W) and dy (nb, Cout, H, W). */
 void msd_wino_dw(const msd_wino_conv *c, float *dwt, const float *x, const float *dy,
                  float *scratch);

@@ -560,7 +560,7 @@ static int wino_path(const conv_geom *g, int bf16)
 /* A Winograd convolution's kernels, transformed in parallel: U by blocks of WW_BLOCK input
  * channels, then (bf16) U's 16 planes packed, one chunk each. Every value is computed
  * once, so the bits do not depend on the threads. */
-#define WW_BLOCK 8
+#define WW_BLOCK 16
 
 typedef struct wino_w_job {
     float *u;
@@ -595,7 +595,7 @@ static int conv2d_wino(const char *op, float *y, const float *x, const float *w,
     msd_wino_conv c = { gw.nbmax, g->Cin, g->H, g->W, g->Cout, bf16 };
     int G = (g->N + gw.nbmax - 1) / gw.nbmax, nthr, rc;
     /* the transformed kernels, then (bf16) the same packed: floats enough for the words */
-    size_t per = msd_wino_scratch(&c), nu = (size_t)16 * g->Cin * g->Cout;
+    size_t per = msd_wino_scratch(&c), nu = 16 * msd_wino_plane(g->Cout, g->Cin);
     size_t np = bf16 ? msd_wino_packed_words(g->Cout, g->Cin) : 0;
     msd_storage *sc, *u = msd_storage_new(nu + np);
     if (!u)
@@ -848,7 +848,7 @@ static int conv2d_wino_dw(float *dw, const float *dy, const float *x, int N, int
     const char *op = "conv2d backward";
     msd_wino_conv c = { msd_wino_group_images(N, H, W), Cin, H, W, Cout, bf16 };
     int G = (N + c.nb - 1) / c.nb, nch = G < WINO_DW_CHUNKS ? G : WINO_DW_CHUNKS, nthr, rc;
-    size_t per = msd_wino_scratch(&c), nw = (size_t)16 * Cin * Cout;
+    size_t per = msd_wino_scratch(&c), nw = 16 * msd_wino_plane(Cout, Cin);
     msd_storage *sc, *sp = msd_storage_new(nw * (nch + 1));
     if (!sp)
         return msd_error(MSD_ERR_MEM, "%s: out of memory for %d partial weight gradients of "
@@ -861,7 +861,7 @@ static int conv2d_wino_dw(float *dw, const float *dy, const float *x, int N, int
     msd_parallel_for(nch, nthr, wino_dw_chunk, &j);
     float *acc = sp->data + nw * nch; /* after the partials */
     memset(acc, 0, nw * sizeof *acc);
-    reduce_partials(acc, sp->data, nch, 16 * Cin, Cout, 0);
+    reduce_partials(acc, sp->data, nch, 16, (int)msd_wino_plane(Cout, Cin), 0);
     msd_wino_dw_finish(dw, acc, Cout, Cin);
     msd_storage_release(sc);
     msd_storage_release(sp);
