@@ -344,12 +344,27 @@ void msd_relu_forward(float *y, const float *x, size_t n)
         y[i] = x[i] <= 0.0f ? 0.0f : x[i];
 }
 
-/* The gradient is 0 at x = 0 exactly, as PyTorch's. */
+/* The gradient is 0 at x = 0 exactly, as PyTorch's. In ACT_BLOCK blocks over the threads. */
+typedef struct relu_job {
+    float *dx;
+    const float *dy, *x;
+    size_t n;
+} relu_job;
+
+static void relu_bwd_chunk(void *ctx, int k, int tid)
+{
+    const relu_job *j = ctx;
+    size_t lo = (size_t)k * ACT_BLOCK, hi = j->n - lo < ACT_BLOCK ? j->n : lo + ACT_BLOCK;
+    (void)tid;
+    for (size_t i = lo; i < hi; i++)
+        if (j->x[i] > 0.0f)
+            j->dx[i] += j->dy[i];
+}
+
 void msd_relu_backward(float *dx, const float *dy, const float *x, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        if (x[i] > 0.0f)
-            dx[i] += dy[i];
+    relu_job j = { dx, dy, x, n };
+    msd_parallel_for(gelu_blocks(n), MSD_ALL_THREADS, relu_bwd_chunk, &j);
 }
 
 typedef void (*act_kernel)(float *y, const float *x, size_t n);

@@ -270,96 +270,131 @@ void msd_batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float 
  * cpg = C / G channels of a group are one contiguous run of cpg * HW floats.
  * Two passes over the group in double (mean, then the squared deviations:
  * steadier than E[x^2] - mean^2 when the mean is large); then gamma and the
- * normalisation fold into y = x a + b per channel. Serial: the model's one
- * GroupNorm is small. */
+ * normalisation fold into y = x a + b per channel. One image per chunk over
+ * the threads (each value computed by one thread: the same bits on any
+ * count). */
+typedef struct gn_job {
+    float *y, *mean, *rstd, *dx, *dgamma, *dbeta; /* written */
+    const float *x, *dy, *gamma, *beta, *bmean, *brstd; /* read (b: backward's) */
+    int N, C, HW, G;
+    float eps;
+} gn_job;
+
+static void gn_forward_chunk(void *ctx, int n, int tid)
+{
+    const gn_job *j = ctx;
+    int C = j->C, HW = j->HW, G = j->G, cpg = C / G;
+    size_t len = (size_t)cpg * HW; /* a group is contiguous: cpg channels x HW */
+    (void)tid;
+    for (int g = 0; g < G; g++) {
+        size_t off = ((size_t)n * C + (size_t)g * cpg) * HW;
+        const float *p = j->x + off;
+        double s = 0, q = 0;
+        for (size_t i = 0; i < len; i++)
+            s += p[i];
+        double m = len ? s / (double)len : 0.0;
+        for (size_t i = 0; i < len; i++) {
+            double d = p[i] - m;
+            q += d * d;
+        }
+        double var = len ? q / (double)len : 0.0;
+        float r = (float)(1.0 / sqrt(var + j->eps));
+        j->mean[n * G + g] = (float)m;
+        j->rstd[n * G + g] = r;
+        for (int c = 0; c < cpg; c++) {
+            int ch = g * cpg + c;
+            float a = r * (j->gamma ? j->gamma[ch] : 1.0f);
+            float b = (j->beta ? j->beta[ch] : 0.0f) - (float)m * a;
+            for (int i = 0; i < HW; i++)
+                j->y[off + (size_t)c * HW + i] = p[(size_t)c * HW + i] * a + b;
+        }
+    }
+}
+
+static int gn_threads(int N, int C, int HW)
+{
+    return (size_t)N * C * HW > BN_SERIAL_MAX ? MSD_ALL_THREADS : 1;
+}
+
 void msd_groupnorm_forward(float *y, float *mean, float *rstd, const float *x,
                            const float *gamma, const float *beta, int N, int C, int HW, int G,
                            float eps)
 {
-    int cpg = C / G;
-    size_t len = (size_t)cpg * HW; /* a group is contiguous: cpg channels x HW */
-    for (int n = 0; n < N; n++)
-        for (int g = 0; g < G; g++) {
-            size_t off = ((size_t)n * C + (size_t)g * cpg) * HW;
-            const float *p = x + off;
-            double s = 0, q = 0;
-            for (size_t i = 0; i < len; i++)
-                s += p[i];
-            double m = len ? s / (double)len : 0.0;
-            for (size_t i = 0; i < len; i++) {
-                double d = p[i] - m;
-                q += d * d;
-            }
-            double var = len ? q / (double)len : 0.0;
-            float r = (float)(1.0 / sqrt(var + eps));
-            mean[n * G + g] = (float)m;
-            rstd[n * G + g] = r;
-            for (int c = 0; c < cpg; c++) {
-                int ch = g * cpg + c;
-                float a = r * (gamma ? gamma[ch] : 1.0f);
-                float b = (beta ? beta[ch] : 0.0f) - (float)m * a;
-                for (int i = 0; i < HW; i++)
-                    y[off + (size_t)c * HW + i] = p[(size_t)c * HW + i] * a + b;
-            }
-        }
+    gn_job j = { .y = y, .mean = mean, .rstd = rstd, .x = x, .gamma = gamma, .beta = beta,
+                 .N = N, .C = C, .HW = HW, .G = G, .eps = eps };
+    msd_parallel_for(N, gn_threads(N, C, HW), gn_forward_chunk, &j);
 }
 
 /* GroupNorm backward from forward's mean and rstd (N, G); x is the forward's
  * input, recomputed into xhat = (x - mean) rstd rather than kept. ADDS to dx
  * (N, C, HW), dgamma and dbeta (C) where they are not NULL: dgamma = sum of dy
- * xhat and dbeta = sum of dy over n and HW, in double; dx by the closed form
- * below, its two group sums in double. */
+ * xhat and dbeta = sum of dy over n and HW, in double (one channel per chunk);
+ * dx by the closed form below, its two group sums in double (one image per
+ * chunk). */
+static void gn_params_chunk(void *ctx, int c, int tid)
+{
+    const gn_job *j = ctx;
+    int C = j->C, HW = j->HW, G = j->G, cpg = C / G;
+    double sg = 0, sb = 0;
+    (void)tid;
+    for (int n = 0; n < j->N; n++) {
+        double m = j->bmean[n * G + c / cpg], r = j->brstd[n * G + c / cpg];
+        size_t off = ((size_t)n * C + c) * HW;
+        for (int i = 0; i < HW; i++) {
+            sg += j->dy[off + i] * ((j->x[off + i] - m) * r);
+            sb += j->dy[off + i];
+        }
+    }
+    if (j->dgamma)
+        j->dgamma[c] += (float)sg;
+    if (j->dbeta)
+        j->dbeta[c] += (float)sb;
+}
+
+static void gn_dx_chunk(void *ctx, int n, int tid)
+{
+    const gn_job *j = ctx;
+    int C = j->C, HW = j->HW, G = j->G, cpg = C / G;
+    const float *x = j->x, *dy = j->dy, *gamma = j->gamma;
+    double len = (double)cpg * HW;
+    (void)tid;
+    for (int g = 0; g < G; g++) {
+        double m = j->bmean[n * G + g], r = j->brstd[n * G + g];
+        size_t off = ((size_t)n * C + (size_t)g * cpg) * HW;
+        /* with u = dy * gamma (the gradient of xhat):
+         * dx = r (u - mean(u) - xhat mean(u xhat)) over the group */
+        double su = 0, sux = 0;
+        for (int c = 0; c < cpg; c++) {
+            double gm = gamma ? gamma[g * cpg + c] : 1.0;
+            for (int i = 0; i < HW; i++) {
+                size_t k = off + (size_t)c * HW + i;
+                double u = dy[k] * gm;
+                su += u;
+                sux += u * ((x[k] - m) * r);
+            }
+        }
+        double k1 = su / len, k2 = sux / len;
+        for (int c = 0; c < cpg; c++) {
+            double gm = gamma ? gamma[g * cpg + c] : 1.0;
+            for (int i = 0; i < HW; i++) {
+                size_t k = off + (size_t)c * HW + i;
+                double xhat = (x[k] - m) * r;
+                j->dx[k] += (float)(r * (dy[k] * gm - k1 - xhat * k2));
+            }
+        }
+    }
+}
+
 void msd_groupnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
                             const float *x, const float *gamma, const float *mean,
                             const float *rstd, int N, int C, int HW, int G)
 {
-    int cpg = C / G;
-    if (dgamma || dbeta) {
-        for (int c = 0; c < C; c++) {
-            double sg = 0, sb = 0;
-            for (int n = 0; n < N; n++) {
-                double m = mean[n * G + c / cpg], r = rstd[n * G + c / cpg];
-                size_t off = ((size_t)n * C + c) * HW;
-                for (int i = 0; i < HW; i++) {
-                    sg += dy[off + i] * ((x[off + i] - m) * r);
-                    sb += dy[off + i];
-                }
-            }
-            if (dgamma)
-                dgamma[c] += (float)sg;
-            if (dbeta)
-                dbeta[c] += (float)sb;
-        }
-    }
-    if (!dx)
-        return;
-    double len = (double)cpg * HW;
-    for (int n = 0; n < N; n++)
-        for (int g = 0; g < G; g++) {
-            double m = mean[n * G + g], r = rstd[n * G + g];
-            size_t off = ((size_t)n * C + (size_t)g * cpg) * HW;
-            /* with u = dy * gamma (the gradient of xhat):
-             * dx = r (u - mean(u) - xhat mean(u xhat)) over the group */
-            double su = 0, sux = 0;
-            for (int c = 0; c < cpg; c++) {
-                double gm = gamma ? gamma[g * cpg + c] : 1.0;
-                for (int i = 0; i < HW; i++) {
-                    size_t k = off + (size_t)c * HW + i;
-                    double u = dy[k] * gm;
-                    su += u;
-                    sux += u * ((x[k] - m) * r);
-                }
-            }
-            double k1 = su / len, k2 = sux / len;
-            for (int c = 0; c < cpg; c++) {
-                double gm = gamma ? gamma[g * cpg + c] : 1.0;
-                for (int i = 0; i < HW; i++) {
-                    size_t k = off + (size_t)c * HW + i;
-                    double xhat = (x[k] - m) * r;
-                    dx[k] += (float)(r * (dy[k] * gm - k1 - xhat * k2));
-                }
-            }
-        }
+    gn_job j = { .dx = dx, .dgamma = dgamma, .dbeta = dbeta, .x = x, .dy = dy, .gamma = gamma,
+                 .bmean = mean, .brstd = rstd, .N = N, .C = C, .HW = HW, .G = G };
+    if (dgamma || dbeta)
+        msd_parallel_for(C, gn_threads(N, C, HW), gn_params_chunk, &j);
+    if (dx)
+        msd_parallel_for(N, gn_threads(N, C, HW), gn_dx_chunk, &j);
 }
 
 /* ---- tensor-level ops ------------------------------------------------- */
