@@ -194,19 +194,32 @@ typedef struct reduce_job {
     int G, rows, cols, transposed;
 } reduce_job;
 
+/* Elements summed at once: the partials row by row into these double sums (vector loops), the
+ * same order per element as one element at a time. */
+#define REDUCE_RUN 256
+
+MSD_MULTIVERSION
 static void reduce_chunk(void *ctx, int k, int tid)
 {
     const reduce_job *j = ctx;
     size_t n = (size_t)j->rows * j->cols, lo = (size_t)k * REDUCE_BLOCK;
     size_t hi = lo + REDUCE_BLOCK < n ? lo + REDUCE_BLOCK : n;
+    double acc[REDUCE_RUN];
     (void)tid;
-    for (size_t at = lo; at < hi; at++) {
-        double acc = 0;
-        for (int g = 0; g < j->G; g++)
-            acc += j->part[(size_t)g * n + at];
-        /* at is (r, c) of the partial: (c, r) of dw when transposed */
-        size_t to = j->transposed ? at % j->rows * j->cols + at / j->rows : at;
-        j->dw[to] += (float)acc;
+    for (size_t a0 = lo; a0 < hi; a0 += REDUCE_RUN) {
+        size_t m = hi - a0 < REDUCE_RUN ? hi - a0 : REDUCE_RUN;
+        for (size_t i = 0; i < m; i++)
+            acc[i] = 0;
+        for (int g = 0; g < j->G; g++) {
+            const float *p = j->part + (size_t)g * n + a0;
+            for (size_t i = 0; i < m; i++)
+                acc[i] += p[i];
+        }
+        for (size_t i = 0; i < m; i++) {
+            /* at is (r, c) of the partial: (c, r) of dw when transposed */
+            size_t at = a0 + i, to = j->transposed ? at % j->rows * j->cols + at / j->rows : at;
+            j->dw[to] += (float)acc[i];
+        }
     }
 }
 
