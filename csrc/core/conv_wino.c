@@ -541,10 +541,10 @@ void msd_wino_dw(const msd_wino_conv *c, float *dwt, const float *x, const float
                                                dwt + xi * msd_wino_plane(Cout, Cin), Cout);
 }
 
-void msd_wino_dw_finish(float *dw, const float *dwt, int Cout, int Cin)
+void msd_wino_dw_finish(float *dw, const float *dwt, int Cout, int Cin, int o0, int o1)
 {
     size_t plane = msd_wino_plane(Cout, Cin);
-    for (int o = 0; o < Cout; o++)
+    for (int o = o0; o < o1; o++)
         for (int i = 0; i < Cin; i++) {
             float m[4][4], t[3][4];
             for (int xi = 0; xi < 16; xi++)

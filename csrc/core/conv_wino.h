@@ -88,7 +88,8 @@ void msd_wino_dw(const msd_wino_conv *c, float *dwt, const float *x, const float
                  float *scratch);
 
 /* dw (Cout, Cin, 3, 3) += G^T dwt G: the gradient back from the
- * transformed domain. */
-void msd_wino_dw_finish(float *dw, const float *dwt, int Cout, int Cin);
+ * transformed domain, for output channels [o0, o1) (the caller spreads them
+ * over its threads). */
+void msd_wino_dw_finish(float *dw, const float *dwt, int Cout, int Cin, int o0, int o1);
 
 #endif

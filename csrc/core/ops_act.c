@@ -10,6 +10,7 @@
 #endif
 
 #include "cpu.h"
+#include "reduce.h" /* MSD_MULTIVERSION */
 #include "ops.h"
 #include "threads.h"
 
@@ -351,14 +352,18 @@ typedef struct relu_job {
     size_t n;
 } relu_job;
 
+/* A select, not a branch (a branch on the sign of noise-like activations mispredicts half
+ * the time); dx keeps its own bits where x <= 0 (a -0 stays -0). */
+MSD_MULTIVERSION
 static void relu_bwd_chunk(void *ctx, int k, int tid)
 {
     const relu_job *j = ctx;
     size_t lo = (size_t)k * ACT_BLOCK, hi = j->n - lo < ACT_BLOCK ? j->n : lo + ACT_BLOCK;
+    float *restrict dx = j->dx;
+    const float *restrict dy = j->dy, *restrict x = j->x;
     (void)tid;
     for (size_t i = lo; i < hi; i++)
-        if (j->x[i] > 0.0f)
-            j->dx[i] += j->dy[i];
+        dx[i] = x[i] > 0.0f ? dx[i] + dy[i] : dx[i];
 }
 
 void msd_relu_backward(float *dx, const float *dy, const float *x, size_t n)

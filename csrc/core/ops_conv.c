@@ -855,6 +855,21 @@ static void wino_dw_chunk(void *ctx, int k, int tid)
     }
 }
 
+typedef struct wino_finish_job {
+    float *dw;
+    const float *dwt;
+    int Cout, Cin;
+} wino_finish_job;
+
+/* Output channels [4k, 4k + 4) back from the transformed domain. */
+static void wino_finish_chunk(void *ctx, int k, int tid)
+{
+    const wino_finish_job *j = ctx;
+    (void)tid;
+    msd_wino_dw_finish(j->dw, j->dwt, j->Cout, j->Cin, 4 * k,
+                       4 * k + 4 < j->Cout ? 4 * k + 4 : j->Cout);
+}
+
 static int conv2d_wino_dw(float *dw, const float *dy, const float *x, int N, int Cin, int H,
                           int W, int Cout, int bf16)
 {
@@ -875,7 +890,8 @@ static int conv2d_wino_dw(float *dw, const float *dy, const float *x, int N, int
     float *acc = sp->data + nw * nch; /* after the partials */
     memset(acc, 0, nw * sizeof *acc);
     reduce_partials(acc, sp->data, nch, 16, (int)msd_wino_plane(Cout, Cin), 0);
-    msd_wino_dw_finish(dw, acc, Cout, Cin);
+    wino_finish_job fj = { dw, acc, Cout, Cin };
+    msd_parallel_for((Cout + 3) / 4, MSD_ALL_THREADS, wino_finish_chunk, &fj);
     msd_storage_release(sc);
     msd_storage_release(sp);
     return MSD_OK;

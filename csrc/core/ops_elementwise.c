@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "ops.h"
+#include "threads.h"
 
 /* ---- broadcasting ------------------------------------------------------
  * Both operands are padded on the left to 4 dims; a broadcast dim gets
@@ -88,19 +89,66 @@ static void binary_row(enum binop op, float *o, const float *a, long sa, const f
     }
 }
 
+/* Elements per chunk of the elementwise loops spread over the threads; smaller loops run
+ * inline. Every element is computed once, so the bits do not depend on the threads. */
+#define EW_CHUNK ((size_t)1 << 15)
+
+static int ew_chunks(size_t n)
+{
+    return n > 2 * EW_CHUNK ? (int)((n + EW_CHUNK - 1) / EW_CHUNK) : 1;
+}
+
+typedef struct binary_job {
+    enum binop op;
+    float *o;
+    const float *a, *b;
+    const bcast *bc;
+    size_t rows;
+    int nch;
+} binary_job;
+
+/* Rows [chunk * rows / nch, (chunk + 1) * rows / nch) of the broadcast shape (a row: the
+ * innermost dim, row r = (i0, i1, i2) in row-major order). */
+static void binary_chunk(void *ctx, int k, int tid)
+{
+    const binary_job *j = ctx;
+    const bcast *bc = j->bc;
+    const int *s = bc->shape;
+    (void)tid;
+    for (size_t r = k * j->rows / j->nch; r < (k + 1) * j->rows / j->nch; r++) {
+        long i2 = (long)(r % (size_t)s[2]), i1 = (long)(r / (size_t)s[2] % (size_t)s[1]);
+        long i0 = (long)(r / ((size_t)s[2] * s[1]));
+        long oa = i0 * bc->sa[0] + i1 * bc->sa[1] + i2 * bc->sa[2];
+        long ob = i0 * bc->sb[0] + i1 * bc->sb[1] + i2 * bc->sb[2];
+        binary_row(j->op, j->o + r * (size_t)s[3], j->a + oa, bc->sa[3], j->b + ob, bc->sb[3],
+                   s[3]);
+    }
+}
+
 /* o[i] = a[ia] op b[ib] over the broadcast shape bc->shape: o is written contiguously in
  * row-major order, a and b are read through their padded strides. */
 static void binary_loop(enum binop op, float *o, const float *a, const float *b, const bcast *bc)
 {
     const int *s = bc->shape;
-    for (int i0 = 0; i0 < s[0]; i0++)
-        for (int i1 = 0; i1 < s[1]; i1++)
-            for (int i2 = 0; i2 < s[2]; i2++) {
-                long oa = i0 * bc->sa[0] + i1 * bc->sa[1] + i2 * bc->sa[2];
-                long ob = i0 * bc->sb[0] + i1 * bc->sb[1] + i2 * bc->sb[2];
-                binary_row(op, o, a + oa, bc->sa[3], b + ob, bc->sb[3], s[3]);
-                o += s[3];
-            }
+    size_t rows = (size_t)s[0] * s[1] * s[2];
+    int nch = ew_chunks(rows * (size_t)s[3]);
+    binary_job j = { op, o, a, b, bc, rows, nch < (int)rows ? nch : (int)(rows ? rows : 1) };
+    msd_parallel_for(j.nch, MSD_ALL_THREADS, binary_chunk, &j);
+}
+
+typedef struct add_job {
+    float *d;
+    const float *g;
+    size_t n;
+} add_job;
+
+static void add_chunk(void *ctx, int k, int tid)
+{
+    const add_job *j = ctx;
+    size_t lo = (size_t)k * EW_CHUNK, hi = j->n - lo < EW_CHUNK ? j->n : lo + EW_CHUNK;
+    (void)tid;
+    for (size_t i = lo; i < hi; i++)
+        j->d[i] += j->g[i];
 }
 
 /* dx += g reduced (summed in double) over the dims where dx is broadcast;
@@ -115,8 +163,9 @@ static int reduce_into(msd_tensor *dx, const float *g, const int *s, const long 
     size_t full = (size_t)s[0] * s[1] * s[2] * s[3];
     /* as many elements as g: no dim of dx is broadcast, and both have the same layout */
     if (n == full) {
-        for (size_t i = 0; i < n; i++)
-            d[i] += g[i];
+        add_job j = { d, g, n };
+        msd_parallel_for((int)((n + EW_CHUNK - 1) / EW_CHUNK), n > 2 * EW_CHUNK ? MSD_ALL_THREADS : 1,
+                         add_chunk, &j);
         return MSD_OK;
     }
     double *acc = calloc(n ? n : 1, sizeof *acc); /* n ? n : 1: calloc(0) may give NULL */

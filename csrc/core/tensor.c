@@ -12,6 +12,7 @@
  * faults of fresh memory) out of the steady state. Blocks are 64-byte aligned for the
  * vector kernels. The cache and its counts are per thread, so no locks are needed. */
 #include "tensor.h"
+#include "threads.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -232,11 +233,30 @@ msd_tensor *msd_tensor_empty(int ndim, const int *shape)
     return s ? wrap(s, 0, ndim, shape) : NULL;
 }
 
+/* Floats per chunk of a zero fill spread over the threads (the gradient buffers of a
+ * training step: a few MiB each, zeroed on the calling thread they were 1% of the step);
+ * smaller tensors are zeroed inline. */
+#define ZERO_CHUNK ((size_t)1 << 16)
+
+static void zero_chunk(void *ctx, int k, int tid)
+{
+    msd_tensor *t = ctx;
+    size_t n = msd_tensor_numel(t), lo = (size_t)k * ZERO_CHUNK;
+    (void)tid;
+    memset(msd_tensor_data(t) + lo, 0, (n - lo < ZERO_CHUNK ? n - lo : ZERO_CHUNK) * sizeof(float));
+}
+
 msd_tensor *msd_tensor_zeros(int ndim, const int *shape)
 {
     msd_tensor *t = msd_tensor_empty(ndim, shape);
-    if (t)
-        memset(msd_tensor_data(t), 0, msd_tensor_numel(t) * sizeof(float));
+    if (t) {
+        size_t n = msd_tensor_numel(t);
+        if (n > 4 * ZERO_CHUNK)
+            msd_parallel_for((int)((n + ZERO_CHUNK - 1) / ZERO_CHUNK), MSD_ALL_THREADS,
+                             zero_chunk, t);
+        else
+            memset(msd_tensor_data(t), 0, n * sizeof(float));
+    }
     return t;
 }
 
