@@ -93,12 +93,48 @@ size_t msd_wino_plane(int Cout, int Cin)
     return (size_t)Cin * Cout + 16;
 }
 
-/* Scratch: xc, V, M, then dyc for the weight gradient (E reuses M). */
+/* Words from one plane to the next: a cache line more than the plane (plane_of), and for E
+ * a multiple of 16 words, so that every plane stays 64-byte aligned as the kernel loads it. */
+static size_t pairs_plane(size_t T, int C)
+{
+    return (T + 1) / 2 * (size_t)C + 16;
+}
+
+static size_t panels_plane(size_t T, int C)
+{
+    return msd_bf16_packed_b_words((int)T, C) + 16;
+}
+
+static int pairs_ok(size_t T, int Cout)
+{
+    return T <= 128 && Cout <= 1920; /* gemm.c's KC and NC */
+}
+
+static size_t up16(size_t n)
+{
+    return (n + 15) / 16 * 16;
+}
+
+/* Scratch regions, each a multiple of 16 floats (64-byte aligned from an aligned base): xc,
+ * V, M (E in the weight gradient), then dyc for the weight gradient. V's room holds every
+ * form of V (float, the forward's bf16 rows, the weight gradient's pairs); M's both forms of
+ * E (float, bf16 panels: wider when Cout is not a multiple of 64). */
+static void regions(const msd_wino_conv *c, size_t *v, size_t *m, size_t *d, size_t *total)
+{
+    size_t T = tiles_of(c), e = 16 * plane_of(T, c->Cout);
+    if (c->bf16 && pairs_ok(T, c->Cout) && 16 * panels_plane(T, c->Cout) > e)
+        e = 16 * panels_plane(T, c->Cout);
+    *v = up16((size_t)c->nb * (c->H + 2) * (c->W + 2) * c->Cin);
+    *m = *v + up16(16 * plane_of(T, c->Cin));
+    *d = *m + up16(e);
+    *total = *d + up16((size_t)c->nb * c->H * c->W * c->Cout);
+}
+
 size_t msd_wino_scratch(const msd_wino_conv *c)
 {
-    size_t T = tiles_of(c);
-    return (size_t)c->nb * (c->H + 2) * (c->W + 2) * c->Cin + 16 * plane_of(T, c->Cin) +
-           16 * plane_of(T, c->Cout) + (size_t)c->nb * c->H * c->W * c->Cout;
+    size_t v, m, d, total;
+    regions(c, &v, &m, &d, &total);
+    return total;
 }
 
 /* ---- vectors ----------------------------------------------------------------
@@ -369,10 +405,10 @@ static void output_transform(float *restrict y, const float *restrict M, size_t 
 }
 
 /* One 2x2 tile of dy, channels [c, c+k): d its first row (row stride rs),
- * e its 16 outputs (stride step). */
-INLINE void grad_tile(float *e, const float *d, size_t rs, size_t step, int C, int k)
+ * e its 16 outputs (lanes k and up zero). */
+INLINE void grad_tile(vf e[16], const float *d, size_t rs, int C, int k)
 {
-    vf r[4][2], o;
+    vf r[4][2];
     for (int b = 0; b < 2; b++) {
         vf e0, e1;
         LD(e0, d + (size_t)b * C, k);
@@ -383,15 +419,19 @@ INLINE void grad_tile(float *e, const float *d, size_t rs, size_t step, int C, i
         r[3][b] = -e1;
     }
     for (int a = 0; a < 4; a++) {
-        float *q = e + (size_t)4 * a * step;
-        ST(q, r[a][0], k);
-        o = r[a][0] + r[a][1];
-        ST(q + step, o, k);
-        o = r[a][0] - r[a][1];
-        ST(q + 2 * step, o, k);
-        o = -r[a][1];
-        ST(q + 3 * step, o, k);
+        e[4 * a] = r[a][0];
+        e[4 * a + 1] = r[a][0] + r[a][1];
+        e[4 * a + 2] = r[a][0] - r[a][1];
+        e[4 * a + 3] = -r[a][1];
     }
+}
+
+INLINE void grad_tile_f32(float *e, const float *d, size_t rs, size_t step, int C, int k)
+{
+    vf o[16];
+    grad_tile(o, d, rs, C, k);
+    for (int xi = 0; xi < 16; xi++)
+        ST(e + xi * step, o[xi], k);
 }
 
 /* E (16, T, C) = A dY A^T for every 2x2 tile of dyc (nb, H, W, C). */
@@ -407,10 +447,108 @@ static void grad_transform(float *restrict E, const float *restrict dyc, int nb,
                 const float *d = dyc + (((size_t)n * H + 2 * ty) * W + 2 * tx) * C;
                 float *e = E + t * C;
                 for (int c = 0; c < cv; c += VL)
-                    grad_tile(e + c, d + c, rs, step, C, VL);
+                    grad_tile_f32(e + c, d + c, rs, step, C, VL);
                 if (cv < C)
-                    grad_tile(e + cv, d + cv, rs, step, C, C - cv);
+                    grad_tile_f32(e + cv, d + cv, rs, step, C, C - cv);
             }
+}
+
+/* ---- the bf16 weight gradient's operands ------------------------------------
+ * dwt_xi += V_xi^T E_xi sums over the tiles, so the bf16 pairs run along the tiles: tiles 2p
+ * and 2p + 1 share a word. The transforms write both operands in the forms that
+ * msd_sgemm_bf16_packed reads, two tiles at a time: V's word (p, i) at Vw + p Cin + i (its
+ * transposed A: strides 1 and Cin), E in msd_bf16_pack_b's panels of 64 channels. No float V
+ * or E, no packing pass. Used where a group has at most KC = 128 tiles and Cout fits one
+ * column block (one packed block: every group of the model); else the float transforms and
+ * msd_sgemm_bf16. */
+
+#ifdef WINO_BF16_X86
+/* p[0 .. k) = words of bf16(a[i]) (low half) and bf16(b[i]) (high half) */
+BF16_TARGET INLINE void st_pairs(uint32_t *p, vf a, vf b, int k)
+{
+    static const uint16_t il[32] = { 0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                     8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31 };
+    __m512i h = (__m512i)_mm512_cvtne2ps_pbh((__m512)b, (__m512)a);
+    _mm512_mask_storeu_epi32(p, msd_bf16_lanes(k),
+                             _mm512_permutexvar_epi16(_mm512_loadu_si512(il), h));
+}
+#else
+static inline void st_pairs(uint32_t *p, vf a, vf b, int k)
+{
+    for (int i = 0; i < k; i++)
+        p[i] = (uint32_t)msd_bf16_from_float(a[i]) | (uint32_t)msd_bf16_from_float(b[i]) << 16;
+}
+#endif
+
+/* The input of tile t in xc (nb, H+2, W+2, C), or in dyc (nb, H, W, C) with pad = 0. */
+static const float *tile_in(const float *base, size_t t, int H, int W, int C, int pad)
+{
+    size_t tw = (size_t)W / 2, th = (size_t)H / 2, n = t / (th * tw), ty = t / tw % th;
+    size_t tx = t % tw;
+    return base + ((n * (H + pad) + 2 * ty) * (W + pad) + 2 * tx) * C;
+}
+
+/* Vw: V's words (p, i), tiles 2p and 2p + 1 (zero past the last tile), from xc. */
+BF16_TARGET static void input_pairs(uint32_t *restrict Vw, const float *restrict xc, int nb, int C,
+                                    int H, int W)
+{
+    size_t T = (size_t)nb * (H / 2) * (W / 2), step = pairs_plane(T, C), rs = (size_t)(W + 2) * C;
+    for (size_t p = 0; p < (T + 1) / 2; p++) {
+        const float *d0 = tile_in(xc, 2 * p, H, W, C, 2);
+        const float *d1 = 2 * p + 1 < T ? tile_in(xc, 2 * p + 1, H, W, C, 2) : NULL;
+        for (int c = 0; c < C; c += VL) {
+            int k = C - c < VL ? C - c : VL;
+            vf a[16], b[16];
+            if (k == VL)
+                input_tile(a, d0 + c, rs, C, VL);
+            else
+                input_tile(a, d0 + c, rs, C, k);
+            if (d1 && k == VL)
+                input_tile(b, d1 + c, rs, C, VL);
+            else if (d1)
+                input_tile(b, d1 + c, rs, C, k);
+            else
+                memset(b, 0, sizeof b);
+            for (int xi = 0; xi < 16; xi++)
+                st_pairs(Vw + xi * step + p * C + c, a[xi], b[xi], k);
+        }
+    }
+}
+
+/* Ew: E in panels of 64 channels, (T + 1) / 2 words per channel, from dyc; the columns past C
+ * in the last panel zero. */
+BF16_TARGET static void grad_panels(uint32_t *restrict Ew, const float *restrict dyc, int nb, int C,
+                                    int H, int W)
+{
+    size_t T = (size_t)nb * (H / 2) * (W / 2), kp = (T + 1) / 2, step = panels_plane(T, C);
+    size_t rs = (size_t)W * C;
+    int cpad = (C + 63) / 64 * 64;
+    vf zero[16];
+    memset(zero, 0, sizeof zero);
+    for (size_t p = 0; p < kp; p++) {
+        const float *d0 = tile_in(dyc, 2 * p, H, W, C, 0);
+        const float *d1 = 2 * p + 1 < T ? tile_in(dyc, 2 * p + 1, H, W, C, 0) : NULL;
+        for (int c = 0; c < cpad; c += VL) {
+            int k = C - c < VL ? C - c : VL; /* <= 0 past C: zeros */
+            vf a[16], b[16];
+            const vf *pa = a, *pb = b;
+            if (k == VL)
+                grad_tile(a, d0 + c, rs, C, VL);
+            else if (k > 0)
+                grad_tile(a, d0 + c, rs, C, k);
+            else
+                pa = zero;
+            if (d1 && k == VL)
+                grad_tile(b, d1 + c, rs, C, VL);
+            else if (d1 && k > 0)
+                grad_tile(b, d1 + c, rs, C, k);
+            else
+                pb = zero;
+            uint32_t *e = Ew + (size_t)(c / 64) * kp * 64 + p * 64 + c % 64;
+            for (int xi = 0; xi < 16; xi++) /* all 16 lanes: the zero ones fill the panel */
+                st_pairs(e + xi * step, pa[xi], pb[xi], VL);
+        }
+    }
 }
 
 /* ---- weights ------------------------------------------------------------- */
@@ -498,18 +636,19 @@ void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b,
                       const float *U, const uint32_t *Up, float *scratch)
 {
     int nb = c->nb, Cin = c->Cin, Cout = c->Cout, H = c->H, W = c->W;
-    size_t T = tiles_of(c), L = (size_t)H * W;
-    float *xc = scratch, *V = xc + (size_t)nb * (H + 2) * (W + 2) * Cin;
+    size_t T = tiles_of(c), L = (size_t)H * W, rv, rm, rd, rt;
+    regions(c, &rv, &rm, &rd, &rt);
+    float *xc = scratch, *V = scratch + rv, *M = scratch + rm, *yc = scratch + rd;
     size_t pi = plane_of(T, Cin), po = plane_of(T, Cout);
-    float *M = V + 16 * pi, *yc = M + 16 * po; /* yc (L, Cout): one image */
     to_channels_last(xc, x, nb, Cin, H, W, 1);
     if (c->bf16) { /* V in bf16 (it fits in the float V's room), U packed by the caller */
         uint16_t *Vh = (uint16_t *)V;
         size_t ph = plane_bf16(T, Cin), words = msd_bf16_packed_b_words(Cin, Cout);
         input_transform_bf16(Vh, xc, nb, Cin, H, W);
         for (int xi = 0; xi < 16; xi++)
-            msd_sgemm_bf16_packed((int)T, Cout, Cin, Vh + xi * ph, even_up(Cin),
-                                  Up + xi * words, 0.0f, M + xi * po, Cout);
+            msd_sgemm_bf16_packed((int)T, Cout, Cin, (const uint32_t *)(Vh + xi * ph),
+                                  (size_t)even_up(Cin) / 2, 1, Up + xi * words, 0.0f,
+                                  M + xi * po, Cout);
     } else {
         input_transform(V, xc, nb, Cin, H, W);
         /* M_xi (T, Cout) = V_xi (T, Cin) U_xi (Cin, Cout) */
@@ -526,19 +665,28 @@ void msd_wino_dw(const msd_wino_conv *c, float *dwt, const float *x, const float
                  float *scratch)
 {
     int nb = c->nb, Cin = c->Cin, Cout = c->Cout, H = c->H, W = c->W;
-    size_t T = tiles_of(c);
-    float *xc = scratch, *V = xc + (size_t)nb * (H + 2) * (W + 2) * Cin;
-    size_t pi = plane_of(T, Cin), po = plane_of(T, Cout);
-    float *E = V + 16 * pi, *dyc = E + 16 * po;
+    size_t T = tiles_of(c), rv, rm, rd, rt, plane = msd_wino_plane(Cout, Cin);
+    regions(c, &rv, &rm, &rd, &rt);
+    float *xc = scratch, *V = scratch + rv, *E = scratch + rm, *dyc = scratch + rd;
     to_channels_last(xc, x, nb, Cin, H, W, 1);
-    input_transform(V, xc, nb, Cin, H, W);
     to_channels_last(dyc, dy, nb, Cout, H, W, 0);
-    grad_transform(E, dyc, nb, Cout, H, W);
     /* dwt_xi (Cin, Cout) += V_xi^T (Cin, T) E_xi (T, Cout) */
+    if (c->bf16 && pairs_ok(T, Cout)) {
+        uint32_t *Vw = (uint32_t *)V, *Ew = (uint32_t *)E;
+        size_t pv = pairs_plane(T, Cin), pe = panels_plane(T, Cout);
+        input_pairs(Vw, xc, nb, Cin, H, W);
+        grad_panels(Ew, dyc, nb, Cout, H, W);
+        for (int xi = 0; xi < 16; xi++)
+            msd_sgemm_bf16_packed(Cin, Cout, (int)T, Vw + xi * pv, 1, (size_t)Cin, Ew + xi * pe,
+                                  1.0f, dwt + xi * plane, Cout);
+        return;
+    }
+    size_t pi = plane_of(T, Cin), po = plane_of(T, Cout);
+    input_transform(V, xc, nb, Cin, H, W);
+    grad_transform(E, dyc, nb, Cout, H, W);
     for (int xi = 0; xi < 16; xi++)
         (c->bf16 ? msd_sgemm_bf16 : msd_sgemm)(1, 0, Cin, Cout, (int)T, 1.0f, V + xi * pi, Cin,
-                                               E + xi * po, Cout, 1.0f,
-                                               dwt + xi * msd_wino_plane(Cout, Cin), Cout);
+                                               E + xi * po, Cout, 1.0f, dwt + xi * plane, Cout);
 }
 
 void msd_wino_dw_finish(float *dw, const float *dwt, int Cout, int Cin, int o0, int o1)

@@ -646,17 +646,18 @@ void msd_bf16_pack_b(uint32_t *bp, const float *B, int ldb, int K, int N)
     }
 }
 
-/* A's element (i, k) from its bf16 rows, as a float */
-static float bf16_at(const uint16_t *A, int lda, int i, int k)
+/* A's element (i, k) from its words, as a float */
+static float bf16_at(const uint32_t *A, size_t rs, size_t ks, int i, int k)
 {
-    uint32_t u = (uint32_t)A[(size_t)i * lda + k] << 16;
+    uint32_t u = A[(size_t)i * rs + (size_t)(k / 2) * ks];
+    u = k % 2 ? u & 0xffff0000u : u << 16;
     float f;
     memcpy(&f, &u, sizeof f);
     return f;
 }
 
-void msd_sgemm_bf16_packed(int M, int N, int K, const uint16_t *A, int lda, const uint32_t *bp,
-                           float beta, float *C, int ldc)
+void msd_sgemm_bf16_packed(int M, int N, int K, const uint32_t *A, size_t rs, size_t ks,
+                           const uint32_t *bp, float beta, float *C, int ldc)
 {
     if (M <= 0 || N <= 0)
         return;
@@ -674,10 +675,9 @@ void msd_sgemm_bf16_packed(int M, int N, int K, const uint16_t *A, int lda, cons
             for (int ir = 0; ir < M; ir += A5_MR) {
                 int m = M - ir < A5_MR ? M - ir : A5_MR;
                 for (int i = 0; i < A5_MR; i++)
-                    rows[i] = (const uint32_t *)(A + (size_t)(ir + (i < m ? i : m - 1)) * lda +
-                                                 pc);
+                    rows[i] = A + (size_t)(ir + (i < m ? i : m - 1)) * rs + (size_t)(pc / 2) * ks;
                 for (int jr = 0; jr < nc; jr += A5_NR)
-                    kernel_bf16(kp, rows, 1, bp + (size_t)jr * kp,
+                    kernel_bf16(kp, rows, ks, bp + (size_t)jr * kp,
                                 C + (size_t)ir * ldc + jc + jr, (size_t)ldc, m,
                                 nc - jr < A5_NR ? nc - jr : A5_NR, 1.0f, bet);
             }
@@ -701,7 +701,7 @@ void msd_sgemm_bf16_packed(int M, int N, int K, const uint16_t *A, int lda, cons
                         u = k % 2 ? u & 0xffff0000u : u << 16;
                         float b;
                         memcpy(&b, &u, sizeof b);
-                        s += bf16_at(A, lda, i, pc + k) * b;
+                        s += bf16_at(A, rs, ks, i, pc + k) * b;
                     }
                 }
                 blk += packed_block_words(kc, nc);

@@ -40,17 +40,21 @@ void msd_sgemm_bf16(int transa, int transb, int M, int N, int K, float alpha, co
                     int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
 /* The bf16 product with its operands converted beforehand, for a B that many products share
- * (each transformed kernel of a Winograd convolution, conv_wino.c, by every group of tiles):
- * msd_bf16_pack_b writes B (K x N, row-major) rounded to bf16 into bp, in the bf16 kernel's
- * panels (msd_bf16_packed_b_words(K, N) 32-bit words); msd_sgemm_bf16_packed computes
- * C = A B + beta C with A (M x K) given as bf16 rows (msd_bf16_from_float's bits) of lda
- * 16-bit elements, read in place: lda even, A 4-byte aligned, and for an odd K each row's
- * element K is zero. The same bits as msd_sgemm_bf16(0, 0, M, N, K, 1, A, ...) on the
- * floats A was rounded from; on vdpbf16ps where msd_gemm_bf16_native(), else by plain loops. */
+ * (each transformed kernel of a Winograd convolution, conv_wino.c, by every group of tiles)
+ * or operands that a transform writes in these forms: msd_bf16_pack_b writes B (K x N,
+ * row-major) rounded to bf16 into bp, in the bf16 kernel's panels (msd_bf16_packed_b_words(K,
+ * N) 32-bit words: per block of KC = 128 k and 1920 columns, in that order, panels of 64
+ * columns, each with (K + 1) / 2 rows of 64 words holding k = 2p in the low half and 2p + 1
+ * in the high half; zero where the columns or an odd K end). msd_sgemm_bf16_packed computes
+ * C = A B + beta C with A (M x K) as such words read in place: element (i, 2p) and (i, 2p + 1)
+ * in the word A[i rs + p ks] (rows of bf16: rs = lda / 2, ks = 1; the transposed layout that
+ * pairs tiles: rs = 1, ks = M), an odd K's last high halves zero; bp 64-byte aligned. The same
+ * bits as msd_sgemm_bf16 on the floats A and B were rounded from; on vdpbf16ps where
+ * msd_gemm_bf16_native(), else by plain loops. */
 size_t msd_bf16_packed_b_words(int K, int N);
 void msd_bf16_pack_b(uint32_t *bp, const float *B, int ldb, int K, int N);
-void msd_sgemm_bf16_packed(int M, int N, int K, const uint16_t *A, int lda, const uint32_t *bp,
-                           float beta, float *C, int ldc);
+void msd_sgemm_bf16_packed(int M, int N, int K, const uint32_t *A, size_t rs, size_t ks,
+                           const uint32_t *bp, float beta, float *C, int ldc);
 
 /* 1 when msd_sgemm_bf16 runs on vdpbf16ps at the level in use. */
 int msd_gemm_bf16_native(void);

@@ -199,9 +199,10 @@ static void test_bf16_specials(void)
     CHECK_OK(msd_isa_set(best));
 }
 
-/* msd_sgemm_bf16_packed on A's bf16 rows and B packed by msd_bf16_pack_b: the same bits as
- * msd_sgemm_bf16 on the floats, at every level, for shapes around the kernel's tile (6 x 64)
- * and the K block (128), an odd K (its padding element), beta 0 and not. */
+/* msd_sgemm_bf16_packed on A's bf16 rows (and the same words transposed) and B packed by
+ * msd_bf16_pack_b: the same bits as msd_sgemm_bf16 on the floats, at every level, for shapes
+ * around the kernel's tile (6 x 64) and the K block (128), an odd K (its padding element),
+ * beta 0 and not. */
 static void test_bf16_packed(void)
 {
     static const int dims[][3] = { { 1, 1, 1 }, { 7, 65, 3 }, { 13, 64, 16 }, { 6, 130, 129 },
@@ -215,6 +216,7 @@ static void test_bf16_packed(void)
             float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * K * N);
             float *C1 = malloc(sizeof(float) * M * ldc), *C2 = malloc(sizeof(float) * M * ldc);
             uint16_t *Ah = calloc((size_t)M * lda, sizeof *Ah);
+            uint32_t *At = malloc(sizeof *At * (size_t)M * ((K + 1) / 2));
             /* 64-byte aligned, as the conv's storage */
             size_t words = msd_bf16_packed_b_words(K, N);
             uint32_t *bp = aligned_alloc(64, (words * 4 + 63) / 64 * 64);
@@ -231,8 +233,19 @@ static void test_bf16_packed(void)
                 for (int i = 0; i < M * ldc; i++)
                     C1[i] = C2[i] = frand();
                 msd_sgemm_bf16(0, 0, M, N, K, 1.0f, A, K, B, N, beta, C1, ldc);
-                msd_sgemm_bf16_packed(M, N, K, Ah, lda, bp, beta, C2, ldc);
+                msd_sgemm_bf16_packed(M, N, K, (const uint32_t *)Ah, (size_t)lda / 2, 1, bp, beta,
+                                      C2, ldc);
                 int same = memcmp(C1, C2, sizeof(float) * M * ldc) == 0;
+                /* A's words transposed: (p, i) at p * M + i, tiles paired along k */
+                for (int i = 0; i < M * ldc; i++)
+                    C1[i] = C2[i] = frand();
+                for (int p = 0; p < (K + 1) / 2; p++)
+                    for (int i = 0; i < M; i++)
+                        At[(size_t)p * M + i] = (uint32_t)Ah[(size_t)i * lda + 2 * p] |
+                                                (uint32_t)Ah[(size_t)i * lda + 2 * p + 1] << 16;
+                msd_sgemm_bf16(0, 0, M, N, K, 1.0f, A, K, B, N, beta, C1, ldc);
+                msd_sgemm_bf16_packed(M, N, K, At, 1, (size_t)M, bp, beta, C2, ldc);
+                same &= memcmp(C1, C2, sizeof(float) * M * ldc) == 0;
                 if (!same)
                     fprintf(stderr, "  %s: %d x %d x %d beta %g differs\n", msd_isa_name(isa), M,
                             N, K, beta);
@@ -243,6 +256,7 @@ static void test_bf16_packed(void)
             free(C1);
             free(C2);
             free(Ah);
+            free(At);
             free(bp);
         }
     }
