@@ -200,29 +200,30 @@ static void bn_backward_chunk(void *ctx, int c, int tid)
     double count = j->count;
     double m = j->mean[c], r = j->rstd[c], g = j->gamma ? j->gamma[c] : 1.0;
     double a_dy[MSD_LANES] = { 0 }, a_dyx[MSD_LANES] = { 0 };
-    if (j->scratch) {
-        int synced = j->lsum || j->gsum;
-        float *t = j->scratch + (size_t)(synced ? c : tid) * N * HW, fa, fb;
-        fold_channel(&fa, &fb, j->mean, j->rstd, j->gamma, j->beta, c);
-        for (int n = 0; n < N && !j->gsum; n++) {
-            const float *px = x + ((size_t)n * C + c) * HW;
-            float *tn = t + (size_t)n * HW;
-            for (int i = 0; i < HW; i++)
-                tn[i] = px[i] * fa + fb;
-            msd_gelu_backward_inplace(tn, dy + (size_t)n * dys, (size_t)HW);
-        }
-        dy = t;
-        dys = (size_t)HW;
-    }
+    int synced = j->lsum || j->gsum;
+    float *t = j->scratch ? j->scratch + (size_t)(synced ? c : tid) * N * HW : NULL;
     double sdy, sdy_xhat;
     if (j->gsum) {
         sdy = j->gsum[c];
         sdy_xhat = j->gsum[C + c] * r;
     } else {
+        float fa = 0.0f, fb = 0.0f;
+        if (t)
+            fold_channel(&fa, &fb, j->mean, j->rstd, j->gamma, j->beta, c);
+        /* image by image, each plane summed while it is in L1 (with GELU right after its
+         * gradient is formed): the order of the sums is the planes' either way */
         for (int n = 0; n < N; n++) {
             size_t off = ((size_t)n * C + c) * HW;
-            msd_sum_lanes(a_dy, dy + n * dys, (size_t)HW);
-            msd_dot_dev_lanes(a_dyx, dy + n * dys, x + off, (size_t)HW, m);
+            const float *pd = dy + n * dys, *px = x + off;
+            if (t) {
+                float *tn = t + (size_t)n * HW;
+                for (int i = 0; i < HW; i++)
+                    tn[i] = px[i] * fa + fb;
+                msd_gelu_backward_inplace(tn, pd, (size_t)HW);
+                pd = tn;
+            }
+            msd_sum_lanes(a_dy, pd, (size_t)HW);
+            msd_dot_dev_lanes(a_dyx, pd, px, (size_t)HW, m);
         }
         sdy = msd_lanes_total(a_dy);
         sdy_xhat = msd_lanes_total(a_dyx) * r;
@@ -235,6 +236,10 @@ static void bn_backward_chunk(void *ctx, int c, int tid)
             j->lsum[C + c] = msd_lanes_total(a_dyx);
             return;
         }
+    }
+    if (t) { /* the BatchNorm's output gradient, formed above (synchronised: by the first pass) */
+        dy = t;
+        dys = (size_t)HW;
     }
     if (!j->dx)
         return;
