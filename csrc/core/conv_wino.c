@@ -1,5 +1,6 @@
 /* Winograd F(2x2, 3x3) convolutions (conv_wino.h): the transforms, and the
- * 16 products per group on msd_sgemm (msd_sgemm_bf16 in bf16).
+ * 16 products per group on msd_sgemm (in bf16 on msd_sgemm_bf16_packed, the
+ * operands written by the transforms in the kernel's forms).
  *
  * Layouts, for a group of nb images with T = nb (H/2) (W/2) tiles (tile t =
  * (n, ty, tx) in that order, covering output rows 2ty, 2ty+1 and columns
@@ -9,10 +10,13 @@
  *                            (vector code) with unit-stride loads
  *   V   (16, T, Cin)         B^T D B of every tile: the A operand, rows t; in the
  *                            bf16 forward as bf16 (16, T, Cin rounded up to even),
- *                            the rows msd_sgemm_bf16_packed reads in place
+ *                            the rows msd_sgemm_bf16_packed reads in place; in the
+ *                            bf16 weight gradient as pairs of tiles (see there)
  *   M   (16, T, Cout)        the products; the output transform reads them
  *   dyc (nb, H, W, Cout)     dy channels last (weight gradient only)
- *   E   (16, T, Cout)        A dY A^T of every tile (weight gradient only)
+ *   E   (16, T, Cout)        A dY A^T of every tile (weight gradient only; in bf16
+ *                            the kernel's panels, pairs of tiles)
+ * Each of the 16 planes starts a cache line after the last one ends (plane_of).
  * Position xi = 4a + b of a transformed tile holds row a, column b.
  *
  * The transforms are written as loops over channels that GCC vectorises;
@@ -226,6 +230,14 @@ INLINE void ncl_block(float *y, const float *yc, int C, int L, int add, const fl
 
 /* ---- transforms ------------------------------------------------------------ */
 
+/* The input of tile t in xc (nb, H+2, W+2, C), or in dyc (nb, H, W, C) with pad = 0. */
+static const float *tile_in(const float *base, size_t t, int H, int W, int C, int pad)
+{
+    size_t tw = (size_t)W / 2, th = (size_t)H / 2, n = t / (th * tw), ty = t / tw % th;
+    size_t tx = t % tw;
+    return base + ((n * (H + pad) + 2 * ty) * (W + pad) + 2 * tx) * C;
+}
+
 /* One tile, channels [c, c+k): d its 4x4 input (row stride rs), v its 16
  * outputs (lanes k and up zero). */
 INLINE void input_tile(vf v[16], const float *d, size_t rs, int C, int k)
@@ -265,18 +277,16 @@ MSD_MULTIVERSION
 static void input_transform(float *restrict V, const float *restrict xc, int nb, int C, int H,
                             int W)
 {
-    int Wp = W + 2, th = H / 2, tw = W / 2, cv = C / VL * VL;
-    size_t T = (size_t)nb * th * tw, step = plane_of(T, C), t = 0, rs = (size_t)Wp * C;
-    for (int n = 0; n < nb; n++)
-        for (int ty = 0; ty < th; ty++)
-            for (int tx = 0; tx < tw; tx++, t++) {
-                const float *d = xc + (((size_t)n * (H + 2) + 2 * ty) * Wp + 2 * tx) * C;
-                float *v = V + t * C;
-                for (int c = 0; c < cv; c += VL)
-                    input_tile_f32(v + c, d + c, rs, step, C, VL);
-                if (cv < C)
-                    input_tile_f32(v + cv, d + cv, rs, step, C, C - cv);
-            }
+    int cv = C / VL * VL;
+    size_t T = (size_t)nb * (H / 2) * (W / 2), step = plane_of(T, C), rs = (size_t)(W + 2) * C;
+    for (size_t t = 0; t < T; t++) {
+        const float *d = tile_in(xc, t, H, W, C, 2);
+        float *v = V + t * C;
+        for (int c = 0; c < cv; c += VL)
+            input_tile_f32(v + c, d + c, rs, step, C, VL);
+        if (cv < C)
+            input_tile_f32(v + cv, d + cv, rs, step, C, C - cv);
+    }
 }
 
 /* ---- the bf16 forward's V ----------------------------------------------------
@@ -323,18 +333,16 @@ BF16_TARGET INLINE void input_tile_bf16(uint16_t *v, const float *d, size_t rs, 
 BF16_TARGET static void input_transform_bf16(uint16_t *restrict V, const float *restrict xc,
                                              int nb, int C, int H, int W)
 {
-    int Wp = W + 2, th = H / 2, tw = W / 2, cv = C / VL * VL, Cp = even_up(C);
-    size_t T = (size_t)nb * th * tw, step = plane_bf16(T, C), t = 0, rs = (size_t)Wp * C;
-    for (int n = 0; n < nb; n++)
-        for (int ty = 0; ty < th; ty++)
-            for (int tx = 0; tx < tw; tx++, t++) {
-                const float *d = xc + (((size_t)n * (H + 2) + 2 * ty) * Wp + 2 * tx) * C;
-                uint16_t *v = V + t * Cp;
-                for (int c = 0; c < cv; c += VL)
-                    input_tile_bf16(v + c, d + c, rs, step, C, VL, VL);
-                if (cv < C) /* the zero lanes fill an odd C's padding */
-                    input_tile_bf16(v + cv, d + cv, rs, step, C, C - cv, Cp - cv);
-            }
+    int cv = C / VL * VL, Cp = even_up(C);
+    size_t T = (size_t)nb * (H / 2) * (W / 2), step = plane_bf16(T, C), rs = (size_t)(W + 2) * C;
+    for (size_t t = 0; t < T; t++) {
+        const float *d = tile_in(xc, t, H, W, C, 2);
+        uint16_t *v = V + t * Cp;
+        for (int c = 0; c < cv; c += VL)
+            input_tile_bf16(v + c, d + c, rs, step, C, VL, VL);
+        if (cv < C) /* the zero lanes fill an odd C's padding */
+            input_tile_bf16(v + cv, d + cv, rs, step, C, C - cv, Cp - cv);
+    }
 }
 
 /* One tile, channels [c, c+k): m its 16 products (stride step), o0 and o1
@@ -439,18 +447,16 @@ MSD_MULTIVERSION
 static void grad_transform(float *restrict E, const float *restrict dyc, int nb, int C, int H,
                            int W)
 {
-    int th = H / 2, tw = W / 2, cv = C / VL * VL;
-    size_t T = (size_t)nb * th * tw, step = plane_of(T, C), t = 0, rs = (size_t)W * C;
-    for (int n = 0; n < nb; n++)
-        for (int ty = 0; ty < th; ty++)
-            for (int tx = 0; tx < tw; tx++, t++) {
-                const float *d = dyc + (((size_t)n * H + 2 * ty) * W + 2 * tx) * C;
-                float *e = E + t * C;
-                for (int c = 0; c < cv; c += VL)
-                    grad_tile_f32(e + c, d + c, rs, step, C, VL);
-                if (cv < C)
-                    grad_tile_f32(e + cv, d + cv, rs, step, C, C - cv);
-            }
+    int cv = C / VL * VL;
+    size_t T = (size_t)nb * (H / 2) * (W / 2), step = plane_of(T, C), rs = (size_t)W * C;
+    for (size_t t = 0; t < T; t++) {
+        const float *d = tile_in(dyc, t, H, W, C, 0);
+        float *e = E + t * C;
+        for (int c = 0; c < cv; c += VL)
+            grad_tile_f32(e + c, d + c, rs, step, C, VL);
+        if (cv < C)
+            grad_tile_f32(e + cv, d + cv, rs, step, C, C - cv);
+    }
 }
 
 /* ---- the bf16 weight gradient's operands ------------------------------------
@@ -479,14 +485,6 @@ static inline void st_pairs(uint32_t *p, vf a, vf b, int k)
         p[i] = (uint32_t)msd_bf16_from_float(a[i]) | (uint32_t)msd_bf16_from_float(b[i]) << 16;
 }
 #endif
-
-/* The input of tile t in xc (nb, H+2, W+2, C), or in dyc (nb, H, W, C) with pad = 0. */
-static const float *tile_in(const float *base, size_t t, int H, int W, int C, int pad)
-{
-    size_t tw = (size_t)W / 2, th = (size_t)H / 2, n = t / (th * tw), ty = t / tw % th;
-    size_t tx = t % tw;
-    return base + ((n * (H + pad) + 2 * ty) * (W + pad) + 2 * tx) * C;
-}
 
 /* Vw: V's words (p, i), tiles 2p and 2p + 1 (zero past the last tile), from xc. */
 BF16_TARGET static void input_pairs(uint32_t *restrict Vw, const float *restrict xc, int nb, int C,

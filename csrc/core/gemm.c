@@ -597,8 +597,8 @@ static int gemm_bf16_blocked(int transa, int transb, int M, int N, int K, float 
 /* ---- bf16 products on operands packed beforehand ---------------------------
  * For a B shared by many products (conv_wino.c: each transformed kernel by every group of
  * tiles): msd_bf16_pack_b writes what gemm_bf16_blocked's pack_b_bf16 would, for every
- * (NC, KC) block in the loops' order, once; A comes as rows of bf16 (what pack_a_bf16 makes
- * of an untransposed A), read in place. */
+ * (NC, KC) block in the loops' order, once; A comes as the words pack_a_bf16 would make
+ * (rows of bf16, or pairs along k in the transposed layout), read in place. */
 #define BLOCK_LOOP(K, N)                                                                   \
     for (int jc = 0, nc; jc < (N) && (nc = (N) - jc < NC ? (N) - jc : NC); jc += NC)       \
         for (int pc = 0, kc; pc < (K) && (kc = (K) - pc < KC ? (K) - pc : KC); pc += KC)
@@ -646,10 +646,9 @@ void msd_bf16_pack_b(uint32_t *bp, const float *B, int ldb, int K, int N)
     }
 }
 
-/* A's element (i, k) from its words, as a float */
-static float bf16_at(const uint32_t *A, size_t rs, size_t ks, int i, int k)
+/* The float of a word's low (k even) or high (k odd) bf16 */
+static float word_half(uint32_t u, int k)
 {
-    uint32_t u = A[(size_t)i * rs + (size_t)(k / 2) * ks];
     u = k % 2 ? u & 0xffff0000u : u << 16;
     float f;
     memcpy(&f, &u, sizeof f);
@@ -697,11 +696,8 @@ void msd_sgemm_bf16_packed(int M, int N, int K, const uint32_t *A, size_t rs, si
                     int kp = (kc + 1) / 2, jj = j - jc;
                     const uint32_t *pan = blk + (size_t)(jj / 64) * 64 * kp;
                     for (int k = 0; k < kc; k++) {
-                        uint32_t u = pan[(size_t)(k / 2) * 64 + jj % 64];
-                        u = k % 2 ? u & 0xffff0000u : u << 16;
-                        float b;
-                        memcpy(&b, &u, sizeof b);
-                        s += bf16_at(A, rs, ks, i, pc + k) * b;
+                        float a = word_half(A[(size_t)i * rs + (size_t)((pc + k) / 2) * ks], k);
+                        s += a * word_half(pan[(size_t)(k / 2) * 64 + jj % 64], k);
                     }
                 }
                 blk += packed_block_words(kc, nc);

@@ -41,16 +41,16 @@ void msd_sgemm_bf16(int transa, int transb, int M, int N, int K, float alpha, co
 
 /* The bf16 product with its operands converted beforehand, for a B that many products share
  * (each transformed kernel of a Winograd convolution, conv_wino.c, by every group of tiles)
- * or operands that a transform writes in these forms: msd_bf16_pack_b writes B (K x N,
- * row-major) rounded to bf16 into bp, in the bf16 kernel's panels (msd_bf16_packed_b_words(K,
- * N) 32-bit words: per block of KC = 128 k and 1920 columns, in that order, panels of 64
- * columns, each with (K + 1) / 2 rows of 64 words holding k = 2p in the low half and 2p + 1
- * in the high half; zero where the columns or an odd K end). msd_sgemm_bf16_packed computes
- * C = A B + beta C with A (M x K) as such words read in place: element (i, 2p) and (i, 2p + 1)
- * in the word A[i rs + p ks] (rows of bf16: rs = lda / 2, ks = 1; the transposed layout that
- * pairs tiles: rs = 1, ks = M), an odd K's last high halves zero; bp 64-byte aligned. The same
- * bits as msd_sgemm_bf16 on the floats A and B were rounded from; on vdpbf16ps where
- * msd_gemm_bf16_native(), else by plain loops. */
+ * or operands that a transform writes in these forms. msd_bf16_pack_b writes B (K x N,
+ * row-major) rounded to bf16 into bp, in the bf16 kernel's panels: msd_bf16_packed_b_words(K,
+ * N) 32-bit words; per block of KC = 128 k and 1920 columns, in that order, panels of 64
+ * columns, each with (kc + 1) / 2 rows of 64 words for its kc values of k, holding k = 2p in
+ * the low half and 2p + 1 in the high half; zero where the columns or an odd K end.
+ * msd_sgemm_bf16_packed computes C = A B + beta C with A (M x K) as such words read in place:
+ * elements (i, 2p) and (i, 2p + 1) in the word A[i rs + p ks] (rows of bf16: rs = lda / 2,
+ * ks = 1; the transposed layout that pairs tiles: rs = 1, ks = M), an odd K's last high
+ * halves zero; bp 64-byte aligned. The same bits as msd_sgemm_bf16 on the floats A and B
+ * were rounded from; on vdpbf16ps where msd_gemm_bf16_native(), else by plain loops. */
 size_t msd_bf16_packed_b_words(int K, int N);
 void msd_bf16_pack_b(uint32_t *bp, const float *B, int ldb, int K, int N);
 void msd_sgemm_bf16_packed(int M, int N, int K, const uint32_t *A, size_t rs, size_t ks,

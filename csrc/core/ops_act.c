@@ -293,7 +293,7 @@ typedef struct gelu_job {
     size_t n;
 } gelu_job;
 
-static int gelu_blocks(size_t n)
+static int act_blocks(size_t n)
 {
     return (int)((n + ACT_BLOCK - 1) / ACT_BLOCK);
 }
@@ -317,14 +317,14 @@ static void gelu_bwd_chunk(void *ctx, int k, int tid)
 void msd_gelu_forward(float *y, const float *x, size_t n)
 {
     gelu_job j = { &gelu_impls[msd_isa_get()], y, NULL, x, n };
-    msd_parallel_for(gelu_blocks(n), MSD_ALL_THREADS, gelu_fwd_chunk, &j);
+    msd_parallel_for(act_blocks(n), MSD_ALL_THREADS, gelu_fwd_chunk, &j);
 }
 
 /* d/dx [x Phi(x)] = Phi(x) + x phi(x), Phi the normal CDF, phi its density */
 void msd_gelu_backward(float *dx, const float *dy, const float *x, size_t n)
 {
     gelu_job j = { &gelu_impls[msd_isa_get()], dx, dy, x, n };
-    msd_parallel_for(gelu_blocks(n), MSD_ALL_THREADS, gelu_bwd_chunk, &j);
+    msd_parallel_for(act_blocks(n), MSD_ALL_THREADS, gelu_bwd_chunk, &j);
 }
 
 /* the fused epilogues' entry points: the level's loop on the calling thread */
@@ -369,7 +369,7 @@ static void relu_bwd_chunk(void *ctx, int k, int tid)
 void msd_relu_backward(float *dx, const float *dy, const float *x, size_t n)
 {
     relu_job j = { dx, dy, x, n };
-    msd_parallel_for(gelu_blocks(n), MSD_ALL_THREADS, relu_bwd_chunk, &j);
+    msd_parallel_for(act_blocks(n), MSD_ALL_THREADS, relu_bwd_chunk, &j);
 }
 
 typedef void (*act_kernel)(float *y, const float *x, size_t n);

@@ -140,14 +140,15 @@ typedef struct add_job {
     float *d;
     const float *g;
     size_t n;
+    int nch;
 } add_job;
 
+/* d[i] += g[i] for i in [chunk * n / nch, (chunk + 1) * n / nch) */
 static void add_chunk(void *ctx, int k, int tid)
 {
     const add_job *j = ctx;
-    size_t lo = (size_t)k * EW_CHUNK, hi = j->n - lo < EW_CHUNK ? j->n : lo + EW_CHUNK;
     (void)tid;
-    for (size_t i = lo; i < hi; i++)
+    for (size_t i = k * j->n / j->nch; i < (k + 1) * j->n / j->nch; i++)
         j->d[i] += j->g[i];
 }
 
@@ -163,9 +164,8 @@ static int reduce_into(msd_tensor *dx, const float *g, const int *s, const long 
     size_t full = (size_t)s[0] * s[1] * s[2] * s[3];
     /* as many elements as g: no dim of dx is broadcast, and both have the same layout */
     if (n == full) {
-        add_job j = { d, g, n };
-        msd_parallel_for((int)((n + EW_CHUNK - 1) / EW_CHUNK), n > 2 * EW_CHUNK ? MSD_ALL_THREADS : 1,
-                         add_chunk, &j);
+        add_job j = { d, g, n, ew_chunks(n) };
+        msd_parallel_for(j.nch, MSD_ALL_THREADS, add_chunk, &j);
         return MSD_OK;
     }
     double *acc = calloc(n ? n : 1, sizeof *acc); /* n ? n : 1: calloc(0) may give NULL */

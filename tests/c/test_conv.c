@@ -524,6 +524,8 @@ static void test_conv2d_winograd_bf16(void)
         { 9, 64, 16, 16, 64, 3, 1, 1 }, /* the model's 16x16 layers */
         { 16, 17, 8, 8, 19, 3, 1, 1 },  /* odd channels: the bf16 rows' zero padding */
         { 5, 24, 6, 10, 80, 3, 1, 1 },  /* 75 tiles: an odd count paired; two E panels */
+        { 2, 16, 24, 24, 16, 3, 1, 1 }, /* 144 tiles an image: the weight gradient's float
+                                           transforms, then msd_sgemm_bf16 */
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         const geom *g = &cases[i];

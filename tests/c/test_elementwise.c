@@ -2,6 +2,7 @@
  * and naive loops, gradients against finite differences. */
 #include "gradcheck.h"
 #include "test.h"
+#include "threads.h"
 
 static msd_tensor *leaf(int ndim, const int *shape, unsigned seed)
 {
@@ -36,6 +37,53 @@ static void test_broadcast_forward(void)
     for (int i = 0; i < 24; i++)
         CHECK(po[i] == pa[i] - pc[i % 2]);
     msd_tensor_release(o);
+    msd_tensor_release(a);
+    msd_tensor_release(b);
+    msd_tensor_release(c);
+}
+
+/* Large enough to be cut into chunks over the threads (ops_elementwise.c): a broadcast
+ * product, a sum with a broadcast over dims 0, 2 and 3, and the same-shape gradient of an
+ * addition, against naive loops, on 1 and 2 threads. */
+static void test_binary_over_threads(void)
+{
+    enum { N = 33, C = 37, H = 9, W = 7 };
+    int sa[4] = { N, C, H, W }, sb[4] = { N, C, 1, 1 }, sc[4] = { 1, C, 1, 1 };
+    msd_tensor *a = gc_randn_like(4, sa, 21), *b = gc_randn_like(4, sb, 22);
+    msd_tensor *c = gc_randn_like(4, sc, 23);
+    const float *pa = msd_tensor_data(a), *pb = msd_tensor_data(b), *pc = msd_tensor_data(c);
+    int saved = msd_get_threads();
+    for (int threads = 1; threads <= 2; threads++) {
+        msd_set_threads(threads);
+        msd_tensor *o, *s;
+        CHECK_OK(msd_mul(a, b, &o));
+        CHECK_OK(msd_add(c, o, &s));
+        const float *po = msd_tensor_data(o), *ps = msd_tensor_data(s);
+        int bad = 0;
+        for (int i = 0; i < N * C * H * W; i++) {
+            int n = i / (C * H * W), ch = i / (H * W) % C;
+            bad |= po[i] != pa[i] * pb[n * C + ch];
+            bad |= ps[i] != pc[ch] + po[i];
+        }
+        CHECK(!bad);
+        msd_tensor_release(s);
+        msd_tensor_release(o);
+        msd_tensor *x = leaf(4, sa, 24), *y = leaf(4, sa, 25), *z, *l;
+        CHECK_OK(msd_add(x, y, &z));
+        CHECK_OK(msd_mul(z, a, &l)); /* d/dz = a: the add's gradient is a, to x and y alike */
+        CHECK_OK(msd_backward(l, a, 0));
+        CHECK(x->grad && y->grad);
+        const float *gx = msd_tensor_data(x->grad), *gy = msd_tensor_data(y->grad);
+        bad = 0;
+        for (int i = 0; i < N * C * H * W; i++)
+            bad |= gx[i] != pa[i] * pa[i] || gy[i] != pa[i] * pa[i];
+        CHECK(!bad);
+        msd_tensor_release(l);
+        msd_tensor_release(z);
+        msd_tensor_release(x);
+        msd_tensor_release(y);
+    }
+    msd_set_threads(saved);
     msd_tensor_release(a);
     msd_tensor_release(b);
     msd_tensor_release(c);
@@ -227,6 +275,7 @@ static void test_bad_shapes(void)
 int main(void)
 {
     RUN(test_broadcast_forward);
+    RUN(test_binary_over_threads);
     RUN(test_broadcast_error_names_shapes);
     RUN(test_binary_grads);
     RUN(test_unary_grads);
