@@ -41,8 +41,15 @@
 
 #define WINO_MIN_CHANNELS 16
 #define WINO_TILES 128 /* tiles per group: the group's V and M stay near L2's size */
+#define WINO_TILES4 64 /* the same for F(4x4, 3x3), 36 planes (measured: 32 and 128 slower) */
+/* F(4x4, 3x3) for maps of this many 4x4 tiles or more (16x16 and up). On 8x8 maps F(4x4)
+ * was no faster in training (286-300 ms a one-thread step against 299-317 with it) and slower
+ * for one sprite (the products read 36 kernel planes for 4 tiles: 38-43 ms against 43-51 for
+ * 25 steps), 5% faster for 32 sprites. A choice by shape, not by batch, so that a sprite
+ * sampled alone has the bits it has in a batch. */
+#define WINO_F4_MIN_TILES 16
 
-/* -1: not yet read from the environment */
+/* MSD_WINO_OFF, _ON or _F2; -1: not yet read from the environment */
 static atomic_int wino_on = -1;
 
 int msd_wino_get(void)
@@ -50,15 +57,26 @@ int msd_wino_get(void)
     int on = atomic_load_explicit(&wino_on, memory_order_relaxed);
     if (on < 0) {
         const char *e = getenv("MINISD_WINOGRAD");
-        on = !(e && strcmp(e, "0") == 0);
+        on = !e                                                 ? MSD_WINO_ON
+             : strcmp(e, "0") == 0                              ? MSD_WINO_OFF
+             : strcmp(e, "2") == 0 || strcmp(e, "2x2") == 0     ? MSD_WINO_F2
+                                                                : MSD_WINO_ON;
         atomic_store(&wino_on, on);
     }
     return on;
 }
 
-void msd_wino_set(int on)
+void msd_wino_set(int mode)
 {
-    atomic_store(&wino_on, on ? 1 : 0);
+    atomic_store(&wino_on, mode == MSD_WINO_F2 ? MSD_WINO_F2 : mode ? MSD_WINO_ON : MSD_WINO_OFF);
+}
+
+int msd_wino_tile(int H, int W, int bf16)
+{
+    return msd_wino_get() == MSD_WINO_ON && !bf16 && H % 4 == 0 && W % 4 == 0 &&
+                   (H / 4) * (W / 4) >= WINO_F4_MIN_TILES
+               ? 4
+               : 2;
 }
 
 int msd_wino_ok(int N, int Cin, int Cout, int H, int W, int kh, int kw, int stride, int pad)
@@ -68,16 +86,21 @@ int msd_wino_ok(int N, int Cin, int Cout, int H, int W, int kh, int kw, int stri
            Cout >= WINO_MIN_CHANNELS && N > 0;
 }
 
-int msd_wino_group_images(int N, int H, int W)
+int msd_wino_group_images(int N, int H, int W, int m)
 {
-    int per = (H / 2) * (W / 2);
-    int nb = per >= WINO_TILES ? 1 : WINO_TILES / per;
+    int per = (H / m) * (W / m), tiles = m == 4 ? WINO_TILES4 : WINO_TILES;
+    int nb = per >= tiles ? 1 : tiles / per;
     return nb > N ? N : nb;
 }
 
 static size_t tiles_of(const msd_wino_conv *c)
 {
-    return (size_t)c->nb * (c->H / 2) * (c->W / 2);
+    return (size_t)c->nb * (c->H / c->m) * (c->W / c->m);
+}
+
+int msd_wino_planes(int m)
+{
+    return (m + 2) * (m + 2);
 }
 
 /* Floats from one of V's, M's or E's 16 planes (T, C) to the next: a cache line more than
@@ -125,11 +148,11 @@ static size_t up16(size_t n)
  * E (float, bf16 panels: wider when Cout is not a multiple of 64). */
 static void regions(const msd_wino_conv *c, size_t *v, size_t *m, size_t *d, size_t *total)
 {
-    size_t T = tiles_of(c), e = 16 * plane_of(T, c->Cout);
+    size_t T = tiles_of(c), P = (size_t)msd_wino_planes(c->m), e = P * plane_of(T, c->Cout);
     if (c->bf16 && pairs_ok(T, c->Cout) && 16 * panels_plane(T, c->Cout) > e)
         e = 16 * panels_plane(T, c->Cout);
     *v = up16((size_t)c->nb * (c->H + 2) * (c->W + 2) * c->Cin);
-    *m = *v + up16(16 * plane_of(T, c->Cin));
+    *m = *v + up16(P * plane_of(T, c->Cin));
     *d = *m + up16(e);
     *total = *d + up16((size_t)c->nb * c->H * c->W * c->Cout);
 }
@@ -230,12 +253,13 @@ INLINE void ncl_block(float *y, const float *yc, int C, int L, int add, const fl
 
 /* ---- transforms ------------------------------------------------------------ */
 
-/* The input of tile t in xc (nb, H+2, W+2, C), or in dyc (nb, H, W, C) with pad = 0. */
-static const float *tile_in(const float *base, size_t t, int H, int W, int C, int pad)
+/* The input of tile t (m x m outputs) in xc (nb, H+2, W+2, C), or in dyc (nb, H, W, C) with
+ * pad = 0. */
+static const float *tile_in(const float *base, size_t t, int H, int W, int C, int pad, int m)
 {
-    size_t tw = (size_t)W / 2, th = (size_t)H / 2, n = t / (th * tw), ty = t / tw % th;
+    size_t tw = (size_t)W / m, th = (size_t)H / m, n = t / (th * tw), ty = t / tw % th;
     size_t tx = t % tw;
-    return base + ((n * (H + pad) + 2 * ty) * (W + pad) + 2 * tx) * C;
+    return base + ((n * (H + pad) + m * ty) * (W + pad) + m * tx) * C;
 }
 
 /* One tile, channels [c, c+k): d its 4x4 input (row stride rs), v its 16
@@ -263,29 +287,69 @@ INLINE void input_tile(vf v[16], const float *d, size_t rs, int C, int k)
     }
 }
 
-/* One tile's channels [c, c+k) into V (16 planes step floats apart). */
-INLINE void input_tile_f32(float *v, const float *d, size_t rs, size_t step, int C, int k)
+/* F(4x4, 3x3) on the points 0, 1, -1, 1/2, -2 and infinity: half the rounding error of
+ * Lavin and Gray's 0, +-1, +-2 (measured in float32 against float64, forward and weight
+ * gradient, 64 channels), with
+ *   B^T = [1 -3/2 -2 3/2 1 0; 0 -1 1/2 5/2 1 0; 0 1 -5/2 1/2 1 0;
+ *          0 -2 -1 2 1 0; 0 1/2 -1 -1/2 1 0; 0 1 -3/2 -2 3/2 1],
+ *   G = [1 0 0; 1/3 1/3 1/3; -1/3 1/3 -1/3; -16/15 -8/15 -4/15; 1/15 -2/15 4/15; 0 0 1],
+ *   A^T = [1 1 1 1 1 0; 0 1 -1 1/2 -2 0; 0 1 1 1/4 4 0; 0 1 -1 1/8 -8 1].
+ * The builds compile with -std=c11, which fuses no multiply-add, so every clone computes
+ * the same bits. bt6: o = B^T d for one column (or row) of six. */
+INLINE void bt6(vf o[6], const vf d[6])
 {
-    vf o[16];
-    input_tile(o, d, rs, C, k);
-    for (int xi = 0; xi < 16; xi++)
+    vf u = d[3] - d[1], v = d[4] - d[2];
+    o[0] = (d[0] - d[2]) + v + 1.5f * u;
+    o[1] = (u + v) + 1.5f * (d[2] + d[3]);
+    o[2] = (v - u) + 1.5f * (d[3] - d[2]);
+    o[3] = v + 2.0f * u;
+    o[4] = v - 0.5f * u;
+    o[5] = ((d[5] - d[3]) - u) + 1.5f * v;
+}
+
+/* F(4x4, 3x3): one 6x6 tile, channels [c, c+k): d its input (row stride rs), v its 36
+ * outputs B^T D B (position 6a + b: row a, column b). */
+INLINE void input_tile4(vf v[36], const float *d, size_t rs, int C, int k)
+{
+    vf r[6][6];
+    for (int b = 0; b < 6; b++) {
+        vf col[6], o[6];
+        for (int a = 0; a < 6; a++)
+            LD(col[a], d + a * rs + (size_t)b * C, k);
+        bt6(o, col);
+        for (int a = 0; a < 6; a++)
+            r[a][b] = o[a];
+    }
+    for (int a = 0; a < 6; a++)
+        bt6(v + 6 * a, r[a]);
+}
+
+/* One tile's channels [c, c+k) into V ((m + 2)^2 planes step floats apart). */
+INLINE void input_tile_f32(float *v, const float *d, size_t rs, size_t step, int C, int k, int m)
+{
+    vf o[36];
+    if (m == 4)
+        input_tile4(o, d, rs, C, k);
+    else
+        input_tile(o, d, rs, C, k);
+    for (int xi = 0; xi < (m + 2) * (m + 2); xi++)
         ST(v + xi * step, o[xi], k);
 }
 
-/* V (16, T, C) = B^T D B for every tile of xc (nb, H+2, W+2, C). */
+/* V ((m + 2)^2, T, C) = B^T D B for every tile of xc (nb, H+2, W+2, C). */
 MSD_MULTIVERSION
 static void input_transform(float *restrict V, const float *restrict xc, int nb, int C, int H,
-                            int W)
+                            int W, int m)
 {
     int cv = C / VL * VL;
-    size_t T = (size_t)nb * (H / 2) * (W / 2), step = plane_of(T, C), rs = (size_t)(W + 2) * C;
+    size_t T = (size_t)nb * (H / m) * (W / m), step = plane_of(T, C), rs = (size_t)(W + 2) * C;
     for (size_t t = 0; t < T; t++) {
-        const float *d = tile_in(xc, t, H, W, C, 2);
+        const float *d = tile_in(xc, t, H, W, C, 2, m);
         float *v = V + t * C;
         for (int c = 0; c < cv; c += VL)
-            input_tile_f32(v + c, d + c, rs, step, C, VL);
+            input_tile_f32(v + c, d + c, rs, step, C, VL, m);
         if (cv < C)
-            input_tile_f32(v + cv, d + cv, rs, step, C, C - cv);
+            input_tile_f32(v + cv, d + cv, rs, step, C, C - cv, m);
     }
 }
 
@@ -336,7 +400,7 @@ BF16_TARGET static void input_transform_bf16(uint16_t *restrict V, const float *
     int cv = C / VL * VL, Cp = even_up(C);
     size_t T = (size_t)nb * (H / 2) * (W / 2), step = plane_bf16(T, C), rs = (size_t)(W + 2) * C;
     for (size_t t = 0; t < T; t++) {
-        const float *d = tile_in(xc, t, H, W, C, 2);
+        const float *d = tile_in(xc, t, H, W, C, 2, 2);
         uint16_t *v = V + t * Cp;
         for (int c = 0; c < cv; c += VL)
             input_tile_bf16(v + c, d + c, rs, step, C, VL, VL);
@@ -370,39 +434,75 @@ INLINE void output_tile(float *o0, float *o1, const float *m, size_t step, int p
     ST(o1 + ps, o, k);
 }
 
-/* One row of tiles, channels [c0, c0+kc): their two output rows into buf (2W pixels of 16
- * floats), = A^T M A of tiles t0 .. t0 + W/2 - 1 of M (16, T, C). */
-INLINE void output_row(float *buf, const float *M, size_t step, int C, size_t t0, int W, int c0,
-                       int kc)
+/* F(4x4, 3x3) (bt6): o = A^T m for one column (or row) of six. */
+INLINE void at6(vf o[4], const vf m[6])
 {
-    for (int tx = 0; tx < W / 2; tx++)
-        output_tile(buf + (size_t)2 * tx * VL, buf + ((size_t)W + 2 * tx) * VL,
-                    M + (t0 + tx) * C + c0, step, VL, kc);
+    vf a = m[1] + m[2], b = m[1] - m[2];
+    o[0] = ((m[0] + a) + m[3]) + m[4];
+    o[1] = (b + 0.5f * m[3]) - 2.0f * m[4];
+    o[2] = (a + 0.25f * m[3]) + 4.0f * m[4];
+    o[3] = ((b + 0.125f * m[3]) - 8.0f * m[4]) + m[5];
 }
 
-/* y (C, H, W) = (or += with add) the image of tiles t0 .. of M (16, T, C) + b (C, or NULL;
- * ignored with add): per row of tiles and 16 channels, the two output rows (2W floats in
- * a row of each channel's plane) formed channels last in buf (2W x 16 floats, in L1), then
+/* F(4x4, 3x3): one tile, channels [c, c+k): m its 36 products (stride step), o its first
+ * output row; rows rs floats apart, pixels ps floats apart. */
+INLINE void output_tile4(float *o, const float *m, size_t step, size_t rs, int ps, int k)
+{
+    vf s[4][6];
+    for (int b = 0; b < 6; b++) {
+        vf col[6], t[4];
+        for (int a = 0; a < 6; a++)
+            LD(col[a], m + (size_t)(6 * a + b) * step, k);
+        at6(t, col);
+        for (int i = 0; i < 4; i++)
+            s[i][b] = t[i];
+    }
+    for (int i = 0; i < 4; i++) {
+        vf t[4];
+        at6(t, s[i]);
+        for (int j = 0; j < 4; j++)
+            ST(o + i * rs + (size_t)j * ps, t[j], k);
+    }
+}
+
+/* One row of tiles, channels [c0, c0+kc): their m output rows into buf (m W pixels of 16
+ * floats), = A^T M A of tiles t0 .. t0 + W/m - 1 of M ((m + 2)^2, T, C). */
+INLINE void output_row(float *buf, const float *M, size_t step, int C, size_t t0, int W, int c0,
+                       int kc, int m)
+{
+    for (int tx = 0; tx < W / m; tx++) {
+        const float *mt = M + (t0 + tx) * C + c0;
+        if (m == 4)
+            output_tile4(buf + (size_t)4 * tx * VL, mt, step, (size_t)W * VL, VL, kc);
+        else
+            output_tile(buf + (size_t)2 * tx * VL, buf + ((size_t)W + 2 * tx) * VL, mt, step,
+                        VL, kc);
+    }
+}
+
+/* y (C, H, W) = (or += with add) the image of tiles t0 .. of M ((m + 2)^2, T, C) + b (C, or
+ * NULL; ignored with add): per row of tiles and 16 channels, the m output rows (m W floats in
+ * a row of each channel's plane) formed channels last in buf (m W x 16 floats, in L1), then
  * transposed into place 16 pixels at a time: the image never goes through memory channels
  * last. */
 MSD_MULTIVERSION
 static void output_transform(float *restrict y, const float *restrict M, size_t T, int C,
-                             size_t t0, int H, int W, int add, const float *b,
+                             size_t t0, int H, int W, int m, int add, const float *b,
                              float *restrict buf)
 {
     size_t step = plane_of(T, C), L = (size_t)H * W;
-    for (int ty = 0; ty < H / 2; ty++) {
-        size_t tr = t0 + (size_t)ty * (W / 2);
-        float *yr = y + (size_t)2 * ty * W;
+    for (int ty = 0; ty < H / m; ty++) {
+        size_t tr = t0 + (size_t)ty * (W / m);
+        float *yr = y + (size_t)m * ty * W;
         for (int c0 = 0; c0 < C; c0 += VL) {
             int kc = C - c0 < VL ? C - c0 : VL;
             const float *bc = b ? b + c0 : NULL;
             if (kc == VL)
-                output_row(buf, M, step, C, tr, W, c0, VL);
+                output_row(buf, M, step, C, tr, W, c0, VL, m);
             else
-                output_row(buf, M, step, C, tr, W, c0, kc);
-            for (int l0 = 0; l0 < 2 * W; l0 += VL) {
-                int kl = 2 * W - l0 < VL ? 2 * W - l0 : VL;
+                output_row(buf, M, step, C, tr, W, c0, kc, m);
+            for (int l0 = 0; l0 < m * W; l0 += VL) {
+                int kl = m * W - l0 < VL ? m * W - l0 : VL;
                 if (kl == VL && kc == VL)
                     ncl_block(yr + c0 * L, buf, VL, (int)L, add, bc, l0, 0, VL, VL);
                 else
@@ -434,28 +534,60 @@ INLINE void grad_tile(vf e[16], const float *d, size_t rs, int C, int k)
     }
 }
 
-INLINE void grad_tile_f32(float *e, const float *d, size_t rs, size_t step, int C, int k)
+/* F(4x4, 3x3) (bt6): o = A e for one column (or row) of four (A = (A^T)^T, 6 x 4). */
+INLINE void a4(vf o[6], const vf e[4])
 {
-    vf o[16];
-    grad_tile(o, d, rs, C, k);
-    for (int xi = 0; xi < 16; xi++)
+    vf p = e[0] + e[2], q = e[1] + e[3];
+    o[0] = e[0];
+    o[1] = p + q;
+    o[2] = p - q;
+    o[3] = ((e[0] + 0.5f * e[1]) + 0.25f * e[2]) + 0.125f * e[3];
+    o[4] = ((e[0] - 2.0f * e[1]) + 4.0f * e[2]) - 8.0f * e[3];
+    o[5] = e[3];
+}
+
+/* F(4x4, 3x3): one 4x4 tile of dy, channels [c, c+k): d its first row (row stride rs), e its
+ * 36 outputs A dY A^T. */
+INLINE void grad_tile4(vf e[36], const float *d, size_t rs, int C, int k)
+{
+    vf r[6][4];
+    for (int b = 0; b < 4; b++) {
+        vf col[4], o[6];
+        for (int a = 0; a < 4; a++)
+            LD(col[a], d + a * rs + (size_t)b * C, k);
+        a4(o, col);
+        for (int a = 0; a < 6; a++)
+            r[a][b] = o[a];
+    }
+    for (int a = 0; a < 6; a++)
+        a4(e + 6 * a, r[a]);
+}
+
+INLINE void grad_tile_f32(float *e, const float *d, size_t rs, size_t step, int C, int k, int m)
+{
+    vf o[36];
+    if (m == 4)
+        grad_tile4(o, d, rs, C, k);
+    else
+        grad_tile(o, d, rs, C, k);
+    for (int xi = 0; xi < (m + 2) * (m + 2); xi++)
         ST(e + xi * step, o[xi], k);
 }
 
-/* E (16, T, C) = A dY A^T for every 2x2 tile of dyc (nb, H, W, C). */
+/* E ((m + 2)^2, T, C) = A dY A^T for every m x m tile of dyc (nb, H, W, C). */
 MSD_MULTIVERSION
 static void grad_transform(float *restrict E, const float *restrict dyc, int nb, int C, int H,
-                           int W)
+                           int W, int m)
 {
     int cv = C / VL * VL;
-    size_t T = (size_t)nb * (H / 2) * (W / 2), step = plane_of(T, C), rs = (size_t)W * C;
+    size_t T = (size_t)nb * (H / m) * (W / m), step = plane_of(T, C), rs = (size_t)W * C;
     for (size_t t = 0; t < T; t++) {
-        const float *d = tile_in(dyc, t, H, W, C, 0);
+        const float *d = tile_in(dyc, t, H, W, C, 0, m);
         float *e = E + t * C;
         for (int c = 0; c < cv; c += VL)
-            grad_tile_f32(e + c, d + c, rs, step, C, VL);
+            grad_tile_f32(e + c, d + c, rs, step, C, VL, m);
         if (cv < C)
-            grad_tile_f32(e + cv, d + cv, rs, step, C, C - cv);
+            grad_tile_f32(e + cv, d + cv, rs, step, C, C - cv, m);
     }
 }
 
@@ -492,8 +624,8 @@ BF16_TARGET static void input_pairs(uint32_t *restrict Vw, const float *restrict
 {
     size_t T = (size_t)nb * (H / 2) * (W / 2), step = pairs_plane(T, C), rs = (size_t)(W + 2) * C;
     for (size_t p = 0; p < (T + 1) / 2; p++) {
-        const float *d0 = tile_in(xc, 2 * p, H, W, C, 2);
-        const float *d1 = 2 * p + 1 < T ? tile_in(xc, 2 * p + 1, H, W, C, 2) : NULL;
+        const float *d0 = tile_in(xc, 2 * p, H, W, C, 2, 2);
+        const float *d1 = 2 * p + 1 < T ? tile_in(xc, 2 * p + 1, H, W, C, 2, 2) : NULL;
         for (int c = 0; c < C; c += VL) {
             int k = C - c < VL ? C - c : VL;
             vf a[16], b[16];
@@ -524,8 +656,8 @@ BF16_TARGET static void grad_panels(uint32_t *restrict Ew, const float *restrict
     vf zero[16];
     memset(zero, 0, sizeof zero);
     for (size_t p = 0; p < kp; p++) {
-        const float *d0 = tile_in(dyc, 2 * p, H, W, C, 0);
-        const float *d1 = 2 * p + 1 < T ? tile_in(dyc, 2 * p + 1, H, W, C, 0) : NULL;
+        const float *d0 = tile_in(dyc, 2 * p, H, W, C, 0, 2);
+        const float *d1 = 2 * p + 1 < T ? tile_in(dyc, 2 * p + 1, H, W, C, 0, 2) : NULL;
         for (int c = 0; c < cpad; c += VL) {
             int k = C - c < VL ? C - c : VL; /* <= 0 past C: zeros */
             vf a[16], b[16];
@@ -569,13 +701,39 @@ INLINE void weight_tiles(vf u[16], const vf g[9])
     }
 }
 
+/* F(4x4, 3x3) (bt6): u = G g for one column (or row) of three. */
+INLINE void g6(vf u[6], const vf g[3])
+{
+    vf s = g[0] + g[2];
+    u[0] = g[0];
+    u[1] = (s + g[1]) * (1.0f / 3);
+    u[2] = (g[1] - s) * (1.0f / 3);
+    u[3] = ((4.0f * g[0] + 2.0f * g[1]) + g[2]) * (-4.0f / 15);
+    u[4] = ((g[0] - 2.0f * g[1]) + 4.0f * g[2]) * (1.0f / 15);
+    u[5] = g[2];
+}
+
+/* G g G^T, 36 values, for 16 kernels at once: g[tap] holds tap (3a + b) of each. */
+INLINE void weight_tiles4(vf u[36], const vf g[9])
+{
+    vf t[6][3];
+    for (int b = 0; b < 3; b++) {
+        vf col[3] = { g[b], g[3 + b], g[6 + b] }, o[6];
+        g6(o, col);
+        for (int a = 0; a < 6; a++)
+            t[a][b] = o[a];
+    }
+    for (int a = 0; a < 6; a++)
+        g6(u + 6 * a, t[a]);
+}
+
 /* Input channels [i, i+ki), output channels [o, o+ko) (both at most 16): w's rows o .. o+ko,
  * 9 ki floats each from input channel i on, transposed 16 x 16 at a time in registers into
  * columns (one per input channel and tap, across the 16 kernels), then each input
  * channel's 16 kernels transformed at once (a gather of 9 taps per kernel was a quarter
  * of a one-sprite sampling step by perf). */
-INLINE void weight_block(float *U, const float *w, size_t plane, int Cout, int Cin, int i, int ki,
-                         int o, int ko)
+INLINE void weight_block(float *U, const float *w, size_t plane, int Cout, int Cin, int m, int i,
+                         int ki, int o, int ko)
 {
     vf col[9 * VL];
     int ncol = 9 * ki;
@@ -593,15 +751,18 @@ INLINE void weight_block(float *U, const float *w, size_t plane, int Cout, int C
             col[cb + c] = r[c];
     }
     for (int ii = 0; ii < ki; ii++) {
-        vf u[16];
-        weight_tiles(u, col + 9 * ii);
-        for (int xi = 0; xi < 16; xi++)
+        vf u[36];
+        if (m == 4)
+            weight_tiles4(u, col + 9 * ii);
+        else
+            weight_tiles(u, col + 9 * ii);
+        for (int xi = 0; xi < (m + 2) * (m + 2); xi++)
             ST(U + xi * plane + (size_t)(i + ii) * Cout + o, u[xi], ko);
     }
 }
 
 MSD_MULTIVERSION
-void msd_wino_weights(float *U, const float *w, int Cout, int Cin, int i0, int i1)
+void msd_wino_weights(float *U, const float *w, int Cout, int Cin, int m, int i0, int i1)
 {
     size_t plane = msd_wino_plane(Cout, Cin);
     for (int i = i0; i < i1; i += VL) {
@@ -609,54 +770,65 @@ void msd_wino_weights(float *U, const float *w, int Cout, int Cin, int i0, int i
         for (int o = 0; o < Cout; o += VL) {
             int ko = Cout - o < VL ? Cout - o : VL;
             if (ki == VL && ko == VL)
-                weight_block(U, w, plane, Cout, Cin, i, VL, o, VL);
+                weight_block(U, w, plane, Cout, Cin, m, i, VL, o, VL);
             else
-                weight_block(U, w, plane, Cout, Cin, i, ki, o, ko);
+                weight_block(U, w, plane, Cout, Cin, m, i, ki, o, ko);
         }
     }
 }
 
 /* ---- the passes ------------------------------------------------------------ */
 
-size_t msd_wino_packed_words(int Cout, int Cin)
+/* 32-bit words of one packed plane: a multiple of 16, so that every plane stays 64-byte
+ * aligned. */
+static size_t packed_plane(int Cout, int Cin, int bf16)
 {
-    return 16 * msd_bf16_packed_b_words(Cin, Cout);
+    return up16(bf16 ? msd_bf16_packed_b_words(Cin, Cout) : msd_packed_b_floats(Cin, Cout));
 }
 
-void msd_wino_pack_bf16(uint32_t *Up, const float *U, int Cout, int Cin, int xi0, int xi1)
+size_t msd_wino_packed_words(int Cout, int Cin, int m, int bf16)
 {
-    size_t words = msd_bf16_packed_b_words(Cin, Cout), plane = msd_wino_plane(Cout, Cin);
-    for (int xi = xi0; xi < xi1; xi++)
-        msd_bf16_pack_b(Up + xi * words, U + xi * plane, Cout, Cin, Cout);
+    return (size_t)msd_wino_planes(m) * packed_plane(Cout, Cin, bf16);
+}
+
+void msd_wino_pack(uint32_t *Up, const float *U, int Cout, int Cin, int bf16, int xi0, int xi1)
+{
+    size_t words = packed_plane(Cout, Cin, bf16), plane = msd_wino_plane(Cout, Cin);
+    for (int xi = xi0; xi < xi1; xi++) {
+        if (bf16)
+            msd_bf16_pack_b(Up + xi * words, U + xi * plane, Cout, Cin, Cout);
+        else
+            msd_pack_b((float *)(Up + xi * words), U + xi * plane, Cout, Cin, Cout);
+    }
 }
 
 void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b, const float *x,
-                      const float *U, const uint32_t *Up, float *scratch)
+                      const uint32_t *Up, float *scratch)
 {
     int nb = c->nb, Cin = c->Cin, Cout = c->Cout, H = c->H, W = c->W;
     size_t T = tiles_of(c), L = (size_t)H * W, rv, rm, rd, rt;
     regions(c, &rv, &rm, &rd, &rt);
     float *xc = scratch, *V = scratch + rv, *M = scratch + rm, *yc = scratch + rd;
-    size_t pi = plane_of(T, Cin), po = plane_of(T, Cout);
+    size_t pi = plane_of(T, Cin), po = plane_of(T, Cout), words = packed_plane(Cout, Cin, c->bf16);
     to_channels_last(xc, x, nb, Cin, H, W, 1);
-    if (c->bf16) { /* V in bf16 (it fits in the float V's room), U packed by the caller */
+    if (c->bf16) { /* V in bf16 (it fits in the float V's room) */
         uint16_t *Vh = (uint16_t *)V;
-        size_t ph = plane_bf16(T, Cin), words = msd_bf16_packed_b_words(Cin, Cout);
+        size_t ph = plane_bf16(T, Cin);
         input_transform_bf16(Vh, xc, nb, Cin, H, W);
         for (int xi = 0; xi < 16; xi++)
             msd_sgemm_bf16_packed((int)T, Cout, Cin, (const uint32_t *)(Vh + xi * ph),
                                   (size_t)even_up(Cin) / 2, 1, Up + xi * words, 0.0f,
                                   M + xi * po, Cout);
     } else {
-        input_transform(V, xc, nb, Cin, H, W);
+        input_transform(V, xc, nb, Cin, H, W, c->m);
         /* M_xi (T, Cout) = V_xi (T, Cin) U_xi (Cin, Cout) */
-        for (int xi = 0; xi < 16; xi++)
-            msd_sgemm(0, 0, (int)T, Cout, Cin, 1.0f, V + xi * pi, Cin,
-                      U + xi * msd_wino_plane(Cout, Cin), Cout, 0.0f, M + xi * po, Cout);
+        for (int xi = 0; xi < msd_wino_planes(c->m); xi++)
+            msd_sgemm_packed((int)T, Cout, Cin, V + xi * pi, Cin,
+                             (const float *)(Up + xi * words), 0.0f, M + xi * po, Cout);
     }
     for (int n = 0; n < nb; n++) /* yc: output_transform's buffer */
-        output_transform(y + (size_t)n * Cout * L, M, T, Cout, (size_t)n * (H / 2) * (W / 2), H,
-                         W, add, b, yc);
+        output_transform(y + (size_t)n * Cout * L, M, T, Cout,
+                         (size_t)n * (H / c->m) * (W / c->m), H, W, c->m, add, b, yc);
 }
 
 void msd_wino_dw(const msd_wino_conv *c, float *dwt, const float *x, const float *dy,
@@ -680,15 +852,50 @@ void msd_wino_dw(const msd_wino_conv *c, float *dwt, const float *x, const float
         return;
     }
     size_t pi = plane_of(T, Cin), po = plane_of(T, Cout);
-    input_transform(V, xc, nb, Cin, H, W);
-    grad_transform(E, dyc, nb, Cout, H, W);
-    for (int xi = 0; xi < 16; xi++)
+    input_transform(V, xc, nb, Cin, H, W, c->m);
+    grad_transform(E, dyc, nb, Cout, H, W, c->m);
+    for (int xi = 0; xi < msd_wino_planes(c->m); xi++)
         (c->bf16 ? msd_sgemm_bf16 : msd_sgemm)(1, 0, Cin, Cout, (int)T, 1.0f, V + xi * pi, Cin,
                                                E + xi * po, Cout, 1.0f, dwt + xi * plane, Cout);
 }
 
-void msd_wino_dw_finish(float *dw, const float *dwt, int Cout, int Cin, int o0, int o1)
+/* F(4x4, 3x3) (bt6): g = G^T m for one column (or row) of six. */
+static void gt6(float g[3], const float m[6])
 {
+    float a = (m[1] + m[2]) * (1.0f / 3), b = (m[1] - m[2]) * (1.0f / 3);
+    g[0] = ((m[0] + b) - (16.0f / 15) * m[3]) + (1.0f / 15) * m[4];
+    g[1] = (a - (8.0f / 15) * m[3]) - (2.0f / 15) * m[4];
+    g[2] = ((b - (4.0f / 15) * m[3]) + (4.0f / 15) * m[4]) + m[5];
+}
+
+static void dw_finish4(float *dw, const float *dwt, int Cout, int Cin, int o0, int o1)
+{
+    size_t plane = msd_wino_plane(Cout, Cin);
+    for (int o = o0; o < o1; o++)
+        for (int i = 0; i < Cin; i++) {
+            float t[3][6], col[6], r[3];
+            for (int b = 0; b < 6; b++) {
+                for (int a = 0; a < 6; a++)
+                    col[a] = dwt[(6 * a + b) * plane + (size_t)i * Cout + o];
+                gt6(r, col);
+                for (int a = 0; a < 3; a++)
+                    t[a][b] = r[a];
+            }
+            float *g = dw + ((size_t)o * Cin + i) * 9;
+            for (int a = 0; a < 3; a++) {
+                gt6(r, t[a]);
+                for (int b = 0; b < 3; b++)
+                    g[3 * a + b] += r[b];
+            }
+        }
+}
+
+void msd_wino_dw_finish(float *dw, const float *dwt, int Cout, int Cin, int m, int o0, int o1)
+{
+    if (m == 4) {
+        dw_finish4(dw, dwt, Cout, Cin, o0, o1);
+        return;
+    }
     size_t plane = msd_wino_plane(Cout, Cin);
     for (int o = o0; o < o1; o++)
         for (int i = 0; i < Cin; i++) {

@@ -1,4 +1,5 @@
-/* minisd: 3x3 convolutions by Winograd's minimal filtering, F(2x2, 3x3).
+/* minisd: 3x3 convolutions by Winograd's minimal filtering, F(2x2, 3x3) and
+ * F(4x4, 3x3).
  *
  * A 3x3 convolution computes each 2x2 block of its output from the 4x4 block
  * of (padded) input around it. Done directly that is 36 multiplies per input
@@ -12,6 +13,16 @@
  * matrix product (tiles x Cin) (Cin x Cout): 16 GEMMs on the fp32 kernels of
  * gemm.h, with 2.25 times fewer multiplies than the direct convolution. The
  * transforms use only additions and halvings.
+ *
+ * F(4x4, 3x3) computes 4x4 output blocks from 6x6 input blocks: 36 products
+ * for 16 outputs, 4 times fewer multiplies than direct (Lavin and Gray's
+ * points 0, +-1, +-2 and infinity; the matrices are in conv_wino.c). Its
+ * transforms multiply by up to 8 and by 1/6, 1/12, 1/24, so rounding errors
+ * grow: measured in float64 with bf16-rounded transforms, 13 times the error
+ * of rounding the inputs against 1.7 times for F(2x2, 3x3). So it is fp32's
+ * (maps whose height and width are multiples of 4), and bf16 stays on
+ * F(2x2, 3x3); its fp32 results are within 1e-5 of the direct convolution's
+ * largest value (tests/c/test_conv.c).
  *
  * The weight gradient is the same algorithm differentiated with respect to
  * g: for each tile, dW = G^T [ (A dY A^T) . (B^T D B) ] G, where dY is the
@@ -38,58 +49,75 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* One group: nb images (Cin, H, W) in, (Cout, H, W) out; bf16: the 16
- * products on msd_sgemm_bf16 (the bf16 precision: the transformed tiles and
- * kernels rounded to bf16), else on msd_sgemm. */
+/* One group: nb images (Cin, H, W) in, (Cout, H, W) out, in m x m output
+ * tiles (m = 2 or 4: msd_wino_tile); bf16 (m = 2 only): the 16 products on
+ * msd_sgemm_bf16 (the bf16 precision: the transformed tiles and kernels
+ * rounded to bf16), else on msd_sgemm. */
 typedef struct msd_wino_conv {
-    int nb, Cin, H, W, Cout, bf16;
+    int nb, Cin, H, W, Cout, bf16, m;
 } msd_wino_conv;
 
-/* 1 when the Winograd path is on (the default; MINISD_WINOGRAD=0 in the
- * environment, read once, or msd_wino_set(0) turns it off). */
+/* The Winograd path's mode: off, on (F(4x4, 3x3) where msd_wino_tile allows
+ * it, else F(2x2, 3x3); the default), or F(2x2, 3x3) only. */
+enum { MSD_WINO_OFF = 0, MSD_WINO_ON = 1, MSD_WINO_F2 = 2 };
+
+/* The mode (nonzero when the path is on); MINISD_WINOGRAD=0 (off) or 2
+ * (F(2x2, 3x3) only) in the environment, read once, or msd_wino_set change
+ * it. */
 int msd_wino_get(void);
-void msd_wino_set(int on);
+void msd_wino_set(int mode);
+
+/* The output tile of a Winograd convolution of H x W maps: 4 in fp32 when
+ * the mode is MSD_WINO_ON, H and W are multiples of 4 and a map has at least
+ * 16 tiles of 4x4 (16x16 and larger), else 2. By shape alone, so that an
+ * image's bits do not depend on the batch it is in. */
+int msd_wino_tile(int H, int W, int bf16);
+/* (m + 2)^2: the transformed tiles' positions, one product each. */
+int msd_wino_planes(int m);
 
 /* 1 when a conv2d of N images of this shape runs here now: the path is on,
  * N > 0, the kernel is 3x3, stride 1, padding 1, H and W are even, and both
  * channel counts are at least 16 (narrower products waste the GEMM tile). */
 int msd_wino_ok(int N, int Cin, int Cout, int H, int W, int kh, int kw, int stride, int pad);
 
-/* Images per group for a batch of N images of H x W: about 128 tiles. */
-int msd_wino_group_images(int N, int H, int W);
+/* Images per group for a batch of N images of H x W in m x m tiles: about
+ * 128 tiles (64 for m = 4: 36 planes). */
+int msd_wino_group_images(int N, int H, int W, int m);
 
 /* Floats of scratch that msd_wino_forward or msd_wino_dw needs for group c. */
 size_t msd_wino_scratch(const msd_wino_conv *c);
 
-/* Floats from one of U's or dwt's 16 planes (Cin, Cout) to the next (a cache
- * line more than Cin Cout, so that the 16 streams of a transform do not all
- * fall in the same L1 sets): U and dwt hold 16 of them. */
+/* Floats from one of U's or dwt's planes (Cin, Cout) to the next (a cache
+ * line more than Cin Cout, so that the streams of a transform do not all
+ * fall in the same L1 sets): U and dwt hold msd_wino_planes(m) of them. */
 size_t msd_wino_plane(int Cout, int Cin);
-/* U (16 planes, Cin, Cout) = G g G^T for each kernel g = w[o, i] of w (Cout,
- * Cin, 3, 3): the B operand of the forward's 16 products; the rows of input
- * channels [i0, i1) (the caller spreads them over its threads). */
-void msd_wino_weights(float *U, const float *w, int Cout, int Cin, int i0, int i1);
+/* U ((m + 2)^2 planes, Cin, Cout) = G g G^T for each kernel g = w[o, i] of w
+ * (Cout, Cin, 3, 3): the B operand of the forward's products; the rows of
+ * input channels [i0, i1) (the caller spreads them over its threads). */
+void msd_wino_weights(float *U, const float *w, int Cout, int Cin, int m, int i0, int i1);
 
-/* 32-bit words of U packed for the bf16 forward: msd_wino_pack_bf16 writes
- * U's planes [xi0, xi1) of 16 in msd_sgemm_bf16_packed's form (gemm.h), once
- * per convolution rather than once per group and product; Up 64-byte
- * aligned. */
-size_t msd_wino_packed_words(int Cout, int Cin);
-void msd_wino_pack_bf16(uint32_t *Up, const float *U, int Cout, int Cin, int xi0, int xi1);
+/* 32-bit words of U packed for the forward's products (msd_sgemm_packed's
+ * floats, or with bf16 msd_sgemm_bf16_packed's words; gemm.h): msd_wino_pack
+ * writes U's planes [xi0, xi1), once per convolution rather than once per
+ * group and product (and kept across calls for inference, ops_conv.c); Up
+ * 64-byte aligned. The fp32 form is the kernel level's: pack and multiply at
+ * the same one. */
+size_t msd_wino_packed_words(int Cout, int Cin, int m, int bf16);
+void msd_wino_pack(uint32_t *Up, const float *U, int Cout, int Cin, int bf16, int xi0, int xi1);
 /* y (nb, Cout, H, W) = (or += with add, b ignored) conv2d of x (nb, Cin, H,
- * W) with the kernels transformed into U, plus b (Cout, or NULL); with c->bf16
- * the kernels come from Up (msd_wino_pack_bf16) and U is not read. */
+ * W) with the kernels transformed into U and packed into Up (msd_wino_pack),
+ * plus b (Cout, or NULL). */
 void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b, const float *x,
-                      const float *U, const uint32_t *Up, float *scratch);
+                      const uint32_t *Up, float *scratch);
 
-/* dwt (16 planes, Cin, Cout) += this group's weight gradient in the transformed
- * domain, from x (nb, Cin, H, W) and dy (nb, Cout, H, W). */
+/* dwt ((m + 2)^2 planes, Cin, Cout) += this group's weight gradient in the
+ * transformed domain, from x (nb, Cin, H, W) and dy (nb, Cout, H, W). */
 void msd_wino_dw(const msd_wino_conv *c, float *dwt, const float *x, const float *dy,
                  float *scratch);
 
 /* dw (Cout, Cin, 3, 3) += G^T dwt G: the gradient back from the
  * transformed domain, for output channels [o0, o1) (the caller spreads them
  * over its threads). */
-void msd_wino_dw_finish(float *dw, const float *dwt, int Cout, int Cin, int o0, int o1);
+void msd_wino_dw_finish(float *dw, const float *dwt, int Cout, int Cin, int m, int o0, int o1);
 
 #endif

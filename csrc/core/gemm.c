@@ -454,6 +454,68 @@ void msd_sgemm_offsets(int M, int N, int K, float alpha, const float *base, cons
     gemm(&a, transb, M, N, K, alpha, B, ldb, beta, C, ldc);
 }
 
+/* ---- fp32 products on B packed beforehand -------------------------------------
+ * The same blocks and panels as gemm's pack_b (the kernel level's NR columns, KC rows), for
+ * every block in the loops' order, written once for a B shared by many products (each of
+ * conv_wino.c's transformed kernels, by every group of tiles; kept across calls for
+ * inference). The layout depends on the kernel level: pack and multiply at the same one. */
+#define BLOCK_LOOP(K, N)                                                                   \
+    for (int jc = 0, nc; jc < (N) && (nc = (N) - jc < NC ? (N) - jc : NC); jc += NC)       \
+        for (int pc = 0, kc; pc < (K) && (kc = (K) - pc < KC ? (K) - pc : KC); pc += KC)
+
+static size_t packed_block_floats(int kc, int nc, int nr)
+{
+    return (size_t)(nc + nr - 1) / nr * nr * (size_t)kc;
+}
+
+size_t msd_packed_b_floats(int K, int N)
+{
+    int nr = impls[msd_isa_get()].nr;
+    size_t f = 0;
+    BLOCK_LOOP(K, N)
+    f += packed_block_floats(kc, nc, nr);
+    return f;
+}
+
+void msd_pack_b(float *bp, const float *B, int ldb, int K, int N)
+{
+    int nr = impls[msd_isa_get()].nr;
+    BLOCK_LOOP(K, N)
+    {
+        pack_b(bp, B, ldb, 0, pc, kc, jc, nc, nr);
+        bp += packed_block_floats(kc, nc, nr);
+    }
+}
+
+void msd_sgemm_packed(int M, int N, int K, const float *A, int lda, const float *bp, float beta,
+                      float *C, int ldc)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    if (K <= 0) {
+        scale_c(C, ldc, M, N, beta);
+        return;
+    }
+    const struct impl *im = &impls[msd_isa_get()];
+    int mr = im->mr, nr = im->nr, koff[KC];
+    const float *rows[MAX_MR];
+    BLOCK_LOOP(K, N)
+    {
+        float bet = pc == 0 ? beta : 1.0f;
+        for (int k = 0; k < kc; k++)
+            koff[k] = pc + k;
+        for (int ir = 0; ir < M; ir += mr) {
+            int m = M - ir < mr ? M - ir : mr;
+            for (int i = 0; i < mr; i++)
+                rows[i] = A + (size_t)(ir + (i < m ? i : m - 1)) * lda;
+            for (int jr = 0; jr < nc; jr += nr)
+                im->kernel(kc, rows, koff, bp + (size_t)jr * kc, C + (size_t)ir * ldc + jc + jr,
+                           (size_t)ldc, m, nc - jr < nr ? nc - jr : nr, 1.0f, bet);
+        }
+        bp += packed_block_floats(kc, nc, nr);
+    }
+}
+
 /* ---- bf16 products ---------------------------------------------------------
  * msd_sgemm_bf16 at MSD_ISA_AVX512_BF16 and above: the Goto loops of gemm()
  * with both operands packed to bf16 words (32 bits: k = 2p low, 2p + 1 high;
@@ -598,11 +660,8 @@ static int gemm_bf16_blocked(int transa, int transb, int M, int N, int K, float 
  * For a B shared by many products (conv_wino.c: each transformed kernel by every group of
  * tiles): msd_bf16_pack_b writes what gemm_bf16_blocked's pack_b_bf16 would, for every
  * (NC, KC) block in the loops' order, once; A comes as the words pack_a_bf16 would make
- * (rows of bf16, or pairs along k in the transposed layout), read in place. */
-#define BLOCK_LOOP(K, N)                                                                   \
-    for (int jc = 0, nc; jc < (N) && (nc = (N) - jc < NC ? (N) - jc : NC); jc += NC)       \
-        for (int pc = 0, kc; pc < (K) && (kc = (K) - pc < KC ? (K) - pc : KC); pc += KC)
-
+ * (rows of bf16, or pairs along k in the transposed layout), read in place (BLOCK_LOOP:
+ * above, the fp32 packed product's). */
 /* Words of one packed block: whole panels of NR (the AVX-512 kernel's 64) columns. */
 static size_t packed_block_words(int kc, int nc)
 {

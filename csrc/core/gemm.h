@@ -39,6 +39,17 @@ void msd_sgemm_offsets(int M, int N, int K, float alpha, const float *base, cons
 void msd_sgemm_bf16(int transa, int transb, int M, int N, int K, float alpha, const float *A,
                     int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
+/* The fp32 product with B packed beforehand, for a B that many products share (each
+ * transformed kernel of a Winograd convolution, by every group of tiles, and kept across
+ * calls for inference): msd_pack_b writes B (K x N, row-major) into bp in the panels of the
+ * kernel level in use, msd_packed_b_floats(K, N) floats; msd_sgemm_packed computes C = A B +
+ * beta C with A (M x K) row-major, read in place, at the same level, with the same bits as
+ * msd_sgemm(0, 0, M, N, K, 1, A, lda, B, ldb, beta, C, ldc). bp 64-byte aligned. */
+size_t msd_packed_b_floats(int K, int N);
+void msd_pack_b(float *bp, const float *B, int ldb, int K, int N);
+void msd_sgemm_packed(int M, int N, int K, const float *A, int lda, const float *bp, float beta,
+                      float *C, int ldc);
+
 /* The bf16 product with its operands converted beforehand, for a B that many products share
  * (each transformed kernel of a Winograd convolution, conv_wino.c, by every group of tiles)
  * or operands that a transform writes in these forms. msd_bf16_pack_b writes B (K x N,

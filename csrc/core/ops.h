@@ -59,6 +59,17 @@ int msd_conv_transpose2d(msd_tensor *x, msd_tensor *w, msd_tensor *b, int stride
 int msd_conv2d_bn_act(msd_tensor *x, msd_tensor *w, msd_tensor *b, int stride, int padding,
                       msd_tensor *bn_weight, msd_tensor *bn_bias, msd_tensor *running_mean,
                       msd_tensor *running_var, float eps, int gelu, msd_tensor **out);
+/* The calling thread's cache of transformed kernels (ops_conv.c): a conv2d
+ * forward that records no gradient keeps its Winograd kernels there, checked
+ * against a copy of the weights at every use. Its size and use counts, and a
+ * way to free it (it is freed when the thread exits). */
+typedef struct msd_conv_cache_stats {
+    int entries;
+    size_t bytes;
+    unsigned long long hits, misses;
+} msd_conv_cache_stats;
+msd_conv_cache_stats msd_conv_cache_get_stats(void);
+void msd_conv_cache_clear(void);
 /* Raw kernels. x (N,Cin,H,W); b (Cout) or NULL. conv2d: w (Cout,Cin,kh,kw),
  * y (N,Cout,Ho,Wo) with Ho = (H+2pad-kh)/stride+1. conv_transpose2d:
  * w (Cin,Cout,kh,kw), y (N,Cout,(H-1)stride-2pad+kh, ...). Backward ADDS

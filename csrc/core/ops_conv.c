@@ -14,8 +14,11 @@
  * Winograd on msd_sgemm_bf16 where wino_path says so (vdpbf16ps), else
  * through the paths below after rounding the weights and each group's copies
  * of the image and of dy. */
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "autograd.h"
 #include "conv_amx.h"
 #include "conv_wino.h"
 #include "cpu.h"
@@ -344,9 +347,9 @@ typedef struct conv2d_job {
     int amx;                      /* bf16 on the AMX tiles ... */
     const uint16_t *wa;           /* ... with these packed weights (forward) */
     int round;                    /* bf16 without the tiles: round the group's copies */
-    const float *wu;              /* by Winograd (conv_wino.h) with these weights ... */
-    int wino_bf16;                /* ... and bf16 products on these packed ones */
-    const uint32_t *wup;
+    int wino;                     /* by Winograd (conv_wino.h), in m x m output tiles ... */
+    int wino_m, wino_bf16;        /* ... with bf16 products or not ... */
+    const uint32_t *wup;          /* ... on these packed kernels (msd_wino_pack) */
 } conv2d_job;
 
 /* The AMX geometry of a group of nb images. */
@@ -505,10 +508,10 @@ static void conv2d_gemm_chunk(void *ctx, int gi, int tid)
     int K = g->Cin * g->kh * g->kw;
     size_t L = (size_t)g->Ho * g->Wo, ncols = (size_t)nb * L;
     float *sc = j->sc->data + j->per * (size_t)tid;
-    if (j->wu) {
-        msd_wino_conv c = { nb, g->Cin, g->H, g->W, Cout, j->wino_bf16 };
+    if (j->wino) {
+        msd_wino_conv c = { nb, g->Cin, g->H, g->W, Cout, j->wino_bf16, j->wino_m };
         msd_wino_forward(&c, j->y + (size_t)n0 * Cout * L, j->add, j->b,
-                         j->x + (size_t)n0 * g->Cin * g->H * g->W, j->wu, j->wup, sc);
+                         j->x + (size_t)n0 * g->Cin * g->H * g->W, j->wup, sc);
         for (int n = 0; n < nb; n++)
             conv2d_epilogue(j, j->y + (size_t)(n0 + n) * Cout * L, L);
         return;
@@ -579,7 +582,7 @@ typedef struct wino_w_job {
     float *u;
     uint32_t *up;
     const float *w;
-    int Cout, Cin;
+    int Cout, Cin, m, bf16;
 } wino_w_job;
 
 static void wino_u_chunk(void *ctx, int k, int tid)
@@ -587,60 +590,207 @@ static void wino_u_chunk(void *ctx, int k, int tid)
     const wino_w_job *j = ctx;
     int i0 = k * WW_BLOCK, i1 = i0 + WW_BLOCK < j->Cin ? i0 + WW_BLOCK : j->Cin;
     (void)tid;
-    msd_wino_weights(j->u, j->w, j->Cout, j->Cin, i0, i1);
+    msd_wino_weights(j->u, j->w, j->Cout, j->Cin, j->m, i0, i1);
 }
 
 static void wino_pack_chunk(void *ctx, int xi, int tid)
 {
     const wino_w_job *j = ctx;
     (void)tid;
-    msd_wino_pack_bf16(j->up, j->u, j->Cout, j->Cin, xi, xi + 1);
+    msd_wino_pack(j->up, j->u, j->Cout, j->Cin, j->bf16, xi, xi + 1);
+}
+
+/* ---- transformed kernels kept for inference ----------------------------------
+ * Sampling runs the same weights through every step; transforming (and in bf16 packing)
+ * them each call was a fifth of a one-sprite step. A forward that records no gradient
+ * (grad mode off, or weights that do not require it) keeps its transformed kernels in this
+ * thread's cache, keyed by the weights' address and shape, with a copy of the weights they
+ * were made from: a memcmp against it (cheap beside the transform) says whether they are
+ * still good, so weights changed in place are transformed again, never used stale. At most
+ * WCACHE_N entries, the least recently used replaced; freed when the thread exits. */
+#define WCACHE_N 32
+
+typedef struct wcache_entry {
+    const float *w;
+    int Cout, Cin, m, bf16, isa; /* isa: the kernel level the fp32 packing is for */
+    float *wcopy; /* Cout Cin 9 floats */
+    float *u;     /* the transformed kernels, packed (msd_wino_pack), 64-byte aligned */
+    size_t nu;
+    unsigned long long used;
+} wcache_entry;
+
+typedef struct wcache {
+    wcache_entry e[WCACHE_N];
+    unsigned long long clock, hits, misses;
+} wcache;
+
+static pthread_key_t wc_key;
+static pthread_once_t wc_once = PTHREAD_ONCE_INIT;
+static int wc_key_ok;
+
+static void wc_clear(wcache *c)
+{
+    for (int i = 0; i < WCACHE_N; i++) {
+        free(c->e[i].wcopy);
+        free(c->e[i].u);
+    }
+    memset(c, 0, sizeof *c);
+}
+
+static void wc_free(void *p)
+{
+    wc_clear(p);
+    free(p);
+}
+
+static void wc_key_init(void)
+{
+    wc_key_ok = pthread_key_create(&wc_key, wc_free) == 0;
+}
+
+static wcache *wc_get(int create)
+{
+    pthread_once(&wc_once, wc_key_init);
+    if (!wc_key_ok)
+        return NULL;
+    wcache *c = pthread_getspecific(wc_key);
+    if (!c && create && (c = calloc(1, sizeof *c)) && pthread_setspecific(wc_key, c) != 0) {
+        free(c);
+        c = NULL;
+    }
+    return c;
+}
+
+void msd_conv_cache_clear(void)
+{
+    wcache *c = wc_get(0);
+    if (c)
+        wc_clear(c);
+}
+
+msd_conv_cache_stats msd_conv_cache_get_stats(void)
+{
+    msd_conv_cache_stats st = { 0, 0, 0, 0 };
+    wcache *c = wc_get(0);
+    for (int i = 0; c && i < WCACHE_N; i++)
+        if (c->e[i].u) {
+            st.entries++;
+            st.bytes += c->e[i].nu * sizeof(float) +
+                        (size_t)c->e[i].Cout * c->e[i].Cin * 9 * sizeof(float);
+        }
+    if (c) {
+        st.hits = c->hits;
+        st.misses = c->misses;
+    }
+    return st;
+}
+
+/* The cached room (nu floats) for the transformed kernels of w: *valid = 1 when they are
+ * there already, 0 when the caller must (re)compute them into it; NULL when no room could
+ * be had (the caller transforms into its own). */
+static float *wc_lookup(const float *w, int Cout, int Cin, int m, int bf16, size_t nu,
+                        int *valid)
+{
+    wcache *c = wc_get(1);
+    if (!c)
+        return NULL;
+    int isa = msd_isa_get();
+    size_t wbytes = (size_t)Cout * Cin * 9 * sizeof(float);
+    wcache_entry *e = NULL, *victim = &c->e[0];
+    for (int i = 0; i < WCACHE_N && !e; i++) {
+        wcache_entry *t = &c->e[i];
+        if (t->u && t->w == w && t->Cout == Cout && t->Cin == Cin && t->m == m &&
+            t->bf16 == bf16 && t->isa == isa)
+            e = t;
+        else if (t->used < victim->used)
+            victim = t;
+    }
+    c->clock++;
+    if (e) {
+        e->used = c->clock;
+        *valid = memcmp(e->wcopy, w, wbytes) == 0;
+        if (*valid)
+            c->hits++;
+        else
+            memcpy(e->wcopy, w, wbytes);
+        c->misses += !*valid;
+        return e->u;
+    }
+    c->misses++;
+    free(victim->wcopy);
+    free(victim->u);
+    memset(victim, 0, sizeof *victim);
+    float *wc = malloc(wbytes), *u = aligned_alloc(64, (nu + 15) / 16 * 16 * sizeof(float));
+    if (!wc || !u) {
+        free(wc);
+        free(u);
+        return NULL;
+    }
+    memcpy(wc, w, wbytes);
+    *victim = (wcache_entry){ w, Cout, Cin, m, bf16, isa, wc, u, nu, c->clock };
+    *valid = 0;
+    return u;
 }
 
 /* conv2d_gemm by Winograd (conv_wino.h): groups of msd_wino_group_images
- * images, the kernels transformed once. */
+ * images, the kernels transformed once (or taken from the cache with keep_w). */
 static int conv2d_wino(const char *op, float *y, const float *x, const float *w, const float *b,
                        const conv_geom *g, int add, const float *post_a, const float *post_b,
-                       int gelu, int bf16)
+                       int gelu, int bf16, int keep_w)
 {
     conv_geom gw = *g;
-    gw.nbmax = msd_wino_group_images(g->N, g->H, g->W);
-    msd_wino_conv c = { gw.nbmax, g->Cin, g->H, g->W, g->Cout, bf16 };
+    int m = msd_wino_tile(g->H, g->W, bf16);
+    gw.nbmax = msd_wino_group_images(g->N, g->H, g->W, m);
+    msd_wino_conv c = { gw.nbmax, g->Cin, g->H, g->W, g->Cout, bf16, m };
     int G = (g->N + gw.nbmax - 1) / gw.nbmax, nthr, rc;
     /* the transformed kernels, then (bf16) the same packed: floats enough for the words */
-    size_t per = msd_wino_scratch(&c), nu = 16 * msd_wino_plane(g->Cout, g->Cin);
-    size_t np = bf16 ? msd_wino_packed_words(g->Cout, g->Cin) : 0;
-    msd_storage *sc, *u = msd_storage_new(nu + np);
-    if (!u)
+    size_t per = msd_wino_scratch(&c), P = (size_t)msd_wino_planes(m);
+    size_t nu = P * msd_wino_plane(g->Cout, g->Cin);
+    size_t np = msd_wino_packed_words(g->Cout, g->Cin, m, bf16);
+    int valid = 0;
+    /* the packed kernels: cached, or in pk; U, what they are packed from, in u */
+    float *ud = keep_w ? wc_lookup(w, g->Cout, g->Cin, m, bf16, np, &valid) : NULL;
+    msd_storage *sc = NULL, *pk = ud ? NULL : msd_storage_new(np);
+    msd_storage *u = valid ? NULL : msd_storage_new(nu);
+    if ((!ud && !pk) || (!valid && !u)) {
+        msd_storage_release(pk);
+        msd_storage_release(u);
         return msd_error(MSD_ERR_MEM, "%s: out of memory for %zu transformed weights", op,
                          nu + np);
+    }
     if ((rc = scratch(op, per, G, &nthr, &sc)) != MSD_OK) {
+        msd_storage_release(pk);
         msd_storage_release(u);
         return rc;
     }
-    uint32_t *up = bf16 ? (uint32_t *)(u->data + nu) : NULL;
-    wino_w_job wj = { u->data, up, w, g->Cout, g->Cin };
-    msd_parallel_for((g->Cin + WW_BLOCK - 1) / WW_BLOCK, MSD_ALL_THREADS, wino_u_chunk, &wj);
-    if (up)
-        msd_parallel_for(16, MSD_ALL_THREADS, wino_pack_chunk, &wj);
+    uint32_t *up = (uint32_t *)(ud ? ud : pk->data);
+    if (!valid) {
+        wino_w_job wj = { u->data, up, w, g->Cout, g->Cin, m, bf16 };
+        msd_parallel_for((g->Cin + WW_BLOCK - 1) / WW_BLOCK, MSD_ALL_THREADS, wino_u_chunk,
+                         &wj);
+        msd_parallel_for((int)P, MSD_ALL_THREADS, wino_pack_chunk, &wj);
+        msd_storage_release(u);
+    }
     conv2d_job j = { .g = gw, .y = y, .x = x, .b = b, .sc = sc, .per = per,
                      .add = add, .post_a = post_a, .post_b = post_b, .gelu = gelu,
-                     .wu = u->data, .wino_bf16 = bf16, .wup = up };
+                     .wino = 1, .wino_bf16 = bf16, .wino_m = m, .wup = up };
     msd_parallel_for(G, nthr, conv2d_gemm_chunk, &j);
     msd_storage_release(sc);
-    msd_storage_release(u);
+    msd_storage_release(pk);
     return MSD_OK;
 }
 
 /* y (N, Cout, Ho, Wo) = (or += with add, bias ignored) conv2d of x with w;
- * then, when post_a is given, y = y post_a + post_b per channel, and GELU. */
+ * then, when post_a is given, y = y post_a + post_b per channel, and GELU.
+ * keep_w: w is a model's weights in a forward that records no gradient (the
+ * transformed-kernel cache may serve it). */
 static int conv2d_gemm(const char *op, float *y, const float *x, const float *w, const float *b,
                        const conv_geom *g, int add, const float *post_a, const float *post_b,
-                       int gelu)
+                       int gelu, int keep_w)
 {
     int bf16 = msd_precision_get() == MSD_PREC_BF16;
     if (wino_path(g, bf16))
-        return conv2d_wino(op, y, x, w, b, g, add, post_a, post_b, gelu, bf16);
+        return conv2d_wino(op, y, x, w, b, g, add, post_a, post_b, gelu, bf16, keep_w);
     int G = (g->N + g->nbmax - 1) / g->nbmax, nthr;
     int amx = bf16 && msd_amx_conv_ok(g->Cin, g->Cout, g->s);
     size_t per = amx ? amx_scratch_floats(g)
@@ -663,13 +813,20 @@ static int conv2d_gemm(const char *op, float *y, const float *x, const float *w,
     return MSD_OK;
 }
 
-int msd_conv2d_forward(float *y, const float *x, const float *w, const float *b, int N, int Cin,
-                       int H, int W, int Cout, int kh, int kw, int stride, int pad)
+static int conv2d_forward(float *y, const float *x, const float *w, const float *b, int N,
+                          int Cin, int H, int W, int Cout, int kh, int kw, int stride, int pad,
+                          int keep_w)
 {
     conv_geom g = make_geom(N, Cin, H, W, Cout, kh, kw, stride, pad);
     if (N == 0 || g.Ho <= 0 || g.Wo <= 0)
         return MSD_OK;
-    return conv2d_gemm("conv2d", y, x, w, b, &g, 0, NULL, NULL, 0);
+    return conv2d_gemm("conv2d", y, x, w, b, &g, 0, NULL, NULL, 0, keep_w);
+}
+
+int msd_conv2d_forward(float *y, const float *x, const float *w, const float *b, int N, int Cin,
+                       int H, int W, int Cout, int kh, int kw, int stride, int pad)
+{
+    return conv2d_forward(y, x, w, b, N, Cin, H, W, Cout, kh, kw, stride, pad, 0);
 }
 
 /* dw^T (K, CO) of one group for CO output channels (a constant where it is
@@ -858,7 +1015,7 @@ static void wino_dw_chunk(void *ctx, int k, int tid)
 typedef struct wino_finish_job {
     float *dw;
     const float *dwt;
-    int Cout, Cin;
+    int Cout, Cin, m;
 } wino_finish_job;
 
 /* Output channels [4k, 4k + 4) back from the transformed domain. */
@@ -866,7 +1023,7 @@ static void wino_finish_chunk(void *ctx, int k, int tid)
 {
     const wino_finish_job *j = ctx;
     (void)tid;
-    msd_wino_dw_finish(j->dw, j->dwt, j->Cout, j->Cin, 4 * k,
+    msd_wino_dw_finish(j->dw, j->dwt, j->Cout, j->Cin, j->m, 4 * k,
                        4 * k + 4 < j->Cout ? 4 * k + 4 : j->Cout);
 }
 
@@ -874,9 +1031,11 @@ static int conv2d_wino_dw(float *dw, const float *dy, const float *x, int N, int
                           int W, int Cout, int bf16)
 {
     const char *op = "conv2d backward";
-    msd_wino_conv c = { msd_wino_group_images(N, H, W), Cin, H, W, Cout, bf16 };
+    int m = msd_wino_tile(H, W, bf16);
+    msd_wino_conv c = { msd_wino_group_images(N, H, W, m), Cin, H, W, Cout, bf16, m };
     int G = (N + c.nb - 1) / c.nb, nch = G < WINO_DW_CHUNKS ? G : WINO_DW_CHUNKS, nthr, rc;
-    size_t per = msd_wino_scratch(&c), nw = 16 * msd_wino_plane(Cout, Cin);
+    int P = msd_wino_planes(m);
+    size_t per = msd_wino_scratch(&c), nw = (size_t)P * msd_wino_plane(Cout, Cin);
     msd_storage *sc, *sp = msd_storage_new(nw * (nch + 1));
     if (!sp)
         return msd_error(MSD_ERR_MEM, "%s: out of memory for %d partial weight gradients of "
@@ -889,8 +1048,8 @@ static int conv2d_wino_dw(float *dw, const float *dy, const float *x, int N, int
     msd_parallel_for(nch, nthr, wino_dw_chunk, &j);
     float *acc = sp->data + nw * nch; /* after the partials */
     memset(acc, 0, nw * sizeof *acc);
-    reduce_partials(acc, sp->data, nch, 16, (int)msd_wino_plane(Cout, Cin), 0);
-    wino_finish_job fj = { dw, acc, Cout, Cin };
+    reduce_partials(acc, sp->data, nch, P, (int)msd_wino_plane(Cout, Cin), 0);
+    wino_finish_job fj = { dw, acc, Cout, Cin, m };
     msd_parallel_for((Cout + 3) / 4, MSD_ALL_THREADS, wino_finish_chunk, &fj);
     msd_storage_release(sc);
     msd_storage_release(sp);
@@ -923,7 +1082,7 @@ int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
                     wf->data[((size_t)i * Cout + o) * taps + taps - 1 - t] =
                         w[((size_t)o * Cin + i) * taps + t];
         conv_geom gx = make_geom(N, Cout, g.Ho, g.Wo, Cin, kh, kw, 1, kh - 1 - pad);
-        rc = conv2d_gemm("conv2d backward", dx, dy, wf->data, NULL, &gx, 1, NULL, NULL, 0);
+        rc = conv2d_gemm("conv2d backward", dx, dy, wf->data, NULL, &gx, 1, NULL, NULL, 0, 0);
         msd_storage_release(wf);
         if (rc != MSD_OK)
             return rc;
@@ -1179,9 +1338,10 @@ static int conv_any(int transposed, msd_tensor *x, msd_tensor *w, msd_tensor *b,
                                           x->shape[2], x->shape[3], os[1], w->shape[2],
                                           w->shape[3], stride, pad);
     else
-        rc = msd_conv2d_forward(msd_tensor_data(y), msd_tensor_data(x), msd_tensor_data(w), pb,
-                                x->shape[0], x->shape[1], x->shape[2], x->shape[3], os[1],
-                                w->shape[2], w->shape[3], stride, pad);
+        rc = conv2d_forward(msd_tensor_data(y), msd_tensor_data(x), msd_tensor_data(w), pb,
+                            x->shape[0], x->shape[1], x->shape[2], x->shape[3], os[1],
+                            w->shape[2], w->shape[3], stride, pad,
+                            !(msd_grad_enabled() && msd_requires_grad(w)));
     msd_tensor *in[3] = { x, w, b };
     msd_node *node = NULL;
     if (rc != MSD_OK) {
@@ -1254,7 +1414,7 @@ int msd_conv2d_bn_act(msd_tensor *x, msd_tensor *w, msd_tensor *b, int stride, i
     conv_geom g = make_geom(x->shape[0], x->shape[1], x->shape[2], x->shape[3], C, w->shape[2],
                             w->shape[3], stride, padding);
     rc = conv2d_gemm(op, msd_tensor_data(y), msd_tensor_data(x), msd_tensor_data(w),
-                     b ? msd_tensor_data(b) : NULL, &g, 0, a, sh, gelu);
+                     b ? msd_tensor_data(b) : NULL, &g, 0, a, sh, gelu, 1);
     msd_storage_release(ab);
     if (rc != MSD_OK) {
         msd_tensor_release(y);

@@ -72,18 +72,31 @@ static int l_get_precision(lua_State *L)
     return 2;
 }
 
-/* set_winograd(on): fp32 3x3 convolutions by Winograd F(2x2, 3x3) where
- * the shape suits (conv_wino.h), the default, or always direct */
+/* set_winograd(on): 3x3 convolutions by Winograd where the shape suits
+ * (conv_wino.h): true (the default: F(4x4, 3x3) in fp32 where it pays, else
+ * F(2x2, 3x3)), "2x2" (F(2x2, 3x3) only), or false (always direct) */
 static int l_set_winograd(lua_State *L)
 {
-    luaL_checktype(L, 1, LUA_TBOOLEAN);
-    msd_wino_set(lua_toboolean(L, 1));
+    if (lua_type(L, 1) == LUA_TSTRING && strcmp(lua_tostring(L, 1), "2x2") == 0) {
+        msd_wino_set(MSD_WINO_F2);
+        return 0;
+    }
+    if (lua_type(L, 1) != LUA_TBOOLEAN)
+        return luaL_error(L, "set_winograd: expected true, false or \"2x2\", got %s",
+                          lua_type(L, 1) == LUA_TSTRING ? lua_tostring(L, 1)
+                                                        : luaL_typename(L, 1));
+    msd_wino_set(lua_toboolean(L, 1) ? MSD_WINO_ON : MSD_WINO_OFF);
     return 0;
 }
 
+/* get_winograd() -> true, "2x2" or false (set_winograd's values) */
 static int l_get_winograd(lua_State *L)
 {
-    lua_pushboolean(L, msd_wino_get());
+    int mode = msd_wino_get();
+    if (mode == MSD_WINO_F2)
+        lua_pushliteral(L, "2x2");
+    else
+        lua_pushboolean(L, mode != MSD_WINO_OFF);
     return 1;
 }
 
@@ -102,6 +115,30 @@ static int l_memory_stats(lua_State *L)
     lua_pushnumber(L, (lua_Number)s.cache_hits);
     lua_setfield(L, -2, "cache_hits");
     return 1;
+}
+
+/* conv_cache_stats() -> { entries, bytes, hits, misses }: this thread's
+ * transformed-kernel cache (ops.h) */
+static int l_conv_cache_stats(lua_State *L)
+{
+    msd_conv_cache_stats s = msd_conv_cache_get_stats();
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, s.entries);
+    lua_setfield(L, -2, "entries");
+    lua_pushnumber(L, (lua_Number)s.bytes);
+    lua_setfield(L, -2, "bytes");
+    lua_pushnumber(L, (lua_Number)s.hits);
+    lua_setfield(L, -2, "hits");
+    lua_pushnumber(L, (lua_Number)s.misses);
+    lua_setfield(L, -2, "misses");
+    return 1;
+}
+
+static int l_clear_conv_cache(lua_State *L)
+{
+    (void)L;
+    msd_conv_cache_clear();
+    return 0;
 }
 
 /* Seconds on a monotonic clock, for progress rates and benchmarks. */
@@ -184,6 +221,8 @@ static const luaL_Reg functions[] = {
     { "set_winograd", l_set_winograd },
     { "get_winograd", l_get_winograd },
     { "memory_stats", l_memory_stats },
+    { "conv_cache_stats", l_conv_cache_stats },
+    { "clear_conv_cache", l_clear_conv_cache },
     { "clock", l_clock },
     { "trap_interrupt", l_sys_trap_interrupt },
     { "interrupt_requested", l_sys_interrupt_requested },

@@ -358,7 +358,7 @@ static void test_conv2d_bf16(void)
         { 2, 64, 16, 16, 3, 3, 1, 1 },   /* 3 channels out: direct, inputs rounded */
     };
     CHECK_OK(msd_precision_set(MSD_PREC_BF16));
-    msd_wino_set(0);
+    msd_wino_set(MSD_WINO_OFF);
     for (int isa = 0; isa <= msd_isa_best(); isa++) {
         CHECK_OK(msd_isa_set(isa));
         for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
@@ -370,7 +370,7 @@ static void test_conv2d_bf16(void)
     }
     CHECK_OK(msd_isa_set(msd_isa_best()));
     CHECK_OK(msd_precision_set(MSD_PREC_FP32));
-    msd_wino_set(1);
+    msd_wino_set(MSD_WINO_ON);
     CHECK(msd_precision_set(MSD_PREC_COUNT) == MSD_ERR_ARG);
     CHECK(msd_precision_from_name("bf16") == MSD_PREC_BF16);
     CHECK(msd_precision_from_name("fp16") == -1);
@@ -391,11 +391,14 @@ static void test_conv2d_chunked_batch(void)
     CHECK_OK(msd_isa_set(msd_isa_best()));
 }
 
-/* fp32 3x3 convolutions by Winograd F(2x2, 3x3) (conv_wino.c): forward,
- * input and weight gradients against the float64 loops at every kernel
- * level, with channel counts and widths that leave partial 16-blocks,
- * batches split into several groups and more groups than weight-gradient
- * chunks; then the same numbers on 1 and 2 threads, bit for bit. */
+/* fp32 3x3 convolutions by Winograd F(4x4, 3x3) and F(2x2, 3x3)
+ * (conv_wino.c): forward, input and weight gradients against the float64
+ * loops at every kernel level, in both modes (the default picks F(4x4) for
+ * the maps whose sides are multiples of 4 and batches of 32 tiles or more;
+ * MSD_WINO_F2 takes F(2x2) for all), with channel counts and widths that
+ * leave partial 16-blocks, batches split into several groups and more groups
+ * than weight-gradient chunks; then the same numbers on 1 and 2 threads, bit
+ * for bit, and within rounding of the direct convolution. */
 static float *copy_of(const msd_tensor *t)
 {
     size_t n = msd_tensor_numel(t);
@@ -421,50 +424,21 @@ static void conv_once(const geom *g, unsigned seed, float **y, float **dx, float
     msd_tensor_release(w);
 }
 
-static void test_conv2d_winograd(void)
+/* Winograd (mode) against direct on case g: y, dx, dw the same on 1 and 2
+ * threads, bit for bit, and within 1e-5 of the direct path's largest value
+ * (*worst, unless NULL: the largest of the three) but not its bits. */
+static void winograd_vs_direct(const geom *g, int mode, double *worst)
 {
-    const geom cases[] = {
-        { 4, 16, 16, 16, 16, 3, 1, 1 },  /* 256 tiles, two groups */
-        { 1, 16, 16, 16, 16, 3, 1, 1 },  /* one image, 64 tiles */
-        { 1, 16, 2, 2, 24, 3, 1, 1 },    /* one tile */
-        { 20, 20, 8, 8, 24, 3, 1, 1 },   /* 16 + 4 channels; 8 images a group, 3 groups */
-        { 70, 32, 4, 4, 48, 3, 1, 1 },   /* 4x4 maps: 32 images a group */
-        { 20, 17, 6, 10, 19, 3, 1, 1 },  /* 6 x 10: 60 pixels, a partial block of 16 */
-        { 40, 16, 16, 16, 16, 3, 1, 1 }, /* 20 groups: more than the 8 dw chunks */
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        const geom *g = &cases[i];
-        CHECK(msd_wino_ok(g->N, g->Cin, g->Cout, g->H, g->W, 3, 3, 1, 1));
-    }
-    const geom *g0 = &cases[0];
-    CHECK(!msd_wino_ok(0, 16, 16, 16, 16, 3, 3, 1, 1));
-    CHECK(!msd_wino_ok(4, 15, 16, 16, 16, 3, 3, 1, 1));
-    CHECK(!msd_wino_ok(4, 16, 16, 16, 15, 3, 3, 1, 1));
-    CHECK(!msd_wino_ok(4, 16, 16, 16, 16, 3, 3, 2, 1));
-    CHECK(!msd_wino_ok(4, 16, 16, 16, 16, 3, 3, 1, 0));
-    msd_wino_set(0);
-    CHECK(!msd_wino_ok(g0->N, g0->Cin, g0->Cout, g0->H, g0->W, 3, 3, 1, 1));
-    msd_wino_set(1);
-    for (int isa = 0; isa <= msd_isa_best(); isa++) {
-        CHECK_OK(msd_isa_set(isa));
-        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
-            if (check_against_naive(0, &cases[i], (int)(i & 1), 900 + (unsigned)i)) {
-                fprintf(stderr, "  Winograd case %zu at level %s\n", i, msd_isa_name(isa));
-                CHECK(0);
-            }
-    }
-    CHECK_OK(msd_isa_set(msd_isa_best()));
-    /* Winograd against the direct convolution: rounding only */
-    const geom *g = &cases[1];
     float *y[3], *dx[3], *dw[3];
     int threads = msd_get_threads();
+    msd_wino_set(mode);
     msd_set_threads(1);
     conv_once(g, 77, &y[0], &dx[0], &dw[0]);
     msd_set_threads(2);
     conv_once(g, 77, &y[1], &dx[1], &dw[1]);
-    msd_wino_set(0);
+    msd_wino_set(MSD_WINO_OFF);
     conv_once(g, 77, &y[2], &dx[2], &dw[2]);
-    msd_wino_set(1);
+    msd_wino_set(MSD_WINO_ON);
     msd_set_threads(threads);
     size_t ny = (size_t)g->N * g->Cout * g->H * g->W, nx = (size_t)g->N * g->Cin * g->H * g->W;
     size_t nw = (size_t)g->Cout * g->Cin * 9;
@@ -484,8 +458,8 @@ static void test_conv2d_winograd(void)
         ew = fmax(ew, fabs(dw[0][k] - dw[2][k]));
         sw = fmax(sw, fabs(dw[2][k]));
     }
-    fprintf(stderr, "  Winograd - direct, relative to the largest value: y %.2g, dx %.2g, "
-                    "dw %.2g\n", ey / sy, ex / sx, ew / sw);
+    fprintf(stderr, "  Winograd (mode %d) - direct, relative to the largest value: y %.2g, dx %.2g, "
+                    "dw %.2g\n", mode, ey / sy, ex / sx, ew / sw);
     CHECK(ey / sy < 1e-5 && ex / sx < 1e-5 && ew / sw < 1e-5);
     CHECK(ey > 0); /* a different algorithm: not the direct path's bits */
     for (int k = 0; k < 3; k++) {
@@ -493,6 +467,69 @@ static void test_conv2d_winograd(void)
         free(dx[k]);
         free(dw[k]);
     }
+    if (worst)
+        *worst = fmax(ey / sy, fmax(ex / sx, ew / sw));
+}
+
+static void test_conv2d_winograd(void)
+{
+    const geom cases[] = {
+        /* F(4x4) by default (16x16 and larger; F(2x2) with MSD_WINO_F2) */
+        { 4, 16, 16, 16, 16, 3, 1, 1 },  /* 64 tiles of 4x4 (256 of 2x2, two groups) */
+        { 1, 16, 16, 16, 16, 3, 1, 1 },  /* one image, 16 tiles (64) */
+        { 6, 20, 16, 16, 24, 3, 1, 1 },  /* 16 + 4 channels; 2 groups of 4 and 2 images */
+        { 5, 17, 16, 32, 19, 3, 1, 1 },  /* 16 x 32, odd channels; 2 images a group */
+        { 40, 16, 16, 16, 16, 3, 1, 1 }, /* 10 groups (20): more than the 8 dw chunks */
+        /* F(2x2) in either mode */
+        { 20, 20, 8, 8, 24, 3, 1, 1 },   /* 16 + 4 channels; 8 images a group, 3 groups */
+        { 1, 16, 2, 2, 24, 3, 1, 1 },    /* one tile */
+        { 70, 32, 4, 4, 48, 3, 1, 1 },   /* 4x4 maps: 32 images a group */
+        { 20, 17, 6, 10, 19, 3, 1, 1 },  /* 6 x 10: 60 pixels, a partial block of 16 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const geom *g = &cases[i];
+        CHECK(msd_wino_ok(g->N, g->Cin, g->Cout, g->H, g->W, 3, 3, 1, 1));
+    }
+    const geom *g0 = &cases[0];
+    CHECK(!msd_wino_ok(0, 16, 16, 16, 16, 3, 3, 1, 1));
+    CHECK(!msd_wino_ok(4, 15, 16, 16, 16, 3, 3, 1, 1));
+    CHECK(!msd_wino_ok(4, 16, 16, 16, 15, 3, 3, 1, 1));
+    CHECK(!msd_wino_ok(4, 16, 16, 16, 16, 3, 3, 2, 1));
+    CHECK(!msd_wino_ok(4, 16, 16, 16, 16, 3, 3, 1, 0));
+    msd_wino_set(MSD_WINO_OFF);
+    CHECK(!msd_wino_ok(g0->N, g0->Cin, g0->Cout, g0->H, g0->W, 3, 3, 1, 1));
+    msd_wino_set(MSD_WINO_ON);
+    /* the tile: F(4x4) for maps of 16 tiles of 4x4 or more, fp32, mode on */
+    CHECK(msd_wino_tile(16, 16, 0) == 4 && msd_wino_tile(8, 32, 0) == 4);
+    CHECK(msd_wino_tile(8, 8, 0) == 2 && msd_wino_tile(12, 12, 0) == 2);
+    CHECK(msd_wino_tile(6, 10, 0) == 2 && msd_wino_tile(16, 16, 1) == 2);
+    msd_wino_set(MSD_WINO_F2);
+    CHECK(msd_wino_get() == MSD_WINO_F2 && msd_wino_tile(16, 16, 0) == 2);
+    CHECK(msd_wino_ok(g0->N, g0->Cin, g0->Cout, g0->H, g0->W, 3, 3, 1, 1));
+    msd_wino_set(MSD_WINO_ON);
+    CHECK(msd_wino_get() == MSD_WINO_ON);
+    const int modes[2] = { MSD_WINO_ON, MSD_WINO_F2 };
+    for (int mi = 0; mi < 2; mi++) {
+        msd_wino_set(modes[mi]);
+        for (int isa = 0; isa <= msd_isa_best(); isa++) {
+            CHECK_OK(msd_isa_set(isa));
+            for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+                if (check_against_naive(0, &cases[i], (int)(i & 1), 900 + (unsigned)i)) {
+                    fprintf(stderr, "  Winograd case %zu at level %s, mode %d\n", i,
+                            msd_isa_name(isa), modes[mi]);
+                    CHECK(0);
+                }
+        }
+    }
+    msd_wino_set(MSD_WINO_ON);
+    CHECK_OK(msd_isa_set(msd_isa_best()));
+    /* Winograd against the direct convolution: rounding only; case 0 by F(4x4) and by
+     * F(2x2), case 5 (8x8 maps) by F(2x2) in either mode */
+    double e4 = 0, e2 = 0;
+    winograd_vs_direct(&cases[0], MSD_WINO_ON, &e4);
+    winograd_vs_direct(&cases[0], MSD_WINO_F2, &e2);
+    winograd_vs_direct(&cases[5], MSD_WINO_ON, NULL);
+    CHECK(e4 != e2); /* two algorithms, not one */
 }
 
 /* The largest |a - b| relative to the largest |b|. */

@@ -263,6 +263,52 @@ static void test_bf16_packed(void)
     CHECK_OK(msd_isa_set(best));
 }
 
+/* msd_sgemm_packed on B packed by msd_pack_b: the bits of msd_sgemm, at every level, with K
+ * past a block (KC = 128), N past a panel and not a multiple of it, A with a wider row
+ * stride, beta 0 (C not read) and not. */
+static void test_packed(void)
+{
+    static const int dims[][3] = { { 1, 1, 1 }, { 7, 65, 3 }, { 13, 64, 16 }, { 6, 130, 129 },
+                                   { 20, 3, 300 }, { 37, 100, 64 } };
+    int best = msd_isa_best();
+    for (int isa = 0; isa <= best; isa++) {
+        CHECK_OK(msd_isa_set(isa));
+        for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++) {
+            int M = dims[d][0], N = dims[d][1], K = dims[d][2], lda = K + 5, ldc = N + 3;
+            float *A = malloc(sizeof(float) * M * lda), *B = malloc(sizeof(float) * K * N);
+            float *C1 = malloc(sizeof(float) * M * ldc), *C2 = malloc(sizeof(float) * M * ldc);
+            size_t nf = msd_packed_b_floats(K, N);
+            float *bp = aligned_alloc(64, (nf * 4 + 63) / 64 * 64);
+            for (int i = 0; i < M * lda; i++)
+                A[i] = frand();
+            for (int i = 0; i < K * N; i++)
+                B[i] = frand();
+            msd_pack_b(bp, B, N, K, N);
+            for (int b = 0; b < 2; b++) {
+                float beta = b ? 0.75f : 0.0f;
+                for (int i = 0; i < M * ldc; i++)
+                    C1[i] = C2[i] = b ? frand() : NAN;
+                msd_sgemm(0, 0, M, N, K, 1.0f, A, lda, B, N, beta, C1, ldc);
+                msd_sgemm_packed(M, N, K, A, lda, bp, beta, C2, ldc);
+                int same = 1;
+                for (int i = 0; i < M; i++) /* the columns past N are left alone (NaN) */
+                    same &= memcmp(C1 + (size_t)i * ldc, C2 + (size_t)i * ldc,
+                                   sizeof(float) * N) == 0;
+                if (!same)
+                    fprintf(stderr, "  %s: %d x %d x %d beta %g differs\n", msd_isa_name(isa), M,
+                            N, K, beta);
+                CHECK(same);
+            }
+            free(A);
+            free(B);
+            free(C1);
+            free(C2);
+            free(bp);
+        }
+    }
+    CHECK_OK(msd_isa_set(best));
+}
+
 static void test_degenerate(void)
 {
     float C[4] = { 1, 2, 3, 4 }, A[1] = { 5 }, B[1] = { 6 };
@@ -344,6 +390,7 @@ int main(void)
     RUN(test_bf16);
     RUN(test_bf16_specials);
     RUN(test_bf16_packed);
+    RUN(test_packed);
     RUN(test_offsets);
     return TEST_SUMMARY();
 }
