@@ -175,9 +175,10 @@ size_t msd_wino_scratch(const msd_wino_conv *c)
 /* ---- layout changes -------------------------------------------------------- */
 
 /* One block of to_channels_last: channels [c0, c0+kc) of pixels [l0,
- * l0+kl) of src (C, L) to their places in d. */
+ * l0+kl) of src (C, L) to their places in d; with sum, their sums over the
+ * block's pixels added to sum[c0 ..] (pixel by pixel, in order). */
 INLINE void cl_block(float *d, const float *src, int L, int W, int C, size_t rs, int p, int l0,
-                     int c0, int kl, int kc)
+                     int c0, int kl, int kc, float *sum)
 {
     vf r[16];
     for (int i = 0; i < VL; i++) {
@@ -191,13 +192,22 @@ INLINE void cl_block(float *d, const float *src, int L, int W, int C, size_t rs,
         int l = l0 + j, yy = l / W + p, xx = l % W + p;
         ST(d + yy * rs + (size_t)xx * C + c0, r[j], kc);
     }
+    if (sum) {
+        vf acc;
+        LD(acc, sum + c0, kc);
+        for (int j = 0; j < kl; j++)
+            acc += r[j];
+        ST(sum + c0, acc, kc);
+    }
 }
 
 /* dc (nb, H+p+p, W+p+p, C): x (nb, C, H, W) channels last, padded by p zeros
- * on every side (p = 0 or 1), in blocks of 16 channels x 16 pixels. */
+ * on every side (p = 0 or 1), in blocks of 16 channels x 16 pixels; with sum
+ * (C floats), x's sums over images and pixels added to it (a fixed order:
+ * image by image, 16 pixels at a time). */
 MSD_MULTIVERSION
 static void to_channels_last(float *restrict dc, const float *restrict x, int nb, int C, int H,
-                             int W, int p)
+                             int W, int p, float *restrict sum)
 {
     int Wp = W + 2 * p, L = H * W;
     size_t plane = (size_t)(H + 2 * p) * Wp * C, rs = (size_t)Wp * C;
@@ -217,9 +227,9 @@ static void to_channels_last(float *restrict dc, const float *restrict x, int nb
             for (int c0 = 0; c0 < C; c0 += VL) {
                 int kc = C - c0 < VL ? C - c0 : VL;
                 if (kl == VL && kc == VL)
-                    cl_block(d, src, L, W, C, rs, p, l0, c0, VL, VL);
+                    cl_block(d, src, L, W, C, rs, p, l0, c0, VL, VL, sum);
                 else
-                    cl_block(d, src, L, W, C, rs, p, l0, c0, kl, kc);
+                    cl_block(d, src, L, W, C, rs, p, l0, c0, kl, kc, sum);
             }
         }
     }
@@ -253,13 +263,12 @@ INLINE void ncl_block(float *y, const float *yc, int C, int L, int add, const fl
 
 /* ---- transforms ------------------------------------------------------------ */
 
-/* The input of tile t (m x m outputs) in xc (nb, H+2, W+2, C), or in dyc (nb, H, W, C) with
- * pad = 0. */
-static const float *tile_in(const float *base, size_t t, int H, int W, int C, int pad, int m)
+/* The input of tile t (m x m outputs) in xc (nb, H+2, W+2, C). */
+static const float *tile_in(const float *xc, size_t t, int H, int W, int C, int m)
 {
     size_t tw = (size_t)W / m, th = (size_t)H / m, n = t / (th * tw), ty = t / tw % th;
     size_t tx = t % tw;
-    return base + ((n * (H + pad) + m * ty) * (W + pad) + m * tx) * C;
+    return xc + ((n * (H + 2) + m * ty) * (W + 2) + m * tx) * C;
 }
 
 /* One tile, channels [c, c+k): d its 4x4 input (row stride rs), v its 16
@@ -344,7 +353,7 @@ static void input_transform(float *restrict V, const float *restrict xc, int nb,
     int cv = C / VL * VL;
     size_t T = (size_t)nb * (H / m) * (W / m), step = plane_of(T, C), rs = (size_t)(W + 2) * C;
     for (size_t t = 0; t < T; t++) {
-        const float *d = tile_in(xc, t, H, W, C, 2, m);
+        const float *d = tile_in(xc, t, H, W, C, m);
         float *v = V + t * C;
         for (int c = 0; c < cv; c += VL)
             input_tile_f32(v + c, d + c, rs, step, C, VL, m);
@@ -400,7 +409,7 @@ BF16_TARGET static void input_transform_bf16(uint16_t *restrict V, const float *
     int cv = C / VL * VL, Cp = even_up(C);
     size_t T = (size_t)nb * (H / 2) * (W / 2), step = plane_bf16(T, C), rs = (size_t)(W + 2) * C;
     for (size_t t = 0; t < T; t++) {
-        const float *d = tile_in(xc, t, H, W, C, 2, 2);
+        const float *d = tile_in(xc, t, H, W, C, 2);
         uint16_t *v = V + t * Cp;
         for (int c = 0; c < cv; c += VL)
             input_tile_bf16(v + c, d + c, rs, step, C, VL, VL);
@@ -574,15 +583,22 @@ INLINE void grad_tile_f32(float *e, const float *d, size_t rs, size_t step, int 
         ST(e + xi * step, o[xi], k);
 }
 
-/* E ((m + 2)^2, T, C) = A dY A^T for every m x m tile of dyc (nb, H, W, C). */
+/* The first dy value of tile t (m x m outputs) in dyc (nb, H+2, W+2, C), dy padded by one
+ * zero on every side (as the input gradient's convolution reads it). */
+static const float *grad_in(const float *dyc, size_t t, int H, int W, int C, int m)
+{
+    return tile_in(dyc, t, H, W, C, m) + (size_t)(W + 3) * C;
+}
+
+/* E ((m + 2)^2, T, C) = A dY A^T for every m x m tile of dyc (nb, H+2, W+2, C). */
 MSD_MULTIVERSION
 static void grad_transform(float *restrict E, const float *restrict dyc, int nb, int C, int H,
                            int W, int m)
 {
     int cv = C / VL * VL;
-    size_t T = (size_t)nb * (H / m) * (W / m), step = plane_of(T, C), rs = (size_t)W * C;
+    size_t T = (size_t)nb * (H / m) * (W / m), step = plane_of(T, C), rs = (size_t)(W + 2) * C;
     for (size_t t = 0; t < T; t++) {
-        const float *d = tile_in(dyc, t, H, W, C, 0, m);
+        const float *d = grad_in(dyc, t, H, W, C, m);
         float *e = E + t * C;
         for (int c = 0; c < cv; c += VL)
             grad_tile_f32(e + c, d + c, rs, step, C, VL, m);
@@ -624,8 +640,8 @@ BF16_TARGET static void input_pairs(uint32_t *restrict Vw, const float *restrict
 {
     size_t T = (size_t)nb * (H / 2) * (W / 2), step = pairs_plane(T, C), rs = (size_t)(W + 2) * C;
     for (size_t p = 0; p < (T + 1) / 2; p++) {
-        const float *d0 = tile_in(xc, 2 * p, H, W, C, 2, 2);
-        const float *d1 = 2 * p + 1 < T ? tile_in(xc, 2 * p + 1, H, W, C, 2, 2) : NULL;
+        const float *d0 = tile_in(xc, 2 * p, H, W, C, 2);
+        const float *d1 = 2 * p + 1 < T ? tile_in(xc, 2 * p + 1, H, W, C, 2) : NULL;
         for (int c = 0; c < C; c += VL) {
             int k = C - c < VL ? C - c : VL;
             vf a[16], b[16];
@@ -651,13 +667,13 @@ BF16_TARGET static void grad_panels(uint32_t *restrict Ew, const float *restrict
                                     int H, int W)
 {
     size_t T = (size_t)nb * (H / 2) * (W / 2), kp = (T + 1) / 2, step = panels_plane(T, C);
-    size_t rs = (size_t)W * C;
+    size_t rs = (size_t)(W + 2) * C;
     int cpad = (C + 63) / 64 * 64;
     vf zero[16];
     memset(zero, 0, sizeof zero);
     for (size_t p = 0; p < kp; p++) {
-        const float *d0 = tile_in(dyc, 2 * p, H, W, C, 0, 2);
-        const float *d1 = 2 * p + 1 < T ? tile_in(dyc, 2 * p + 1, H, W, C, 0, 2) : NULL;
+        const float *d0 = grad_in(dyc, 2 * p, H, W, C, 2);
+        const float *d1 = 2 * p + 1 < T ? grad_in(dyc, 2 * p + 1, H, W, C, 2) : NULL;
         for (int c = 0; c < cpad; c += VL) {
             int k = C - c < VL ? C - c : VL; /* <= 0 past C: zeros */
             vf a[16], b[16];
@@ -802,15 +818,15 @@ void msd_wino_pack(uint32_t *Up, const float *U, int Cout, int Cin, int bf16, in
     }
 }
 
-void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b, const float *x,
-                      const uint32_t *Up, float *scratch)
+/* The products and the output transform of group c, from xc (its input, padded and
+ * channels last): y (nb, Cout, H, W) = (or += with add) the convolution with the packed
+ * kernels Up, + b. V and M: the regions' rooms; buf: output_transform's. */
+static void forward_from(const msd_wino_conv *c, float *y, int add, const float *b,
+                         const float *xc, const uint32_t *Up, float *V, float *M, float *buf)
 {
     int nb = c->nb, Cin = c->Cin, Cout = c->Cout, H = c->H, W = c->W;
-    size_t T = tiles_of(c), L = (size_t)H * W, rv, rm, rd, rt;
-    regions(c, &rv, &rm, &rd, &rt);
-    float *xc = scratch, *V = scratch + rv, *M = scratch + rm, *yc = scratch + rd;
+    size_t T = tiles_of(c), L = (size_t)H * W;
     size_t pi = plane_of(T, Cin), po = plane_of(T, Cout), words = packed_plane(Cout, Cin, c->bf16);
-    to_channels_last(xc, x, nb, Cin, H, W, 1);
     if (c->bf16) { /* V in bf16 (it fits in the float V's room) */
         uint16_t *Vh = (uint16_t *)V;
         size_t ph = plane_bf16(T, Cin);
@@ -826,20 +842,27 @@ void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b,
             msd_sgemm_packed((int)T, Cout, Cin, V + xi * pi, Cin,
                              (const float *)(Up + xi * words), 0.0f, M + xi * po, Cout);
     }
-    for (int n = 0; n < nb; n++) /* yc: output_transform's buffer */
+    for (int n = 0; n < nb; n++)
         output_transform(y + (size_t)n * Cout * L, M, T, Cout,
-                         (size_t)n * (H / c->m) * (W / c->m), H, W, c->m, add, b, yc);
+                         (size_t)n * (H / c->m) * (W / c->m), H, W, c->m, add, b, buf);
 }
 
-void msd_wino_dw(const msd_wino_conv *c, float *dwt, const float *x, const float *dy,
-                 float *scratch)
+void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b, const float *x,
+                      const uint32_t *Up, float *scratch)
+{
+    size_t rv, rm, rd, rt;
+    regions(c, &rv, &rm, &rd, &rt);
+    to_channels_last(scratch, x, c->nb, c->Cin, c->H, c->W, 1, NULL);
+    forward_from(c, y, add, b, scratch, Up, scratch + rv, scratch + rm, scratch + rd);
+}
+
+/* dwt += the weight gradient of group c in the transformed domain, from xc and dyc (x and dy
+ * padded and channels last); V and E: the regions' rooms. */
+static void dw_from(const msd_wino_conv *c, float *dwt, const float *xc, const float *dyc,
+                    float *V, float *E)
 {
     int nb = c->nb, Cin = c->Cin, Cout = c->Cout, H = c->H, W = c->W;
-    size_t T = tiles_of(c), rv, rm, rd, rt, plane = msd_wino_plane(Cout, Cin);
-    regions(c, &rv, &rm, &rd, &rt);
-    float *xc = scratch, *V = scratch + rv, *E = scratch + rm, *dyc = scratch + rd;
-    to_channels_last(xc, x, nb, Cin, H, W, 1);
-    to_channels_last(dyc, dy, nb, Cout, H, W, 0);
+    size_t T = tiles_of(c), plane = msd_wino_plane(Cout, Cin);
     /* dwt_xi (Cin, Cout) += V_xi^T (Cin, T) E_xi (T, Cout) */
     if (c->bf16 && pairs_ok(T, Cout)) {
         uint32_t *Vw = (uint32_t *)V, *Ew = (uint32_t *)E;
@@ -857,6 +880,50 @@ void msd_wino_dw(const msd_wino_conv *c, float *dwt, const float *x, const float
     for (int xi = 0; xi < msd_wino_planes(c->m); xi++)
         (c->bf16 ? msd_sgemm_bf16 : msd_sgemm)(1, 0, Cin, Cout, (int)T, 1.0f, V + xi * pi, Cin,
                                                E + xi * po, Cout, 1.0f, dwt + xi * plane, Cout);
+}
+
+/* The backward's rooms: dyc, then xc, V, M (the input gradient's products, E after them),
+ * each a multiple of 16 floats. */
+static void back_regions(const msd_wino_conv *c, size_t *x, size_t *v, size_t *m, size_t *total)
+{
+    msd_wino_conv cx = *c; /* the input gradient's convolution: Cout channels in, Cin out */
+    cx.Cin = c->Cout;
+    cx.Cout = c->Cin;
+    size_t fv, fm, fd, ft, bv, bm, bd, bt, px = (size_t)c->nb * (c->H + 2) * (c->W + 2);
+    regions(c, &bv, &bm, &bd, &bt);
+    regions(&cx, &fv, &fm, &fd, &ft);
+    size_t nv = bm - bv > fm - fv ? bm - bv : fm - fv; /* V's room, either way */
+    size_t ne = bd - bm > fd - fm ? bd - bm : fd - fm; /* M's or E's */
+    *x = up16(px * c->Cout);
+    *v = *x + up16(px * c->Cin);
+    *m = *v + nv;
+    *total = *m + ne;
+}
+
+size_t msd_wino_backward_scratch(const msd_wino_conv *c)
+{
+    size_t x, v, m, total;
+    back_regions(c, &x, &v, &m, &total);
+    return total;
+}
+
+void msd_wino_backward(const msd_wino_conv *c, float *dx, const uint32_t *Upx, float *dwt,
+                       float *db, const float *x, const float *dy, float *scratch)
+{
+    size_t rx, rv, rm, rt;
+    back_regions(c, &rx, &rv, &rm, &rt);
+    float *dyc = scratch, *xc = scratch + rx, *V = scratch + rv, *M = scratch + rm;
+    to_channels_last(dyc, dy, c->nb, c->Cout, c->H, c->W, 1, db);
+    if (dx) { /* xc's room is output_transform's buffer until x goes there */
+        msd_wino_conv cx = *c;
+        cx.Cin = c->Cout;
+        cx.Cout = c->Cin;
+        forward_from(&cx, dx, 1, NULL, dyc, Upx, V, M, xc);
+    }
+    if (dwt) {
+        to_channels_last(xc, x, c->nb, c->Cin, c->H, c->W, 1, NULL);
+        dw_from(c, dwt, xc, dyc, V, M);
+    }
 }
 
 /* F(4x4, 3x3) (bt6): g = G^T m for one column (or row) of six. */

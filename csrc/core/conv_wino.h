@@ -84,7 +84,7 @@ int msd_wino_ok(int N, int Cin, int Cout, int H, int W, int kh, int kw, int stri
  * 128 tiles (64 for m = 4: 36 planes). */
 int msd_wino_group_images(int N, int H, int W, int m);
 
-/* Floats of scratch that msd_wino_forward or msd_wino_dw needs for group c. */
+/* Floats of scratch that msd_wino_forward needs for group c. */
 size_t msd_wino_scratch(const msd_wino_conv *c);
 
 /* Floats from one of U's or dwt's planes (Cin, Cout) to the next (a cache
@@ -110,10 +110,18 @@ void msd_wino_pack(uint32_t *Up, const float *U, int Cout, int Cin, int bf16, in
 void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b, const float *x,
                       const uint32_t *Up, float *scratch);
 
-/* dwt ((m + 2)^2 planes, Cin, Cout) += this group's weight gradient in the
- * transformed domain, from x (nb, Cin, H, W) and dy (nb, Cout, H, W). */
-void msd_wino_dw(const msd_wino_conv *c, float *dwt, const float *x, const float *dy,
-                 float *scratch);
+/* The backward of one group, dy (nb, Cout, H, W) read once (into one padded
+ * channels-last copy, the only pass over it): with dx, dx (nb, Cin, H, W) +=
+ * the input gradient, the convolution of dy with the flipped kernels
+ * (ops_conv.c) transformed and packed into Upx by msd_wino_weights and
+ * msd_wino_pack as a convolution of Cout channels into Cin; with dwt,
+ * dwt ((m + 2)^2 planes, Cin, Cout) += the weight gradient in the
+ * transformed domain, from x (nb, Cin, H, W); with db, db (Cout) += dy's
+ * sums per channel (image by image, 16 pixels at a time). Scratch:
+ * msd_wino_backward_scratch(c) floats. */
+size_t msd_wino_backward_scratch(const msd_wino_conv *c);
+void msd_wino_backward(const msd_wino_conv *c, float *dx, const uint32_t *Upx, float *dwt,
+                       float *db, const float *x, const float *dy, float *scratch);
 
 /* dw (Cout, Cin, 3, 3) += G^T dwt G: the gradient back from the
  * transformed domain, for output channels [o0, o1) (the caller spreads them

@@ -983,32 +983,41 @@ static void conv2d_dx_col_chunk(void *ctx, int gi, int tid)
                g->kw, g->s, g->p, g->Ho, g->Wo);
 }
 
-/* The weight gradient by Winograd: chunk k accumulates groups [k G / nch,
- * (k+1) G / nch) into its own transformed partial (16, Cin, Cout); the
- * partials are summed in chunk order and transformed back. nch depends on
- * the shape only, so the result does not depend on the thread count. */
+/* The backward by Winograd (msd_wino_backward): chunk k takes groups [k G / nch,
+ * (k+1) G / nch): their input gradients, and its own partials of the transformed weight
+ * gradient ((m + 2)^2, Cin, Cout) and of the bias gradient (Cout); the partials are summed in
+ * chunk order (the weight gradient's then transformed back). nch depends on the shape only,
+ * so the result does not depend on the thread count. */
 #define WINO_DW_CHUNKS 8
 
-typedef struct wino_dw_job {
+typedef struct wino_back_job {
     msd_wino_conv c;
     int N, G, nch;
+    float *dx;
+    const uint32_t *upx;
     const float *x, *dy;
     const msd_storage *sc, *sp;
-    size_t per, nw;
-} wino_dw_job;
+    size_t per, nw; /* partials: nch of dwt (nw floats each), then nch of db (Cout) */
+    int dw, db;
+} wino_back_job;
 
-static void wino_dw_chunk(void *ctx, int k, int tid)
+static void wino_back_chunk(void *ctx, int k, int tid)
 {
-    const wino_dw_job *j = ctx;
-    float *part = j->sp->data + j->nw * k, *sc = j->sc->data + j->per * (size_t)tid;
+    const wino_back_job *j = ctx;
+    float *part = j->sp->data + j->nw * k;
+    float *pdb = j->sp->data + j->nw * j->nch + (size_t)j->c.Cout * k;
+    float *sc = j->sc->data + j->per * (size_t)tid;
     size_t L = (size_t)j->c.H * j->c.W;
-    memset(part, 0, j->nw * sizeof *part);
+    if (j->dw)
+        memset(part, 0, j->nw * sizeof *part);
+    memset(pdb, 0, (size_t)j->c.Cout * sizeof *pdb);
     for (int g = k * j->G / j->nch; g < (k + 1) * j->G / j->nch; g++) {
         msd_wino_conv c = j->c;
         int n0 = g * c.nb;
         c.nb = j->N - n0 < c.nb ? j->N - n0 : c.nb;
-        msd_wino_dw(&c, part, j->x + (size_t)n0 * c.Cin * L, j->dy + (size_t)n0 * c.Cout * L,
-                    sc);
+        msd_wino_backward(&c, j->dx ? j->dx + (size_t)n0 * c.Cin * L : NULL, j->upx,
+                          j->dw ? part : NULL, j->db ? pdb : NULL,
+                          j->x + (size_t)n0 * c.Cin * L, j->dy + (size_t)n0 * c.Cout * L, sc);
     }
 }
 
@@ -1027,32 +1036,75 @@ static void wino_finish_chunk(void *ctx, int k, int tid)
                        4 * k + 4 < j->Cout ? 4 * k + 4 : j->Cout);
 }
 
-static int conv2d_wino_dw(float *dw, const float *dy, const float *x, int N, int Cin, int H,
-                          int W, int Cout, int bf16)
+/* The flipped kernels of the input gradient (the kernel flipped, its in and out channels
+ * swapped: wf[i][o][a][b] = w[o][i][2-a][2-b]) transformed and packed for msd_wino_backward,
+ * in a new storage (*out). */
+static int wino_flipped(const float *w, int Cout, int Cin, int m, int bf16, msd_storage **out)
+{
+    size_t nf = (size_t)Cout * Cin * 9, P = (size_t)msd_wino_planes(m);
+    size_t nu = P * msd_wino_plane(Cin, Cout), np = msd_wino_packed_words(Cin, Cout, m, bf16);
+    msd_storage *wf = msd_storage_new(nf + nu), *pk = msd_storage_new(np);
+    if (!wf || !pk) {
+        msd_storage_release(wf);
+        msd_storage_release(pk);
+        return msd_error(MSD_ERR_MEM, "conv2d backward: out of memory for %zu flipped and "
+                                      "transformed weights", nf + nu + np);
+    }
+    for (int o = 0; o < Cout; o++)
+        for (int i = 0; i < Cin; i++)
+            for (int t = 0; t < 9; t++)
+                wf->data[((size_t)i * Cout + o) * 9 + 8 - t] = w[((size_t)o * Cin + i) * 9 + t];
+    wino_w_job wj = { wf->data + nf, (uint32_t *)pk->data, wf->data, Cin, Cout, m, bf16 };
+    msd_parallel_for((Cout + WW_BLOCK - 1) / WW_BLOCK, MSD_ALL_THREADS, wino_u_chunk, &wj);
+    msd_parallel_for((int)P, MSD_ALL_THREADS, wino_pack_chunk, &wj);
+    msd_storage_release(wf);
+    *out = pk;
+    return MSD_OK;
+}
+
+static int conv2d_wino_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                                const float *w, int N, int Cin, int H, int W, int Cout,
+                                int bf16)
 {
     const char *op = "conv2d backward";
     int m = msd_wino_tile(H, W, bf16);
     msd_wino_conv c = { msd_wino_group_images(N, H, W, m), Cin, H, W, Cout, bf16, m };
     int G = (N + c.nb - 1) / c.nb, nch = G < WINO_DW_CHUNKS ? G : WINO_DW_CHUNKS, nthr, rc;
     int P = msd_wino_planes(m);
-    size_t per = msd_wino_scratch(&c), nw = (size_t)P * msd_wino_plane(Cout, Cin);
-    msd_storage *sc, *sp = msd_storage_new(nw * (nch + 1));
-    if (!sp)
+    size_t per = msd_wino_backward_scratch(&c), nw = (size_t)P * msd_wino_plane(Cout, Cin);
+    size_t npart = (nw + (size_t)Cout) * nch;
+    msd_storage *sc, *upx = NULL, *sp;
+    if (dx && (rc = wino_flipped(w, Cout, Cin, m, bf16, &upx)) != MSD_OK)
+        return rc;
+    if (!(sp = msd_storage_new(npart + nw))) {
+        msd_storage_release(upx);
         return msd_error(MSD_ERR_MEM, "%s: out of memory for %d partial weight gradients of "
                                       "%zu floats", op, nch + 1, nw);
+    }
     if ((rc = scratch(op, per, nch, &nthr, &sc)) != MSD_OK) {
+        msd_storage_release(upx);
         msd_storage_release(sp);
         return rc;
     }
-    wino_dw_job j = { c, N, G, nch, x, dy, sc, sp, per, nw };
-    msd_parallel_for(nch, nthr, wino_dw_chunk, &j);
-    float *acc = sp->data + nw * nch; /* after the partials */
-    memset(acc, 0, nw * sizeof *acc);
-    reduce_partials(acc, sp->data, nch, P, (int)msd_wino_plane(Cout, Cin), 0);
-    wino_finish_job fj = { dw, acc, Cout, Cin, m };
-    msd_parallel_for((Cout + 3) / 4, MSD_ALL_THREADS, wino_finish_chunk, &fj);
+    wino_back_job j = { c, N, G, nch, dx, upx ? (const uint32_t *)upx->data : NULL, x, dy,
+                        sc, sp, per, nw, dw != NULL, db != NULL };
+    msd_parallel_for(nch, nthr, wino_back_chunk, &j);
+    if (db) /* the chunks' sums, in chunk order */
+        for (int k = 0; k < nch; k++) {
+            const float *pb = sp->data + nw * nch + (size_t)Cout * k;
+            for (int o = 0; o < Cout; o++)
+                db[o] += pb[o];
+        }
+    if (dw) {
+        float *acc = sp->data + npart; /* after the partials */
+        memset(acc, 0, nw * sizeof *acc);
+        reduce_partials(acc, sp->data, nch, P, (int)msd_wino_plane(Cout, Cin), 0);
+        wino_finish_job fj = { dw, acc, Cout, Cin, m };
+        msd_parallel_for((Cout + 3) / 4, MSD_ALL_THREADS, wino_finish_chunk, &fj);
+    }
     msd_storage_release(sc);
     msd_storage_release(sp);
+    msd_storage_release(upx);
     return MSD_OK;
 }
 
@@ -1064,6 +1116,9 @@ int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
     size_t L = (size_t)g.Ho * g.Wo, K = (size_t)Cin * kh * kw;
     if (N == 0 || g.Ho <= 0 || g.Wo <= 0)
         return MSD_OK;
+    int bf16 = msd_precision_get() == MSD_PREC_BF16;
+    if ((dx || dw) && wino_path(&g, bf16)) /* its input gradient's convolution is one too */
+        return conv2d_wino_backward(dx, dw, db, dy, x, w, N, Cin, H, W, Cout, bf16);
     if (db)
         bias_grad(db, dy, N, Cout, L);
     int rc = MSD_OK;
@@ -1087,12 +1142,6 @@ int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
         if (rc != MSD_OK)
             return rc;
         dx = NULL;
-    }
-    int bf16 = msd_precision_get() == MSD_PREC_BF16;
-    if (dw && wino_path(&g, bf16)) {
-        if ((rc = conv2d_wino_dw(dw, dy, x, N, Cin, H, W, Cout, bf16)) != MSD_OK)
-            return rc;
-        dw = NULL;
     }
     if (!dx && !dw)
         return MSD_OK;

@@ -471,6 +471,45 @@ static void winograd_vs_direct(const geom *g, int mode, double *worst)
         *worst = fmax(ey / sy, fmax(ex / sx, ew / sw));
 }
 
+/* The Winograd backward with only some gradients wanted (an input or the weights that do not
+ * require grad): the ones it computes have the bits of the full backward's. */
+static void winograd_partial_grads(const geom *g, int mode)
+{
+    int sx[4] = { g->N, g->Cin, g->H, g->W }, sw[4] = { g->Cout, g->Cin, 3, 3 };
+    int sb[1] = { g->Cout };
+    float *ref[3] = { NULL, NULL, NULL };
+    msd_wino_set(mode);
+    for (int pass = 0; pass < 3; pass++) { /* all; no dx; no dw */
+        msd_tensor *x = gc_randn_like(4, sx, 31), *w = gc_randn_like(4, sw, 32);
+        msd_tensor *b = gc_randn_like(1, sb, 33), *y = NULL;
+        x->requires_grad = pass != 1;
+        w->requires_grad = pass != 2;
+        b->requires_grad = 1;
+        CHECK_OK(msd_conv2d(x, w, b, 1, 1, &y));
+        msd_tensor *dy = gc_randn_like(4, y->shape, 34);
+        CHECK_OK(msd_backward(y, dy, 0));
+        msd_tensor *grads[3] = { x->grad, w->grad, b->grad };
+        for (int k = 0; k < 3; k++) {
+            if (pass == 0) {
+                ref[k] = copy_of(grads[k]);
+            } else if (grads[k]) {
+                size_t n = msd_tensor_numel(grads[k]);
+                CHECK(memcmp(ref[k], msd_tensor_data(grads[k]), n * sizeof(float)) == 0);
+            } else {
+                CHECK(k == pass - 1); /* only the one not wanted is missing */
+            }
+        }
+        msd_tensor_release(dy);
+        msd_tensor_release(y);
+        msd_tensor_release(x);
+        msd_tensor_release(w);
+        msd_tensor_release(b);
+    }
+    for (int k = 0; k < 3; k++)
+        free(ref[k]);
+    msd_wino_set(MSD_WINO_ON);
+}
+
 static void test_conv2d_winograd(void)
 {
     const geom cases[] = {
@@ -529,6 +568,8 @@ static void test_conv2d_winograd(void)
     winograd_vs_direct(&cases[0], MSD_WINO_ON, &e4);
     winograd_vs_direct(&cases[0], MSD_WINO_F2, &e2);
     winograd_vs_direct(&cases[5], MSD_WINO_ON, NULL);
+    winograd_partial_grads(&cases[2], MSD_WINO_ON);
+    winograd_partial_grads(&cases[2], MSD_WINO_F2);
     CHECK(e4 != e2); /* two algorithms, not one */
 }
 
