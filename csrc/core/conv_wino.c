@@ -36,6 +36,7 @@
 #include "conv_amx.h" /* msd_bf16_from_float */
 #include "conv_wino.h"
 #include "gemm.h"
+#include "ops.h" /* msd_gelu_forward_inplace */
 #include "reduce.h"
 #include "vec16.h"
 
@@ -493,11 +494,12 @@ INLINE void output_row(float *buf, const float *M, size_t step, int C, size_t t0
  * NULL; ignored with add): per row of tiles and 16 channels, the m output rows (m W floats in
  * a row of each channel's plane) formed channels last in buf (m W x 16 floats, in L1), then
  * transposed into place 16 pixels at a time: the image never goes through memory channels
- * last. */
+ * last. With post, its epilogue on those rows while they are in L1 (the bits of doing it
+ * after). */
 MSD_MULTIVERSION
 static void output_transform(float *restrict y, const float *restrict M, size_t T, int C,
                              size_t t0, int H, int W, int m, int add, const float *b,
-                             float *restrict buf)
+                             const msd_wino_post *post, float *restrict buf)
 {
     size_t step = plane_of(T, C), L = (size_t)H * W;
     for (int ty = 0; ty < H / m; ty++) {
@@ -516,6 +518,14 @@ static void output_transform(float *restrict y, const float *restrict M, size_t 
                     ncl_block(yr + c0 * L, buf, VL, (int)L, add, bc, l0, 0, VL, VL);
                 else
                     ncl_block(yr + c0 * L, buf, VL, (int)L, add, bc, l0, 0, kl, kc);
+            }
+            for (int k = 0; post && k < kc; k++) {
+                float *row = yr + (size_t)(c0 + k) * L;
+                if (post->a)
+                    for (int l = 0; l < m * W; l++)
+                        row[l] = row[l] * post->a[c0 + k] + post->b[c0 + k];
+                if (post->gelu)
+                    msd_gelu_forward_inplace(row, (size_t)m * W);
             }
         }
     }
@@ -822,7 +832,8 @@ void msd_wino_pack(uint32_t *Up, const float *U, int Cout, int Cin, int bf16, in
  * channels last): y (nb, Cout, H, W) = (or += with add) the convolution with the packed
  * kernels Up, + b. V and M: the regions' rooms; buf: output_transform's. */
 static void forward_from(const msd_wino_conv *c, float *y, int add, const float *b,
-                         const float *xc, const uint32_t *Up, float *V, float *M, float *buf)
+                         const msd_wino_post *post, const float *xc, const uint32_t *Up,
+                         float *V, float *M, float *buf)
 {
     int nb = c->nb, Cin = c->Cin, Cout = c->Cout, H = c->H, W = c->W;
     size_t T = tiles_of(c), L = (size_t)H * W;
@@ -844,16 +855,17 @@ static void forward_from(const msd_wino_conv *c, float *y, int add, const float 
     }
     for (int n = 0; n < nb; n++)
         output_transform(y + (size_t)n * Cout * L, M, T, Cout,
-                         (size_t)n * (H / c->m) * (W / c->m), H, W, c->m, add, b, buf);
+                         (size_t)n * (H / c->m) * (W / c->m), H, W, c->m, add, b, post, buf);
 }
 
-void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b, const float *x,
-                      const uint32_t *Up, float *scratch)
+void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b,
+                      const msd_wino_post *post, const float *x, const uint32_t *Up,
+                      float *scratch)
 {
     size_t rv, rm, rd, rt;
     regions(c, &rv, &rm, &rd, &rt);
     to_channels_last(scratch, x, c->nb, c->Cin, c->H, c->W, 1, NULL);
-    forward_from(c, y, add, b, scratch, Up, scratch + rv, scratch + rm, scratch + rd);
+    forward_from(c, y, add, b, post, scratch, Up, scratch + rv, scratch + rm, scratch + rd);
 }
 
 /* dwt += the weight gradient of group c in the transformed domain, from xc and dyc (x and dy
@@ -918,7 +930,7 @@ void msd_wino_backward(const msd_wino_conv *c, float *dx, const uint32_t *Upx, f
         msd_wino_conv cx = *c;
         cx.Cin = c->Cout;
         cx.Cout = c->Cin;
-        forward_from(&cx, dx, 1, NULL, dyc, Upx, V, M, xc);
+        forward_from(&cx, dx, 1, NULL, NULL, dyc, Upx, V, M, xc);
     }
     if (dwt) {
         to_channels_last(xc, x, c->nb, c->Cin, c->H, c->W, 1, NULL);

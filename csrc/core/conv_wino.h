@@ -104,11 +104,20 @@ void msd_wino_weights(float *U, const float *w, int Cout, int Cin, int m, int i0
  * the same one. */
 size_t msd_wino_packed_words(int Cout, int Cin, int m, int bf16);
 void msd_wino_pack(uint32_t *Up, const float *U, int Cout, int Cin, int bf16, int xi0, int xi1);
+/* An epilogue on a forward's output: y = y a + b per channel (a and b Cout
+ * values, or a NULL), then GELU when gelu. */
+typedef struct msd_wino_post {
+    const float *a, *b;
+    int gelu;
+} msd_wino_post;
+
 /* y (nb, Cout, H, W) = (or += with add, b ignored) conv2d of x (nb, Cin, H,
  * W) with the kernels transformed into U and packed into Up (msd_wino_pack),
- * plus b (Cout, or NULL). */
-void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b, const float *x,
-                      const uint32_t *Up, float *scratch);
+ * plus b (Cout, or NULL); then post (or NULL), on each block of rows while it
+ * is in L1: the bits of applying it after. */
+void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b,
+                      const msd_wino_post *post, const float *x, const uint32_t *Up,
+                      float *scratch);
 
 /* The backward of one group, dy (nb, Cout, H, W) read once (into one padded
  * channels-last copy, the only pass over it): with dx, dx (nb, Cin, H, W) +=

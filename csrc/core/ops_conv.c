@@ -508,12 +508,12 @@ static void conv2d_gemm_chunk(void *ctx, int gi, int tid)
     int K = g->Cin * g->kh * g->kw;
     size_t L = (size_t)g->Ho * g->Wo, ncols = (size_t)nb * L;
     float *sc = j->sc->data + j->per * (size_t)tid;
-    if (j->wino) {
+    if (j->wino) { /* the epilogue inside, on rows still in L1 */
         msd_wino_conv c = { nb, g->Cin, g->H, g->W, Cout, j->wino_bf16, j->wino_m };
+        msd_wino_post post = { j->post_a, j->post_b, j->gelu };
         msd_wino_forward(&c, j->y + (size_t)n0 * Cout * L, j->add, j->b,
+                         j->post_a || j->gelu ? &post : NULL,
                          j->x + (size_t)n0 * g->Cin * g->H * g->W, j->wup, sc);
-        for (int n = 0; n < nb; n++)
-            conv2d_epilogue(j, j->y + (size_t)(n0 + n) * Cout * L, L);
         return;
     }
     if (j->amx) {

@@ -806,16 +806,21 @@ static void test_conv_no_grad_records_nothing(void)
 /* The fused inference op gives the same bits as conv2d, batch_norm2d (eval)
  * and gelu one after another, at every kernel level, with or without GELU,
  * conv bias and BatchNorm affine; and refuses what it cannot do. */
-static void test_conv2d_bn_act(void)
+/* conv2d_bn_act (fused epilogue) against conv2d, batch_norm2d (eval) and GELU, bit for bit,
+ * at every level: direct (6 -> 7 channels), and by Winograd, where the epilogue runs inside
+ * the output transform: F(4x4) on 16x16 maps with a partial block of 16 output channels,
+ * F(2x2) on 8x8 maps; in fp32 and bf16. */
+static void bn_act_case(int N, int Cin, int H, int Cout, int prec)
 {
-    int sx[4] = { 5, 6, 8, 8 }, sw[4] = { 7, 6, 3, 3 }, sc[1] = { 7 };
+    int sx[4] = { N, Cin, H, H }, sw[4] = { Cout, Cin, 3, 3 }, sc[1] = { Cout };
     msd_tensor *x = gc_randn_like(4, sx, 21), *w = gc_randn_like(4, sw, 22);
     msd_tensor *b = gc_randn_like(1, sc, 23), *gm = gc_randn_like(1, sc, 24);
     msd_tensor *bt = gc_randn_like(1, sc, 25), *rm = gc_randn_like(1, sc, 26);
     msd_tensor *rv = gc_randn_like(1, sc, 27);
     float *pv = msd_tensor_data(rv);
-    for (int c = 0; c < 7; c++) /* a variance is positive */
+    for (int c = 0; c < Cout; c++) /* a variance is positive */
         pv[c] = pv[c] * pv[c] + 0.1f;
+    CHECK_OK(msd_precision_set(prec));
     for (int isa = 0; isa <= msd_isa_best(); isa++) {
         CHECK_OK(msd_isa_set(isa));
         for (int v = 0; v < 4; v++) {
@@ -839,6 +844,23 @@ static void test_conv2d_bn_act(void)
         }
     }
     CHECK_OK(msd_isa_set(msd_isa_best()));
+    CHECK_OK(msd_precision_set(MSD_PREC_FP32));
+    msd_tensor *tensors[7] = { x, w, b, gm, bt, rm, rv };
+    for (int k = 0; k < 7; k++)
+        msd_tensor_release(tensors[k]);
+}
+
+static void test_conv2d_bn_act(void)
+{
+    bn_act_case(5, 6, 8, 7, MSD_PREC_FP32);
+    bn_act_case(3, 16, 16, 24, MSD_PREC_FP32);
+    bn_act_case(3, 20, 8, 17, MSD_PREC_FP32);
+    bn_act_case(3, 16, 16, 24, MSD_PREC_BF16);
+    int sx[4] = { 5, 6, 8, 8 }, sw[4] = { 7, 6, 3, 3 }, sc[1] = { 7 };
+    msd_tensor *x = gc_randn_like(4, sx, 21), *w = gc_randn_like(4, sw, 22);
+    msd_tensor *b = gc_randn_like(1, sc, 23), *gm = gc_randn_like(1, sc, 24);
+    msd_tensor *bt = gc_randn_like(1, sc, 25), *rm = gc_randn_like(1, sc, 26);
+    msd_tensor *rv = gc_randn_like(1, sc, 27);
     msd_tensor *y = NULL;
     CHECK(msd_conv2d_bn_act(x, w, b, 1, 1, gm, bt, NULL, rv, 1e-5f, 1, &y) == MSD_ERR_ARG);
     CHECK(strstr(msd_last_error(), "running_mean is required") != NULL);
