@@ -55,6 +55,13 @@ static const msd_grad_fn backward_of[MSD_OP_COUNT] = {
     [MSD_OP_CROSS_ENTROPY] = msd_grad_cross_entropy,
 };
 
+/* The ops whose grad functions write a fresh dx[i] (n->fresh) instead of adding to zeros:
+ * the largest gradients of a training step. */
+static const unsigned char writes_fresh[MSD_OP_COUNT] = {
+    [MSD_OP_CONV2D] = 1,
+    [MSD_OP_BATCH_NORM2D] = 1,
+};
+
 static _Thread_local int grad_disabled;
 /* topo_sort marks the nodes it has seen with the current epoch instead of clearing a flag
  * on every node afterwards. */
@@ -210,6 +217,15 @@ oom:
     return msd_error(MSD_ERR_MEM, "out of memory in backward");
 }
 
+void msd_grad_zero_fresh(msd_node *n, msd_tensor *const *dx, unsigned keep)
+{
+    for (int i = 0; i < n->n_in && i < 32; i++)
+        if ((n->fresh >> i & 1u) && !(keep >> i & 1u)) {
+            msd_tensor_fill_(dx[i], 0.0f);
+            n->fresh &= ~(1u << i);
+        }
+}
+
 /* The tensor that input x's gradient accumulates into (created as zeros
  * on first use), or NULL with an error set. */
 static msd_tensor *grad_slot(msd_tensor *x)
@@ -274,11 +290,27 @@ int msd_backward(msd_tensor *t, const msd_tensor *grad, int retain_graph)
             rc = msd_error(MSD_ERR_MEM, "out of memory in backward");
             break;
         }
+        n->fresh = 0;
         for (int i = 0; i < n->n_in && rc == MSD_OK; i++) {
             dx[i] = NULL;
-            if (msd_requires_grad(n->in[i]) && !(dx[i] = grad_slot(n->in[i])))
+            msd_tensor *x = n->in[i];
+            if (!msd_requires_grad(x))
+                continue;
+            if (writes_fresh[n->op] && i < 32 && x->grad_fn && !x->grad_fn->out_grad) {
+                /* a node's output gradient not yet begun: the grad function writes it */
+                if (!(dx[i] = x->grad_fn->out_grad = msd_tensor_empty_like(x)))
+                    rc = MSD_ERR_MEM;
+                n->fresh |= 1u << i;
+            } else if (!(dx[i] = grad_slot(x))) {
                 rc = MSD_ERR_MEM;
+            }
         }
+        for (int i = 0; i < n->n_in && rc == MSD_OK; i++) /* an input given twice: zeros */
+            for (int k = i + 1; k < n->n_in; k++)
+                if (dx[i] && dx[i] == dx[k] && (n->fresh >> i & 1u)) {
+                    msd_tensor_fill_(dx[i], 0.0f);
+                    n->fresh &= ~(1u << i);
+                }
         if (rc == MSD_OK)
             rc = backward_of[n->op](n, n->out_grad, dx);
         if (dx != dx_stack) {

@@ -52,12 +52,22 @@ struct msd_node {
     /* backward bookkeeping */
     msd_tensor *out_grad;
     int visit;
+    unsigned fresh; /* bit i: dx[i] is new and not zeroed; the grad function writes it */
 };
 
 /* A grad function: given the node and dy (the gradient of the node's output,
  * out_shape), ADDS the gradient of each input i into dx[i], which is NULL
- * when input i needs no gradient and otherwise has input i's shape. */
+ * when input i needs no gradient and otherwise has input i's shape. The ops
+ * that say so in autograd.c's table get instead, for an input whose gradient
+ * buffer backward has just created, that buffer uninitialised, with bit i of
+ * n->fresh set: they write every element of it (as 0.0f + their sum: the
+ * bits of adding it to zeros, -0 included), sparing the zero fill and the
+ * read. */
 typedef int (*msd_grad_fn)(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx);
+
+/* For a grad function of those ops: zero-fills the fresh dx[i] outside the
+ * mask keep (the ones it will add to after all) and clears their bits. */
+void msd_grad_zero_fresh(msd_node *n, msd_tensor *const *dx, unsigned keep);
 
 /* Grad mode (per thread, on by default). Returns the previous setting. */
 int msd_set_grad_enabled(int enabled);

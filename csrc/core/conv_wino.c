@@ -919,8 +919,8 @@ size_t msd_wino_backward_scratch(const msd_wino_conv *c)
     return total;
 }
 
-void msd_wino_backward(const msd_wino_conv *c, float *dx, const uint32_t *Upx, float *dwt,
-                       float *db, const float *x, const float *dy, float *scratch)
+void msd_wino_backward(const msd_wino_conv *c, float *dx, int dx_add, const uint32_t *Upx,
+                       float *dwt, float *db, const float *x, const float *dy, float *scratch)
 {
     size_t rx, rv, rm, rt;
     back_regions(c, &rx, &rv, &rm, &rt);
@@ -930,7 +930,7 @@ void msd_wino_backward(const msd_wino_conv *c, float *dx, const uint32_t *Upx, f
         msd_wino_conv cx = *c;
         cx.Cin = c->Cout;
         cx.Cout = c->Cin;
-        forward_from(&cx, dx, 1, NULL, NULL, dyc, Upx, V, M, xc);
+        forward_from(&cx, dx, dx_add, NULL, NULL, dyc, Upx, V, M, xc);
     }
     if (dwt) {
         to_channels_last(xc, x, c->nb, c->Cin, c->H, c->W, 1, NULL);

@@ -121,7 +121,7 @@ void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b,
 
 /* The backward of one group, dy (nb, Cout, H, W) read once (into one padded
  * channels-last copy, the only pass over it): with dx, dx (nb, Cin, H, W) +=
- * the input gradient, the convolution of dy with the flipped kernels
+ * (or = without dx_add) the input gradient, the convolution of dy with the flipped kernels
  * (ops_conv.c) transformed and packed into Upx by msd_wino_weights and
  * msd_wino_pack as a convolution of Cout channels into Cin; with dwt,
  * dwt ((m + 2)^2 planes, Cin, Cout) += the weight gradient in the
@@ -129,8 +129,8 @@ void msd_wino_forward(const msd_wino_conv *c, float *y, int add, const float *b,
  * sums per channel (image by image, 16 pixels at a time). Scratch:
  * msd_wino_backward_scratch(c) floats. */
 size_t msd_wino_backward_scratch(const msd_wino_conv *c);
-void msd_wino_backward(const msd_wino_conv *c, float *dx, const uint32_t *Upx, float *dwt,
-                       float *db, const float *x, const float *dy, float *scratch);
+void msd_wino_backward(const msd_wino_conv *c, float *dx, int dx_add, const uint32_t *Upx,
+                       float *dwt, float *db, const float *x, const float *dy, float *scratch);
 
 /* dw (Cout, Cin, 3, 3) += G^T dwt G: the gradient back from the
  * transformed domain, for output channels [o0, o1) (the caller spreads them

@@ -998,7 +998,7 @@ typedef struct wino_back_job {
     const float *x, *dy;
     const msd_storage *sc, *sp;
     size_t per, nw; /* partials: nch of dwt (nw floats each), then nch of db (Cout) */
-    int dw, db;
+    int dw, db, dx_add;
 } wino_back_job;
 
 static void wino_back_chunk(void *ctx, int k, int tid)
@@ -1015,7 +1015,7 @@ static void wino_back_chunk(void *ctx, int k, int tid)
         msd_wino_conv c = j->c;
         int n0 = g * c.nb;
         c.nb = j->N - n0 < c.nb ? j->N - n0 : c.nb;
-        msd_wino_backward(&c, j->dx ? j->dx + (size_t)n0 * c.Cin * L : NULL, j->upx,
+        msd_wino_backward(&c, j->dx ? j->dx + (size_t)n0 * c.Cin * L : NULL, j->dx_add, j->upx,
                           j->dw ? part : NULL, j->db ? pdb : NULL,
                           j->x + (size_t)n0 * c.Cin * L, j->dy + (size_t)n0 * c.Cout * L, sc);
     }
@@ -1062,9 +1062,9 @@ static int wino_flipped(const float *w, int Cout, int Cin, int m, int bf16, msd_
     return MSD_OK;
 }
 
-static int conv2d_wino_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
-                                const float *w, int N, int Cin, int H, int W, int Cout,
-                                int bf16)
+static int conv2d_wino_backward(float *dx, int dx_add, float *dw, float *db, const float *dy,
+                                const float *x, const float *w, int N, int Cin, int H, int W,
+                                int Cout, int bf16)
 {
     const char *op = "conv2d backward";
     int m = msd_wino_tile(H, W, bf16);
@@ -1087,7 +1087,7 @@ static int conv2d_wino_backward(float *dx, float *dw, float *db, const float *dy
         return rc;
     }
     wino_back_job j = { c, N, G, nch, dx, upx ? (const uint32_t *)upx->data : NULL, x, dy,
-                        sc, sp, per, nw, dw != NULL, db != NULL };
+                        sc, sp, per, nw, dw != NULL, db != NULL, dx_add };
     msd_parallel_for(nch, nthr, wino_back_chunk, &j);
     if (db) /* the chunks' sums, in chunk order */
         for (int k = 0; k < nch; k++) {
@@ -1108,17 +1108,24 @@ static int conv2d_wino_backward(float *dx, float *dw, float *db, const float *dy
     return MSD_OK;
 }
 
-int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
-                        const float *w, int N, int Cin, int H, int W, int Cout, int kh, int kw,
-                        int stride, int pad)
+/* msd_conv2d_backward; with dx_assign, dx is written (its contents ignored) rather than
+ * added to. */
+static int conv2d_backward(float *dx, int dx_assign, float *dw, float *db, const float *dy,
+                           const float *x, const float *w, int N, int Cin, int H, int W,
+                           int Cout, int kh, int kw, int stride, int pad)
 {
     conv_geom g = make_geom(N, Cin, H, W, Cout, kh, kw, stride, pad);
     size_t L = (size_t)g.Ho * g.Wo, K = (size_t)Cin * kh * kw;
-    if (N == 0 || g.Ho <= 0 || g.Wo <= 0)
+    if (N == 0 || g.Ho <= 0 || g.Wo <= 0) {
+        if (dx && dx_assign)
+            memset(dx, 0, (size_t)N * Cin * H * W * sizeof *dx);
         return MSD_OK;
+    }
     int bf16 = msd_precision_get() == MSD_PREC_BF16;
     if ((dx || dw) && wino_path(&g, bf16)) /* its input gradient's convolution is one too */
-        return conv2d_wino_backward(dx, dw, db, dy, x, w, N, Cin, H, W, Cout, bf16);
+        return conv2d_wino_backward(dx, !dx_assign, dw, db, dy, x, w, N, Cin, H, W, Cout, bf16);
+    if (dx && dx_assign) /* the other paths add */
+        memset(dx, 0, (size_t)N * Cin * H * W * sizeof *dx);
     if (db)
         bias_grad(db, dy, N, Cout, L);
     int rc = MSD_OK;
@@ -1183,6 +1190,13 @@ int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
     msd_storage_release(sc);
     msd_storage_release(ws);
     return MSD_OK;
+}
+
+int msd_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                        const float *w, int N, int Cin, int H, int W, int Cout, int kh, int kw,
+                        int stride, int pad)
+{
+    return conv2d_backward(dx, 0, dw, db, dy, x, w, N, Cin, H, W, Cout, kh, kw, stride, pad);
 }
 
 /* In the transposed kernels the job's H, W are the input's and Ho, Wo
@@ -1478,13 +1492,16 @@ static float *data_or_null(msd_tensor *t)
     return t ? msd_tensor_data(t) : NULL;
 }
 
+/* dx written when fresh (autograd.h), the others added to */
 int msd_grad_conv2d(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)
 {
     const msd_tensor *x = n->in[0], *w = n->in[1];
-    return msd_conv2d_backward(data_or_null(dx[0]), data_or_null(dx[1]), data_or_null(dx[2]),
-                               msd_tensor_data(dy), msd_tensor_data(x), msd_tensor_data(w),
-                               x->shape[0], x->shape[1], x->shape[2], x->shape[3], w->shape[0],
-                               w->shape[2], w->shape[3], n->iarg[0], n->iarg[1]);
+    msd_grad_zero_fresh(n, dx, 1u);
+    return conv2d_backward(data_or_null(dx[0]), (int)(n->fresh & 1u), data_or_null(dx[1]),
+                           data_or_null(dx[2]), msd_tensor_data(dy), msd_tensor_data(x),
+                           msd_tensor_data(w), x->shape[0], x->shape[1], x->shape[2],
+                           x->shape[3], w->shape[0], w->shape[2], w->shape[3], n->iarg[0],
+                           n->iarg[1]);
 }
 
 int msd_grad_conv_transpose2d(msd_node *n, const msd_tensor *dy, msd_tensor *const *dx)

@@ -183,6 +183,7 @@ typedef struct bn_backward_job {
      * job-wide ones from gsum and computes dx */
     double *lsum;
     const double *gsum;
+    int dx_assign; /* dx written (0.0f + the term: the bits of adding it to zeros) */
 } bn_backward_job;
 
 /* Chunk c: channel c's dgamma, dbeta and dx. With GELU (scratch set), dy is
@@ -252,8 +253,12 @@ static void bn_backward_chunk(void *ctx, int c, int tid)
         size_t off = ((size_t)n * C + c) * HW;
         float *d = j->dx + off;
         const float *pd = dy + n * dys, *px = x + off;
-        for (int i = 0; i < HW; i++)
-            d[i] += a * pd[i] + b * px[i] + e;
+        if (j->dx_assign)
+            for (int i = 0; i < HW; i++)
+                d[i] = 0.0f + (a * pd[i] + b * px[i] + e);
+        else
+            for (int i = 0; i < HW; i++)
+                d[i] += a * pd[i] + b * px[i] + e;
     }
 }
 
@@ -262,7 +267,7 @@ void msd_batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float 
                             const float *rstd, int training, int N, int C, int HW)
 {
     bn_backward_job j = {dx, dgamma, dbeta, dy, x, gamma, NULL, mean, rstd, training, N, C, HW,
-                         NULL, (double)N * HW, NULL, NULL};
+                         NULL, (double)N * HW, NULL, NULL, 0};
     msd_parallel_for(C, (size_t)N * HW * C > BN_SERIAL_MAX ? MSD_ALL_THREADS : 1,
                      bn_backward_chunk, &j);
 }
@@ -574,6 +579,7 @@ int msd_grad_batch_norm2d(msd_node *n, const msd_tensor *dy, msd_tensor *const *
     int nthr = (size_t)N * HW * C > BN_SERIAL_MAX ? msd_get_threads() : 1;
     msd_storage *scratch = NULL;
     double *sums = NULL;
+    msd_grad_zero_fresh(n, dx, 1u); /* dx written when fresh (autograd.h), the others added to */
     if (n->iarg[1] && !(scratch = msd_storage_new((size_t)(sync ? C : nthr) * N * HW)))
         return msd_error(MSD_ERR_MEM, "batch_norm2d_gelu backward: out of memory for %d "
                          "scratch channels of %d floats", sync ? C : nthr, N * HW);
@@ -588,7 +594,8 @@ int msd_grad_batch_norm2d(msd_node *n, const msd_tensor *dy, msd_tensor *const *
                           data_or_null(n->in[2]), msd_tensor_data(n->saved[0]),
                           msd_tensor_data(n->saved[1]), n->iarg[0], N, C, HW,
                           scratch ? scratch->data : NULL,
-                          sync ? (double)n->iarg[2] : (double)N * HW, sums, NULL };
+                          sync ? (double)n->iarg[2] : (double)N * HW, sums, NULL,
+                          (int)(n->fresh & 1u) };
     msd_parallel_for(C, nthr, bn_backward_chunk, &j); /* tid < nthr: scratch for each */
     if (sync && dx[0]) { /* the same graph on every process: all of them reduce, or none */
         rc = sync->sum(sums, 2 * C, sync->ud);

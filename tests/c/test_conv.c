@@ -850,6 +850,62 @@ static void bn_act_case(int N, int Cin, int H, int Cout, int prec)
         msd_tensor_release(tensors[k]);
 }
 
+/* The gradients that backward hands to conv2d and batch_norm2d unzeroed (autograd.h: an
+ * input made by another op, its gradient not yet begun) have the bits of the same gradient
+ * added to zeros (the input a leaf); the block they are written into is first filled with
+ * NaN and freed, so that the allocator hands it back dirty. Winograd (fp32 and bf16) and
+ * direct convolutions, BatchNorm with and without GELU. */
+static int fresh_op(int op, msd_tensor *in, msd_tensor *w, msd_tensor *g, msd_tensor *bt,
+                    msd_tensor **out)
+{
+    switch (op) {
+    case 0:
+        return msd_conv2d(in, w, NULL, 1, 1, out);
+    case 1:
+        return msd_batch_norm2d(in, g, bt, NULL, NULL, 1, 0.1f, 1e-5f, out);
+    default:
+        return msd_batch_norm2d_gelu(in, g, bt, NULL, NULL, 1, 0.1f, 1e-5f, out);
+    }
+}
+
+static void test_fresh_gradients(void)
+{
+    const int shapes[3][4] = { { 3, 16, 16, 16 }, { 5, 16, 8, 8 }, { 2, 5, 7, 6 } };
+    for (int si = 0; si < 3; si++)
+        for (int prec = 0; prec < 2; prec++)
+            for (int op = 0; op < 3; op++) {
+                const int *sx = shapes[si];
+                int sw[4] = { 16, sx[1], 3, 3 }, sc[1] = { sx[1] };
+                msd_tensor *x = gc_randn_like(4, sx, 41), *w = gc_randn_like(4, sw, 42);
+                msd_tensor *gm = gc_randn_like(1, sc, 43), *bt = gc_randn_like(1, sc, 44);
+                CHECK_OK(msd_precision_set(prec ? MSD_PREC_BF16 : MSD_PREC_FP32));
+                x->requires_grad = w->requires_grad = gm->requires_grad = 1;
+                msd_tensor *a = NULL, *y1 = NULL, *y2 = NULL, *dirty = msd_tensor_empty_like(x);
+                CHECK_OK(msd_mul_scalar(x, 1.0f, &a)); /* a node: its gradient comes fresh */
+                CHECK_OK(fresh_op(op, a, w, gm, bt, &y1));
+                msd_tensor *dy = gc_randn_like(4, y1->shape, 45);
+                msd_tensor_fill_(dirty, NAN);
+                msd_tensor_release(dirty);
+                CHECK_OK(msd_backward(y1, dy, 0));
+                msd_tensor *leaf = msd_tensor_empty_like(x); /* the same values, a leaf */
+                memcpy(msd_tensor_data(leaf), msd_tensor_data(x),
+                       msd_tensor_numel(x) * sizeof(float));
+                leaf->requires_grad = 1;
+                CHECK_OK(fresh_op(op, leaf, w, gm, bt, &y2));
+                CHECK_OK(msd_backward(y2, dy, 0));
+                int same = memcmp(msd_tensor_data(x->grad), msd_tensor_data(leaf->grad),
+                                  msd_tensor_numel(x) * sizeof(float)) == 0;
+                if (!same)
+                    fprintf(stderr, "  shape %d, %s, op %d: the fresh gradient differs\n", si,
+                            prec ? "bf16" : "fp32", op);
+                CHECK(same);
+                msd_tensor *all[9] = { x, w, gm, bt, a, y1, y2, dy, leaf };
+                for (int k = 0; k < 9; k++)
+                    msd_tensor_release(all[k]);
+            }
+    CHECK_OK(msd_precision_set(MSD_PREC_FP32));
+}
+
 static void test_conv2d_bn_act(void)
 {
     bn_act_case(5, 6, 8, 7, MSD_PREC_FP32);
@@ -896,5 +952,6 @@ int main(void)
     RUN(test_conv_errors);
     RUN(test_conv_no_grad_records_nothing);
     RUN(test_conv2d_bn_act);
+    RUN(test_fresh_gradients);
     return TEST_SUMMARY();
 }
