@@ -1,28 +1,31 @@
-/* Winograd F(2x2, 3x3) convolutions (conv_wino.h): the transforms, and the
- * 16 products per group on msd_sgemm (in bf16 on msd_sgemm_bf16_packed, the
- * operands written by the transforms in the kernel's forms).
+/* Winograd F(2x2, 3x3) and F(4x4, 3x3) convolutions (conv_wino.h): the
+ * transforms, and the (m + 2)^2 products per group on msd_sgemm_packed (in
+ * bf16, F(2x2) only, on msd_sgemm_bf16_packed, the operands written by the
+ * transforms in the kernel's forms).
  *
- * Layouts, for a group of nb images with T = nb (H/2) (W/2) tiles (tile t =
- * (n, ty, tx) in that order, covering output rows 2ty, 2ty+1 and columns
- * 2tx, 2tx+1):
+ * Layouts, for a group of nb images in m x m output tiles (m = 2 or 4; P =
+ * (m + 2)^2 positions) with T = nb (H/m) (W/m) tiles (tile t = (n, ty, tx) in
+ * that order, covering output rows m ty .. m ty + m - 1 and the same columns):
  *   xc  (nb, H+2, W+2, Cin)  the input, zero-padded and channels last, so
  *                            that every transform is a loop over channels
  *                            (vector code) with unit-stride loads
- *   V   (16, T, Cin)         B^T D B of every tile: the A operand, rows t; in the
+ *   V   (P, T, Cin)          B^T D B of every tile: the A operand, rows t; in the
  *                            bf16 forward as bf16 (16, T, Cin rounded up to even),
  *                            the rows msd_sgemm_bf16_packed reads in place; in the
  *                            bf16 weight gradient as pairs of tiles (see there)
- *   M   (16, T, Cout)        the products; the output transform reads them
- *   dyc (nb, H, W, Cout)     dy channels last (weight gradient only)
- *   E   (16, T, Cout)        A dY A^T of every tile (weight gradient only; in bf16
+ *   M   (P, T, Cout)         the products; the output transform reads them
+ *   dyc (nb, H+2, W+2, Cout) dy padded and channels last (backward: the input
+ *                            gradient's convolution reads it as its input, the
+ *                            weight gradient's transform its inner H x W)
+ *   E   (P, T, Cout)         A dY A^T of every tile (weight gradient only; in bf16
  *                            the kernel's panels, pairs of tiles)
- * Each of the 16 planes starts a cache line after the last one ends (plane_of).
- * Position xi = 4a + b of a transformed tile holds row a, column b.
+ * Each plane starts a cache line after the last one ends (plane_of). Position
+ * xi = (m + 2) a + b of a transformed tile holds row a, column b.
  *
  * The transforms are written as loops over channels that GCC vectorises;
- * MSD_MULTIVERSION builds them for AVX-512, AVX2 and the baseline. Additions
- * and halvings only, in a fixed order, so every clone computes the same bits;
- * the products follow the GEMM's kernel level. */
+ * MSD_MULTIVERSION builds them for AVX-512, AVX2 and the baseline. Fixed
+ * operations in a fixed order, and no fused multiply-adds (-std=c11), so every
+ * clone computes the same bits; the products follow the GEMM's kernel level. */
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
