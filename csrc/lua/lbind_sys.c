@@ -100,20 +100,22 @@ static int l_get_winograd(lua_State *L)
     return 1;
 }
 
+/* t[key] = v on the table at the top of the stack */
+static void set_number(lua_State *L, const char *key, double v)
+{
+    lua_pushnumber(L, (lua_Number)v);
+    lua_setfield(L, -2, key);
+}
+
 static int l_memory_stats(lua_State *L)
 {
     msd_mem_stats s = msd_memory_stats();
     lua_createtable(L, 0, 5);
-    lua_pushnumber(L, (lua_Number)s.live_bytes);
-    lua_setfield(L, -2, "live_bytes");
-    lua_pushnumber(L, (lua_Number)s.cached_bytes);
-    lua_setfield(L, -2, "cached_bytes");
-    lua_pushnumber(L, (lua_Number)s.peak_bytes);
-    lua_setfield(L, -2, "peak_bytes");
-    lua_pushnumber(L, (lua_Number)s.allocs);
-    lua_setfield(L, -2, "allocs");
-    lua_pushnumber(L, (lua_Number)s.cache_hits);
-    lua_setfield(L, -2, "cache_hits");
+    set_number(L, "live_bytes", (double)s.live_bytes);
+    set_number(L, "cached_bytes", (double)s.cached_bytes);
+    set_number(L, "peak_bytes", (double)s.peak_bytes);
+    set_number(L, "allocs", (double)s.allocs);
+    set_number(L, "cache_hits", (double)s.cache_hits);
     return 1;
 }
 
@@ -125,12 +127,9 @@ static int l_conv_cache_stats(lua_State *L)
     lua_createtable(L, 0, 4);
     lua_pushinteger(L, s.entries);
     lua_setfield(L, -2, "entries");
-    lua_pushnumber(L, (lua_Number)s.bytes);
-    lua_setfield(L, -2, "bytes");
-    lua_pushnumber(L, (lua_Number)s.hits);
-    lua_setfield(L, -2, "hits");
-    lua_pushnumber(L, (lua_Number)s.misses);
-    lua_setfield(L, -2, "misses");
+    set_number(L, "bytes", (double)s.bytes);
+    set_number(L, "hits", (double)s.hits);
+    set_number(L, "misses", (double)s.misses);
     return 1;
 }
 
