@@ -31,8 +31,9 @@ parser:option("--lr-schedule", "How the learning rate moves: linear (the seed's:
 parser:option("--warmup", "Raise the learning rate linearly from 0 over the first N optimizer "
   .. "steps.", "0"):convert(tonumber)
 parser:option("--recipe", "minisd (the seed's recipe with Min-SNR loss weighting, which "
-  .. "trains faster at first and is on a par after 15200 steps; see models/README.md) or seed "
-  .. "(the seed's notebooks exactly). Options given with it win.", "minisd"):choices({ "minisd", "seed" })
+  .. "trains faster at first and is on a par after 15200 steps; see models/README.md) or "
+  .. "seed (the seed's notebooks exactly). Options given with it win.", "minisd")
+  :choices({ "minisd", "seed" })
 parser:option("--loss-weighting", "uniform (the seed's plain MSE of the noise) or min-snr "
   .. "(each sample weighted by min(SNR, gamma) / SNR, Min-SNR weighting); default: the "
   .. "recipe's.")
