@@ -78,6 +78,9 @@ parser:option("--jumps", "With --mask: RePaint's resampling, each step undone an
   .. "many times (ddim, ddpm, euler_a).", "0"):convert(tonumber)
 parser:option("--negative", "Guide away from this context instead of the null one (works "
   .. "through guidance: not with --guidance 0).")
+parser:flag("--no-signal-leak", "Start from pure noise, not with the per-channel means of a "
+  .. "training sprite of the context's labels leaked in as in training (the model's "
+  .. "signal-leak statistics, when its file has them; see README).")
 parser:option("--interpolate", "Interpolate in this many frames between two seeds (--seeds A,B) "
   .. "and contexts (-c FROM -c TO; one -c for both ends): the grid is one row of frames, and "
   .. "--animate writes them as the animation. Samples with ddim unless --sampler is given (a "
@@ -309,6 +312,10 @@ local function main()
   local frames = {}
   local eta = require("minisd.sched").get(a.sampler).takes_eta and a.eta or nil
   local job, interp_seeds
+  local leak = nil -- the model's default: on when its file has the statistics
+  if a.no_signal_leak then
+    leak = false
+  end
   if a.interpolate then
     local sa = seed_list and seed_list[1] or a.seed
     local sb = seed_list and (seed_list[2] or seed_list[1]) or a.seed + 1
@@ -317,7 +324,7 @@ local function main()
       from = { seed = sa, context = exprs[1] }, to = { seed = sb, context = exprs[2] or exprs[1] },
       frames = a.interpolate, sampler = a.sampler, steps = a.steps, eta = eta,
       variance = a.variance,
-      guidance = a.guidance, negative = a.negative,
+      guidance = a.guidance, negative = a.negative, signal_leak = leak,
     })
     -- the sheet's index: each frame's blended context, and no seed (a blend of two)
     rows, row_expr, seeds, count = {}, {}, {}, a.interpolate
@@ -345,6 +352,7 @@ local function main()
       variance = a.variance,
       guidance = a.guidance, seeds = seeds, init = init, strength = a.strength, mask = mask,
       jumps = a.jumps > 0 and a.jumps or nil, negative = a.negative,
+      signal_leak = leak,
     })
   end
   local total = job.total
@@ -418,7 +426,7 @@ local function main()
       guidance = a.guidance, eta = require("minisd.sched").get(a.sampler).takes_eta and a.eta
         or nil, alpha_threshold = a.alpha_threshold, palette = a.palette, colors = a.colors,
       negative = a.negative, init = a.init, strength = job.strength, mask = a.mask,
-      sprites = sprites,
+      signal_leak = job.signal_leak, sprites = sprites,
     }
     if a.interpolate then
       index.interpolate = { from = { seed = interp_seeds[1], context = exprs[1] },

@@ -36,6 +36,8 @@ parser:option("--seed", "Random seed.", "0"):convert(tonumber)
 parser:option("--alpha-threshold", "RGBA models: measure the sprites after sample.lua's "
   .. "--alpha-threshold (alpha at or above this value in [0, 1] opaque, below transparent).")
   :convert(tonumber)
+parser:flag("--no-signal-leak", "Sample from pure noise, not from the model's signal-leak "
+  .. "statistics (see sample.lua --no-signal-leak).")
 parser:option("--classifier", "Classifier file (default: the shipped "
   .. "models/sprite-classifier.safetensors).")
 parser:option("--threads", "Threads for the maths (default: all cores).", nil):convert(tonumber)
@@ -66,9 +68,13 @@ run_main("eval_quality.lua", function()
     minisd.set_threads(a.threads)
   end
   local t0 = minisd.clock()
+  local leak = nil -- the model's default: on when its file has the statistics
+  if a.no_signal_leak then
+    leak = false
+  end
   local res, err = quality.evaluate(a.model, {
     n = a.n, sampler = a.sampler, steps = a.steps, variance = a.variance, guidance = a.guidance,
-    seed = a.seed,
+    seed = a.seed, signal_leak = leak,
     classifier = a.classifier, alpha_threshold = a.alpha_threshold,
     on_progress = not a.quiet and function(msg)
       io.stderr:write(string.format("[%6.1f s] %s\n", minisd.clock() - t0, msg))

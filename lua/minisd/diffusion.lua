@@ -121,10 +121,11 @@ end
 
 -- The guidance scale the command line, the evaluator and the examples use with a context
 -- (the library's own default stays 0, off): measured on the shipped context model with
--- scripts/eval_quality.lua (DDIM 25 steps, seed 0), guidance 2 -> 6 lifted the context
--- accuracy from 0.57 to 0.86 and lowered the Frechet distance from 52 to 36; past 8 the
--- accuracy falls again (models/README.md).
-M.recommended_guidance = 6
+-- scripts/eval_quality.lua (DDPM 50 steps, the posterior's variance, the signal leak, seeds 0
+-- to 3), guidance 3 gave the lowest Frechet distance (6.2-7.7, against 6.8-8.6 at 4, 7.0-10.5
+-- at 6 and 7.9-8.4 at 2) at a context accuracy of 0.85-0.87 (0.89-0.92 at 4 and 6, 0.72-0.75
+-- at 2); without the leak, 6 was best (models/README.md).
+M.recommended_guidance = 3
 
 -- The sampler and steps sample.lua and the evaluator use by default: measured on the shipped
 -- model (scripts/eval_quality.lua, guidance 6, seed 0), DDPM's stochastic steps at 50 gave a
@@ -145,6 +146,199 @@ function M.default_variance(sampler)
   return sched.get(sampler).VARIANCE_TYPES and M.recommended_variance or nil
 end
 
+-- ---- the signal leak --------------------------------------------------------------
+-- The schedule leaves a little of the sprite in x_T (sqrt(abar_T) = 0.08 for the seed's 500
+-- linear steps), and the network learns to read it: its per-channel means (how much of the
+-- tile is opaque, its overall colour) steer what it makes. Pure noise carries none, and the
+-- seed's model then makes twice the data's share of full opaque tiles. With the training
+-- sprites' per-channel means stored with the model (`config.signal_leak`), each sample
+-- starts from x_T = sqrt(abar_T) m + sqrt(1 - abar_T) noise, m (broadcast over the pixels)
+-- the means of a random training sprite whose labels match its context row: the leak the
+-- model saw in training (Everaert et al. 2024, "Exploiting the Signal-Leak Bias in Diffusion
+-- Models", with the empirical means in place of their fitted low-frequency model).
+
+--- At most this many sprites' means are kept per label set (evenly spaced over the data).
+M.SIGNAL_LEAK_MAX = 4096
+
+-- The label set of a context row: its labels at or above 0.5, as "1+5", or "none".
+local function leak_key(row)
+  local on = {}
+  for j, v in ipairs(row) do
+    if v >= 0.5 then
+      on[#on + 1] = tostring(j)
+    end
+  end
+  return #on > 0 and table.concat(on, "+") or "none"
+end
+
+local function key_labels(key)
+  local set = {}
+  for j in key:gmatch("%d+") do
+    set[tonumber(j)] = true
+  end
+  return set
+end
+
+--- The signal-leak statistics of a set of sprites, for `config.signal_leak`: each sprite's
+-- per-channel means, grouped by its label set (every sprite in "none" without labels),
+-- rounded to 1e-3.
+-- @param images tensor (N, C, H, H) in [-1, 1]
+-- @param labels optional tensor (N, K) of label rows (nil: an unconditional model)
+-- @return {channels = C, groups = {[label set] = {m1_1, ..., m1_C, m2_1, ...}}}
+function M.signal_leak_stats(images, labels)
+  if not minisd.is_tensor(images) or images:dim() ~= 4 then
+    error("diffusion.signal_leak_stats: images must be a tensor (N, C, H, W)", 2)
+  end
+  local shape = images:shape()
+  local N, C, H, W = shape[1], shape[2], shape[3], shape[4]
+  if H ~= W then
+    error(string.format("diffusion.signal_leak_stats: square sprites expected, got %dx%d", H, W),
+      2)
+  end
+  if labels ~= nil and (not minisd.is_tensor(labels) or labels:dim() ~= 2
+      or labels:shape()[1] ~= N) then
+    error(string.format("diffusion.signal_leak_stats: labels must be a tensor (%d, K)", N), 2)
+  end
+  local means = minisd.no_grad(function()
+    return minisd.avg_pool2d(images, H, H):reshape(N, C):totable()
+  end)
+  local rows = labels and labels:totable()
+  local members, order = {}, {}
+  for i = 1, N do
+    local key = rows and leak_key(rows[i]) or "none"
+    if not members[key] then
+      members[key] = {}
+      order[#order + 1] = key
+    end
+    table.insert(members[key], i)
+  end
+  local groups = {}
+  for _, key in ipairs(order) do
+    local list, flat = members[key], {}
+    local keep = math.min(#list, M.SIGNAL_LEAK_MAX)
+    for k = 0, keep - 1 do
+      local m = means[list[math.floor(k * #list / keep) + 1]]
+      for c = 1, C do
+        flat[#flat + 1] = math.floor(m[c] * 1000 + 0.5) / 1000
+      end
+    end
+    groups[key] = flat
+  end
+  return { channels = C, groups = groups }
+end
+
+--- Checks a model config's signal_leak table (what model files carry): nil and a message
+-- naming the problem when it is not one for `channels` channels.
+function M.check_signal_leak(leak, channels)
+  if type(leak) ~= "table" or type(leak.groups) ~= "table" then
+    return nil, "signal_leak must be a table {channels =, groups =}"
+  end
+  if leak.channels ~= channels then
+    return nil, string.format("signal_leak has %s channels, the model %d",
+      tostring(leak.channels), channels)
+  end
+  local any = false
+  for key, flat in pairs(leak.groups) do
+    if type(key) ~= "string" or not (key == "none" or key:match("^%d+[+%d]*$")) then
+      return nil, "signal_leak: group " .. tostring(key) .. " is not a label set ('1+5' or "
+        .. "'none')"
+    end
+    if type(flat) ~= "table" or #flat == 0 or #flat % channels ~= 0 then
+      return nil, string.format("signal_leak: group %s must hold a multiple of %d numbers, "
+        .. "got %s", key, channels, type(flat) == "table" and #flat or type(flat))
+    end
+    for _, v in ipairs(flat) do
+      if type(v) ~= "number" or not (v >= -1 and v <= 1) then
+        return nil, string.format("signal_leak: group %s holds %s, not a mean in [-1, 1]", key,
+          tostring(v))
+      end
+    end
+    any = true
+  end
+  if not any then
+    return nil, "signal_leak has no groups"
+  end
+  return true
+end
+
+-- The groups a context row draws its means from: its own label set; else every set holding
+-- all its labels; else every set holding one of them; else all.
+local function leak_groups(leak, key)
+  if leak.groups[key] then
+    return { key }
+  end
+  local want = key_labels(key)
+  local all, some, every = {}, {}, {}
+  for _, k in ipairs(require("minisd.util").sorted_keys(leak.groups)) do
+    local have, n_all, n_some = key_labels(k), true, false
+    for j in pairs(want) do
+      n_all = n_all and have[j] or false
+      n_some = n_some or have[j] or false
+    end
+    every[#every + 1] = k
+    if key ~= "none" and n_all then
+      all[#all + 1] = k
+    end
+    if key ~= "none" and n_some then
+      some[#some + 1] = k
+    end
+  end
+  return #all > 0 and all or #some > 0 and some or every
+end
+
+-- The means (a list of C numbers per sprite) that uniform draws u pick for context rows
+-- (nil: every sprite in "none").
+local function leak_means(leak, rows, u, n, C)
+  local out = {}
+  for i = 1, n do
+    local keys = leak_groups(leak, rows and leak_key(rows[i]) or "none")
+    local total = 0
+    for _, k in ipairs(keys) do
+      total = total + #leak.groups[k] / C
+    end
+    local j = math.min(total - 1, math.floor(u[i] * total))
+    for _, k in ipairs(keys) do
+      local count = #leak.groups[k] / C
+      if j < count then
+        local m = {}
+        for c = 1, C do
+          m[c] = leak.groups[k][j * C + c]
+        end
+        out[i] = m
+        break
+      end
+      j = j - count
+    end
+  end
+  return out
+end
+
+-- x (n, C, H, W) noised onto the means (a list of n lists of C numbers) at the first timestep.
+local function add_leak(s, x, means)
+  local shape = x:shape()
+  local n, C, hgt, wid = shape[1], shape[2], shape[3], shape[4]
+  local flat = {}
+  for i = 1, n do
+    for c = 1, C do
+      flat[#flat + 1] = means[i][c]
+    end
+  end
+  local x0 = minisd.tensor(flat):reshape(n, C, 1, 1) * minisd.ones({ 1, 1, hgt, wid })
+  return s:add_noise(x0, x, minisd.full({ n }, s.timesteps[1]))
+end
+
+-- One uniform draw per sprite, after its noise: from its own generator, or n from gen.
+local function leak_draws(gen, gens, n)
+  if gens then
+    local u = {}
+    for i, g in ipairs(gens) do
+      u[i] = minisd.rand({ 1 }, g):item()
+    end
+    return u
+  end
+  return minisd.rand({ n }, gen):totable()
+end
+
 local Job = {}
 Job.__index = Job
 
@@ -153,6 +347,7 @@ local sample_options = {
   guidance = true,
   seed = true, seeds = true, generator = true, on_step = true, channels = true, size = true,
   noise = true, init = true, strength = true, mask = true, jumps = true, negative = true,
+  signal_leak = true, _leak_means = true, -- (the last: start_interpolation's, internal)
 }
 
 -- The per-sprite generators of opts.seeds (a list of n integers), or nil.
@@ -301,8 +496,13 @@ end
 --     the input (kept exactly in the result; strength defaults to 1 then), and
 --     jumps=0 (RePaint's resampling: each step undone and redone this many times, for a
 --     better fit at the mask's border; samplers that keep no history: ddim, ddpm, euler_a),
---   on_step=function(i, t, x) end, noise= initial x_T}
--- @return job with :step(), :done(), :result(), .i, .total, .timesteps (the ones it runs)
+--   on_step=function(i, t, x) end, noise= initial x_T,
+--   signal_leak=(default: on when the model carries the statistics, `config.signal_leak`;
+--     false: start from pure noise; not with init or noise): each sprite starts with the
+--     per-channel means of a training sprite of its labels leaked in, as in training (see
+--     M.signal_leak_stats)}
+-- @return job with :step(), :done(), :result(), .i, .total, .timesteps (the ones it runs),
+--   .signal_leak (whether it started with the leak)
 function M.start(model, opts)
   opts = opts or {}
   check_options("diffusion.sample", opts, sample_options)
@@ -345,6 +545,24 @@ function M.start(model, opts)
   end
   local ctx = context_rows("context", opts.context, n, cfg)
   local negative = context_rows("negative", opts.negative, n, cfg)
+  local leak = opts.signal_leak
+  if leak ~= nil and type(leak) ~= "boolean" then
+    error("diffusion.sample: signal_leak must be true or false, got " .. type(leak), 3)
+  end
+  if leak and not cfg.signal_leak then
+    error("diffusion.sample: signal_leak: the model carries no signal-leak statistics (a "
+      .. "model file from train.lua of this version has them; see scripts/signal_leak.lua)", 3)
+  end
+  local leaked = leak ~= false and cfg.signal_leak ~= nil and opts.init == nil
+    and opts.noise == nil
+  if leaked then
+    local shape = x:shape()
+    x = add_leak(s, x, leak_means(cfg.signal_leak, ctx and ctx:totable(),
+      leak_draws(gen, gens, n), n, shape[2]))
+  elseif opts._leak_means then -- start_interpolation's: the endpoints' means, blended
+    x = add_leak(s, x, opts._leak_means)
+    leaked = true
+  end
   local scales, scalar = guidance_scales(opts.guidance, n)
   if scales and ctx == nil then
     error("diffusion.sample: guidance needs a context", 3)
@@ -404,7 +622,7 @@ function M.start(model, opts)
     model = model, scheduler = s, generator = gen, generators = gens, x = x, context = ctx,
     negative = negative, n = n, T = T, scales = scales, guidance = scalar or 0,
     on_step = opts.on_step, i = 0, total = #timesteps, timesteps = timesteps, init = init,
-    mask = mask, jumps = jumps, strength = strength,
+    mask = mask, jumps = jumps, strength = strength, signal_leak = leaked,
   }, Job)
 end
 
@@ -518,18 +736,20 @@ end
 -- starting noise moving along the great circle between the two seeds' (spherical
 -- interpolation) and the context row blended linearly. The first frame is what sampling
 -- with seeds = {from.seed} and from.context gives, the last the same for `to` (exactly,
--- with a deterministic sampler: ddim with eta 0, or dpmpp_2m).
+-- with a deterministic sampler: ddim with eta 0, or dpmpp_2m). With the signal leak (the
+-- model's statistics, unless signal_leak = false), the endpoints' means are picked as those
+-- samples pick them and blended linearly.
 -- @param model a ContextUnet
 -- @param opts {from = {seed =, context =}, to = {seed =, context =}, frames = 8, and
 --   diffusion.start's sampler, steps, eta, variance, guidance (a number), negative,
---   on_step}; a
+--   on_step, signal_leak}; a
 --   missing context is the null one
 -- @return job (its result is (frames, C, H, W))
 function M.start_interpolation(model, opts)
   opts = opts or {}
   check_options("diffusion.interpolate", opts, { from = true, to = true, frames = true,
     sampler = true, steps = true, eta = true, variance = true, guidance = true, negative = true,
-    on_step = true })
+    on_step = true, signal_leak = true })
   local cfg = model.config or {}
   local sa, ca = endpoint("from", opts.from)
   local sb, cb = endpoint("to", opts.to)
@@ -540,8 +760,9 @@ function M.start_interpolation(model, opts)
   end
   local C, hgt = cfg.in_channels or 3, cfg.height or 16
   local shape = { 1, C, hgt, hgt }
-  local za = minisd.randn(shape, minisd.Generator(sa))
-  local zb = minisd.randn(shape, minisd.Generator(sb))
+  local ga, gb = minisd.Generator(sa), minisd.Generator(sb)
+  local za = minisd.randn(shape, ga)
+  local zb = minisd.randn(shape, gb)
   -- slerp(a, b; u) = sin((1-u) theta) / sin theta a + sin(u theta) / sin theta b
   local dot = (za * zb):sum():item()
   local na, nb = math.sqrt((za * za):sum():item()), math.sqrt((zb * zb):sum():item())
@@ -575,10 +796,35 @@ function M.start_interpolation(model, opts)
     rows[i] = r
   end
   local any_context = ra ~= nil or rb ~= nil
+  -- the signal leak: each endpoint's means as sampling with its seed alone picks them (the
+  -- draw after its noise), blended linearly between
+  local means
+  if opts.signal_leak ~= nil and type(opts.signal_leak) ~= "boolean" then
+    error("diffusion.interpolate: signal_leak must be true or false, got "
+      .. type(opts.signal_leak), 2)
+  end
+  if opts.signal_leak and not cfg.signal_leak then
+    error("diffusion.interpolate: signal_leak: the model carries no signal-leak statistics", 2)
+  end
+  if opts.signal_leak ~= false and cfg.signal_leak then
+    local ma = leak_means(cfg.signal_leak, ra and { ra } or nil, leak_draws(nil, { ga }, 1), 1,
+      C)[1]
+    local mb = leak_means(cfg.signal_leak, rb and { rb } or nil, leak_draws(nil, { gb }, 1), 1,
+      C)[1]
+    means = {}
+    for i = 1, frames do
+      local u, m = (i - 1) / (frames - 1), {}
+      for c = 1, C do
+        m[c] = i == 1 and ma[c] or i == frames and mb[c] or ma[c] * (1 - u) + mb[c] * u
+      end
+      means[i] = m
+    end
+  end
   return M.start(model, {
     n = frames, noise = minisd.cat(noise, 1), context = any_context and minisd.tensor(rows) or nil,
     sampler = opts.sampler, steps = opts.steps, eta = opts.eta, variance = opts.variance,
     guidance = opts.guidance, negative = opts.negative, seed = sa, on_step = opts.on_step,
+    _leak_means = means,
   })
 end
 

@@ -324,7 +324,7 @@ function M.default_steps(sampler)
 end
 
 local EVAL_OPTS = { "n", "sampler", "steps", "variance", "guidance", "seed", "classifier", "data",
-  "on_progress", "alpha_threshold" }
+  "on_progress", "alpha_threshold", "signal_leak" }
 
 -- Samples one picture per context row, in chunks of at most 100 (memory), all from one
 -- generator.
@@ -341,7 +341,7 @@ local function sample_rows(model, rows, opts, guidance, gen, progress, what)
     end
     local x = minisd.diffusion.sample(model, {
       n = m, context = minisd.tensor(ctx), sampler = opts.sampler, steps = opts.steps,
-      variance = opts.variance,
+      variance = opts.variance, signal_leak = opts.signal_leak,
       guidance = guidance, generator = gen,
     })
     -- sample.lua --alpha-threshold's pixel-art alpha, when asked: what a user keeps
@@ -510,7 +510,8 @@ end
 --   SpriteClassifier or a path (default: the shipped one), data = the real sprites' path
 --   (default: the bundled ones), on_progress = function(message), alpha_threshold = nil
 --   (an RGBA model's samples get image.binary_alpha with this threshold, as sample.lua's
---   --alpha-threshold gives them, before they are measured)}
+--   --alpha-threshold gives them, before they are measured), signal_leak = nil (the model's
+--   default: on when it carries signal-leak statistics; false: pure noise)}
 -- @return the results table (see scripts/eval_quality.lua --json), or nil and a message when a
 --   file is missing or is not the right kind of model
 function M.evaluate(model, opts)
@@ -622,6 +623,7 @@ function M.evaluate(model, opts)
     options = { n = opts.n, sampler = opts.sampler, steps = opts.steps, variance = opts.variance,
       guidance = opts.guidance,
       seed = opts.seed, alpha_threshold = thr,
+      signal_leak = inp.model.config.signal_leak ~= nil and opts.signal_leak ~= false,
       other_label = inp.other and cfg.label_names[inp.other] or nil },
     context_accuracy = accuracy,
     frechet = {
@@ -677,9 +679,10 @@ function M.format(r)
   end
   add("model        %s (%d channels, n_feat %s)", r.model or "(in memory)", r.config.in_channels,
     tostring(r.config.n_feat))
-  add("sampling     %s%s, %d steps, guidance %g, seed %d%s", o.sampler,
+  add("sampling     %s%s, %d steps, guidance %g, seed %d%s%s", o.sampler,
     o.variance and string.format(" (%s variance)", o.variance) or "", o.steps, o.guidance, o.seed,
-    o.alpha_threshold and string.format(", alpha threshold %g", o.alpha_threshold) or "")
+    o.alpha_threshold and string.format(", alpha threshold %g", o.alpha_threshold) or "",
+    o.signal_leak and ", signal leak" or "")
   add("classifier   %s", r.classifier or "(in memory)")
   if o.other_label then
     add("             (the held-out sprites with no label are sampled as '%s', guided)",

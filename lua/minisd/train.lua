@@ -428,7 +428,8 @@ local function init_model(args, ds)
     fail(string.format("--init %s has n_feat %d; --n-feat %d does not match (leave it out)",
       args.init, cfg.n_feat, args.n_feat))
   end
-  local want = arch.config_for(ds, { n_feat = cfg.n_feat, background = args.background })
+  local want = arch.config_for(ds, { n_feat = cfg.n_feat, background = args.background,
+    context = args.context })
   -- data with more labels than the model, the model's first (--other-label): widened, the
   -- new labels' weights zero
   local k_old, k_new = cfg.n_cfeat, want.n_cfeat
@@ -457,6 +458,7 @@ local function init_model(args, ds)
     end
   end
   cfg.label_names = want.label_names
+  cfg.signal_leak = want.signal_leak -- this data's, which the training from here leaks
   if want.background then
     cfg.background = want.background
   end

@@ -35,7 +35,7 @@ local M = {}
 local REQUEST_OPTIONS = {
   "n", "context", "seed", "seeds", "sampler", "steps", "eta", "guidance", "every",
   "alpha_threshold", "palette", "colors", "init", "strength", "mask", "jumps", "negative",
-  "interpolate",
+  "interpolate", "signal_leak",
 }
 
 -- RGBA byte strings (one, or a list) of sprites of the model's size as (k, C, size, size):
@@ -172,6 +172,7 @@ function Runner:start(q)
     job = minisd.diffusion.start_interpolation(self.model, {
       from = ip.from, to = ip.to, frames = ip.frames, sampler = req.sampler, steps = req.steps,
       eta = req.eta, guidance = req.guidance, negative = req.negative,
+      signal_leak = req.signal_leak,
     })
     seeds = nil
   else
@@ -192,6 +193,7 @@ function Runner:start(q)
       n = #seeds, context = req.context, seeds = seeds, sampler = req.sampler,
       steps = req.steps, eta = req.eta, guidance = req.guidance, negative = req.negative,
       init = cycle(init), strength = req.strength, mask = cycle(mask), jumps = req.jumps,
+      signal_leak = req.signal_leak,
     })
   end
   self.job = { id = q.id, job = job, req = req, seeds = seeds, t0 = minisd.clock() }
@@ -259,6 +261,9 @@ local function check_request(req)
       error(string.format("worker:request: %s must be RGBA bytes of a sprite or a list of them, "
         .. "got %s", name, type(v)), 3)
     end
+  end
+  if req.signal_leak ~= nil and type(req.signal_leak) ~= "boolean" then
+    error("worker:request: signal_leak must be true or false, got " .. type(req.signal_leak), 3)
   end
   if (req.strength ~= nil or req.mask ~= nil) and req.init == nil then
     error("worker:request: strength and mask go with init (the sprites to start from)", 3)
@@ -346,7 +351,9 @@ Worker.__index = Worker
 --   init = RGBA bytes of a sprite (or a list: sprite k starts from init k, cycling) for
 --   variations with strength = 0.8, or inpainting with mask = RGBA bytes (white: generate,
 --   black: keep) and jumps, or interpolate = {from = {seed =, context =}, to = {...},
---   frames = 8} (n and seeds do not apply: the result has `frames` sprites)}
+--   frames = 8} (n and seeds do not apply: the result has `frames` sprites), signal_leak =
+--   false (start from pure noise, not from the model's signal-leak statistics: see
+--   diffusion.start)}
 -- @return id (integer)
 function Worker:request(req)
   if self.closed then

@@ -64,6 +64,24 @@ describe("train.lua", function()
     assert.are.same({ "hero", "non-hero", "food", "spell", "side-facing" },
       model.config.label_names)
     assert.are.equal(30, model.training_summary.steps)
+    -- the signal-leak statistics: the 24 sprites' channel means, summed here, all in "none"
+    -- (trained without --context)
+    local imgs = minisd.data.load(nil, { channels = 4 }).images:narrow(1, 1, 24):totable()
+    local want = {}
+    for _, img in ipairs(imgs) do
+      for c = 1, 4 do
+        local sum = 0
+        for _, row in ipairs(img[c]) do
+          for _, v in ipairs(row) do
+            sum = sum + v
+          end
+        end
+        want[#want + 1] = sum / 256
+      end
+    end
+    local leak = model.config.signal_leak
+    assert.are.same({ "none" }, require("minisd.util").sorted_keys(leak.groups))
+    H.assert_close(minisd.tensor(leak.groups.none), minisd.tensor(want), 0, 5e-4 + 1e-6)
   end)
 
   it("resumes exactly: the same losses as an uninterrupted run", function()
@@ -197,6 +215,9 @@ describe("train.lua", function()
     local mw = assert(minisd.load_model(wide .. "/model.safetensors"))
     assert.are.same({ "hero", "non-hero", "food", "spell", "side-facing", "other" },
       mw.config.label_names)
+    -- the first 24 bundled sprites have no label: all "other" (label 6) for the leak now
+    assert.are.same({ "6" }, require("minisd.util").sorted_keys(mw.config.signal_leak.groups))
+    assert.are.equal(24 * 4, #mw.config.signal_leak.groups["6"])
     local cw = mw:named_parameters()["contextembed1.model.0.weight"]
     local cb = a["contextembed1.model.0.weight"]
     assert.are.same({ 16, 6 }, cw:shape())
@@ -333,6 +354,60 @@ describe("scripts/export_model.lua", function()
     end)
 end)
 
+describe("scripts/signal_leak.lua", function()
+  it("stores the data's statistics by label set, or removes them; the weights stay", function()
+    local tmp = H.tmpdir()
+    minisd.manual_seed(3)
+    local m = minisd.models.ContextUnet({ n_feat = 8, in_channels = 4 })
+    assert(m:save(tmp .. "/m.safetensors", { dtype = "F16" }))
+    local ok, _, out = sh("scripts/signal_leak.lua " .. tmp .. "/m.safetensors -o " .. tmp
+      .. "/leak.safetensors")
+    assert.is_true(ok, out)
+    assert.truthy(out:find("the means of 1806 sprites in 6 label sets", 1, true), out)
+    local a = minisd.load_safetensors(tmp .. "/m.safetensors")
+    local b = minisd.load_safetensors(tmp .. "/leak.safetensors")
+    for k, v in pairs(a) do
+      H.assert_close(b[k], v, 0, 0, k)
+    end
+    -- still half precision: the file is as large as before but for the longer header
+    local function size(p)
+      local f = assert(io.open(p, "rb"))
+      local n = f:seek("end")
+      f:close()
+      return n
+    end
+    assert.is_true(size(tmp .. "/leak.safetensors") < size(tmp .. "/m.safetensors") + 60000)
+    -- one set per label pattern of the bundled sprites, counted here
+    local counts = {}
+    for _, row in ipairs(minisd.data.load(nil, { channels = 4 }).labels:totable()) do
+      local on = {}
+      for j, v in ipairs(row) do
+        if v >= 0.5 then
+          on[#on + 1] = tostring(j)
+        end
+      end
+      local key = #on > 0 and table.concat(on, "+") or "none"
+      counts[key] = (counts[key] or 0) + 4
+    end
+    local leak = assert(minisd.load_model(tmp .. "/leak.safetensors")).config.signal_leak
+    local got = {}
+    for key, flat in pairs(leak.groups) do
+      got[key] = #flat
+    end
+    assert.are.same(counts, got)
+    ok, _, out = sh("scripts/signal_leak.lua " .. tmp .. "/leak.safetensors --remove")
+    assert.is_true(ok, out)
+    assert.is_nil(assert(minisd.load_model(tmp .. "/leak.safetensors")).config.signal_leak)
+    ok, _, out = sh("scripts/signal_leak.lua " .. tmp .. "/m.safetensors --no-context -o "
+      .. tmp .. "/u.safetensors")
+    assert.is_true(ok, out)
+    assert.truthy(out:find("the means of 1806 sprites in 1 label sets", 1, true), out)
+    ok, _, out = sh("scripts/signal_leak.lua " .. tmp .. "/nothere.safetensors")
+    assert.is_false(ok)
+    assert.truthy(out:find("nothere.safetensors", 1, true), out)
+  end)
+end)
+
 describe("sample.lua", function()
   local tmp = H.tmpdir()
   local model_path = tmp .. "/m.safetensors"
@@ -442,8 +517,20 @@ describe("sample.lua", function()
     ok, _, log = sh("sample.lua " .. trained .. " -c hero -n 1 --steps 2 --sheet "
       .. sheet .. " -o " .. tmp .. "/auto_grid.png")
     assert.is_true(ok, log)
-    assert.are.equal(6, minisd.diffusion.recommended_guidance)
+    assert.are.equal(3, minisd.diffusion.recommended_guidance)
     assert.are.equal(minisd.diffusion.recommended_guidance, dofile(index).guidance)
+    assert.is_false(dofile(index).signal_leak) -- the model has no statistics
+    -- a model with them starts from them, unless told not to; the index says which
+    local leaky = tmp .. "/leaky.safetensors"
+    minisd.manual_seed(1)
+    minisd.models.ContextUnet({ n_feat = 8, in_channels = 4, signal_leak = { channels = 4,
+      groups = { none = { 0, 0, 0, -1 } } } }):save(leaky)
+    for _, case in ipairs({ { "", true }, { " --no-signal-leak", false } }) do
+      ok, _, log = sh("sample.lua " .. leaky .. " -n 1 --steps 2 --sheet " .. sheet .. " -o "
+        .. tmp .. "/leak_grid.png" .. case[1])
+      assert.is_true(ok, log)
+      assert.are.equal(case[2], dofile(index).signal_leak, case[1])
+    end
     ok, _, log = sh("sample.lua " .. trained .. " -c none -n 1 --steps 2 --sheet " .. sheet
       .. " -o " .. tmp .. "/auto_grid.png")
     assert.is_true(ok, log)
@@ -455,7 +542,7 @@ describe("sample.lua", function()
     ok, _, log = sh("sample.lua " .. trained .. " -c hero -n 1 --steps 2 --negative food "
       .. "--sheet " .. sheet .. " -o " .. tmp .. "/auto_grid.png") -- auto guides: negative works
     assert.is_true(ok, log)
-    assert.are.equal(6, dofile(index).guidance)
+    assert.are.equal(3, dofile(index).guidance)
     ok, _, log = sh("sample.lua " .. trained .. " -c hero --negative food --guidance 0 -o "
       .. tmp .. "/x.png")
     assert.is_false(ok)

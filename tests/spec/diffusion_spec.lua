@@ -582,3 +582,205 @@ describe("diffusion.loss", function()
       first, last))
   end)
 end)
+
+describe("the signal leak", function()
+  local ddim = require("minisd.sched.ddim")
+
+  -- a (C, S, S) sprite with channel c filled by values[c] (a number, or a function of the
+  -- pixel's row and column)
+  local function sprite(values, S)
+    local img = {}
+    for c, v in ipairs(values) do
+      local plane = {}
+      for y = 1, S do
+        plane[y] = {}
+        for x = 1, S do
+          plane[y][x] = type(v) == "function" and v(y, x) or v
+        end
+      end
+      img[c] = plane
+    end
+    return img
+  end
+
+  it("groups each sprite's channel means by its label set, rounded to 1e-3", function()
+    -- channel 2 of sprite 1: a ramp whose mean is (1 + 16) / 2 / 100 - 0.2 = -0.115, by hand
+    local imgs = minisd.tensor({
+      sprite({ 0.5, function(y, x) return ((y - 1) * 4 + x) / 100 - 0.2 end }, 4),
+      sprite({ -1, 0.12345 }, 4),
+      sprite({ 0.25, -0.7 }, 4),
+      sprite({ 0, 0 }, 4) })
+    local labels = minisd.tensor({ { 1, 0, 0 }, { 0, 0, 0 }, { 1, 0, 0 }, { 0, 0.7, 1 } })
+    local s = diffusion.signal_leak_stats(imgs, labels)
+    assert.are.equal(2, s.channels)
+    assert.are.same({ "1", "2+3", "none" }, require("minisd.util").sorted_keys(s.groups))
+    H.assert_close(minisd.tensor(s.groups["1"]), minisd.tensor({ 0.5, -0.115, 0.25, -0.7 }),
+      1e-6, 0)
+    assert.are.same({ -1, 0.123 }, s.groups.none)
+    assert.are.same({ 0, 0 }, s.groups["2+3"])
+    -- without labels (an unconditional model): every sprite in "none", in order
+    local u = diffusion.signal_leak_stats(imgs)
+    assert.are.same({ "none" }, require("minisd.util").sorted_keys(u.groups))
+    assert.are.equal(8, #u.groups.none)
+    assert.are.same({ -1, 0.123 }, { u.groups.none[3], u.groups.none[4] })
+    -- past SIGNAL_LEAK_MAX per set, evenly spaced sprites: of 4 keep 2, the 1st and the 3rd
+    local keep = diffusion.SIGNAL_LEAK_MAX
+    diffusion.SIGNAL_LEAK_MAX = 2
+    local ok, capped = pcall(diffusion.signal_leak_stats, imgs)
+    diffusion.SIGNAL_LEAK_MAX = keep
+    assert.is_true(ok, capped)
+    assert.are.same({ 0.5, -0.115, 0.25, -0.7 }, capped.groups.none)
+    assert.has_error(function() diffusion.signal_leak_stats(minisd.zeros({ 2, 3, 4, 5 })) end,
+      "diffusion.signal_leak_stats: square sprites expected, got 4x5")
+    assert.has_error(function() diffusion.signal_leak_stats(imgs, minisd.zeros({ 3, 3 })) end,
+      "diffusion.signal_leak_stats: labels must be a tensor (4, K)")
+  end)
+
+  it("starts x_T as sqrt(ab) m + sqrt(1 - ab) z, m the means of the context's label set",
+    function()
+      local model = small_net(5)
+      model.config.signal_leak = { channels = 3, groups = {
+        ["1"] = { 0.5, -0.25, 1 }, ["3"] = { -0.75, 0.125, 0 }, none = { -1, -1, 0.5 } } }
+      local s = ddim.new({})
+      local ab = s.alphas_cumprod[500] -- 10 DDIM steps start at 500
+      local function expect(z, means)
+        local rows = {}
+        for i, m in ipairs(means) do
+          rows[i] = sprite(m, 16)
+        end
+        return minisd.tensor(rows) * math.sqrt(ab) + z * math.sqrt(1 - ab)
+      end
+      -- one generator: the noise, then one uniform per sprite (which picks within a set)
+      local g = minisd.Generator(8)
+      local z = minisd.randn({ 4, 3, 16, 16 }, g)
+      local u = minisd.rand({ 4 }, g):totable()
+      -- "hero,food" has no set of its own and none holds both: the sets holding either,
+      -- "1" then "3", one sprite each, so u < 1/2 takes "1"
+      local mixed = u[4] < 0.5 and { 0.5, -0.25, 1 } or { -0.75, 0.125, 0 }
+      local job = diffusion.start(model, { n = 4, seed = 8, steps = 10,
+        context = minisd.tensor({ { 1, 0, 0, 0, 0 }, { 0, 0, 0, 0, 0 }, { 0, 0, 1, 0, 0 },
+          { 1, 0, 1, 0, 0 } }) })
+      H.assert_close(job.x, expect(z, { { 0.5, -0.25, 1 }, { -1, -1, 0.5 },
+        { -0.75, 0.125, 0 }, mixed }), 1e-6, 1e-6)
+      -- per-sprite seeds: each sprite's noise and then its uniform from its own generator
+      local g1, g2 = minisd.Generator(3), minisd.Generator(4)
+      local z2 = minisd.cat({ minisd.randn({ 1, 3, 16, 16 }, g1),
+        minisd.randn({ 1, 3, 16, 16 }, g2) }, 1)
+      job = diffusion.start(model, { seeds = { 3, 4 }, steps = 10,
+        context = minisd.zeros({ 1, 5 }) })
+      H.assert_close(job.x, expect(z2, { { -1, -1, 0.5 }, { -1, -1, 0.5 } }), 1e-6, 1e-6)
+      -- no context: the "none" set
+      job = diffusion.start(model, { n = 1, seed = 2, steps = 10 })
+      H.assert_close(job.x, expect(minisd.randn({ 1, 3, 16, 16 }, minisd.Generator(2)),
+        { { -1, -1, 0.5 } }), 1e-6, 1e-6)
+      -- off: pure noise, as before; with init or noise given, those as before
+      job = diffusion.start(model, { n = 1, seed = 2, steps = 10, signal_leak = false })
+      H.assert_close(job.x, minisd.randn({ 1, 3, 16, 16 }, minisd.Generator(2)), 0, 0)
+      local z0 = minisd.randn({ 1, 3, 16, 16 }, minisd.Generator(6))
+      job = diffusion.start(model, { noise = z0, steps = 10, context = "hero" })
+      H.assert_close(job.x, z0, 0, 0)
+      local init = minisd.zeros({ 1, 3, 16, 16 })
+      job = diffusion.start(model, { init = init, strength = 1, seed = 2, steps = 10 })
+      H.assert_close(job.x, minisd.randn({ 1, 3, 16, 16 }, minisd.Generator(2))
+        * math.sqrt(1 - ab), 1e-6, 1e-6)
+      -- a set of several: the uniform picks sprite floor(u * count) + 1
+      model.config.signal_leak.groups.none = { -1, -1, 0.5, 0, 0, 0, 1, 1, 1 }
+      g = minisd.Generator(11)
+      z = minisd.randn({ 6, 3, 16, 16 }, g)
+      u = minisd.rand({ 6 }, g):totable()
+      local picks, all = {}, { { -1, -1, 0.5 }, { 0, 0, 0 }, { 1, 1, 1 } }
+      for i = 1, 6 do
+        picks[i] = all[math.floor(u[i] * 3) + 1]
+      end
+      job = diffusion.start(model, { n = 6, seed = 11, steps = 10 })
+      H.assert_close(job.x, expect(z, picks), 1e-6, 1e-6)
+      -- every sampler starts so, and samples the same in one call as step by step
+      for _, name in ipairs({ "ddpm", "dpmpp_2m", "euler_a" }) do
+        local a = diffusion.sample(model, { n = 2, seed = 1, steps = 3, sampler = name })
+        local b = diffusion.sample(model, { n = 2, seed = 1, steps = 3, sampler = name,
+          signal_leak = false })
+        assert.is_true((a - b):abs():max() > 1e-3, name)
+        local j = diffusion.start(model, { n = 2, seed = 1, steps = 3, sampler = name })
+        while j:step() do end
+        assert.are.same(a:totable(), j:result():totable(), name)
+      end
+    end)
+
+  it("interpolates from the endpoints' leaked starts: the ends are their plain samples",
+    function()
+      local model = small_net(7)
+      model.config.signal_leak = { channels = 3, groups = {
+        ["1"] = { 0.5, -0.25, 1, -0.5, 0.5, 0 }, none = { -1, -1, 0.5, 1, 0, -1 } } }
+      local job = diffusion.start_interpolation(model, { from = { seed = 3, context = "hero" },
+        to = { seed = 9 }, frames = 3, steps = 4 })
+      local a = diffusion.start(model, { seeds = { 3 }, context = "hero", steps = 4 })
+      local b = diffusion.start(model, { seeds = { 9 }, context = minisd.zeros({ 1, 5 }),
+        steps = 4 })
+      assert.is_true(job.signal_leak and a.signal_leak and b.signal_leak)
+      H.assert_close(job.x:narrow(1, 1, 1), a.x, 0, 0, "first frame's start")
+      H.assert_close(job.x:narrow(1, 3, 1), b.x, 0, 0, "last frame's start")
+      -- the middle: the means halfway, onto the noise halfway along the great circle
+      local s = ddim.new({})
+      s:set_timesteps(4)
+      local ab = s.alphas_cumprod[s.timesteps[1]]
+      local ma = (a.x - minisd.randn({ 1, 3, 16, 16 }, minisd.Generator(3)) * math.sqrt(1 - ab))
+        / math.sqrt(ab)
+      local mb = (b.x - minisd.randn({ 1, 3, 16, 16 }, minisd.Generator(9)) * math.sqrt(1 - ab))
+        / math.sqrt(ab)
+      local za = minisd.randn({ 1, 3, 16, 16 }, minisd.Generator(3))
+      local zb = minisd.randn({ 1, 3, 16, 16 }, minisd.Generator(9))
+      local cos = (za * zb):sum():item() / math.sqrt((za * za):sum():item()
+        * (zb * zb):sum():item())
+      local th = math.acos(cos)
+      local zm = (za + zb) * (math.sin(th / 2) / math.sin(th))
+      H.assert_close(job.x:narrow(1, 2, 1), (ma + mb) * (0.5 * math.sqrt(ab))
+        + zm * math.sqrt(1 - ab), 1e-4, 1e-4, "middle frame's start")
+      local frames = job:run()
+      H.assert_close(frames:narrow(1, 1, 1), a:run(), 1e-6, 1e-6, "first frame")
+      H.assert_close(frames:narrow(1, 3, 1), b:run(), 1e-6, 1e-6, "last frame")
+      local off = diffusion.start_interpolation(model, { from = { seed = 3, context = "hero" },
+        to = { seed = 9 }, frames = 3, steps = 4, signal_leak = false })
+      assert.is_false(off.signal_leak)
+      H.assert_close(off.x:narrow(1, 1, 1), minisd.randn({ 1, 3, 16, 16 }, minisd.Generator(3)),
+        0, 0)
+    end)
+
+  it("refuses bad statistics and a leak the model cannot give, by name", function()
+    local model = small_net(6)
+    assert.has_error(function() diffusion.start(model, { signal_leak = true }) end,
+      "diffusion.sample: signal_leak: the model carries no signal-leak statistics (a model "
+      .. "file from train.lua of this version has them; see scripts/signal_leak.lua)")
+    assert.has_error(function() diffusion.start(model, { signal_leak = "on" }) end,
+      "diffusion.sample: signal_leak must be true or false, got string")
+    for _, case in ipairs({
+      { { channels = 4, groups = { none = { 0, 0, 0, 0 } } },
+        "signal_leak has 4 channels, the model 3" },
+      { { channels = 3, groups = { none = { 0, 0 } } },
+        "signal_leak: group none must hold a multiple of 3" },
+      { { channels = 3, groups = { none = { 0, 2, 0 } } },
+        "signal_leak: group none holds 2, not a mean in [-1, 1]" },
+      { { channels = 3, groups = { hero = { 0, 0, 0 } } },
+        "signal_leak: group hero is not a label set" },
+      { { channels = 3, groups = {} }, "signal_leak has no groups" },
+      { 7, "signal_leak must be a table" } }) do
+      local ok, err = pcall(models.ContextUnet, { n_feat = 8, signal_leak = case[1] })
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("ContextUnet: " .. case[2], 1, true), tostring(err))
+    end
+  end)
+
+  it("travels with the model file", function()
+    local s = diffusion.signal_leak_stats(minisd.rand({ 5, 3, 16, 16 }, minisd.Generator(1)) * 2
+      - 1, minisd.tensor({ { 1, 0, 0, 0, 0 }, { 0, 0, 0, 0, 0 }, { 1, 0, 0, 0, 0 },
+      { 0, 0, 0, 0, 1 }, { 0, 0, 0, 0, 0 } }))
+    minisd.manual_seed(1)
+    local m = models.ContextUnet({ n_feat = 8, signal_leak = s })
+    local path = os.tmpname() .. ".safetensors"
+    assert(m:save(path))
+    local back = assert(minisd.load_model(path))
+    os.remove(path)
+    assert.are.same(s, back.config.signal_leak)
+    assert.are.same(diffusion.sample(m, { n = 2, seed = 4, steps = 3 }):totable(),
+      diffusion.sample(back, { n = 2, seed = 4, steps = 3 }):totable())
+  end)
+end)

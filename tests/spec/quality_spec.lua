@@ -247,6 +247,31 @@ describe("quality.evaluate and scripts/eval_quality.lua", function()
     end
   end)
 
+  it("samples with the model's signal leak unless told not to (signal_leak, --no-signal-leak)",
+    function()
+      assert.is_false(r1.options.signal_leak) -- the tiny model has no statistics
+      local leaky = minisd.models.ContextUnet({ in_channels = 4, n_feat = 8,
+        signal_leak = { channels = 4, groups = { none = { 0, 0, 0, -1 },
+          ["1"] = { 0.5, 0.5, 0.5, 1 } } } })
+      leaky:load_state_dict(tiny:state_dict())
+      local path = tmp .. "/leaky.safetensors"
+      assert(leaky:save(path))
+      local on = assert(quality.evaluate(path, opts))
+      local off = assert(quality.evaluate(path, { n = 2, steps = 2, seed = 3,
+        signal_leak = false }))
+      assert.is_true(on.options.signal_leak)
+      assert.is_false(off.options.signal_leak)
+      -- from pure noise the same model gives the tiny model's numbers exactly
+      assert.are.same(r1.frechet, off.frechet)
+      assert.are_not.equal(r1.frechet.samples, on.frechet.samples)
+      assert.truthy(quality.format(on):find("seed 3, signal leak", 1, true))
+      local ok, _, out = sh(path .. " --n 2 --steps 2 --seed 3 --quiet --no-signal-leak --json "
+        .. tmp .. "/nl.json")
+      assert.is_true(ok, out)
+      assert.are.same(json.decode(json.encode(off.frechet)),
+        assert(json.decode(H.read_file(tmp .. "/nl.json"))).frechet)
+    end)
+
   it("measures the sprites after the pixel-art alpha when asked (alpha_threshold)", function()
     local r = assert(quality.evaluate(tiny_path, { n = 2, steps = 2, seed = 3,
       alpha_threshold = 0.5 }))
@@ -328,7 +353,7 @@ describe("quality.evaluate and scripts/eval_quality.lua", function()
           assert.are.equal(6, #row)
           if row[6] == 1 then
             other_rows = other_rows + 1
-            assert.are.equal(6, c.guidance)
+            assert.are.equal(minisd.diffusion.recommended_guidance, c.guidance)
           end
         end
         unguided = unguided + (c.guidance == 0 and 1 or 0)

@@ -193,6 +193,38 @@ describe("minisd.worker (inline backend)", function()
     w:close()
   end)
 
+  it("starts from the model's signal-leak statistics, or from pure noise when asked",
+    function()
+      local leaky = minisd.models.ContextUnet({ n_feat = 8, in_channels = 4,
+        signal_leak = { channels = 4, groups = { none = { 0.5, -0.5, 0.25, 1, -1, 0, 0, -1 },
+          ["1"] = { 1, 1, 1, 1 } } } })
+      leaky:load_state_dict(model:state_dict())
+      local lpath = dir .. "/leaky.safetensors"
+      assert(leaky:save(lpath))
+      local w = minisd.worker.new({ model = lpath })
+      local on = w:request({ n = 2, seed = 4, steps = 3, context = "hero" })
+      local off = w:request({ n = 2, seed = 4, steps = 3, context = "hero", signal_leak = false })
+      local events = drain(w)
+      local direct = function(leak)
+        return bytes_of(minisd.diffusion.sample(leaky, { seeds = { 4, 5 }, steps = 3,
+          context = "hero", signal_leak = leak }))
+      end
+      assert.are.same(direct(nil), of_kind(events, "done", on)[1].sprites)
+      assert.are.same(direct(false), of_kind(events, "done", off)[1].sprites)
+      assert.are_not.same(direct(nil), direct(false))
+      assert.has_error(function() w:request({ signal_leak = 1 }) end,
+        "worker:request: signal_leak must be true or false, got number")
+      w:close()
+      os.remove(lpath)
+      -- asked of a model without the statistics: an error event naming the problem
+      local w2 = minisd.worker.new({ model = path })
+      local bad = w2:request({ signal_leak = true, steps = 2 })
+      local e = of_kind(drain(w2), "error", bad)[1]
+      assert.truthy(e and e.message:find("carries no signal-leak statistics", 1, true),
+        e and e.message)
+      w2:close()
+    end)
+
   it("runs several steps in one poll when given the time, and stops when done", function()
     local w = minisd.worker.new({ model = path })
     w:poll()

@@ -80,14 +80,15 @@ M.ContextUnet = ContextUnet
 
 local config_keys = {
   in_channels = true, n_feat = true, n_cfeat = true, height = true, label_names = true,
-  background = true, schedule = true,
+  background = true, schedule = true, signal_leak = true,
 }
 
 M.default_label_names = { "hero", "non-hero", "food", "spell", "side-facing" }
 
 --- ContextUnet{in_channels=3, n_feat=64, n_cfeat=5, height=16, label_names=, background=,
--- schedule=}. The config (without the generator) is kept in `model.config` and
--- saved with the model.
+-- schedule=, signal_leak=}. The config (without the generator) is kept in `model.config` and
+-- saved with the model. signal_leak: the training sprites' per-channel means, which sampling
+-- starts from (diffusion.signal_leak_stats; train.lua stores them).
 function ContextUnet:init(opts)
   opts = require("minisd.util").check_options("ContextUnet", opts, config_keys, 3)
   local c = opts.in_channels or 3
@@ -119,8 +120,15 @@ function ContextUnet:init(opts)
   if #names ~= k then
     error(string.format("ContextUnet: %d label_names for n_cfeat = %d", #names, k), 3)
   end
+  if opts.signal_leak ~= nil then
+    local ok, err = require("minisd.diffusion").check_signal_leak(opts.signal_leak, c)
+    if not ok then
+      error("ContextUnet: " .. err, 3)
+    end
+  end
   local cfg = {
     in_channels = c, n_feat = n, n_cfeat = k, height = h, label_names = names,
+    signal_leak = opts.signal_leak,
     background = opts.background, schedule = opts.schedule or {
       num_train_timesteps = 500, beta_start = 1e-4, beta_end = 0.02, beta_schedule = "linear",
     },

@@ -34,7 +34,8 @@ local registry, order = {}, {}
 --   kind: "diffusion" (called as model(x_t, t / T, c): trainable by train.lua) or
 --     "classifier";
 --   config_for(dataset, args) (diffusion): the config train.lua builds for a dataset
---     and its options (n_feat, background);
+--     and its options (n_feat, background, context: with it, the signal-leak statistics group
+--     the sprites by their labels);
 --   check(config, tensors) (optional): nil and a message when a file's config does not
 --     match its tensors, checked before the model is built;
 --   infer_config(tensors) (optional): the config of a bare state_dict (no minisd
@@ -95,6 +96,8 @@ M.register({
       in_channels = ds.channels, n_feat = args.n_feat, n_cfeat = #ds.label_names,
       height = ds.images:shape()[3], label_names = ds.label_names,
       background = ds.channels == 3 and args.background or nil,
+      signal_leak = require("minisd.diffusion").signal_leak_stats(ds.images,
+        args.context and ds.labels or nil),
     }
   end,
   -- the config against the tensors' shapes before anything is built: a damaged config
