@@ -348,6 +348,11 @@ describe("scripts/export_model.lua", function()
         differs = differs or (trained[k] - v):abs():max() > 0
       end
       assert.is_true(differs, "the EMA equals the trained weights")
+      -- the signal-leak statistics travel through the checkpoint into both files
+      local leak = assert(minisd.load_model(run .. "/model.safetensors")).config.signal_leak
+      assert.are.equal(24 * 4, #leak.groups.none)
+      assert.are.same(leak, assert(minisd.load_model(tmp .. "/tr.safetensors")).config.signal_leak)
+      assert.are.same(leak, assert(minisd.load_model(tmp .. "/ema.safetensors")).config.signal_leak)
       ok, _, out = sh("scripts/export_model.lua " .. run .. " " .. tmp .. "/x.bin")
       assert.is_false(ok)
       assert.truthy(out:find("must be a .safetensors file", 1, true), out)
