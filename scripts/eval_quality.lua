@@ -30,8 +30,9 @@ parser:option("--steps", "Denoising steps (default: " .. require("minisd.quality
 parser:option("--variance", "ddpm's variance: fixed_small (the default: the posterior's) or "
   .. "fixed_large (the seed's beta_t).")
   :choices(require("minisd.sched").get("ddpm").VARIANCE_TYPES)
-parser:option("--guidance", "Classifier-free guidance scale (0: off).",
-  tostring(require("minisd.quality").defaults.guidance)):convert(tonumber)
+parser:option("--guidance", "Classifier-free guidance scale (0: off; default: the sampler's "
+  .. "recommended one, 3 for ddpm and euler_a, 6 for ddim and dpmpp_2m).")
+  :convert(tonumber)
 parser:option("--seed", "Random seed.", "0"):convert(tonumber)
 parser:option("--alpha-threshold", "RGBA models: measure the sprites after sample.lua's "
   .. "--alpha-threshold (alpha at or above this value in [0, 1] opaque, below transparent).")
@@ -53,9 +54,6 @@ check_int(parser, "--seed", a.seed, 0)
 check_int(parser, "--threads", a.threads, 1, true)
 if a.variance and not require("minisd.sched").get(a.sampler).VARIANCE_TYPES then
   parser:error("--variance applies to ddpm only, not to " .. a.sampler)
-end
-if a.guidance == nil then
-  parser:error("--guidance must be a number")
 end
 if a.alpha_threshold ~= nil and not (a.alpha_threshold >= 0 and a.alpha_threshold <= 1) then
   parser:error("--alpha-threshold must be a number in [0, 1]")

@@ -53,7 +53,8 @@ local function new_batch(variation_of)
   local label = game.label and game.labels[game.label] or nil
   game.request = game.worker:request({
     n = SPRITES, context = label, seed = game.seed, steps = STEPS,
-    guidance = label and minisd.diffusion.recommended_guidance or 0,
+    -- the worker samples with ddim: its recommended scale (6)
+    guidance = label and minisd.diffusion.recommended_guidance_for("ddim") or 0,
     every = 1, alpha_threshold = 0.5,
     init = variation_of, strength = variation_of and 0.6 or nil,
   })

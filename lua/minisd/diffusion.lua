@@ -120,12 +120,23 @@ function M.loss(model, x0, c, opts)
 end
 
 -- The guidance scale the command line, the evaluator and the examples use with a context
--- (the library's own default stays 0, off): measured on the shipped context model with
--- scripts/eval_quality.lua (DDPM 50 steps, the posterior's variance, the signal leak, seeds 0
--- to 3), guidance 3 gave the lowest Frechet distance (6.2-7.7, against 6.8-8.6 at 4, 7.0-10.5
--- at 6 and 7.9-8.4 at 2) at a context accuracy of 0.85-0.87 (0.89-0.92 at 4 and 6, 0.72-0.75
--- at 2); without the leak, 6 was best (models/README.md).
+-- (the library's own default stays 0, off), for the recommended sampler: measured on the
+-- shipped context model with scripts/eval_quality.lua (DDPM 50 steps, the posterior's
+-- variance, the signal leak, seeds 0 to 3), guidance 3 gave the lowest Frechet distance
+-- (6.2-7.7, against 6.8-8.6 at 4, 7.0-10.5 at 6 and 7.9-8.4 at 2) at a context accuracy of
+-- 0.85-0.87 (0.89-0.92 at 4 and 6, 0.72-0.75 at 2); without the leak, 6 was best
+-- (models/README.md).
 M.recommended_guidance = 3
+
+-- ... and per sampler (recommended_guidance_for): the stochastic ones are best at 3, the
+-- deterministic ones at 6 (seed 0, with the leak: DDIM 25 10.98 at 3 and 8.67 at 6,
+-- DPM-Solver++(2M) 12 10.96 and 9.18, Euler ancestral 25 8.53 and 9.85).
+M.guidance_by_sampler = { ddpm = 3, euler_a = 3, ddim = 6, dpmpp_2m = 6 }
+
+--- The guidance scale to use with a context for a sampler (nil: the recommended sampler).
+function M.recommended_guidance_for(sampler)
+  return M.guidance_by_sampler[sampler or M.recommended_sampler] or M.recommended_guidance
+end
 
 -- The sampler and steps sample.lua and the evaluator use by default: measured on the shipped
 -- model (scripts/eval_quality.lua, guidance 6, seed 0), DDPM's stochastic steps at 50 gave a

@@ -310,8 +310,7 @@ end
 
 -- ---- evaluating a model ----------------------------------------------------------------------
 
-M.defaults = { n = 100, sampler = require("minisd.diffusion").recommended_sampler,
-  guidance = require("minisd.diffusion").recommended_guidance, seed = 0 }
+M.defaults = { n = 100, sampler = require("minisd.diffusion").recommended_sampler, seed = 0 }
 
 --- The steps of a sampler when none are given: diffusion.recommended_steps for the
 -- recommended sampler, else the sampler's default_steps (25 where it has none).
@@ -505,8 +504,8 @@ end
 -- @param opts optional {n = 100, sampler = "ddpm" (diffusion.recommended_sampler), steps =
 --   M.default_steps(sampler) (50 for ddpm: its full chain of 500 would take ten times as
 --   long; 25 for ddim), variance = diffusion.default_variance(sampler) ("fixed_small" for
---   ddpm), guidance = 6
---   (diffusion.recommended_guidance), seed = 0, classifier = a
+--   ddpm), guidance = (diffusion.recommended_guidance_for(sampler): 3 for ddpm, 6 for ddim),
+--   seed = 0, classifier = a
 --   SpriteClassifier or a path (default: the shipped one), data = the real sprites' path
 --   (default: the bundled ones), on_progress = function(message), alpha_threshold = nil
 --   (an RGBA model's samples get image.binary_alpha with this threshold, as sample.lua's
@@ -517,6 +516,9 @@ end
 function M.evaluate(model, opts)
   opts = util.options("quality.evaluate", opts, M.defaults, nil, EVAL_OPTS)
   opts.steps = opts.steps or M.default_steps(opts.sampler)
+  if opts.guidance == nil then
+    opts.guidance = minisd.diffusion.recommended_guidance_for(opts.sampler)
+  end
   if opts.variance == nil then
     opts.variance = minisd.diffusion.default_variance(opts.sampler)
   end

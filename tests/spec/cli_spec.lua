@@ -524,6 +524,14 @@ describe("sample.lua", function()
     assert.is_true(ok, log)
     assert.are.equal(3, minisd.diffusion.recommended_guidance)
     assert.are.equal(minisd.diffusion.recommended_guidance, dofile(index).guidance)
+    -- per sampler: the deterministic ones take 6
+    for _, case in ipairs({ { "ddim", 6 }, { "dpmpp_2m", 6 }, { "euler_a", 3 } }) do
+      ok, _, log = sh("sample.lua " .. trained .. " -c hero -n 1 --steps 2 --sampler " .. case[1]
+        .. " --sheet " .. sheet .. " -o " .. tmp .. "/auto_grid.png")
+      assert.is_true(ok, log)
+      assert.are.equal(case[2], dofile(index).guidance, case[1])
+      assert.are.equal(case[2], minisd.diffusion.recommended_guidance_for(case[1]))
+    end
     assert.is_false(dofile(index).signal_leak) -- the model has no statistics
     -- a model with them starts from them, unless told not to; the index says which
     local leaky = tmp .. "/leaky.safetensors"

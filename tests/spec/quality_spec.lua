@@ -265,6 +265,10 @@ describe("quality.evaluate and scripts/eval_quality.lua", function()
       assert.are.same(r1.frechet, off.frechet)
       assert.are_not.equal(r1.frechet.samples, on.frechet.samples)
       assert.truthy(quality.format(on):find("seed 3, signal leak", 1, true))
+      -- the guidance by default is the sampler's recommended one
+      assert.are.equal(3, on.options.guidance)
+      local ddim = assert(quality.evaluate(path, { n = 2, steps = 2, seed = 3, sampler = "ddim" }))
+      assert.are.equal(6, ddim.options.guidance)
       local ok, _, out = sh(path .. " --n 2 --steps 2 --seed 3 --quiet --no-signal-leak --json "
         .. tmp .. "/nl.json")
       assert.is_true(ok, out)
