@@ -338,6 +338,19 @@ local function add_leak(s, x, means)
   return s:add_noise(x0, x, minisd.full({ n }, s.timesteps[1]))
 end
 
+-- Whether to start with the leak: the option (nil: when the model has the statistics)
+-- checked, for a message from `who`.
+local function leak_wanted(who, leak, cfg)
+  if leak ~= nil and type(leak) ~= "boolean" then
+    error(who .. ": signal_leak must be true or false, got " .. type(leak), 4)
+  end
+  if leak and not cfg.signal_leak then
+    error(who .. ": signal_leak: the model carries no signal-leak statistics (a model file "
+      .. "from train.lua of this version has them; see scripts/signal_leak.lua)", 4)
+  end
+  return leak ~= false and cfg.signal_leak ~= nil
+end
+
 -- One uniform draw per sprite, after its noise: from its own generator, or n from gen.
 local function leak_draws(gen, gens, n)
   if gens then
@@ -556,15 +569,7 @@ function M.start(model, opts)
   end
   local ctx = context_rows("context", opts.context, n, cfg)
   local negative = context_rows("negative", opts.negative, n, cfg)
-  local leak = opts.signal_leak
-  if leak ~= nil and type(leak) ~= "boolean" then
-    error("diffusion.sample: signal_leak must be true or false, got " .. type(leak), 3)
-  end
-  if leak and not cfg.signal_leak then
-    error("diffusion.sample: signal_leak: the model carries no signal-leak statistics (a "
-      .. "model file from train.lua of this version has them; see scripts/signal_leak.lua)", 3)
-  end
-  local leaked = leak ~= false and cfg.signal_leak ~= nil and opts.init == nil
+  local leaked = leak_wanted("diffusion.sample", opts.signal_leak, cfg) and opts.init == nil
     and opts.noise == nil
   if leaked then
     local shape = x:shape()
@@ -810,14 +815,7 @@ function M.start_interpolation(model, opts)
   -- the signal leak: each endpoint's means as sampling with its seed alone picks them (the
   -- draw after its noise), blended linearly between
   local means
-  if opts.signal_leak ~= nil and type(opts.signal_leak) ~= "boolean" then
-    error("diffusion.interpolate: signal_leak must be true or false, got "
-      .. type(opts.signal_leak), 2)
-  end
-  if opts.signal_leak and not cfg.signal_leak then
-    error("diffusion.interpolate: signal_leak: the model carries no signal-leak statistics", 2)
-  end
-  if opts.signal_leak ~= false and cfg.signal_leak then
+  if leak_wanted("diffusion.interpolate", opts.signal_leak, cfg) then
     local ma = leak_means(cfg.signal_leak, ra and { ra } or nil, leak_draws(nil, { ga }, 1), 1,
       C)[1]
     local mb = leak_means(cfg.signal_leak, rb and { rb } or nil, leak_draws(nil, { gb }, 1), 1,
