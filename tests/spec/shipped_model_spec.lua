@@ -5,6 +5,21 @@ local minisd = require("minisd")
 local classifier = require("minisd.classifier")
 local quality = require("minisd.quality")
 
+-- The bundled sprites with a label (labelled true) or without one, as one tensor.
+local function real_sprites(labelled)
+  local ds, picked = minisd.data.load(), {}
+  for i, r in ipairs(ds.labels:totable()) do
+    local sum = 0
+    for _, v in ipairs(r) do
+      sum = sum + v
+    end
+    if (sum > 0) == labelled then
+      picked[#picked + 1] = ds.images:narrow(1, i, 1)
+    end
+  end
+  return minisd.cat(picked, 1)
+end
+
 describe("the shipped sprite model", function()
   local model, clf
 
@@ -37,17 +52,7 @@ describe("the shipped sprite model", function()
       steps = 25, guidance = 6, seed = 1 })
     local noise = minisd.randn(x:shape(), minisd.Generator(2))
     -- the reference: the real sprites with a label (the samples all have one)
-    local ds, labelled = minisd.data.load(), {}
-    for i, r in ipairs(ds.labels:totable()) do
-      local sum = 0
-      for _, v in ipairs(r) do
-        sum = sum + v
-      end
-      if sum > 0 then
-        labelled[#labelled + 1] = ds.images:narrow(1, i, 1)
-      end
-    end
-    local real = minisd.cat(labelled, 1)
+    local real = real_sprites(true)
     local pred, f_samples = classifier.predict(clf, classifier.prepare(x), { features = true })
     local _, f_noise = classifier.predict(clf, classifier.prepare(noise), { features = true })
     local _, f_real = classifier.predict(clf, classifier.prepare(real), { features = true })
@@ -88,18 +93,7 @@ describe("the shipped sprite model", function()
     .. "as the real ones are", function()
       local groups = model.config.signal_leak.groups
       assert.are.equal(856 * 4, #groups.none) -- the bundled sprites without a label
-      local ds = minisd.data.load()
-      local real, rows = {}, ds.labels:totable()
-      for i, r in ipairs(rows) do
-        local sum = 0
-        for _, v in ipairs(r) do
-          sum = sum + v
-        end
-        if sum == 0 then
-          real[#real + 1] = ds.images:narrow(1, i, 1)
-        end
-      end
-      local share_real = full_tiles(minisd.cat(real, 1))
+      local share_real = full_tiles(real_sprites(false))
       local opts = { n = 100, steps = 10, seed = 1, context = minisd.zeros({ 100, 5 }) }
       local with = full_tiles(minisd.diffusion.sample(model, opts))
       opts.signal_leak = false
