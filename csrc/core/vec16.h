@@ -72,5 +72,6 @@ INLINE void transpose16(vf r[16])
     for (int i = 0; i < 16; i += 2)
         SWAP1(i);
 }
+#define VTRANSPOSE(r) transpose16(r)
 
 #endif
