@@ -242,9 +242,17 @@ TARGET_AVX2 INLINE __m256i lanes8(size_t n, size_t i)
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+/* Whole vectors by plain loads and stores, the last partial one masked: vmaskmovps
+ * stores are slow on AMD's cores (Zen 3: the masked forms made the loops 1.9 and 2.9 ns an
+ * element forward and backward, bench_act), and the lanes computed are the same. */
 TARGET_AVX2 static void gelu_fwd_avx2(float *y, const float *x, size_t n)
 {
-    for (size_t i = 0; i < n; i += 8) {
+    size_t i = 0, e8 = n / 8 * 8;
+    for (; i < e8; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i), e;
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(v, normal_cdf8(v, &e)));
+    }
+    if (i < n) {
         __m256i m = lanes8(n, i);
         __m256 v = _mm256_maskload_ps(x + i, m), e;
         _mm256_maskstore_ps(y + i, m, _mm256_mul_ps(v, normal_cdf8(v, &e)));
@@ -254,7 +262,16 @@ TARGET_AVX2 static void gelu_fwd_avx2(float *y, const float *x, size_t n)
 TARGET_AVX2 static void gelu_bwd_avx2(float *out, const float *dy, const float *x, size_t n,
                                       int add)
 {
-    for (size_t i = 0; i < n; i += 8) {
+    size_t i = 0, e8 = n / 8 * 8;
+    for (; i < e8; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i), e, cdf = normal_cdf8(v, &e);
+        __m256 g = _mm256_fmadd_ps(_mm256_mul_ps(v, _mm256_set1_ps(INV_SQRT_2PI)), e, cdf);
+        __m256 d = _mm256_mul_ps(_mm256_loadu_ps(dy + i), g);
+        if (add)
+            d = _mm256_add_ps(_mm256_loadu_ps(out + i), d);
+        _mm256_storeu_ps(out + i, d);
+    }
+    if (i < n) {
         __m256i m = lanes8(n, i);
         __m256 v = _mm256_maskload_ps(x + i, m), e, cdf = normal_cdf8(v, &e);
         __m256 g = _mm256_fmadd_ps(_mm256_mul_ps(v, _mm256_set1_ps(INV_SQRT_2PI)), e, cdf);
