@@ -25,12 +25,12 @@ static inline size_t plane_of(size_t T, int C)
 }
 
 /* ---- vectors ----------------------------------------------------------------
- * The transforms and layout changes work on 16 channels at a time in a GCC vector (one zmm
- * register at AVX-512, two at AVX2, four SSE registers at the baseline): the
- * body of a tile, always inlined, runs with k = 16 on whole blocks (fixed-size
- * copies: plain vector loads and stores) and once with k < 16 on the last
- * channels, on zero-filled vectors (vec16.h: the vector type, its loads and stores, and
- * the 16 x 16 transpose). */
+ * The transforms and layout changes work on VL channels at a time in a GCC vector (16: one
+ * zmm register at AVX-512, four SSE registers at the baseline; 8: one ymm at AVX2): the
+ * body of a tile, always inlined, runs with k = VL on whole blocks (fixed-size
+ * copies: plain vector loads and stores) and once with k < VL on the last
+ * channels, on zero-filled vectors (vec16.h, vec8.h: the vector type, its loads and
+ * stores, and the VL x VL transpose). */
 
 /* ---- layout changes -------------------------------------------------------- */
 
@@ -62,9 +62,9 @@ INLINE void cl_block(float *d, const float *src, int L, int W, int C, size_t rs,
 }
 
 /* dc (nb, H+p+p, W+p+p, C): x (nb, C, H, W) channels last, padded by p zeros
- * on every side (p = 0 or 1), in blocks of 16 channels x 16 pixels; with sum
+ * on every side (p = 0 or 1), in blocks of VL channels x VL pixels; with sum
  * (C floats), x's sums over images and pixels added to it (a fixed order:
- * image by image, 16 pixels at a time). */
+ * image by image, pixel by pixel). */
 WTF_ATTR void WTF(to_channels_last)(float *restrict dc, const float *restrict x, int nb, int C, int H,
                              int W, int p, float *restrict sum)
 {
@@ -276,7 +276,7 @@ INLINE void output_tile4(float *o, const float *m, size_t step, size_t rs, int p
     }
 }
 
-/* One row of tiles, channels [c0, c0+kc): their m output rows into buf (m W pixels of 16
+/* One row of tiles, channels [c0, c0+kc): their m output rows into buf (m W pixels of VL
  * floats), = A^T M A of tiles t0 .. t0 + W/m - 1 of M ((m + 2)^2, T, C). */
 INLINE void output_row(float *buf, const float *M, size_t step, int C, size_t t0, int W, int c0,
                        int kc, int m)
@@ -292,11 +292,11 @@ INLINE void output_row(float *buf, const float *M, size_t step, int C, size_t t0
 }
 
 /* y (C, H, W) = (or += with add) the image of tiles t0 .. of M ((m + 2)^2, T, C) + b (C, or
- * NULL; ignored with add): per row of tiles and 16 channels, the m output rows (m W floats in
- * a row of each channel's plane) formed channels last in buf (m W x 16 floats, in L1), then
- * transposed into place 16 pixels at a time: the image never goes through memory channels
- * last. With post, its epilogue on those rows while they are in L1 (the bits of doing it
- * after). */
+ * NULL; ignored with add): per row of tiles and VL channels, the m output rows (m W floats in
+ * a row of each channel's plane) formed channels last in buf (m W x VL floats, in L1), then
+ * transposed into place VL pixels at a time: the image never goes through memory channels
+ * last. With post, its affine on those rows while they are in L1 and its GELU on the image
+ * at the end, in L2 (the bits of doing either after). */
 WTF_ATTR void WTF(output_transform)(float *restrict y, const float *restrict M, size_t T, int C,
                              size_t t0, int H, int W, int m, int add, const float *b,
                              const msd_wino_post *post, float *restrict buf)
@@ -319,16 +319,15 @@ WTF_ATTR void WTF(output_transform)(float *restrict y, const float *restrict M, 
                 else
                     ncl_block(yr + c0 * L, buf, VL, (int)L, add, bc, l0, 0, kl, kc);
             }
-            for (int k = 0; post && k < kc; k++) {
+            for (int k = 0; post && post->a && k < kc; k++) {
                 float *row = yr + (size_t)(c0 + k) * L;
-                if (post->a)
-                    for (int l = 0; l < m * W; l++)
-                        row[l] = row[l] * post->a[c0 + k] + post->b[c0 + k];
-                if (post->gelu)
-                    msd_gelu_forward_inplace(row, (size_t)m * W);
+                for (int l = 0; l < m * W; l++)
+                    row[l] = row[l] * post->a[c0 + k] + post->b[c0 + k];
             }
         }
     }
+    if (post && post->gelu) /* the image, in L2, in one call (bn_forward_chunk's reason) */
+        msd_gelu_forward_inplace(y, (size_t)C * L);
 }
 
 /* One 2x2 tile of dy, channels [c, c+k): d its first row (row stride rs),

@@ -248,6 +248,12 @@ TARGET_AVX2 INLINE __m256i lanes8(size_t n, size_t i)
 TARGET_AVX2 static void gelu_fwd_avx2(float *y, const float *x, size_t n)
 {
     size_t i = 0, e8 = n / 8 * 8;
+    for (; i + 16 <= e8; i += 16) { /* two independent chains */
+        __m256 v0 = _mm256_loadu_ps(x + i), v1 = _mm256_loadu_ps(x + i + 8), e0, e1;
+        __m256 c0 = normal_cdf8(v0, &e0), c1 = normal_cdf8(v1, &e1);
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(v0, c0));
+        _mm256_storeu_ps(y + i + 8, _mm256_mul_ps(v1, c1));
+    }
     for (; i < e8; i += 8) {
         __m256 v = _mm256_loadu_ps(x + i), e;
         _mm256_storeu_ps(y + i, _mm256_mul_ps(v, normal_cdf8(v, &e)));
