@@ -734,7 +734,12 @@ static float *wc_lookup(const float *w, int Cout, int Cin, int m, int bf16, size
 }
 
 /* conv2d_gemm by Winograd (conv_wino.h): groups of msd_wino_group_images
- * images, the kernels transformed once (or taken from the cache with keep_w). */
+ * images, halved while the batch makes fewer than two groups a thread (a few sprites
+ * sampled on two threads: one or two groups a layer left a thread idle, or, with a core busy
+ * elsewhere, nothing for the free thread to take over); the kernels transformed once (or
+ * taken from the cache with keep_w). A forward's bits do not depend on its groups (every
+ * tile's products are its own rows of the GEMMs); the weight gradient's sums do, and it
+ * keeps msd_wino_group_images's. */
 static int conv2d_wino(const char *op, float *y, const float *x, const float *w, const float *b,
                        const conv_geom *g, int add, const float *post_a, const float *post_b,
                        int gelu, int bf16, int keep_w)
@@ -742,6 +747,8 @@ static int conv2d_wino(const char *op, float *y, const float *x, const float *w,
     conv_geom gw = *g;
     int m = msd_wino_tile(g->H, g->W, bf16);
     gw.nbmax = msd_wino_group_images(g->N, g->H, g->W, m);
+    while (gw.nbmax > 1 && (g->N + gw.nbmax - 1) / gw.nbmax < 2 * msd_get_threads())
+        gw.nbmax = (gw.nbmax + 1) / 2;
     msd_wino_conv c = { gw.nbmax, g->Cin, g->H, g->W, g->Cout, bf16, m };
     int G = (g->N + gw.nbmax - 1) / gw.nbmax, nthr, rc;
     /* the transformed kernels, then (bf16) the same packed: floats enough for the words */
