@@ -533,6 +533,11 @@ function M.run(args)
     minisd.set_threads(dist.default_threads())
   end
   minisd.set_precision(args.precision)
+  if args.precision == "bf16" and not select(2, minisd.get_precision()) and lead
+      and not args.quiet then
+    io.stderr:write("note: this CPU has neither AMX nor AVX512-BF16: bf16 runs on the fp32 "
+      .. "kernels with rounded inputs, slower than --precision fp32\n")
+  end
 
   local data_opts = { channels = args.channels, background = args.background }
   local ds, derr = minisd.data.load(args.data, data_opts)

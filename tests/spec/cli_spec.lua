@@ -294,6 +294,15 @@ describe("train.lua", function()
     local l1, l2 = tonumber(la[#la].loss), tonumber(lc[#lc].loss)
     assert.are_not.equal(la[#la].text, lc[#lc].text)
     assert.is_true(math.abs(l1 - l2) < 0.1 * l2, la[#la].text .. " vs " .. lc[#lc].text)
+    -- without --quiet, a CPU with no bf16 hardware is told that fp32 is faster
+    local loud = opts:gsub(" %-%-quiet", "") .. " --epochs 1 --precision bf16 --out " .. tmp
+      .. "/bf_loud"
+    ok, _, out = sh(loud)
+    assert.is_true(ok, out)
+    minisd.set_precision("bf16")
+    local hw = select(2, minisd.get_precision())
+    minisd.set_precision("fp32")
+    assert.are.equal(not hw, out:find("neither AMX nor AVX512-BF16", 1, true) ~= nil, out)
   end)
 
   it("stops at the first non-finite loss, writing no model", function()
