@@ -22,10 +22,11 @@
  * Each plane starts a cache line after the last one ends (plane_of). Position
  * xi = (m + 2) a + b of a transformed tile holds row a, column b.
  *
- * The transforms are written as loops over channels that GCC vectorises;
- * MSD_MULTIVERSION builds them for AVX-512, AVX2 and the baseline. Fixed
+ * The fp32 transforms and layout changes are written once, in conv_wino_tf.h, as
+ * loops over a GCC vector of channels, and compiled here at 16 lanes (MSD_MULTIVERSION:
+ * AVX-512 and the baseline) and in conv_wino_avx2.c at 8 (the AVX2 level). Fixed
  * operations in a fixed order, and no fused multiply-adds (-std=c11), so every
- * clone computes the same bits; the products follow the GEMM's kernel level. */
+ * width and clone computes the same bits; the products follow the GEMM's kernel level. */
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -155,9 +156,8 @@ int msd_wino_planes(int m)
     return (m + 2) * (m + 2);
 }
 
-
-/* The same for U's and dwt's planes (Cin, Cout): Cin Cout floats is 16 KiB at the model's
- * 64 channels. */
+/* Like plane_of (conv_wino_tf.h), for U's and dwt's planes (Cin, Cout): Cin Cout floats
+ * is 16 KiB at the model's 64 channels. */
 size_t msd_wino_plane(int Cout, int Cin)
 {
     return (size_t)Cin * Cout + 16;
