@@ -63,9 +63,27 @@ void msd_wino_avx2_output_transform(float *restrict y, const float *restrict M, 
 void msd_wino_avx2_grad_transform(float *restrict E, const float *restrict dyc, int nb, int C,
                                   int H, int W, int m);
 #define WINO_WIDTH(name, ...)                                                            \
-    (msd_isa_get() == MSD_ISA_AVX2 ? msd_wino_avx2_##name(__VA_ARGS__) : name##_v16(__VA_ARGS__))
+    (lanes8() ? msd_wino_avx2_##name(__VA_ARGS__) : name##_v16(__VA_ARGS__))
 #else
 #define WINO_WIDTH(name, ...) name##_v16(__VA_ARGS__)
+#endif
+
+static atomic_int wino_width; /* msd_wino_width_set's: 0, 8 or 16 */
+
+void msd_wino_width_set(int lanes)
+{
+    atomic_store(&wino_width, lanes == 8 || lanes == 16 ? lanes : 0);
+}
+
+#ifdef WINO_AVX2
+/* 1: the transforms at 8 lanes */
+static int lanes8(void)
+{
+    int w = atomic_load_explicit(&wino_width, memory_order_relaxed);
+    if (w)
+        return w == 8 && msd_isa_best() >= MSD_ISA_AVX2;
+    return msd_isa_get() == MSD_ISA_AVX2;
+}
 #endif
 
 /* The transforms at the width of the kernel level in use (the same bits at either). */

@@ -67,6 +67,11 @@ enum { MSD_WINO_OFF = 0, MSD_WINO_ON = 1, MSD_WINO_F2 = 2 };
 int msd_wino_get(void);
 void msd_wino_set(int mode);
 
+/* The fp32 transforms' vector width (conv_wino_tf.h): 0, the kernel level's (8 lanes at
+ * MSD_ISA_AVX2, else 16; the default), or 8 or 16 forced (8 only where the CPU has AVX2),
+ * for the tests, which check that both widths give the same bits. */
+void msd_wino_width_set(int lanes);
+
 /* The output tile of a Winograd convolution of H x W maps: 4 in fp32 when
  * the mode is MSD_WINO_ON, H and W are multiples of 4 and a map has at least
  * 16 tiles of 4x4 (16x16 and larger), else 2. By shape alone, so that an

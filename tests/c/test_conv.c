@@ -935,6 +935,64 @@ static void test_conv2d_bn_act(void)
         msd_tensor_release(all[i]);
 }
 
+/* The fp32 Winograd transforms at 8 lanes (the AVX2 level's, conv_wino_avx2.c) and at 16
+ * (conv_wino.c) give the same bits, the GEMM's level fixed (the CPU's best): a training
+ * convolution with a bias (forward; dx, dw and the bias gradient, which the channels-last
+ * copy of dy sums) and the eval conv + BatchNorm + GELU (the output transform's epilogue),
+ * on shapes with partial 8- and 16-channel blocks and pixel blocks, by F(4x4) and F(2x2). */
+static void test_winograd_widths(void)
+{
+    if (msd_isa_best() < MSD_ISA_AVX2) {
+        fprintf(stderr, "  no AVX2 on this CPU: one width only\n");
+        return;
+    }
+    const geom cases[] = {
+        { 6, 20, 16, 16, 24, 3, 1, 1 }, /* F(4x4); 8 + 8 + 4 and 16 + 4 channels */
+        { 5, 17, 16, 32, 19, 3, 1, 1 }, /* F(4x4), 16 x 32, odd channels */
+        { 20, 20, 8, 8, 24, 3, 1, 1 },  /* F(2x2) */
+        { 20, 17, 6, 10, 19, 3, 1, 1 }, /* F(2x2), 60 pixels: partial pixel blocks */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const geom *g = &cases[i];
+        int sx[4] = { g->N, g->Cin, g->H, g->W }, sw[4] = { g->Cout, g->Cin, 3, 3 };
+        int sc[1] = { g->Cout };
+        float *got[2][5];
+        size_t n[5];
+        for (int k = 0; k < 2; k++) {
+            msd_wino_width_set(k ? 8 : 16);
+            msd_tensor *x = gc_randn_like(4, sx, 40), *w = gc_randn_like(4, sw, 41);
+            msd_tensor *b = gc_randn_like(1, sc, 42), *y = NULL, *z = NULL;
+            msd_tensor *gm = gc_randn_like(1, sc, 43), *bt = gc_randn_like(1, sc, 44);
+            msd_tensor *rm = gc_randn_like(1, sc, 45), *rv = msd_tensor_full(1, sc, 0.5f);
+            x->requires_grad = w->requires_grad = b->requires_grad = 1;
+            CHECK_OK(msd_conv2d(x, w, b, 1, 1, &y));
+            msd_tensor *dy = gc_randn_like(4, y->shape, 46);
+            CHECK_OK(msd_backward(y, dy, 0));
+            msd_set_grad_enabled(0);
+            CHECK_OK(msd_conv2d_bn_act(x, w, b, 1, 1, gm, bt, rm, rv, 1e-5f, 1, &z));
+            msd_set_grad_enabled(1);
+            const msd_tensor *outs[5] = { y, x->grad, w->grad, b->grad, z };
+            for (int j = 0; j < 5; j++) {
+                n[j] = msd_tensor_numel(outs[j]);
+                got[k][j] = copy_of(outs[j]);
+            }
+            msd_tensor *all[9] = { x, w, b, y, z, gm, bt, rm, rv };
+            for (int j = 0; j < 9; j++)
+                msd_tensor_release(all[j]);
+            msd_tensor_release(dy);
+        }
+        for (int j = 0; j < 5; j++) {
+            if (memcmp(got[0][j], got[1][j], n[j] * sizeof(float)) != 0) {
+                fprintf(stderr, "  case %zu, output %d: 8 and 16 lanes differ\n", i, j);
+                CHECK(0);
+            }
+            free(got[0][j]);
+            free(got[1][j]);
+        }
+    }
+    msd_wino_width_set(0);
+}
+
 int main(void)
 {
     RUN(test_conv2d_hand_values);
@@ -945,6 +1003,7 @@ int main(void)
     RUN(test_conv2d_bf16);
     RUN(test_conv2d_winograd);
     RUN(test_conv2d_winograd_bf16);
+    RUN(test_winograd_widths);
     RUN(test_conv_transpose2d_vs_naive);
     RUN(test_conv_transpose2d_chunked_batch);
     RUN(test_conv2d_gradcheck);
