@@ -65,8 +65,8 @@ INLINE void cl_block(float *d, const float *src, int L, int W, int C, size_t rs,
  * on every side (p = 0 or 1), in blocks of VL channels x VL pixels; with sum
  * (C floats), x's sums over images and pixels added to it (a fixed order:
  * image by image, pixel by pixel). */
-WTF_ATTR void WTF(to_channels_last)(float *restrict dc, const float *restrict x, int nb, int C, int H,
-                             int W, int p, float *restrict sum)
+WTF_ATTR void WTF(to_channels_last)(float *restrict dc, const float *restrict x, int nb, int C,
+                                    int H, int W, int p, float *restrict sum)
 {
     int Wp = W + 2 * p, L = H * W;
     size_t plane = (size_t)(H + 2 * p) * Wp * C, rs = (size_t)Wp * C;
@@ -205,8 +205,8 @@ INLINE void input_tile_f32(float *v, const float *d, size_t rs, size_t step, int
 }
 
 /* V ((m + 2)^2, T, C) = B^T D B for every tile of xc (nb, H+2, W+2, C). */
-WTF_ATTR void WTF(input_transform)(float *restrict V, const float *restrict xc, int nb, int C, int H,
-                            int W, int m)
+WTF_ATTR void WTF(input_transform)(float *restrict V, const float *restrict xc, int nb, int C,
+                                   int H, int W, int m)
 {
     int cv = C / VL * VL;
     size_t T = (size_t)nb * (H / m) * (W / m), step = plane_of(T, C), rs = (size_t)(W + 2) * C;
@@ -298,8 +298,8 @@ INLINE void output_row(float *buf, const float *M, size_t step, int C, size_t t0
  * last. With post, its affine on those rows while they are in L1 and its GELU on the image
  * at the end, in L2 (the bits of doing either after). */
 WTF_ATTR void WTF(output_transform)(float *restrict y, const float *restrict M, size_t T, int C,
-                             size_t t0, int H, int W, int m, int add, const float *b,
-                             const msd_wino_post *post, float *restrict buf)
+                                    size_t t0, int H, int W, int m, int add, const float *b,
+                                    const msd_wino_post *post, float *restrict buf)
 {
     size_t step = plane_of(T, C), L = (size_t)H * W;
     for (int ty = 0; ty < H / m; ty++) {
@@ -400,8 +400,8 @@ static inline const float *grad_in(const float *dyc, size_t t, int H, int W, int
 }
 
 /* E ((m + 2)^2, T, C) = A dY A^T for every m x m tile of dyc (nb, H+2, W+2, C). */
-WTF_ATTR void WTF(grad_transform)(float *restrict E, const float *restrict dyc, int nb, int C, int H,
-                           int W, int m)
+WTF_ATTR void WTF(grad_transform)(float *restrict E, const float *restrict dyc, int nb, int C,
+                                  int H, int W, int m)
 {
     int cv = C / VL * VL;
     size_t T = (size_t)nb * (H / m) * (W / m), step = plane_of(T, C), rs = (size_t)(W + 2) * C;

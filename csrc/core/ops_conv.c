@@ -605,17 +605,19 @@ static void wino_pack_chunk(void *ctx, int xi, int tid)
  * call was a fifth of a one-sprite bf16 step, and packing F(4x4)'s 36 planes a third of an
  * fp32 one (perf). A forward that records no gradient
  * (grad mode off, or weights that do not require it) keeps its transformed kernels in this
- * thread's cache, keyed by the weights' address and shape, with a copy of the weights they
- * were made from: a memcmp against it (cheap beside the transform) says whether they are
- * still good, so weights changed in place are transformed again, never used stale. At most
- * WCACHE_N entries, the least recently used replaced; freed when the thread exits. */
+ * thread's cache, keyed by the weights' address and shape, with the stamp of the weights'
+ * storage they were made at (tensor.h): the same stamp means that nothing has had a pointer
+ * to write to the weights since, so weights changed in place (an optimizer step, copy_, a
+ * load) are transformed again, never used stale. (Until the eleventh session a memcmp
+ * against a copy of the weights said so: 8% of a one-sprite sampling step, perf, Zen 3.) At
+ * most WCACHE_N entries, the least recently used replaced; freed when the thread exits. */
 #define WCACHE_N 32
 
 typedef struct wcache_entry {
     const float *w;
     int Cout, Cin, m, bf16, isa; /* isa: the kernel level the fp32 packing is for */
-    float *wcopy; /* Cout Cin 9 floats */
-    float *u;     /* the transformed kernels, packed (msd_wino_pack), 64-byte aligned */
+    unsigned long long stamp;    /* w's storage's stamp when u was made */
+    float *u; /* the transformed kernels, packed (msd_wino_pack), 64-byte aligned */
     size_t nu;
     unsigned long long used;
 } wcache_entry;
@@ -631,10 +633,8 @@ static int wc_key_ok;
 
 static void wc_clear(wcache *c)
 {
-    for (int i = 0; i < WCACHE_N; i++) {
-        free(c->e[i].wcopy);
+    for (int i = 0; i < WCACHE_N; i++)
         free(c->e[i].u);
-    }
     memset(c, 0, sizeof *c);
 }
 
@@ -676,8 +676,7 @@ msd_conv_cache_stats msd_conv_cache_get_stats(void)
     for (int i = 0; c && i < WCACHE_N; i++)
         if (c->e[i].u) {
             st.entries++;
-            st.bytes += c->e[i].nu * sizeof(float) +
-                        (size_t)c->e[i].Cout * c->e[i].Cin * 9 * sizeof(float);
+            st.bytes += c->e[i].nu * sizeof(float);
         }
     if (c) {
         st.hits = c->hits;
@@ -686,17 +685,16 @@ msd_conv_cache_stats msd_conv_cache_get_stats(void)
     return st;
 }
 
-/* The cached room (nu floats) for the transformed kernels of w: *valid = 1 when they are
- * there already, 0 when the caller must (re)compute them into it; NULL when no room could
- * be had (the caller transforms into its own). */
-static float *wc_lookup(const float *w, int Cout, int Cin, int m, int bf16, size_t nu,
-                        int *valid)
+/* The cached room (nu floats) for the transformed kernels of w (read at stamp): *valid = 1
+ * when they are there already, 0 when the caller must (re)compute them into it; NULL when
+ * no room could be had (the caller transforms into its own). */
+static float *wc_lookup(const float *w, unsigned long long stamp, int Cout, int Cin, int m,
+                        int bf16, size_t nu, int *valid)
 {
     wcache *c = wc_get(1);
     if (!c)
         return NULL;
     int isa = msd_isa_get();
-    size_t wbytes = (size_t)Cout * Cin * 9 * sizeof(float);
     wcache_entry *e = NULL, *victim = &c->e[0];
     for (int i = 0; i < WCACHE_N && !e; i++) {
         wcache_entry *t = &c->e[i];
@@ -709,26 +707,19 @@ static float *wc_lookup(const float *w, int Cout, int Cin, int m, int bf16, size
     c->clock++;
     if (e) {
         e->used = c->clock;
-        *valid = memcmp(e->wcopy, w, wbytes) == 0;
-        if (*valid)
-            c->hits++;
-        else
-            memcpy(e->wcopy, w, wbytes);
+        *valid = e->stamp == stamp;
+        e->stamp = stamp;
+        c->hits += *valid;
         c->misses += !*valid;
         return e->u;
     }
     c->misses++;
-    free(victim->wcopy);
     free(victim->u);
     memset(victim, 0, sizeof *victim);
-    float *wc = malloc(wbytes), *u = aligned_alloc(64, (nu + 15) / 16 * 16 * sizeof(float));
-    if (!wc || !u) {
-        free(wc);
-        free(u);
+    float *u = aligned_alloc(64, (nu + 15) / 16 * 16 * sizeof(float));
+    if (!u)
         return NULL;
-    }
-    memcpy(wc, w, wbytes);
-    *victim = (wcache_entry){ w, Cout, Cin, m, bf16, isa, wc, u, nu, c->clock };
+    *victim = (wcache_entry){ w, Cout, Cin, m, bf16, isa, stamp, u, nu, c->clock };
     *valid = 0;
     return u;
 }
@@ -737,12 +728,12 @@ static float *wc_lookup(const float *w, int Cout, int Cin, int m, int bf16, size
  * images, halved while the batch makes fewer than two groups a thread (a few sprites
  * sampled on two threads: one or two groups a layer left a thread idle, or, with a core busy
  * elsewhere, nothing for the free thread to take over); the kernels transformed once (or
- * taken from the cache with keep_w). A forward's bits do not depend on its groups (every
+ * taken from the cache with wstamp). A forward's bits do not depend on its groups (every
  * tile's products are its own rows of the GEMMs); the weight gradient's sums do, and it
  * keeps msd_wino_group_images's. */
 static int conv2d_wino(const char *op, float *y, const float *x, const float *w, const float *b,
                        const conv_geom *g, int add, const float *post_a, const float *post_b,
-                       int gelu, int bf16, int keep_w)
+                       int gelu, int bf16, unsigned long long wstamp)
 {
     conv_geom gw = *g;
     int m = msd_wino_tile(g->H, g->W, bf16);
@@ -757,7 +748,7 @@ static int conv2d_wino(const char *op, float *y, const float *x, const float *w,
     size_t np = msd_wino_packed_words(g->Cout, g->Cin, m, bf16);
     int valid = 0;
     /* the packed kernels: cached, or in pk; U, what they are packed from, in u */
-    float *ud = keep_w ? wc_lookup(w, g->Cout, g->Cin, m, bf16, np, &valid) : NULL;
+    float *ud = wstamp ? wc_lookup(w, wstamp, g->Cout, g->Cin, m, bf16, np, &valid) : NULL;
     msd_storage *sc = NULL, *pk = ud ? NULL : msd_storage_new(np);
     msd_storage *u = valid ? NULL : msd_storage_new(nu);
     if ((!ud && !pk) || (!valid && !u)) {
@@ -790,15 +781,16 @@ static int conv2d_wino(const char *op, float *y, const float *x, const float *w,
 
 /* y (N, Cout, Ho, Wo) = (or += with add, bias ignored) conv2d of x with w;
  * then, when post_a is given, y = y post_a + post_b per channel, and GELU.
- * keep_w: w is a model's weights in a forward that records no gradient (the
+ * wstamp: nonzero when w is a model's weights in a forward that records no gradient, read at
+ * that stamp of their storage (msd_tensor_read; the
  * transformed-kernel cache may serve it). */
 static int conv2d_gemm(const char *op, float *y, const float *x, const float *w, const float *b,
                        const conv_geom *g, int add, const float *post_a, const float *post_b,
-                       int gelu, int keep_w)
+                       int gelu, unsigned long long wstamp)
 {
     int bf16 = msd_precision_get() == MSD_PREC_BF16;
     if (wino_path(g, bf16))
-        return conv2d_wino(op, y, x, w, b, g, add, post_a, post_b, gelu, bf16, keep_w);
+        return conv2d_wino(op, y, x, w, b, g, add, post_a, post_b, gelu, bf16, wstamp);
     int G = (g->N + g->nbmax - 1) / g->nbmax, nthr;
     int amx = bf16 && msd_amx_conv_ok(g->Cin, g->Cout, g->s);
     size_t per = amx ? amx_scratch_floats(g)
@@ -823,12 +815,12 @@ static int conv2d_gemm(const char *op, float *y, const float *x, const float *w,
 
 static int conv2d_forward(float *y, const float *x, const float *w, const float *b, int N,
                           int Cin, int H, int W, int Cout, int kh, int kw, int stride, int pad,
-                          int keep_w)
+                          unsigned long long wstamp)
 {
     conv_geom g = make_geom(N, Cin, H, W, Cout, kh, kw, stride, pad);
     if (N == 0 || g.Ho <= 0 || g.Wo <= 0)
         return MSD_OK;
-    return conv2d_gemm("conv2d", y, x, w, b, &g, 0, NULL, NULL, 0, keep_w);
+    return conv2d_gemm("conv2d", y, x, w, b, &g, 0, NULL, NULL, 0, wstamp);
 }
 
 int msd_conv2d_forward(float *y, const float *x, const float *w, const float *b, int N, int Cin,
@@ -1408,11 +1400,16 @@ static int conv_any(int transposed, msd_tensor *x, msd_tensor *w, msd_tensor *b,
                                           msd_tensor_data(w), pb, x->shape[0], x->shape[1],
                                           x->shape[2], x->shape[3], os[1], w->shape[2],
                                           w->shape[3], stride, pad);
-    else
-        rc = conv2d_forward(msd_tensor_data(y), msd_tensor_data(x), msd_tensor_data(w), pb,
-                            x->shape[0], x->shape[1], x->shape[2], x->shape[3], os[1],
-                            w->shape[2], w->shape[3], stride, pad,
-                            !(msd_grad_enabled() && msd_requires_grad(w)));
+    else {
+        /* weights that no gradient will follow: read at their stamp, which the
+         * transformed-kernel cache checks */
+        unsigned long long stamp = 0;
+        int keep = !(msd_grad_enabled() && msd_requires_grad(w));
+        const float *pw = keep ? msd_tensor_read(w, &stamp) : msd_tensor_data(w);
+        rc = conv2d_forward(msd_tensor_data(y), msd_tensor_data(x), pw, pb, x->shape[0],
+                            x->shape[1], x->shape[2], x->shape[3], os[1], w->shape[2],
+                            w->shape[3], stride, pad, stamp);
+    }
     msd_tensor *in[3] = { x, w, b };
     msd_node *node = NULL;
     if (rc != MSD_OK) {
@@ -1484,8 +1481,10 @@ int msd_conv2d_bn_act(msd_tensor *x, msd_tensor *w, msd_tensor *b, int stride, i
                        bn_bias ? msd_tensor_data(bn_bias) : NULL, C);
     conv_geom g = make_geom(x->shape[0], x->shape[1], x->shape[2], x->shape[3], C, w->shape[2],
                             w->shape[3], stride, padding);
-    rc = conv2d_gemm(op, msd_tensor_data(y), msd_tensor_data(x), msd_tensor_data(w),
-                     b ? msd_tensor_data(b) : NULL, &g, 0, a, sh, gelu, 1);
+    unsigned long long stamp;
+    const float *pw = msd_tensor_read(w, &stamp); /* inference: the cache may serve w */
+    rc = conv2d_gemm(op, msd_tensor_data(y), msd_tensor_data(x), pw,
+                     b ? msd_tensor_data(b) : NULL, &g, 0, a, sh, gelu, stamp);
     msd_storage_release(ab);
     if (rc != MSD_OK) {
         msd_tensor_release(y);

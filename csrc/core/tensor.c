@@ -33,6 +33,8 @@ typedef struct block {
     struct block *next;
 } block;
 
+_Atomic unsigned long long msd_stamp_counter;
+
 static _Thread_local block *free_list[N_CLASSES];
 static _Thread_local msd_mem_stats stats;
 
@@ -81,6 +83,7 @@ msd_storage *msd_storage_new(size_t size)
     s->data = p;
     s->size = size;
     s->refcount = 1;
+    atomic_init(&s->stamp, msd_stamp_next());
     stats.allocs++;
     stats.live_bytes += bytes;
     if (stats.live_bytes > stats.peak_bytes)

@@ -9,6 +9,7 @@
 #ifndef MSD_TENSOR_H
 #define MSD_TENSOR_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 #include "error.h"
@@ -26,7 +27,20 @@ typedef struct msd_storage {
     float *data;
     size_t size; /* capacity in floats */
     int refcount;
+    /* A fresh msd_stamp_next() at the storage's creation and at every msd_tensor_data of a
+     * tensor over it: unique over all storages and times, so a stamp seen again means that no
+     * writable pointer to the storage has been handed out since (the transformed-kernel
+     * cache of ops_conv.c relies on it: msd_tensor_data is the only way to a tensor's
+     * floats, and every write goes through a pointer it returned). */
+    _Atomic unsigned long long stamp;
 } msd_storage;
+
+/* The next value of the process's stamp counter (never 0). */
+extern _Atomic unsigned long long msd_stamp_counter;
+static inline unsigned long long msd_stamp_next(void)
+{
+    return atomic_fetch_add_explicit(&msd_stamp_counter, 1, memory_order_relaxed) + 1;
+}
 
 typedef struct msd_tensor {
     int refcount;
@@ -40,8 +54,19 @@ typedef struct msd_tensor {
     msd_node *grad_fn;        /* the node that produced it, or NULL */
 } msd_tensor;
 
+/* t's floats, to read or write; gives the storage a new stamp. */
 static inline float *msd_tensor_data(const msd_tensor *t)
 {
+    atomic_store_explicit(&t->storage->stamp, msd_stamp_next(), memory_order_relaxed);
+    return t->storage->data + t->offset;
+}
+
+/* t's floats, read only, and its storage's stamp left as it is: for a caller that reads
+ * and keeps something computed from them (the conv's transformed kernels, with *stamp,
+ * the stamp they were read at). */
+static inline const float *msd_tensor_read(const msd_tensor *t, unsigned long long *stamp)
+{
+    *stamp = atomic_load_explicit(&t->storage->stamp, memory_order_relaxed);
     return t->storage->data + t->offset;
 }
 

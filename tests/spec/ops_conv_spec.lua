@@ -166,4 +166,30 @@ describe("transformed-kernel cache (inference)", function()
       assert.are.equal(0, stats().entries)
     end)
   end
+
+  it("sees an optimizer step on the weights (their storage's stamp): transformed again",
+    function()
+      minisd.clear_conv_cache()
+      local w2 = w:clone():requires_grad_(true)
+      local function infer2()
+        return minisd.no_grad(function() return minisd.conv2d(x, w2, b, 1, 1) end)
+      end
+      local ya = infer2()
+      H.assert_close(infer2(), ya, 0, 0, "served from the cache")
+      assert.are.same({ 1, 1 }, { stats().misses, stats().hits })
+      minisd.conv2d(x, w2, b, 1, 1):sum():backward()
+      minisd.optim.SGD({ w2 }, { lr = 0.1 }):step()
+      local yb = infer2()
+      assert.are.equal(2, stats().misses)
+      assert.is_true((yb - ya):abs():max() > 1e-3, "the step changed the output")
+      H.assert_close(yb, minisd.conv2d(x, w2:clone():requires_grad_(true), b, 1, 1), 0, 0,
+        "the stepped weights' bits")
+      -- an entry of freed weights is never taken for new ones at the same address
+      w2 = nil
+      collectgarbage()
+      collectgarbage()
+      local w3 = (w * 0.25):requires_grad_(false)
+      H.assert_close(minisd.no_grad(function() return minisd.conv2d(x, w3, b, 1, 1) end),
+        minisd.conv2d(x, w3:clone():requires_grad_(true), b, 1, 1), 0, 0, "new weights")
+    end)
 end)
