@@ -265,23 +265,27 @@ TARGET_AVX2 static void gelu_fwd_avx2(float *y, const float *x, size_t n)
     }
 }
 
+/* the backward's term dy gelu'(v) */
+TARGET_AVX2 INLINE __m256 gelu_term8(__m256 v, __m256 dyv)
+{
+    __m256 e, cdf = normal_cdf8(v, &e);
+    __m256 g = _mm256_fmadd_ps(_mm256_mul_ps(v, _mm256_set1_ps(INV_SQRT_2PI)), e, cdf);
+    return _mm256_mul_ps(dyv, g);
+}
+
 TARGET_AVX2 static void gelu_bwd_avx2(float *out, const float *dy, const float *x, size_t n,
                                       int add)
 {
     size_t i = 0, e8 = n / 8 * 8;
     for (; i < e8; i += 8) {
-        __m256 v = _mm256_loadu_ps(x + i), e, cdf = normal_cdf8(v, &e);
-        __m256 g = _mm256_fmadd_ps(_mm256_mul_ps(v, _mm256_set1_ps(INV_SQRT_2PI)), e, cdf);
-        __m256 d = _mm256_mul_ps(_mm256_loadu_ps(dy + i), g);
+        __m256 d = gelu_term8(_mm256_loadu_ps(x + i), _mm256_loadu_ps(dy + i));
         if (add)
             d = _mm256_add_ps(_mm256_loadu_ps(out + i), d);
         _mm256_storeu_ps(out + i, d);
     }
     if (i < n) {
         __m256i m = lanes8(n, i);
-        __m256 v = _mm256_maskload_ps(x + i, m), e, cdf = normal_cdf8(v, &e);
-        __m256 g = _mm256_fmadd_ps(_mm256_mul_ps(v, _mm256_set1_ps(INV_SQRT_2PI)), e, cdf);
-        __m256 d = _mm256_mul_ps(_mm256_maskload_ps(dy + i, m), g);
+        __m256 d = gelu_term8(_mm256_maskload_ps(x + i, m), _mm256_maskload_ps(dy + i, m));
         if (add)
             d = _mm256_add_ps(_mm256_maskload_ps(out + i, m), d);
         _mm256_maskstore_ps(out + i, m, d);
