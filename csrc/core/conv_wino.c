@@ -51,17 +51,8 @@
 #include "conv_wino_tf.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
-/* ... and at 8 (conv_wino_avx2.c), for the AVX2 level. */
+/* ... and at 8 (conv_wino_avx2.c, declared in conv_wino.h), for the AVX2 level. */
 #define WINO_AVX2 1
-void msd_wino_avx2_to_channels_last(float *restrict dc, const float *restrict x, int nb, int C,
-                                    int H, int W, int p, float *restrict sum);
-void msd_wino_avx2_input_transform(float *restrict V, const float *restrict xc, int nb, int C,
-                                   int H, int W, int m);
-void msd_wino_avx2_output_transform(float *restrict y, const float *restrict M, size_t T, int C,
-                                    size_t t0, int H, int W, int m, int add, const float *b,
-                                    const msd_wino_post *post, float *restrict buf);
-void msd_wino_avx2_grad_transform(float *restrict E, const float *restrict dyc, int nb, int C,
-                                  int H, int W, int m);
 #define WINO_WIDTH(name, ...)                                                            \
     (lanes8() ? msd_wino_avx2_##name(__VA_ARGS__) : name##_v16(__VA_ARGS__))
 #else

@@ -142,4 +142,18 @@ void msd_wino_backward(const msd_wino_conv *c, float *dx, int dx_add, const uint
  * over its threads). */
 void msd_wino_dw_finish(float *dw, const float *dwt, int Cout, int Cin, int m, int o0, int o1);
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* conv_wino.c's transforms and layout changes (conv_wino_tf.h) at 8 lanes, compiled for
+ * AVX2 + FMA in conv_wino_avx2.c: to be called only where the CPU has them. */
+void msd_wino_avx2_to_channels_last(float *restrict dc, const float *restrict x, int nb, int C,
+                                    int H, int W, int p, float *restrict sum);
+void msd_wino_avx2_input_transform(float *restrict V, const float *restrict xc, int nb, int C,
+                                   int H, int W, int m);
+void msd_wino_avx2_output_transform(float *restrict y, const float *restrict M, size_t T, int C,
+                                    size_t t0, int H, int W, int m, int add, const float *b,
+                                    const msd_wino_post *post, float *restrict buf);
+void msd_wino_avx2_grad_transform(float *restrict E, const float *restrict dyc, int nb, int C,
+                                  int H, int W, int m);
+#endif
+
 #endif
