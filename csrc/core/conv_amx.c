@@ -14,13 +14,22 @@
  * the q where ox >= Wo or oy >= Ho are computed and thrown away (27% more
  * work at 16x16 with pad 1, 56% at 8x8), small next to the tiles' speed.
  *
- * Forward: y[co, q] = sum over taps t and channels ci of
- * wa[co, t*Cin + ci] * xv[ci, q + off(t)], with A = the packed weights and
- * B = the image with channel pairs interleaved (xv: (Cin/2, Pbuf, 2)).
- * Weight gradient: dwt[(ci, t), co] = sum over q of xc[ci, q + off(t)] *
- * dy[co, q], with A = the image channel-major (xc: (Cin, Pbuf)) and B = dy
- * with position pairs interleaved (dyv: (Pc/2, Cout, 2)), zero at the
- * thrown-away q. */
+ * Forward: y[q, co] = sum over taps t and channels ci of
+ * xl[q + off(t), ci] * w[co, ci, t], with A = the image channels last (xl:
+ * (Pbuf, Cin), one position a row: a tap's shift moves a tile by whole rows,
+ * so every tile row is one aligned 64-byte line; shifting the positions
+ * within a row instead, as the first version did with the image channel-major,
+ * made most rows straddle two lines and cost a third of the forward) and B =
+ * the packed weights (msd_amx_pack_weights). The 32 x 32 result blocks come
+ * out position-major and are transposed on their way to y.
+ * Weight gradient, tap by tap: dwt[(ci, t), co] = sum over q of dy[co, q] *
+ * xl[q + off(t), ci], with A = dy channel-major (dyc: (Cout, Pc), zero at the
+ * thrown-away q) and B = the image channels last with pairs of positions
+ * interleaved, as the tiles' K runs over pairs: q + off(t) starts a pair at an
+ * even position when off(t) is even and an odd one when it is odd, so the
+ * image is paired both ways (xe: positions 2p, 2p+1; xo: 2p+1, 2p+2), and a
+ * tap's shift again moves a tile by whole rows. The blocks come out (co, ci)
+ * and are transposed on their way to dwt. */
 #include <string.h>
 
 #include "conv_amx.h"
@@ -31,6 +40,7 @@
 #include <immintrin.h>
 
 #include "bf16_x86.h"
+#include "vec16.h"
 #define MSD_AMX 1
 #endif
 
@@ -116,10 +126,11 @@ static void zero_outside(char *row, size_t sz, const grid *g, int nb, int y0, in
 size_t msd_amx_conv_scratch(const msd_amx_conv *c)
 {
     grid g = make_grid(c);
-    /* forward: xv, then the output offset of each q */
-    size_t fwd = align64((size_t)c->Cin * g.Pbuf * 2) + g.Pc * sizeof(long);
-    /* weight gradient: xc, then dy channel-major, then dyv */
-    size_t dw = align64((size_t)c->Cin * g.Pbuf * 2) + 2 * align64(g.Pc * (size_t)c->Cout * 2);
+    size_t xl = align64((size_t)c->Cin * g.Pbuf * 2);
+    /* forward: xl, then the output offset of each q */
+    size_t fwd = xl + g.Pc * sizeof(long);
+    /* weight gradient: xl, its two pairings, then dy channel-major */
+    size_t dw = 3 * xl + align64(g.Pc * (size_t)c->Cout * 2);
     return fwd > dw ? fwd : dw;
 }
 
@@ -127,47 +138,59 @@ size_t msd_amx_conv_scratch(const msd_amx_conv *c)
 static void pack_weights_avx512(uint16_t *wa, const float *w, int Cout, int Cin, int taps);
 #endif
 
+/* Offset in wa of the pair (channels ci & ~1, ci | 1) for output channel co and tap t: the
+ * 16 x 16 block of 32-bit words of (t, ci / 32, co / 16), row (ci % 32) / 2, column co % 16,
+ * low half the even channel. */
+static size_t packed_at(int co, int ci, int t, int Cin, int Cout)
+{
+    size_t blk = ((size_t)t * (Cin / 32) + (size_t)ci / 32) * (size_t)(Cout / 16) + co / 16;
+    return blk * 512 + (size_t)(ci % 32 / 2) * 32 + (size_t)(co % 16) * 2 + ci % 2;
+}
+
 void msd_amx_pack_weights(uint16_t *wa, const float *w, int Cout, int Cin, int taps)
 {
 #ifdef MSD_AMX
     /* every call of a bf16 convolution packs its weights: vectorised, so that a batch of
      * one image does not spend its time here */
-    if (msd_isa_get() >= MSD_ISA_AVX512 && Cin % 16 == 0) {
+    if (msd_isa_get() >= MSD_ISA_AVX512) {
         pack_weights_avx512(wa, w, Cout, Cin, taps);
         return;
     }
 #endif
-    size_t kt = (size_t)taps * Cin;
     for (int co = 0; co < Cout; co++)
         for (int ci = 0; ci < Cin; ci++)
             for (int t = 0; t < taps; t++)
-                wa[co * kt + (size_t)t * Cin + ci] =
+                wa[packed_at(co, ci, t, Cin, Cout)] =
                     msd_bf16_from_float(w[((size_t)co * Cin + ci) * taps + t]);
 }
 
 #ifdef MSD_AMX
 
 #define AVX512 "avx512f,avx512bw,avx512vl"
-#define AMX AVX512 ",amx-tile,amx-bf16"
+#define AMX AVX512 ",avx512bf16,amx-tile,amx-bf16"
 
-/* msd_amx_pack_weights for Cin a multiple of 16: 16 input channels of one output channel
- * and tap at a time, gathered at the stride of the taps */
+/* msd_amx_pack_weights, one 64-byte row of a block at a time (written in order): the even
+ * and the odd channel of a pair for 16 output channels, each gathered at the stride of an
+ * output channel's weights */
 __attribute__((target(AVX512))) static void pack_weights_avx512(uint16_t *wa, const float *w,
                                                                 int Cout, int Cin, int taps)
 {
-    size_t kt = (size_t)taps * Cin;
     __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
                                                        12, 13, 14, 15),
-                                     _mm512_set1_epi32(taps));
-    for (int co = 0; co < Cout; co++)
-        for (int t = 0; t < taps; t++)
-            for (int ci = 0; ci < Cin; ci += 16) {
-                const float *src = w + ((size_t)co * Cin + ci) * taps + t;
-                __m512 v = _mm512_i32gather_ps(idx, src, 4);
-                __m512i h = _mm512_srli_epi32(msd_bf16_hi512(v), 16);
-                _mm256_storeu_si256((__m256i *)(wa + co * kt + (size_t)t * Cin + ci),
-                                    _mm512_cvtepi32_epi16(h));
-            }
+                                     _mm512_set1_epi32(Cin * taps));
+    uint16_t *d = wa;
+    for (int t = 0; t < taps; t++)
+        for (int c0 = 0; c0 < Cin; c0 += 32)
+            for (int j0 = 0; j0 < Cout; j0 += 16)
+                for (int r = 0; r < 16; r++, d += 32) {
+                    const float *src = w + ((size_t)j0 * Cin + c0 + 2 * r) * taps + t;
+                    __m512i lo = msd_bf16_hi512(_mm512_i32gather_ps(idx, src, 4));
+                    __m512i hi = msd_bf16_hi512(_mm512_i32gather_ps(idx, src + taps, 4));
+                    __m512i word = _mm512_or_si512(_mm512_srli_epi32(lo, 16),
+                                                   _mm512_andnot_si512(_mm512_set1_epi32(0xffff),
+                                                                       hi));
+                    _mm512_storeu_si512(d, word);
+                }
 }
 
 /* Every tile 16 rows of 64 bytes: C tiles 0-3, A tiles 4-5, B tiles 6-7. */
@@ -218,38 +241,62 @@ __attribute__((target(AVX512))) static void store_block(float *y, size_t L, int 
     }
 }
 
+/* xl (Pbuf, Cin) bf16: the group's images channels last at their flat positions, zero in the
+ * padding and the tail; 16 pixels x 16 channels at a time, transposed in registers. */
+__attribute__((target(AMX))) static void channels_last_bf16(uint16_t *xl, const float *x,
+                                                           const msd_amx_conv *c, const grid *g)
+{
+    int Cin = c->Cin, W = c->W, L = c->H * c->W, pad = c->pad;
+    zero_outside((char *)xl, (size_t)Cin * 2, g, c->nb, pad, pad, c->H, W, g->Pbuf);
+    for (int n = 0; n < c->nb; n++)
+        for (int l0 = 0; l0 < L; l0 += 16) {
+            int kl = L - l0 < 16 ? L - l0 : 16;
+            size_t row[16];
+            for (int j = 0; j < kl; j++) {
+                int l = l0 + j;
+                row[j] = ((size_t)n * g->plane + (size_t)(l / W + pad) * g->Wp + l % W + pad) *
+                         Cin;
+            }
+            for (int c0 = 0; c0 < Cin; c0 += 16) {
+                const float *src = x + ((size_t)n * Cin + c0) * L + l0;
+                vf r[16];
+                for (int i = 0; i < 16; i++)
+                    if (kl == 16)
+                        LD(r[i], src + (size_t)i * L, 16);
+                    else
+                        LD(r[i], src + (size_t)i * L, kl);
+                transpose16(r);
+                for (int j = 0; j < kl; j++)
+                    _mm256_storeu_si256((__m256i *)(xl + row[j] + c0),
+                                        (__m256i)_mm512_cvtneps_pbh((__m512)r[j]));
+            }
+        }
+}
+
 __attribute__((target(AMX))) void msd_amx_conv_forward(const msd_amx_conv *c, float *y,
                                                           int add, const float *b,
                                                           const float *x, const uint16_t *wa,
                                                           void *scratch)
 {
     grid g = make_grid(c);
-    int Cin = c->Cin, Cout = c->Cout, H = c->H, W = c->W, pad = c->pad;
-    size_t L = (size_t)g.Ho * g.Wo, kt = (size_t)g.taps * Cin;
-    uint16_t *xv = scratch;
+    int Cin = c->Cin, Cout = c->Cout;
+    size_t L = (size_t)g.Ho * g.Wo, nblk = (size_t)Cout / 16, kb = (size_t)Cin / 32;
+    uint16_t *xl = scratch;
     long *opos = (long *)((char *)scratch + align64((size_t)Cin * g.Pbuf * 2));
-    /* xv: channel pairs interleaved, zero in the padding and the tail */
-    for (int cp = 0; cp < Cin / 2; cp++)
-        zero_outside((char *)(xv + 2 * (size_t)cp * g.Pbuf), 4, &g, c->nb, pad, pad, H, W,
-                     g.Pbuf);
-    for (int n = 0; n < c->nb; n++)
-        for (int cp = 0; cp < Cin / 2; cp++) {
-            const float *x0 = x + ((size_t)n * Cin + 2 * cp) * H * W, *x1 = x0 + (size_t)H * W;
-            uint16_t *d = xv + 2 * ((size_t)cp * g.Pbuf + n * g.plane + (size_t)pad * g.Wp + pad);
-            for (int iy = 0; iy < H; iy++)
-                msd_bf16_pairs512(d + 2 * (size_t)iy * g.Wp, x0 + (size_t)iy * W,
-                              x1 + (size_t)iy * W, W);
-        }
+    channels_last_bf16(xl, x, c, &g);
     /* where each computed q lands in y (pixel offset of channel 0), or -1 */
-    for (size_t q = 0; q < g.Pc; q++) {
-        size_t n = q / g.plane, r = q % g.plane;
-        int oy = (int)(r / (size_t)g.Wp), ox = (int)(r % (size_t)g.Wp);
-        opos[q] = n < (size_t)c->nb && oy < g.Ho && ox < g.Wo
-                      ? (long)(n * Cout * L + (size_t)oy * g.Wo + ox)
-                      : -1;
-    }
+    size_t q = 0;
+    for (int n = 0; n < c->nb; n++)
+        for (int r = 0; r < g.Hp; r++)
+            for (int col = 0; col < g.Wp; col++, q++)
+                opos[q] = r < g.Ho && col < g.Wo
+                              ? (long)((size_t)n * Cout * L + (size_t)r * g.Wo + col)
+                              : -1;
+    for (; q < g.Pc; q++)
+        opos[q] = -1;
     tiles_on();
-    float t[32][32];
+    vf t[32][2], u[32][2]; /* a block position-major, then channel-major */
+    long lda = (long)Cin * 2;
     for (int m0 = 0; m0 < Cout; m0 += 32)
         for (size_t q0 = 0; q0 < g.Pc; q0 += 32) {
             _tile_zero(0);
@@ -258,39 +305,56 @@ __attribute__((target(AMX))) void msd_amx_conv_forward(const msd_amx_conv *c, fl
             _tile_zero(3);
             for (int tap = 0; tap < g.taps; tap++) {
                 size_t off = (size_t)(tap / c->kw) * g.Wp + (size_t)(tap % c->kw);
-                const uint16_t *a = wa + (size_t)m0 * kt + (size_t)tap * Cin;
-                const uint16_t *bb = xv + 2 * (q0 + off);
-                for (int c0 = 0; c0 < Cin; c0 += 32, a += 32, bb += 32 * g.Pbuf) {
-                    _tile_loadd(4, a, (long)(kt * 2));
-                    _tile_loadd(6, bb, (long)(g.Pbuf * 4));
+                const uint16_t *a = xl + (q0 + off) * Cin;
+                const uint16_t *bw = wa + ((size_t)tap * kb * nblk + (size_t)m0 / 16) * 512;
+                for (size_t cb = 0; cb < kb; cb++, a += 32, bw += nblk * 512) {
+                    _tile_loadd(4, a, lda);
+                    _tile_loadd(6, bw, 64);
                     _tile_dpbf16ps(0, 4, 6);
-                    _tile_loadd(7, bb + 32, (long)(g.Pbuf * 4));
+                    _tile_loadd(7, bw + 512, 64);
                     _tile_dpbf16ps(1, 4, 7);
-                    _tile_loadd(5, a + 16 * kt, (long)(kt * 2));
+                    _tile_loadd(5, a + 16 * (size_t)Cin, lda);
                     _tile_dpbf16ps(2, 5, 6);
                     _tile_dpbf16ps(3, 5, 7);
                 }
             }
-            /* t[co - m0][q - q0] */
+            /* t[q - q0][co - m0] */
             _tile_stored(0, &t[0][0], 128);
-            _tile_stored(1, &t[0][16], 128);
+            _tile_stored(1, &t[0][1], 128);
             _tile_stored(2, &t[16][0], 128);
-            _tile_stored(3, &t[16][16], 128);
-            store_block(y, L, m0, add, b, t, opos + q0);
+            _tile_stored(3, &t[16][1], 128);
+            for (int bi = 0; bi < 2; bi++)
+                for (int bj = 0; bj < 2; bj++) {
+                    vf r[16];
+                    for (int i = 0; i < 16; i++)
+                        r[i] = t[16 * bi + i][bj];
+                    transpose16(r);
+                    for (int i = 0; i < 16; i++)
+                        u[16 * bj + i][bi] = r[i];
+                }
+            store_block(y, L, m0, add, b, (float(*)[32])u, opos + q0);
         }
     _tile_release();
 }
 
-/* dst (rows, cols) 32-bit = src (cols, rows) transposed, in 16 x 16 blocks */
-static void transpose32(uint32_t *dst, const uint32_t *src, size_t rows, size_t cols)
+/* d[p][ci] = the 32-bit word (xl[first + 2p][ci], xl[first + 2p + 1][ci]) for p < np; xl
+ * rows of Cin values */
+__attribute__((target(AVX512))) static void pair_rows(uint16_t *d, const uint16_t *xl, int Cin,
+                                                      size_t first, size_t np)
 {
-    for (size_t c0 = 0; c0 < cols; c0 += 16)
-        for (size_t r0 = 0; r0 < rows; r0 += 16) {
-            size_t c1 = c0 + 16 < cols ? c0 + 16 : cols, r1 = r0 + 16 < rows ? r0 + 16 : rows;
-            for (size_t c = c0; c < c1; c++)
-                for (size_t r = r0; r < r1; r++)
-                    dst[r * cols + c] = src[c * rows + r];
+    for (size_t p = 0; p < np; p++) {
+        const uint16_t *r0 = xl + (first + 2 * p) * Cin, *r1 = r0 + Cin;
+        for (int c0 = 0; c0 < Cin; c0 += 32, d += 64) {
+            __m512i a = _mm512_loadu_si512(r0 + c0), b = _mm512_loadu_si512(r1 + c0);
+            /* unpack works in 128-bit lanes: lane k of lo holds channels 8k .. 8k+3, of hi
+             * 8k+4 .. 8k+7; put them back in order */
+            __m512i lo = _mm512_unpacklo_epi16(a, b), hi = _mm512_unpackhi_epi16(a, b);
+            __m512i i0 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+            __m512i i1 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+            _mm512_storeu_si512(d, _mm512_permutex2var_epi64(lo, i0, hi));
+            _mm512_storeu_si512(d + 32, _mm512_permutex2var_epi64(lo, i1, hi));
         }
+    }
 }
 
 __attribute__((target(AMX))) void msd_amx_conv_dw(const msd_amx_conv *c, float *dwt,
@@ -298,23 +362,16 @@ __attribute__((target(AMX))) void msd_amx_conv_dw(const msd_amx_conv *c, float *
                                                      void *scratch)
 {
     grid g = make_grid(c);
-    int Cin = c->Cin, Cout = c->Cout, H = c->H, W = c->W, pad = c->pad;
-    size_t L = (size_t)g.Ho * g.Wo;
-    uint16_t *xc = scratch;
-    uint16_t *dyc = (uint16_t *)((char *)scratch + align64((size_t)Cin * g.Pbuf * 2));
-    uint16_t *dyv = (uint16_t *)((char *)dyc + align64(g.Pc * (size_t)Cout * 2));
-    /* xc: channel-major, zero in the padding and the tail */
-    for (int ci = 0; ci < Cin; ci++)
-        zero_outside((char *)(xc + (size_t)ci * g.Pbuf), 2, &g, c->nb, pad, pad, H, W, g.Pbuf);
-    for (int n = 0; n < c->nb; n++)
-        for (int ci = 0; ci < Cin; ci++) {
-            const float *src = x + ((size_t)n * Cin + ci) * H * W;
-            uint16_t *d = xc + (size_t)ci * g.Pbuf + n * g.plane + (size_t)pad * g.Wp + pad;
-            for (int iy = 0; iy < H; iy++)
-                msd_bf16_row512(d + (size_t)iy * g.Wp, src + (size_t)iy * W, W);
-        }
-    /* dy channel-major at the output positions q, zero at the others; then
-     * each pair of positions (a 32-bit word) transposed: dyv (Pc/2, Cout) */
+    int Cin = c->Cin, Cout = c->Cout;
+    size_t L = (size_t)g.Ho * g.Wo, xlb = align64((size_t)Cin * g.Pbuf * 2), np = g.Pbuf / 2;
+    uint16_t *xl = scratch;
+    uint16_t *xe = (uint16_t *)((char *)scratch + xlb), *xo = (uint16_t *)((char *)xe + xlb);
+    uint16_t *dyc = (uint16_t *)((char *)xo + xlb);
+    channels_last_bf16(xl, x, c, &g);
+    pair_rows(xe, xl, Cin, 0, np);
+    pair_rows(xo, xl, Cin, 1, np - 1);
+    memset(xo + (np - 1) * 2 * Cin, 0, (size_t)Cin * 4);
+    /* dy channel-major at the output positions q, zero at the others */
     for (int co = 0; co < Cout; co++)
         zero_outside((char *)(dyc + (size_t)co * g.Pc), 2, &g, c->nb, 0, 0, g.Ho, g.Wo, g.Pc);
     for (int n = 0; n < c->nb; n++)
@@ -324,34 +381,46 @@ __attribute__((target(AMX))) void msd_amx_conv_dw(const msd_amx_conv *c, float *
             for (int oy = 0; oy < g.Ho; oy++)
                 msd_bf16_row512(d + (size_t)oy * g.Wp, src + (size_t)oy * g.Wo, g.Wo);
         }
-    transpose32((uint32_t *)dyv, (const uint32_t *)dyc, g.Pc / 2, (size_t)Cout);
     tiles_on();
     size_t ldw = (size_t)g.taps * Cout; /* floats between rows ci and ci+1 of dwt */
+    long lda = (long)g.Pc * 2, ldb = (long)Cin * 4;
+    vf t[32][2]; /* a block (co - n0, ci - c0) */
     for (int tap = 0; tap < g.taps; tap++) {
         size_t off = (size_t)(tap / c->kw) * g.Wp + (size_t)(tap % c->kw);
-        for (int c0 = 0; c0 < Cin; c0 += 32)
-            for (int n0 = 0; n0 < Cout; n0 += 32) {
+        const uint16_t *xp = (off & 1 ? xo : xe) + off / 2 * 2 * (size_t)Cin;
+        for (int n0 = 0; n0 < Cout; n0 += 32)
+            for (int c0 = 0; c0 < Cin; c0 += 32) {
                 _tile_zero(0);
                 _tile_zero(1);
                 _tile_zero(2);
                 _tile_zero(3);
-                const uint16_t *a = xc + (size_t)c0 * g.Pbuf + off;
-                const uint16_t *bb = dyv + 2 * (size_t)n0;
-                for (size_t q0 = 0; q0 < g.Pc; q0 += 32, a += 32, bb += 32 * (size_t)Cout) {
-                    _tile_loadd(4, a, (long)(g.Pbuf * 2));
-                    _tile_loadd(5, a + 16 * g.Pbuf, (long)(g.Pbuf * 2));
-                    _tile_loadd(6, bb, (long)Cout * 4);
-                    _tile_loadd(7, bb + 32, (long)Cout * 4);
+                const uint16_t *a = dyc + (size_t)n0 * g.Pc;
+                const uint16_t *bb = xp + 2 * (size_t)c0;
+                for (size_t q0 = 0; q0 < g.Pc; q0 += 32, a += 32, bb += 32 * (size_t)Cin) {
+                    _tile_loadd(4, a, lda);
+                    _tile_loadd(5, a + 16 * g.Pc, lda);
+                    _tile_loadd(6, bb, ldb);
+                    _tile_loadd(7, bb + 32, ldb);
                     _tile_dpbf16ps(0, 4, 6);
                     _tile_dpbf16ps(1, 4, 7);
                     _tile_dpbf16ps(2, 5, 6);
                     _tile_dpbf16ps(3, 5, 7);
                 }
-                float *d = dwt + ((size_t)c0 * g.taps + tap) * Cout + n0;
-                _tile_stored(0, d, (long)(ldw * 4));
-                _tile_stored(1, d + 16, (long)(ldw * 4));
-                _tile_stored(2, d + 16 * ldw, (long)(ldw * 4));
-                _tile_stored(3, d + 16 * ldw + 16, (long)(ldw * 4));
+                _tile_stored(0, &t[0][0], 128);
+                _tile_stored(1, &t[0][1], 128);
+                _tile_stored(2, &t[16][0], 128);
+                _tile_stored(3, &t[16][1], 128);
+                for (int bi = 0; bi < 2; bi++)     /* output channels n0 + 16 bi .. */
+                    for (int bj = 0; bj < 2; bj++) { /* input channels c0 + 16 bj .. */
+                        vf r[16];
+                        for (int i = 0; i < 16; i++)
+                            r[i] = t[16 * bi + i][bj];
+                        transpose16(r);
+                        float *d = dwt + ((size_t)(c0 + 16 * bj) * g.taps + tap) * Cout + n0 +
+                                   16 * bi;
+                        for (int i = 0; i < 16; i++)
+                            memcpy(d + i * ldw, &r[i], sizeof r[i]);
+                    }
             }
     }
     _tile_release();

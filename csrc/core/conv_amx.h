@@ -38,8 +38,11 @@ int msd_amx_conv_ok(int Cin, int Cout, int stride);
  * msd_amx_conv_dw needs for group c. */
 size_t msd_amx_conv_scratch(const msd_amx_conv *c);
 
-/* Weights for msd_amx_conv_forward: wa (Cout, taps*Cin) bf16, column
- * tap*Cin + ci, from w (Cout, Cin, taps) fp32 (taps = kh*kw). */
+/* Weights for msd_amx_conv_forward, from w (Cout, Cin, taps) fp32 (taps = kh*kw; Cin a
+ * multiple of 32, Cout of 16): wa holds the tiles' B operands, bf16, one block of 16 x 16
+ * 32-bit words for each (tap, 32 input channels, 16 output channels), in that order
+ * (blocks of 512 values); in a block, row r and column j hold the pair of input channels
+ * 2r, 2r+1 (the even one in the low half) of output channel j. */
 void msd_amx_pack_weights(uint16_t *wa, const float *w, int Cout, int Cin, int taps);
 
 /* y (nb, Cout, Ho, Wo) = conv2d(x (nb, Cin, H, W), wa) + b (b may be NULL),

@@ -1124,12 +1124,13 @@ static int conv2d_backward(float *dx, int dx_assign, float *dw, float *db, const
     int bf16 = msd_precision_get() == MSD_PREC_BF16;
     if ((dx || dw) && wino_path(&g, bf16)) /* its input gradient's convolution is one too */
         return conv2d_wino_backward(dx, !dx_assign, dw, db, dy, x, w, N, Cin, H, W, Cout, bf16);
-    if (dx && dx_assign) /* the other paths add */
+    int dx_conv = dx && stride == 1 && kh == kw && pad < kh;
+    if (dx && dx_assign && !dx_conv) /* the col path adds */
         memset(dx, 0, (size_t)N * Cin * H * W * sizeof *dx);
     if (db)
         bias_grad(db, dy, N, Cout, L);
     int rc = MSD_OK;
-    if (dx && stride == 1 && kh == kw && pad < kh) {
+    if (dx_conv) {
         /* with stride 1, dx is the convolution of dy, padded by k-1-p, with
          * the kernel flipped and its in/out channels swapped: wf (Cin, Cout,
          * kh, kw), wf[i][o][a][b] = w[o][i][kh-1-a][kw-1-b] */
@@ -1144,7 +1145,8 @@ static int conv2d_backward(float *dx, int dx_assign, float *dw, float *db, const
                     wf->data[((size_t)i * Cout + o) * taps + taps - 1 - t] =
                         w[((size_t)o * Cin + i) * taps + t];
         conv_geom gx = make_geom(N, Cout, g.Ho, g.Wo, Cin, kh, kw, 1, kh - 1 - pad);
-        rc = conv2d_gemm("conv2d backward", dx, dy, wf->data, NULL, &gx, 1, NULL, NULL, 0, 0);
+        rc = conv2d_gemm("conv2d backward", dx, dy, wf->data, NULL, &gx, !dx_assign, NULL, NULL,
+                         0, 0);
         msd_storage_release(wf);
         if (rc != MSD_OK)
             return rc;

@@ -311,7 +311,7 @@ static void test_bf16_rounding(void)
  * msd_bf16_from_float of the weight it moves, at every level, specials included. */
 static void test_bf16_pack_weights(void)
 {
-    enum { CO = 3, CI = 32, TAPS = 9 };
+    enum { CO = 32, CI = 64, TAPS = 9 };
     static float w[CO * CI * TAPS];
     static uint16_t wa[CO * CI * TAPS];
     unsigned st = 11;
@@ -330,7 +330,8 @@ static void test_bf16_pack_weights(void)
         for (int co = 0; co < CO; co++)
             for (int ci = 0; ci < CI; ci++)
                 for (int t = 0; t < TAPS; t++)
-                    bad += wa[(co * TAPS + t) * CI + ci] !=
+                    bad += wa[((t * (CI / 32) + ci / 32) * (CO / 16) + co / 16) * 512 +
+                              ci % 32 / 2 * 32 + co % 16 * 2 + ci % 2] !=
                            msd_bf16_from_float(w[(co * CI + ci) * TAPS + t]);
         if (bad)
             fprintf(stderr, "  level %s: %d packed weights differ\n", msd_isa_name(isa), bad);

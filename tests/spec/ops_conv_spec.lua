@@ -139,9 +139,10 @@ describe("transformed-kernel cache (inference)", function()
       local yg = minisd.conv2d(x, wg, b, 1, 1)
       assert.are.equal(0, stats().entries)
       local _, hw = minisd.get_precision()
-      if prec == "bf16" and hw ~= "avx512bf16" then
-        -- without vdpbf16ps (or on the AMX tiles) bf16 convolutions are direct on rounded
-        -- weights, not Winograd: no transformed kernels to keep
+      if prec == "bf16" and hw ~= "avx512bf16" and hw ~= "amx" then
+        -- without vdpbf16ps bf16 convolutions are direct on rounded weights, not Winograd:
+        -- no transformed kernels to keep (with AMX, 16 -> 24 channels is not a shape for
+        -- the tiles, and takes Winograd on vdpbf16ps)
         H.assert_close(infer(), yg, 0, 0, "the same bits as with grad")
         assert.are.same({ entries = 0, bytes = 0, hits = 0, misses = 0 }, stats())
         return
