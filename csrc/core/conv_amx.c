@@ -135,7 +135,8 @@ size_t msd_amx_conv_scratch(const msd_amx_conv *c)
 }
 
 #ifdef MSD_AMX
-static void pack_weights_avx512(uint16_t *wa, const float *w, int Cout, int Cin, int taps);
+static void pack_weights_avx512(uint16_t *wa, const float *w, int Cout, int Cin, int taps,
+                                size_t sco, size_t sci);
 #endif
 
 /* Offset in wa of the pair (channels ci & ~1, ci | 1) for output channel co and tap t: the
@@ -147,13 +148,14 @@ static size_t packed_at(int co, int ci, int t, int Cin, int Cout)
     return blk * 512 + (size_t)(ci % 32 / 2) * 32 + (size_t)(co % 16) * 2 + ci % 2;
 }
 
-void msd_amx_pack_weights(uint16_t *wa, const float *w, int Cout, int Cin, int taps)
+void msd_amx_pack_weights_strided(uint16_t *wa, const float *w, int Cout, int Cin, int taps,
+                                  size_t sco, size_t sci)
 {
 #ifdef MSD_AMX
     /* every call of a bf16 convolution packs its weights: vectorised, so that a batch of
      * one image does not spend its time here */
     if (msd_isa_get() >= MSD_ISA_AVX512) {
-        pack_weights_avx512(wa, w, Cout, Cin, taps);
+        pack_weights_avx512(wa, w, Cout, Cin, taps, sco, sci);
         return;
     }
 #endif
@@ -161,7 +163,12 @@ void msd_amx_pack_weights(uint16_t *wa, const float *w, int Cout, int Cin, int t
         for (int ci = 0; ci < Cin; ci++)
             for (int t = 0; t < taps; t++)
                 wa[packed_at(co, ci, t, Cin, Cout)] =
-                    msd_bf16_from_float(w[((size_t)co * Cin + ci) * taps + t]);
+                    msd_bf16_from_float(w[co * sco + ci * sci + (size_t)t]);
+}
+
+void msd_amx_pack_weights(uint16_t *wa, const float *w, int Cout, int Cin, int taps)
+{
+    msd_amx_pack_weights_strided(wa, w, Cout, Cin, taps, (size_t)Cin * taps, (size_t)taps);
 }
 
 #ifdef MSD_AMX
@@ -169,23 +176,27 @@ void msd_amx_pack_weights(uint16_t *wa, const float *w, int Cout, int Cin, int t
 #define AVX512 "avx512f,avx512bw,avx512vl"
 #define AMX AVX512 ",avx512bf16,amx-tile,amx-bf16"
 
-/* msd_amx_pack_weights, one 64-byte row of a block at a time (written in order): the even
- * and the odd channel of a pair for 16 output channels, each gathered at the stride of an
- * output channel's weights */
+/* msd_amx_pack_weights_strided, one 64-byte row of a block at a time (written in order):
+ * the even and the odd channel of a pair for 16 output channels, each gathered at the
+ * stride of the output channels (two plain loads where that is 1) */
 __attribute__((target(AVX512))) static void pack_weights_avx512(uint16_t *wa, const float *w,
-                                                                int Cout, int Cin, int taps)
+                                                                int Cout, int Cin, int taps,
+                                                                size_t sco, size_t sci)
 {
     __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
                                                        12, 13, 14, 15),
-                                     _mm512_set1_epi32(Cin * taps));
+                                     _mm512_set1_epi32((int)sco));
     uint16_t *d = wa;
     for (int t = 0; t < taps; t++)
         for (int c0 = 0; c0 < Cin; c0 += 32)
             for (int j0 = 0; j0 < Cout; j0 += 16)
                 for (int r = 0; r < 16; r++, d += 32) {
-                    const float *src = w + ((size_t)j0 * Cin + c0 + 2 * r) * taps + t;
-                    __m512i lo = msd_bf16_hi512(_mm512_i32gather_ps(idx, src, 4));
-                    __m512i hi = msd_bf16_hi512(_mm512_i32gather_ps(idx, src + taps, 4));
+                    const float *src = w + j0 * sco + (size_t)(c0 + 2 * r) * sci + (size_t)t;
+                    __m512 even = sco == 1 ? _mm512_loadu_ps(src)
+                                           : _mm512_i32gather_ps(idx, src, 4);
+                    __m512 odd = sco == 1 ? _mm512_loadu_ps(src + sci)
+                                          : _mm512_i32gather_ps(idx, src + sci, 4);
+                    __m512i lo = msd_bf16_hi512(even), hi = msd_bf16_hi512(odd);
                     __m512i word = _mm512_or_si512(_mm512_srli_epi32(lo, 16),
                                                    _mm512_andnot_si512(_mm512_set1_epi32(0xffff),
                                                                        hi));

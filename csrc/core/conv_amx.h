@@ -45,6 +45,13 @@ size_t msd_amx_conv_scratch(const msd_amx_conv *c);
  * 2r, 2r+1 (the even one in the low half) of output channel j. */
 void msd_amx_pack_weights(uint16_t *wa, const float *w, int Cout, int Cin, int taps);
 
+/* The same from weights at any strides: the weight of output channel co, input channel ci
+ * and tap t at w[co*sco + ci*sci + t] (msd_amx_pack_weights: sco = Cin*taps, sci = taps; a
+ * transposed convolution's (Cin, K) weights as a 1x1 convolution to K channels: sco = 1,
+ * sci = K, taps = 1). */
+void msd_amx_pack_weights_strided(uint16_t *wa, const float *w, int Cout, int Cin, int taps,
+                                  size_t sco, size_t sci);
+
 /* y (nb, Cout, Ho, Wo) = conv2d(x (nb, Cin, H, W), wa) + b (b may be NULL),
  * or with add, y += conv2d (b ignored). */
 void msd_amx_conv_forward(const msd_amx_conv *c, float *y, int add, const float *b,

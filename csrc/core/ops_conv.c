@@ -13,7 +13,10 @@
  * inputs: on the AMX tiles when msd_amx_conv_ok (conv_amx.h), else by
  * Winograd on msd_sgemm_bf16 where wino_path says so (vdpbf16ps), else
  * through the paths below after rounding the weights and each group's copies
- * of the image and of dy. */
+ * of the image and of dy. conv_transpose2d's products take them too: its
+ * forward as a 1x1 convolution to Cout*kh*kw channels on the tiles where they
+ * take the shape, else (and its backward always) on rounded copies. */
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -249,6 +252,8 @@ typedef struct conv_job {
     const msd_storage *sc, *sp;
     size_t per, nw, K;
     int N, Cin, H, W, Cout, kh, kw, stride, pad, Ho, Wo, nbmax;
+    const uint16_t *wa; /* conv_transpose2d in bf16 on the AMX tiles: w packed for them */
+    int round;          /* bf16 elsewhere: round the copies of x and dy (w comes rounded) */
 } conv_job;
 
 /* ---- conv2d: patches read in place from a padded copy ---------------------
@@ -369,15 +374,20 @@ static size_t amx_scratch_floats(const conv_geom *g)
 }
 
 /* The weights for a bf16 pass, in *ws: packed for the tiles when amx, else
- * a copy rounded to bf16 (which the pass then uses instead of w). */
+ * a copy rounded to bf16 (which the pass then uses instead of w). transposed:
+ * w is a transposed convolution's (Cin, Cout) with taps 1 (Cout = its K), packed
+ * as a 1x1 convolution from Cin to Cout channels. */
 static int bf16_weights(const char *op, const float *w, int Cout, int Cin, int taps, int amx,
-                        msd_storage **ws)
+                        int transposed, msd_storage **ws)
 {
     size_t n = (size_t)Cout * Cin * taps;
     *ws = msd_storage_new(amx ? (n + 1) / 2 : n);
     if (!*ws)
         return msd_error(MSD_ERR_MEM, "%s: out of memory for %zu bf16 weights", op, n);
-    if (amx) {
+    if (amx && transposed) {
+        msd_amx_pack_weights_strided((uint16_t *)(*ws)->data, w, Cout, Cin, 1, 1,
+                                     (size_t)Cout);
+    } else if (amx) {
         msd_amx_pack_weights((uint16_t *)(*ws)->data, w, Cout, Cin, taps);
     } else {
         memcpy((*ws)->data, w, n * sizeof *w);
@@ -796,7 +806,7 @@ static int conv2d_gemm(const char *op, float *y, const float *x, const float *w,
     size_t per = amx ? amx_scratch_floats(g)
                      : group_scratch(g, (size_t)g->nbmax * g->Ho * g->Wo * g->Cout);
     msd_storage *sc, *ws = NULL;
-    int rc = bf16 ? bf16_weights(op, w, g->Cout, g->Cin, g->kh * g->kw, amx, &ws) : MSD_OK;
+    int rc = bf16 ? bf16_weights(op, w, g->Cout, g->Cin, g->kh * g->kw, amx, 0, &ws) : MSD_OK;
     if (rc != MSD_OK)
         return rc;
     if ((rc = scratch(op, per, G, &nthr, &sc)) != MSD_OK) {
@@ -1163,7 +1173,7 @@ static int conv2d_backward(float *dx, int dx_assign, float *dw, float *db, const
         per = per_dw;
     msd_storage *sc, *sp = NULL, *ws = NULL;
     /* the col path of dx uses w: rounded when bf16 */
-    if (bf16 && dx && (rc = bf16_weights("conv2d backward", w, Cout, Cin, kh * kw, 0, &ws)))
+    if (bf16 && dx && (rc = bf16_weights("conv2d backward", w, Cout, Cin, kh * kw, 0, 0, &ws)))
         return rc;
     rc = scratch("conv2d backward", per, G, &nthr, &sc);
     if (rc != MSD_OK) {
@@ -1214,8 +1224,15 @@ static void conv_transpose2d_forward_chunk(void *ctx, int g, int tid)
     int ncols = (int)((size_t)nb * L);
     float *col = j->sc->data + j->per * (size_t)tid, *xt = col + K * nbmax * L;
     float *yg = j->y + (size_t)n0 * Cout * Lo;
-    to_channel_major(xt, j->x + (size_t)n0 * Cin * L, nb, Cin, L);
-    msd_sgemm(1, 0, (int)K, ncols, Cin, 1.0f, w, (int)K, xt, ncols, 0.0f, col, ncols);
+    if (!j->wa) {
+        to_channel_major(xt, j->x + (size_t)n0 * Cin * L, nb, Cin, L);
+        if (j->round)
+            msd_round_bf16(xt, (size_t)Cin * ncols);
+        msd_sgemm(1, 0, (int)K, ncols, Cin, 1.0f, w, (int)K, xt, ncols, 0.0f, col, ncols);
+    } else { /* a 1x1 convolution to K channels: col image by image, (nb, K, L) */
+        msd_amx_conv c = { nb, Cin, H, W, (int)K, 1, 1, 0 };
+        msd_amx_conv_forward(&c, col, 0, NULL, j->x + (size_t)n0 * Cin * L, j->wa, xt);
+    }
     for (int n = 0; n < nb; n++)
         for (int c = 0; c < Cout; c++) {
             float bc = j->b ? j->b[c] : 0.0f;
@@ -1223,7 +1240,12 @@ static void conv_transpose2d_forward_chunk(void *ctx, int g, int tid)
             for (size_t l = 0; l < Lo; l++)
                 dst[l] = bc;
         }
-    col2im_add(yg, col, nb, Cout, Ho, Wo, j->kh, j->kw, j->stride, j->pad, H, W);
+    if (!j->wa)
+        col2im_add(yg, col, nb, Cout, Ho, Wo, j->kh, j->kw, j->stride, j->pad, H, W);
+    else
+        for (int n = 0; n < nb; n++)
+            col2im_add(yg + (size_t)n * Cout * Lo, col + (size_t)n * K * L, 1, Cout, Ho, Wo,
+                       j->kh, j->kw, j->stride, j->pad, H, W);
 }
 
 /* Groups a transposed conv's forward cuts the batch into, at least (when it has as many
@@ -1246,16 +1268,31 @@ int msd_conv_transpose2d_forward(float *y, const float *x, const float *w, const
     if (nbmax > (N + CT_MIN_GROUPS - 1) / CT_MIN_GROUPS)
         nbmax = (N + CT_MIN_GROUPS - 1) / CT_MIN_GROUPS;
     int G = (N + nbmax - 1) / nbmax, nthr;
+    int bf16 = msd_precision_get() == MSD_PREC_BF16;
+    int amx = bf16 && K <= INT_MAX && msd_amx_conv_ok(Cin, (int)K, 1);
     size_t per = (K + Cin) * nbmax * L;
-    msd_storage *sc;
-    int rc = scratch("conv_transpose2d", per, G, &nthr, &sc);
+    if (amx) { /* the tiles' scratch after col */
+        msd_amx_conv c = { nbmax, Cin, H, W, (int)K, 1, 1, 0 };
+        size_t need = (K * nbmax * L + 15) / 16 * 16 + (msd_amx_conv_scratch(&c) + 63) / 64 * 16;
+        per = (per > need ? per : need + 15) / 16 * 16;
+    }
+    msd_storage *sc, *ws = NULL;
+    int rc = bf16 ? bf16_weights("conv_transpose2d", w, (int)K, Cin, 1, amx, 1, &ws) : MSD_OK;
     if (rc != MSD_OK)
         return rc;
-    conv_job j = {.y = y, .x = x, .w = w, .b = b, .sc = sc, .per = per, .K = K, .N = N,
-                  .Cin = Cin, .H = H, .W = W, .Cout = Cout, .kh = kh, .kw = kw,
-                  .stride = stride, .pad = pad, .Ho = Ho, .Wo = Wo, .nbmax = nbmax};
+    rc = scratch("conv_transpose2d", per, G, &nthr, &sc);
+    if (rc != MSD_OK) {
+        msd_storage_release(ws);
+        return rc;
+    }
+    conv_job j = {.y = y, .x = x, .w = bf16 && !amx ? ws->data : w, .b = b, .sc = sc,
+                  .per = per, .K = K, .N = N, .Cin = Cin, .H = H, .W = W, .Cout = Cout,
+                  .kh = kh, .kw = kw, .stride = stride, .pad = pad, .Ho = Ho, .Wo = Wo,
+                  .nbmax = nbmax, .wa = amx ? (const uint16_t *)ws->data : NULL,
+                  .round = bf16 && !amx};
     msd_parallel_for(G, nthr, conv_transpose2d_forward_chunk, &j);
     msd_storage_release(sc);
+    msd_storage_release(ws);
     return MSD_OK;
 }
 
@@ -1272,9 +1309,13 @@ static void conv_transpose2d_backward_chunk(void *ctx, int g, int tid)
     float *dcol = j->sc->data + j->per * (size_t)tid, *t = dcol + K * nbmax * L;
     im2col(dcol, j->dy + (size_t)n0 * Cout * Lo, nb, Cout, Ho, Wo, j->kh, j->kw, j->stride,
            j->pad, H, W);
+    if (j->round)
+        msd_round_bf16(dcol, K * (size_t)ncols);
     if (sp) {
         /* partial g (Cin, K) = x (Cin, nb*L) dcol^T (nb*L, K) */
         to_channel_major(t, j->x + (size_t)n0 * Cin * L, nb, Cin, L);
+        if (j->round)
+            msd_round_bf16(t, (size_t)Cin * ncols);
         msd_sgemm(0, 1, Cin, (int)K, ncols, 1.0f, t, ncols, dcol, ncols, 0.0f,
                   sp->data + nw * g, (int)K);
     }
@@ -1306,23 +1347,34 @@ int msd_conv_transpose2d_backward(float *dx, float *dw, float *db, const float *
     int nbmax = chunk_images(N, K > (size_t)Cin ? K : (size_t)Cin, L);
     int G = (N + nbmax - 1) / nbmax, nthr;
     size_t per = (K + Cin) * nbmax * L, nw = (size_t)Cin * K;
-    msd_storage *sc, *sp = NULL;
-    int rc = scratch("conv_transpose2d backward", per, G, &nthr, &sc);
+    int bf16 = msd_precision_get() == MSD_PREC_BF16;
+    msd_storage *sc, *sp = NULL, *ws = NULL;
+    /* bf16: the fp32 kernels on rounded copies of w, x and dy */
+    int rc = bf16 && dx ? bf16_weights("conv_transpose2d backward", w, (int)K, Cin, 1, 0, 1, &ws)
+                        : MSD_OK;
     if (rc != MSD_OK)
         return rc;
+    rc = scratch("conv_transpose2d backward", per, G, &nthr, &sc);
+    if (rc != MSD_OK) {
+        msd_storage_release(ws);
+        return rc;
+    }
     if (dw && !(sp = msd_storage_new(nw * G))) {
         msd_storage_release(sc);
+        msd_storage_release(ws);
         return msd_error(MSD_ERR_MEM, "conv_transpose2d backward: out of memory for %d partial "
                                       "weight gradients of %zu floats", G, nw);
     }
-    conv_job j = {.dx = dx, .x = x, .w = w, .dy = dy, .sc = sc, .sp = sp, .per = per, .nw = nw,
-                  .K = K, .N = N, .Cin = Cin, .H = H, .W = W, .Cout = Cout, .kh = kh, .kw = kw,
-                  .stride = stride, .pad = pad, .Ho = Ho, .Wo = Wo, .nbmax = nbmax};
+    conv_job j = {.dx = dx, .x = x, .w = ws ? ws->data : w, .dy = dy, .sc = sc, .sp = sp,
+                  .per = per, .nw = nw, .K = K, .N = N, .Cin = Cin, .H = H, .W = W,
+                  .Cout = Cout, .kh = kh, .kw = kw, .stride = stride, .pad = pad, .Ho = Ho,
+                  .Wo = Wo, .nbmax = nbmax, .round = bf16};
     msd_parallel_for(G, nthr, conv_transpose2d_backward_chunk, &j);
     if (dw)
         reduce_partials(dw, sp->data, G, Cin, (int)K, 0);
     msd_storage_release(sp);
     msd_storage_release(sc);
+    msd_storage_release(ws);
     return MSD_OK;
 }
 

@@ -358,6 +358,14 @@ static void test_conv2d_bf16(void)
         { 2, 32, 8, 8, 32, 3, 2, 1 },    /* stride 2: no tiles, dx through col2im */
         { 2, 64, 16, 16, 3, 3, 1, 1 },   /* 3 channels out: direct, inputs rounded */
     };
+    /* conv_transpose2d (weights (Cin, Cout, k, k)): on the tiles as a 1x1 convolution to
+     * Cout*k*k channels where Cin and that are multiples of 32, else rounded copies */
+    const geom tcases[] = {
+        { 17, 64, 8, 8, 16, 2, 2, 0 },   /* UnetUp, 8x8 -> 16x16; 3 images a group */
+        { 5, 128, 1, 1, 8, 4, 4, 0 },    /* up0: 1x1 -> 4x4 */
+        { 2, 32, 4, 4, 8, 2, 2, 0 },     /* 32 channels out: tiles */
+        { 2, 6, 4, 5, 3, 3, 2, 1 },      /* 6 channels in, overlapping windows: rounded */
+    };
     CHECK_OK(msd_precision_set(MSD_PREC_BF16));
     msd_wino_set(MSD_WINO_OFF);
     for (int isa = 0; isa <= msd_isa_best(); isa++) {
@@ -365,6 +373,13 @@ static void test_conv2d_bf16(void)
         for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
             if (check_against_naive(0, &cases[i], (int)(i & 1), 500 + (unsigned)i)) {
                 fprintf(stderr, "  bf16 case %zu at level %s\n", i, msd_isa_name(isa));
+                CHECK(0);
+            }
+        }
+        for (size_t i = 0; i < sizeof tcases / sizeof *tcases; i++) {
+            if (check_against_naive(1, &tcases[i], (int)(i & 1), 600 + (unsigned)i)) {
+                fprintf(stderr, "  bf16 transposed case %zu at level %s\n", i,
+                        msd_isa_name(isa));
                 CHECK(0);
             }
         }
