@@ -31,20 +31,6 @@ static inline __mmask16 msd_bf16_lanes(int n)
     return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
 }
 
-/* dst[2i], dst[2i+1] = bf16(a[i]), bf16(b[i]) for i < n: the 32-bit word i
- * holds a[i] in its low half, b[i] in its high half */
-__attribute__((target(MSD_BF16_AVX512))) static inline void
-msd_bf16_pairs512(uint16_t *dst, const float *a, const float *b, int n)
-{
-    for (int i = 0; i < n; i += 16) {
-        __mmask16 m = msd_bf16_lanes(n - i);
-        __m512i lo = _mm512_srli_epi32(msd_bf16_hi512(_mm512_maskz_loadu_ps(m, a + i)), 16);
-        __m512i hi = _mm512_andnot_si512(_mm512_set1_epi32(0xffff),
-                                         msd_bf16_hi512(_mm512_maskz_loadu_ps(m, b + i)));
-        _mm512_mask_storeu_epi32(dst + 2 * i, m, _mm512_or_si512(lo, hi));
-    }
-}
-
 /* dst[i] = bf16(src[i]) for i < n */
 __attribute__((target(MSD_BF16_AVX512))) static inline void
 msd_bf16_row512(uint16_t *dst, const float *src, int n)
@@ -62,7 +48,8 @@ msd_bf16_row512(uint16_t *dst, const float *src, int n)
  * takes a dozen per 16. Only where the CPU has AVX512-BF16. */
 #define MSD_BF16_NATIVE MSD_BF16_AVX512 ",avx512bf16"
 
-/* msd_bf16_pairs512 */
+/* dst[2i], dst[2i+1] = bf16(a[i]), bf16(b[i]) for i < n: the 32-bit word i holds a[i] in
+ * its low half, b[i] in its high half */
 __attribute__((target(MSD_BF16_NATIVE))) static inline void
 msd_bf16_pairs_native(uint16_t *dst, const float *a, const float *b, int n)
 {

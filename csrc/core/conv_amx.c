@@ -284,6 +284,21 @@ __attribute__((target(AMX))) static void channels_last_bf16(uint16_t *xl, const 
         }
 }
 
+/* u = t transposed: a 32 x 32 block of floats, each row two vectors (four 16 x 16 transposes
+ * in registers) */
+INLINE void transpose_block(vf u[32][2], vf t[32][2])
+{
+    for (int bi = 0; bi < 2; bi++)
+        for (int bj = 0; bj < 2; bj++) {
+            vf r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = t[16 * bi + i][bj];
+            transpose16(r);
+            for (int i = 0; i < 16; i++)
+                u[16 * bj + i][bi] = r[i];
+        }
+}
+
 __attribute__((target(AMX))) void msd_amx_conv_forward(const msd_amx_conv *c, float *y,
                                                           int add, const float *b,
                                                           const float *x, const uint16_t *wa,
@@ -334,15 +349,7 @@ __attribute__((target(AMX))) void msd_amx_conv_forward(const msd_amx_conv *c, fl
             _tile_stored(1, &t[0][1], 128);
             _tile_stored(2, &t[16][0], 128);
             _tile_stored(3, &t[16][1], 128);
-            for (int bi = 0; bi < 2; bi++)
-                for (int bj = 0; bj < 2; bj++) {
-                    vf r[16];
-                    for (int i = 0; i < 16; i++)
-                        r[i] = t[16 * bi + i][bj];
-                    transpose16(r);
-                    for (int i = 0; i < 16; i++)
-                        u[16 * bj + i][bi] = r[i];
-                }
+            transpose_block(u, t);
             store_block(y, L, m0, add, b, (float(*)[32])u, opos + q0);
         }
     _tile_release();
@@ -393,9 +400,8 @@ __attribute__((target(AMX))) void msd_amx_conv_dw(const msd_amx_conv *c, float *
                 msd_bf16_row512(d + (size_t)oy * g.Wp, src + (size_t)oy * g.Wo, g.Wo);
         }
     tiles_on();
-    size_t ldw = (size_t)g.taps * Cout; /* floats between rows ci and ci+1 of dwt */
     long lda = (long)g.Pc * 2, ldb = (long)Cin * 4;
-    vf t[32][2]; /* a block (co - n0, ci - c0) */
+    vf t[32][2], u[32][2]; /* a block (co - n0, ci - c0), then (ci - c0, co - n0) */
     for (int tap = 0; tap < g.taps; tap++) {
         size_t off = (size_t)(tap / c->kw) * g.Wp + (size_t)(tap % c->kw);
         const uint16_t *xp = (off & 1 ? xo : xe) + off / 2 * 2 * (size_t)Cin;
@@ -421,17 +427,10 @@ __attribute__((target(AMX))) void msd_amx_conv_dw(const msd_amx_conv *c, float *
                 _tile_stored(1, &t[0][1], 128);
                 _tile_stored(2, &t[16][0], 128);
                 _tile_stored(3, &t[16][1], 128);
-                for (int bi = 0; bi < 2; bi++)     /* output channels n0 + 16 bi .. */
-                    for (int bj = 0; bj < 2; bj++) { /* input channels c0 + 16 bj .. */
-                        vf r[16];
-                        for (int i = 0; i < 16; i++)
-                            r[i] = t[16 * bi + i][bj];
-                        transpose16(r);
-                        float *d = dwt + ((size_t)(c0 + 16 * bj) * g.taps + tap) * Cout + n0 +
-                                   16 * bi;
-                        for (int i = 0; i < 16; i++)
-                            memcpy(d + i * ldw, &r[i], sizeof r[i]);
-                    }
+                transpose_block(u, t);
+                for (int i = 0; i < 32; i++)
+                    memcpy(dwt + ((size_t)(c0 + i) * g.taps + tap) * Cout + n0, &u[i],
+                           sizeof u[i]);
             }
     }
     _tile_release();
