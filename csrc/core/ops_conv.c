@@ -1271,10 +1271,13 @@ int msd_conv_transpose2d_forward(float *y, const float *x, const float *w, const
     int bf16 = msd_precision_get() == MSD_PREC_BF16;
     int amx = bf16 && K <= INT_MAX && msd_amx_conv_ok(Cin, (int)K, 1);
     size_t per = (K + Cin) * nbmax * L;
-    if (amx) { /* the tiles' scratch after col */
+    if (amx) {
+        /* the tiles' scratch after col; per a multiple of 16 floats, so that with K a multiple
+         * of 32 every thread's tile scratch is 64-byte aligned, as conv_amx.h asks */
         msd_amx_conv c = { nbmax, Cin, H, W, (int)K, 1, 1, 0 };
-        size_t need = (K * nbmax * L + 15) / 16 * 16 + (msd_amx_conv_scratch(&c) + 63) / 64 * 16;
-        per = (per > need ? per : need + 15) / 16 * 16;
+        size_t need = K * nbmax * L + (msd_amx_conv_scratch(&c) + 63) / 64 * 16;
+        per = (per > need ? per : need) + 15;
+        per -= per % 16;
     }
     msd_storage *sc, *ws = NULL;
     int rc = bf16 ? bf16_weights("conv_transpose2d", w, (int)K, Cin, 1, amx, 1, &ws) : MSD_OK;
