@@ -40,9 +40,10 @@ parser:option("--eta", "DDIM eta (0: deterministic).", "0"):convert(tonumber)
 parser:option("--variance", "DDPM's variance: " .. recommended.recommended_variance
   .. " (the default: the posterior's) or fixed_large (the seed's beta_t).")
   :choices(require("minisd.sched").get("ddpm").VARIANCE_TYPES)
-parser:option("--guidance", "Classifier-free guidance scale (0: off; auto: the sampler's "
-  .. "recommended scale, 3 for ddpm and euler_a, 6 for ddim and dpmpp_2m, when sampling with a "
-  .. "context from a model trained with them, else off).", "auto")
+parser:option("--guidance", "Classifier-free guidance scale (0: off; auto: the model's own "
+  .. "scale for the sampler when its file records one, else 3 for ddpm and euler_a, 6 for ddim "
+  .. "and dpmpp_2m, when sampling with a context from a model trained with them, else off).",
+  "auto")
   :convert(function(s)
     if s == "auto" or tonumber(s) then
       return s == "auto" and s or tonumber(s)
@@ -306,7 +307,7 @@ local function main()
       any = any or not e:match("^%s*none%s*$")
     end
     a.guidance = (trained and trained.context and any)
-      and minisd.diffusion.recommended_guidance_for(a.sampler) or 0
+      and minisd.diffusion.recommended_guidance_for(a.sampler, model) or 0
   end
   local count = per
   local frames = {}

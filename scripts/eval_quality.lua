@@ -30,8 +30,9 @@ parser:option("--steps", "Denoising steps (default: " .. require("minisd.quality
 parser:option("--variance", "ddpm's variance: fixed_small (the default: the posterior's) or "
   .. "fixed_large (the seed's beta_t).")
   :choices(require("minisd.sched").get("ddpm").VARIANCE_TYPES)
-parser:option("--guidance", "Classifier-free guidance scale (0: off; default: the sampler's "
-  .. "recommended one, 3 for ddpm and euler_a, 6 for ddim and dpmpp_2m).")
+parser:option("--guidance", "Classifier-free guidance scale (0: off; default: the model's own "
+  .. "for the sampler when its file records one, else 3 for ddpm and euler_a, 6 for ddim and "
+  .. "dpmpp_2m).")
   :convert(tonumber)
 parser:option("--seed", "Random seed.", "0"):convert(tonumber)
 parser:option("--alpha-threshold", "RGBA models: measure the sprites after sample.lua's "

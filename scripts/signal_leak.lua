@@ -20,28 +20,6 @@ parser:flag("--no-context", "Group every sprite together (a model trained withou
 parser:flag("--remove", "Remove the statistics instead (sampling then starts from pure noise).")
 local a = parser:parse(require("minisd.util").negative_numbers(arg))
 
--- the dtype the file stores its weights in (kept when it is rewritten)
-local function weights_dtype(path)
-  local f = assert(io.open(path, "rb"))
-  local head = f:read(8)
-  local n = 0 -- the header's length: 8 bytes, little-endian
-  for i = 8, 1, -1 do
-    n = n * 256 + (head and #head == 8 and head:byte(i) or 0)
-  end
-  local text = n > 0 and n < 2 ^ 26 and f:read(n)
-  f:close()
-  local ok, hdr = pcall(require("minisd.json").decode, text or "")
-  if ok and type(hdr) == "table" then
-    for name, info in pairs(hdr) do
-      if name ~= "__metadata__" and type(info) == "table"
-          and (info.dtype == "F16" or info.dtype == "BF16") then
-        return info.dtype
-      end
-    end
-  end
-  return "F32"
-end
-
 run_main("signal_leak.lua", function()
   local minisd = require("minisd")
   local out = a.out or a.model
@@ -77,7 +55,7 @@ run_main("signal_leak.lua", function()
     cfg.signal_leak = minisd.diffusion.signal_leak_stats(ds.images,
       context and ds.labels or nil)
   end
-  local ok, werr = model:save(out, { dtype = weights_dtype(a.model),
+  local ok, werr = model:save(out, { dtype = minisd.models.file_dtype(a.model),
     training = model.training_summary })
   if not ok then
     error(werr, 0)

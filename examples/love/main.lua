@@ -25,7 +25,7 @@ local SPRITES, STEPS, COLUMNS, SCALE_MAX = 8, 25, 4, 12
 
 -- The game's state, global so that a test harness can look at it.
 game = {
-  worker = nil, request = nil, labels = {}, seed = 1, label = nil, sprites = {},
+  worker = nil, request = nil, labels = {}, guidance = {}, seed = 1, label = nil, sprites = {},
   message = nil, batches = 0, step = 0, total = STEPS, frames = {}, sampling = false,
 }
 
@@ -53,8 +53,9 @@ local function new_batch(variation_of)
   local label = game.label and game.labels[game.label] or nil
   game.request = game.worker:request({
     n = SPRITES, context = label, seed = game.seed, steps = STEPS,
-    -- the worker samples with ddim: its recommended scale (6)
-    guidance = label and minisd.diffusion.recommended_guidance_for("ddim") or 0,
+    -- the worker samples with ddim: the model's scale for it (its ready event's)
+    guidance = label and (game.guidance.ddim or minisd.diffusion.recommended_guidance_for("ddim"))
+      or 0,
     every = 1, alpha_threshold = 0.5,
     init = variation_of, strength = variation_of and 0.6 or nil,
   })
@@ -124,7 +125,7 @@ function love.update(dt)
   end
   for _, ev in ipairs(game.worker:poll()) do
     if ev.kind == "ready" then
-      game.labels = ev.label_names
+      game.labels, game.guidance = ev.label_names, ev.guidance or {}
     elseif ev.kind == "error" then
       game.message = ev.message .. "\n\nrun: love examples/love path/to/model.safetensors"
       print(game.message)

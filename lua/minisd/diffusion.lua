@@ -133,9 +133,42 @@ M.recommended_guidance = 3
 -- DPM-Solver++(2M) 12 10.96 and 9.18, Euler ancestral 25 8.53 and 9.85).
 M.guidance_by_sampler = { ddpm = 3, euler_a = 3, ddim = 6, dpmpp_2m = 6 }
 
---- The guidance scale to use with a context for a sampler (nil: the recommended sampler).
-function M.recommended_guidance_for(sampler)
-  return M.guidance_by_sampler[sampler or M.recommended_sampler] or M.recommended_guidance
+--- The guidance scale to use with a context for a sampler (nil: the recommended sampler): the
+-- model's own when its file records one for that sampler (`config.guidance`, what
+-- scripts/tune_guidance.lua measures and writes), else the table above.
+-- @param sampler a sampler name, or nil
+-- @param model optional: a ContextUnet (or its config table)
+function M.recommended_guidance_for(sampler, model)
+  sampler = sampler or M.recommended_sampler
+  local cfg = type(model) == "table" and (model.config or model) or nil
+  local own = type(cfg) == "table" and type(cfg.guidance) == "table" and cfg.guidance[sampler]
+  if type(own) == "number" then
+    return own
+  end
+  return M.guidance_by_sampler[sampler] or M.recommended_guidance
+end
+
+--- Checks a model config's guidance table ({sampler = scale}, what model files may carry): nil
+-- and a message naming the problem when it is not one.
+function M.check_guidance(guidance)
+  if type(guidance) ~= "table" then
+    return nil, "guidance must be a table {sampler = scale}, got " .. type(guidance)
+  end
+  local known = {}
+  for _, name in ipairs(require("minisd.sched").names()) do
+    known[name] = true
+  end
+  for name, g in pairs(guidance) do
+    if not known[name] then
+      return nil, string.format("guidance: %s is not a sampler (one of: %s)", tostring(name),
+        table.concat(require("minisd.sched").names(), ", "))
+    end
+    if type(g) ~= "number" or not (g >= 0 and g <= 100) then
+      return nil, string.format("guidance: the scale for %s must be a number in [0, 100], got %s",
+        name, tostring(g))
+    end
+  end
+  return true
 end
 
 -- The sampler and steps sample.lua and the evaluator use by default: measured on the shipped

@@ -504,7 +504,8 @@ end
 -- @param opts optional {n = 100, sampler = "ddpm" (diffusion.recommended_sampler), steps =
 --   M.default_steps(sampler) (50 for ddpm: its full chain of 500 would take ten times as
 --   long; 25 for ddim), variance = diffusion.default_variance(sampler) ("fixed_small" for
---   ddpm), guidance = (diffusion.recommended_guidance_for(sampler): 3 for ddpm, 6 for ddim),
+--   ddpm), guidance = (diffusion.recommended_guidance_for(sampler, model): the model's own
+--   scale when its file has one, else 3 for ddpm, 6 for ddim),
 --   seed = 0, classifier = a
 --   SpriteClassifier or a path (default: the shipped one), data = the real sprites' path
 --   (default: the bundled ones), on_progress = function(message), alpha_threshold = nil
@@ -516,9 +517,6 @@ end
 function M.evaluate(model, opts)
   opts = util.options("quality.evaluate", opts, M.defaults, nil, EVAL_OPTS)
   opts.steps = opts.steps or M.default_steps(opts.sampler)
-  if opts.guidance == nil then
-    opts.guidance = minisd.diffusion.recommended_guidance_for(opts.sampler)
-  end
   if opts.variance == nil then
     opts.variance = minisd.diffusion.default_variance(opts.sampler)
   end
@@ -541,6 +539,9 @@ function M.evaluate(model, opts)
       .. "has %d channels", inp.model.config.in_channels)
   end
   local ds, cfg = inp.ds, inp.model.config
+  if opts.guidance == nil then -- the model's own scale for the sampler, else the library's
+    opts.guidance = minisd.diffusion.recommended_guidance_for(opts.sampler, inp.model)
+  end
 
   -- the references: real held-out sprites and Gaussian noise against the training split
   local real_rows = features_of(inp.cls, ds.images):totable()
@@ -666,6 +667,29 @@ local function most_predicted(counts, class_names, n)
     end
   end
   return string.format("%s %.2f", bname, best / n)
+end
+
+--- The guidance scale to pick from measurements (scripts/tune_guidance.lua): the row with the
+-- lowest Frechet distance among those whose context accuracy is at least `floor` (90% of the
+-- classifier's held-out accuracy is issue 8's target), else the most accurate row; ties go to
+-- the first.
+-- @param rows list of {guidance =, accuracy =, frechet =} (e.g. means over seeds)
+-- @param floor the accuracy a row must reach
+-- @return the picked row, and whether it reached the floor
+function M.pick_guidance(rows, floor)
+  if type(rows) ~= "table" or #rows == 0 then
+    error("quality.pick_guidance: rows must be a non-empty list", 2)
+  end
+  local best, reached
+  for _, row in ipairs(rows) do
+    local ok = row.accuracy >= floor
+    if ok and (not reached or row.frechet < best.frechet) then
+      best, reached = row, true
+    elseif not ok and not reached and (not best or row.accuracy > best.accuracy) then
+      best = row
+    end
+  end
+  return best, reached == true
 end
 
 --- The results of `evaluate` as a readable table.

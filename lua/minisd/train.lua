@@ -459,6 +459,7 @@ local function init_model(args, ds)
   end
   cfg.label_names = want.label_names
   cfg.signal_leak = want.signal_leak -- this data's, which the training from here leaks
+  cfg.guidance = nil -- the scales measured on the weights it starts from, not on the new ones
   if want.background then
     cfg.background = want.background
   end

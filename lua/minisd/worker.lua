@@ -14,7 +14,9 @@
 -- as fit in the time given to it.
 --
 -- Events (tables) from `poll`, in the order they happened:
---   {kind = "ready", label_names = {...}, channels = C, size = S}: the model is loaded
+--   {kind = "ready", label_names = {...}, channels = C, size = S, guidance = {ddim = 6, ...}}:
+--     the model is loaded; guidance: the scale to sample a context with, per sampler
+--     (diffusion.recommended_guidance_for: the model's own when its file has one)
 --   {kind = "preview", id =, step =, total =, sprites =, width =, height =}: every
 --     `every` steps, the sprites as the model sees them so far (its estimate of the clean
 --     sprites), so a game can show them sharpening
@@ -89,8 +91,14 @@ function M._runner(opts)
   for i, v in ipairs(cfg.label_names or {}) do
     names[i] = v
   end
+  -- the guidance scale to use with a context, per sampler: the model's own where its file
+  -- records one (diffusion.recommended_guidance_for)
+  local guidance = {}
+  for _, s in ipairs(require("minisd.sched").names()) do
+    guidance[s] = minisd.diffusion.recommended_guidance_for(s, model)
+  end
   r:emit({ kind = "ready", label_names = names, channels = cfg.in_channels or 3,
-    size = cfg.height or 16 })
+    size = cfg.height or 16, guidance = guidance })
   return r
 end
 

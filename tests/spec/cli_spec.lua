@@ -185,6 +185,10 @@ describe("train.lua", function()
     local ok, _, out = sh("train.lua " .. TINY .. " --context --epochs 1 --out " .. base)
     assert.is_true(ok, out)
     local from = base .. "/model.safetensors"
+    -- a guidance scale measured on these weights (tune_guidance.lua) is not the new model's
+    ok, _, out = sh("scripts/tune_guidance.lua " .. from .. " --set ddpm=2.5")
+    assert.is_true(ok, out)
+    assert.are.same({ ddpm = 2.5 }, assert(minisd.load_model(from)).config.guidance)
     -- a learning rate of 1e-9: after 3 Adam steps every weight is within 3e-9 of the start
     ok, _, out = sh("train.lua " .. TINY .. " --context --epochs 1 --lr 1e-9 --seed 5 --init "
       .. from .. " --out " .. tuned)
@@ -197,6 +201,7 @@ describe("train.lua", function()
     local m = assert(minisd.load_model(tuned .. "/model.safetensors"))
     assert.are.equal(from, m.training_summary.init)
     assert.are.equal(8, m.config.n_feat)
+    assert.is_nil(m.config.guidance)
     for _, case in ipairs({
       { "--n-feat 16", "has n_feat 8; --n-feat 16 does not match" },
       { "--channels 3", "the model has in_channels 4, the data 3" },

@@ -69,7 +69,21 @@ describe("minisd.worker (inline backend)", function()
     assert.are.same(model.config.label_names, ev[1].label_names)
     assert.are.equal(4, ev[1].channels)
     assert.are.equal(16, ev[1].size)
+    -- the guidance per sampler: the library's for a model without its own
+    assert.are.same(minisd.diffusion.guidance_by_sampler, ev[1].guidance)
     assert.is_false(w:busy())
+    w:close()
+    -- a model file that records its own scale for a sampler
+    local own = minisd.models.ContextUnet({ in_channels = 4, n_feat = 8,
+      guidance = { ddim = 4.5 } })
+    own:load_state_dict(model:state_dict())
+    local own_path = path .. ".own.safetensors"
+    assert(own:save(own_path))
+    w = minisd.worker.new({ model = own_path })
+    ev = w:poll()
+    os.remove(own_path)
+    assert.are.equal(4.5, ev[1].guidance.ddim)
+    assert.are.equal(minisd.diffusion.guidance_by_sampler.ddpm, ev[1].guidance.ddpm)
     w:close()
   end)
 

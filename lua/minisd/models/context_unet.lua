@@ -80,15 +80,17 @@ M.ContextUnet = ContextUnet
 
 local config_keys = {
   in_channels = true, n_feat = true, n_cfeat = true, height = true, label_names = true,
-  background = true, schedule = true, signal_leak = true,
+  background = true, schedule = true, signal_leak = true, guidance = true,
 }
 
 M.default_label_names = { "hero", "non-hero", "food", "spell", "side-facing" }
 
 --- ContextUnet{in_channels=3, n_feat=64, n_cfeat=5, height=16, label_names=, background=,
--- schedule=, signal_leak=}. The config (without the generator) is kept in `model.config` and
--- saved with the model. signal_leak: the training sprites' per-channel means, which sampling
--- starts from (diffusion.signal_leak_stats; train.lua stores them).
+-- schedule=, signal_leak=, guidance=}. The config (without the generator) is kept in
+-- `model.config` and saved with the model. signal_leak: the training sprites' per-channel
+-- means, which sampling starts from (diffusion.signal_leak_stats; train.lua stores them).
+-- guidance: the model's measured best guidance scale per sampler ({ddpm = 2, ...}; see
+-- diffusion.recommended_guidance_for and scripts/tune_guidance.lua).
 function ContextUnet:init(opts)
   opts = require("minisd.util").check_options("ContextUnet", opts, config_keys, 3)
   local c = opts.in_channels or 3
@@ -126,9 +128,15 @@ function ContextUnet:init(opts)
       error("ContextUnet: " .. err, 3)
     end
   end
+  if opts.guidance ~= nil then
+    local ok, err = require("minisd.diffusion").check_guidance(opts.guidance)
+    if not ok then
+      error("ContextUnet: " .. err, 3)
+    end
+  end
   local cfg = {
     in_channels = c, n_feat = n, n_cfeat = k, height = h, label_names = names,
-    signal_leak = opts.signal_leak,
+    signal_leak = opts.signal_leak, guidance = opts.guidance,
     background = opts.background, schedule = opts.schedule or {
       num_train_timesteps = 500, beta_start = 1e-4, beta_end = 0.02, beta_schedule = "linear",
     },
@@ -156,7 +164,8 @@ end
 --- Saves the weights (safetensors, PyTorch names) with everything needed to
 -- rebuild and use the model in `__metadata__`: "minisd.arch" ("ContextUnet"),
 -- "minisd.config" (JSON: in_channels, n_feat, n_cfeat, height, label_names,
--- background, schedule) and, when given, "minisd.training" (JSON summary).
+-- background, schedule, signal_leak and guidance when it has them) and, when given,
+-- "minisd.training" (JSON summary).
 -- @param path file name
 -- @param extra optional {training = table, dtype = "F32" (default), "F16" or "BF16" (how
 --   the weights are stored; see nn.Module.save), [string] = string}

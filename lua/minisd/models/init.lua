@@ -176,6 +176,34 @@ function M.shipped_path(file)
   return (root and (root .. "/") or "") .. "models/" .. file
 end
 
+--- The dtype a safetensors file stores its floating-point weights in: "F16" or "BF16" when a
+-- tensor has it, else "F32" (also for a file that cannot be read: load_model says why). A
+-- script that rewrites a model file (a new config, the same weights) keeps it with this.
+function M.file_dtype(path)
+  local f = io.open(path, "rb")
+  if not f then
+    return "F32"
+  end
+  local head = f:read(8)
+  local n = 0 -- the header's length: 8 bytes, little-endian
+  for i = 8, 1, -1 do
+    n = n * 256 + (head and #head == 8 and head:byte(i) or 0)
+  end
+  local text = n > 0 and n < 2 ^ 26 and f:read(n)
+  f:close()
+  local ok, hdr = pcall(require("minisd.json").decode, text or "")
+  if ok and type(hdr) == "table" then
+    for _, tname in ipairs(require("minisd.util").sorted_keys(hdr)) do
+      local info = hdr[tname]
+      if tname ~= "__metadata__" and type(info) == "table"
+          and (info.dtype == "F16" or info.dtype == "BF16") then
+        return info.dtype
+      end
+    end
+  end
+  return "F32"
+end
+
 --- Loads a model file written by model:save / train.lua: rebuilds the
 -- architecture from the file's metadata and loads the weights (strict).
 -- A PyTorch state_dict saved as safetensors without minisd metadata loads as
