@@ -16,9 +16,10 @@ local parser = argparse("tune_guidance.lua",
   .. "sampler and, with --write, record it in the model file: sampling with a context then "
   .. "uses it by default. --set records scales without measuring; --clear removes them.")
 parser:epilog([[
-The pick: the lowest mean Frechet distance among the scales whose mean context accuracy is at
-least 90% of the classifier's own held-out accuracy (issue 8's target); if no scale reaches
-that, the most accurate one. The weights are kept bit for bit (and their dtype).
+The pick: among the scales whose mean context accuracy is at least 90% of the classifier's
+own held-out accuracy (issue 8's target), those whose mean Frechet distance is within
+--tolerance of the lowest, and of these the most accurate; if no scale reaches the accuracy,
+the most accurate one. The weights are kept bit for bit (and their dtype).
 Examples:
   lua scripts/tune_guidance.lua runs/sprites/model.safetensors --write
   lua scripts/tune_guidance.lua model.safetensors --sampler ddim --scales 3,4,6,8 --seeds 0
@@ -32,6 +33,8 @@ parser:option("--scales", "Comma-separated guidance scales to measure.", "2,3,4,
 parser:option("--seeds", "Comma-separated evaluator seeds; each scale's figures are their "
   .. "mean.", "0,1")
 parser:option("--n", "Samples per label for the context accuracy.", "100"):convert(tonumber)
+parser:option("--tolerance", "Mean Frechet distances within this of the lowest count as equal "
+  .. "(the most accurate of those scales wins).", "0.1"):convert(tonumber)
 parser:option("--threads", "Threads for the maths (default: all cores).", nil):convert(tonumber)
 parser:flag("--write", "Record the best scale in the model file (or in --out).")
 parser:option("-o --out", "Write the model here instead of rewriting it in place.")
@@ -46,6 +49,9 @@ local util = require("minisd.util")
 util.check_int_arg(parser, "--steps", a.steps, 1, true)
 util.check_int_arg(parser, "--n", a.n, 1)
 util.check_int_arg(parser, "--threads", a.threads, 1, true)
+if not (a.tolerance and a.tolerance >= 0) then
+  parser:error("--tolerance must be a number >= 0")
+end
 
 -- a comma-separated list of numbers, or a usage error naming the option
 local function numbers(name, text, integers)
@@ -141,8 +147,9 @@ run_main("tune_guidance.lua", function()
       means[i] = { guidance = row.guidance, accuracy = row.mean_accuracy,
         frechet = row.mean_frechet }
     end
-    local picked, reached = quality.pick_guidance(means, floor)
+    local picked, reached = quality.pick_guidance(means, floor, a.tolerance)
     results.best, results.accuracy_floor = picked.guidance, floor
+    results.tolerance = a.tolerance
 
     print(string.format("%s, %d steps, seeds %s, %d samples per label (model %s)", a.sampler,
       results.steps, table.concat(seeds, ", "), a.n, a.model))
@@ -161,7 +168,8 @@ run_main("tune_guidance.lua", function()
     end
     print(string.format("best: guidance %g for %s (%s; accuracy floor %.3f = 90%% of the "
       .. "classifier's held-out %.3f; real held-out sprites' distance %.2f)", results.best,
-      a.sampler, reached and "the lowest distance of the accurate enough"
+      a.sampler, reached and string.format("the most accurate of the accurate enough within "
+      .. "%g of their lowest distance", a.tolerance)
       or "no scale reached the floor: the most accurate", floor,
       results.classifier_heldout or 0, results.real_heldout or 0))
     if a.json then

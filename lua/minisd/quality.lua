@@ -669,27 +669,39 @@ local function most_predicted(counts, class_names, n)
   return string.format("%s %.2f", bname, best / n)
 end
 
---- The guidance scale to pick from measurements (scripts/tune_guidance.lua): the row with the
--- lowest Frechet distance among those whose context accuracy is at least `floor` (90% of the
--- classifier's held-out accuracy is issue 8's target), else the most accurate row; ties go to
--- the first.
+--- The guidance scale to pick from measurements (scripts/tune_guidance.lua): among the rows
+-- whose context accuracy is at least `floor` (90% of the classifier's held-out accuracy is
+-- issue 8's target), those within `tolerance` of the lowest Frechet distance count as equally
+-- close, and the most accurate of them wins (then the closer, then the first); if no row
+-- reaches the floor, the most accurate row.
 -- @param rows list of {guidance =, accuracy =, frechet =} (e.g. means over seeds)
 -- @param floor the accuracy a row must reach
+-- @param tolerance optional, default 0: distances this close to the lowest are a tie
 -- @return the picked row, and whether it reached the floor
-function M.pick_guidance(rows, floor)
+function M.pick_guidance(rows, floor, tolerance)
   if type(rows) ~= "table" or #rows == 0 then
     error("quality.pick_guidance: rows must be a non-empty list", 2)
   end
-  local best, reached
+  tolerance = tolerance or 0
+  if type(tolerance) ~= "number" or tolerance ~= tolerance or tolerance < 0 then
+    error("quality.pick_guidance: tolerance must be a number >= 0, got " .. tostring(tolerance),
+      2)
+  end
+  local lowest
   for _, row in ipairs(rows) do
-    local ok = row.accuracy >= floor
-    if ok and (not reached or row.frechet < best.frechet) then
-      best, reached = row, true
-    elseif not ok and not reached and (not best or row.accuracy > best.accuracy) then
+    if row.accuracy >= floor and (not lowest or row.frechet < lowest) then
+      lowest = row.frechet
+    end
+  end
+  local best
+  for _, row in ipairs(rows) do
+    local eligible = not lowest or (row.accuracy >= floor and row.frechet <= lowest + tolerance)
+    if eligible and (not best or row.accuracy > best.accuracy
+        or (lowest and row.accuracy == best.accuracy and row.frechet < best.frechet)) then
       best = row
     end
   end
-  return best, reached == true
+  return best, lowest ~= nil
 end
 
 --- The results of `evaluate` as a readable table.

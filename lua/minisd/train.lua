@@ -556,6 +556,23 @@ function M.run(args)
     ds.labels = ds.labels:narrow(1, 1, args.limit)
     ds.n = args.limit
   end
+  if args.context and args.context_drop == 0 and lead and not args.quiet then
+    -- the null context is learned only from rows that have no label: without any, guidance
+    -- has nothing to push from
+    local unlabelled = false
+    for _, row in ipairs(ds.labels:totable()) do
+      local sum = 0
+      for _, v in ipairs(row) do
+        sum = sum + math.abs(v)
+      end
+      unlabelled = unlabelled or sum == 0
+    end
+    if not unlabelled then
+      io.stderr:write("warning: --context-drop 0 and no sprite without a label: the null "
+        .. "context is never trained, so classifier-free guidance will not work (give "
+        .. "--context-drop above 0)\n")
+    end
+  end
   if lead then
     mkdir_p(args.out)
     -- temporary files of a write that a kill interrupted (the file they were for is intact)

@@ -180,6 +180,37 @@ describe("train.lua", function()
       end
     end)
 
+  it("warns that --context-drop 0 leaves the null context untrained when every sprite has a "
+    .. "label", function()
+      -- a sheet of three 16x16 RGBA tiles; the labels file names two or all three
+      local rows = {}
+      for c = 1, 4 do
+        rows[c] = {}
+        for y = 1, 16 do
+          rows[c][y] = {}
+          for x = 1, 48 do
+            rows[c][y][x] = c == 4 and 1 or ((x + y * c) % 5) / 4
+          end
+        end
+      end
+      local sheet = tmp .. "/cd0.png"
+      assert(minisd.save_png(sheet, minisd.tensor(rows)))
+      local train = "train.lua --data " .. sheet .. " --context --epochs 1 --batch-size 2 "
+        .. "--n-feat 8 --sample-every 0 --progress plain --out " .. tmp .. "/cd0_run "
+      local warning = "--context-drop 0 and no sprite without a label: the null context is "
+        .. "never trained"
+      for _, case in ipairs({
+        { "index\thero\tfood\n0\t1\t0\n1\t0\t1\n", "--context-drop 0", true },
+        { "index\thero\tfood\n0\t1\t0\n1\t0\t1\n", "--context-drop 0.1", false },
+        { "index\thero\tfood\n0\t1\t0\n1\t0\t1\n2\t0\t0\n", "--context-drop 0", false },
+      }) do
+        H.write_file(tmp .. "/cd0_labels.tsv", case[1])
+        local ok, _, out = sh(train .. case[2])
+        assert.is_true(ok, out)
+        assert.are.equal(case[3], out:find(warning, 1, true) ~= nil, case[2] .. ": " .. out)
+      end
+    end)
+
   it("fine-tunes from a model file with --init, and refuses one that does not fit", function()
     local base, tuned = tmp .. "/init_base", tmp .. "/init_tuned"
     local ok, _, out = sh("train.lua " .. TINY .. " --context --epochs 1 --out " .. base)

@@ -21,10 +21,28 @@ describe("quality.pick_guidance", function()
     assert.is_true(reached)
     row = quality.pick_guidance(rows, 0.6)
     assert.are.equal(2, row.guidance)
-    -- ties go to the first row
+    -- equal distances: the more accurate row
     rows[4].frechet = 6.4
-    assert.are.equal(3, quality.pick_guidance(rows, 0.8).guidance)
+    assert.are.equal(6, quality.pick_guidance(rows, 0.8).guidance)
   end)
+
+  it("counts distances within the tolerance of the lowest as equal: the most accurate wins",
+    function()
+      -- the shipped model's DDPM means over four seeds (models/README.md)
+      local rows = { { guidance = 2, accuracy = 0.829, frechet = 4.78 },
+        { guidance = 2.5, accuracy = 0.879, frechet = 4.79 },
+        { guidance = 3, accuracy = 0.91, frechet = 5.9 } }
+      assert.are.equal(2, quality.pick_guidance(rows, 0.69).guidance)
+      assert.are.equal(2, quality.pick_guidance(rows, 0.69, 0.005).guidance)
+      assert.are.equal(2.5, quality.pick_guidance(rows, 0.69, 0.1).guidance)
+      assert.are.equal(3, quality.pick_guidance(rows, 0.69, 1.2).guidance)
+      -- equal accuracy within the tolerance: the closer
+      rows[1].accuracy = 0.879
+      assert.are.equal(2, quality.pick_guidance(rows, 0.69, 0.1).guidance)
+      local ok, err = pcall(quality.pick_guidance, rows, 0.69, -1)
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("tolerance must be a number >= 0, got -1", 1, true), err)
+    end)
 
   it("takes the most accurate row when none is accurate enough", function()
     local rows = { { guidance = 1, accuracy = 0.3, frechet = 9 },
@@ -101,7 +119,7 @@ describe("scripts/tune_guidance.lua", function()
         end
         means[i] = { guidance = g, accuracy = sa / 2, frechet = sf / 2 }
       end
-      local picked = quality.pick_guidance(means, 0.9 * r.heldout)
+      local picked = quality.pick_guidance(means, 0.9 * r.heldout, 0.1) -- (--tolerance 0.1)
       assert.are.equal(picked.guidance, r.best)
       assert.truthy(out:find("best: guidance " .. r.best .. " for ddpm", 1, true), out)
       -- recorded in the new file, the weights unchanged; the original untouched
@@ -146,6 +164,7 @@ describe("scripts/tune_guidance.lua", function()
       { path .. " --set ddpm=-3", "the scale for ddpm must be a number in [0, 100], got -3" },
       { path .. " --scales 2,x", "--scales: 'x' is not a non-negative number" },
       { path .. " --seeds 0.5", "--seeds: '0.5' is not a non-negative integer" },
+      { path .. " --tolerance -1", "--tolerance must be a number >= 0" },
       { path .. " -o " .. tmp .. "/x.safetensors", "-o/--out goes with --write" },
       { plain, "was not trained with contexts" },
       { tmp .. "/none.safetensors", "cannot open" },
@@ -162,7 +181,8 @@ describe("scripts/tune_guidance.lua", function()
   it("prints --help with its options", function()
     local ok, _, out = sh("--help")
     assert.is_true(ok, out)
-    for _, opt in ipairs({ "--sampler", "--steps", "--scales", "--seeds", "--n", "--write",
+    for _, opt in ipairs({ "--sampler", "--steps", "--scales", "--seeds", "--n", "--tolerance",
+      "--write",
       "--set", "--clear", "--json", "--threads" }) do
       assert.truthy(out:find(opt, 1, true), "missing " .. opt)
     end
