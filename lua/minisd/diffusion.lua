@@ -122,8 +122,9 @@ end
 -- The guidance scale the command line, the evaluator and the examples use with a context
 -- for a model whose file records none of its own (config.guidance; the library's own default
 -- stays 0, off), for the recommended sampler: measured on the previous shipped context model
--- (the seed's recipe with 10% null-context rows) with scripts/eval_quality.lua (DDPM 50 steps, the posterior's
--- variance, the signal leak, seeds 0 to 3), guidance 3 gave the lowest Frechet distance
+-- (the seed's recipe with 10% null-context rows) with scripts/eval_quality.lua (DDPM 50
+-- steps, the posterior's variance, the signal leak, seeds 0 to 3), guidance 3 gave the lowest
+-- Frechet distance
 -- (6.2-7.7, against 6.8-8.6 at 4, 7.0-10.5 at 6 and 7.9-8.4 at 2) at a context accuracy of
 -- 0.85-0.87 (0.89-0.92 at 4 and 6, 0.72-0.75 at 2); without the leak, 6 was best
 -- (models/README.md).
@@ -173,8 +174,8 @@ function M.check_guidance(guidance)
 end
 
 -- The sampler and steps sample.lua and the evaluator use by default: measured on the previous
--- shipped model (scripts/eval_quality.lua, guidance 6, seed 0), DDPM's stochastic steps at 50 gave a
--- context accuracy of 0.916 and a Frechet distance of 12.7 where DDIM at 25 gave 0.862 and
+-- shipped model (scripts/eval_quality.lua, guidance 6, seed 0), DDPM's stochastic steps at 50
+-- gave a context accuracy of 0.916 and a Frechet distance of 12.7 where DDIM at 25 gave 0.862 and
 -- 35.7, for twice the time (models/README.md). The library's own default stays DDIM.
 M.recommended_sampler = "ddpm"
 M.recommended_steps = 50
