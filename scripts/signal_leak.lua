@@ -24,13 +24,7 @@ run_main("signal_leak.lua", function()
   local minisd = require("minisd")
   local out = a.out or a.model
   assert(require("minisd.util").check_writable(out))
-  local model, err = minisd.load_model(a.model)
-  if not model then
-    error(err, 0)
-  end
-  if model.__name ~= "ContextUnet" then
-    error(a.model .. " is a " .. tostring(model.__name) .. ", not a ContextUnet", 0)
-  end
+  local model = require("minisd.cli").load_context_unet(a.model)
   local cfg, summary = model.config, model.training_summary or {}
   if a.remove then
     cfg.signal_leak = nil

@@ -92,13 +92,7 @@ run_main("tune_guidance.lua", function()
     minisd.set_threads(a.threads)
   end
   local out = a.out or a.model
-  local model, err = minisd.load_model(a.model)
-  if not model then
-    error(err, 0)
-  end
-  if model.__name ~= "ContextUnet" then
-    error(a.model .. " is a " .. tostring(model.__name) .. ", not a ContextUnet", 0)
-  end
+  local model = require("minisd.cli").load_context_unet(a.model)
   if measure and not (model.training_summary or {}).context then
     error(a.model .. " was not trained with contexts (train.lua --context): guidance does "
       .. "nothing for it", 0)

@@ -41,4 +41,19 @@ function M.run_main(program, fn, ...)
   end
 end
 
+--- Loads a diffusion model file (a ContextUnet) for a program, or raises a message for the
+-- user (run_main reports it): the file's own problem, or what else it is.
+-- @param path the model file
+-- @return the model
+function M.load_context_unet(path)
+  local model, err = require("minisd").load_model(path)
+  if not model then
+    error(err, 0)
+  end
+  if model.__name ~= "ContextUnet" then
+    error(path .. " is a " .. tostring(model.__name) .. ", not a ContextUnet", 0)
+  end
+  return model
+end
+
 return M
