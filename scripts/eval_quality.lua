@@ -66,6 +66,12 @@ run_main("eval_quality.lua", function()
   if a.threads then
     minisd.set_threads(a.threads)
   end
+  if a.json then -- before the minutes of sampling, not after
+    local ok, werr = require("minisd.util").check_writable(a.json)
+    if not ok then
+      error(werr, 0)
+    end
+  end
   local t0 = minisd.clock()
   local leak = nil -- the model's default: on when its file has the statistics
   if a.no_signal_leak then
@@ -83,13 +89,12 @@ run_main("eval_quality.lua", function()
     error(err, 0)
   end
   io.write(quality.format(res))
-  if a.json then
-    local f, ferr = io.open(a.json, "w")
-    if not f then
-      error("cannot write " .. a.json .. ": " .. tostring(ferr), 0)
+  if a.json then -- atomically: a failed write leaves the old file
+    local ok, werr = require("minisd.util").write_file(a.json,
+      require("minisd.json").encode(res, { indent = 2 }) .. "\n")
+    if not ok then
+      error(werr, 0)
     end
-    f:write(require("minisd.json").encode(res, { indent = 2 }), "\n")
-    f:close()
     print("wrote " .. a.json)
   end
 end)

@@ -97,8 +97,15 @@ run_main("tune_guidance.lua", function()
     error(a.model .. " was not trained with contexts (train.lua --context): guidance does "
       .. "nothing for it", 0)
   end
+  local targets = { a.json } -- checked before the measuring, not after
   if a.write or not measure then
-    assert(util.check_writable(out))
+    targets[#targets + 1] = out
+  end
+  for _, path in ipairs(targets) do
+    local ok, werr = util.check_writable(path)
+    if not ok then
+      error(werr, 0)
+    end
   end
   local cfg = model.config
   local guidance = {}
@@ -167,8 +174,11 @@ run_main("tune_guidance.lua", function()
       or "no scale reached the floor: the most accurate", floor,
       results.classifier_heldout or 0, results.real_heldout or 0))
     if a.json then
-      assert(util.write_file(a.json, require("minisd.json").encode(results, { indent = 2 })
-        .. "\n"))
+      local ok, werr = util.write_file(a.json, require("minisd.json").encode(results,
+        { indent = 2 }) .. "\n")
+      if not ok then
+        error(werr, 0)
+      end
       print("wrote " .. a.json)
     end
     if not a.write then

@@ -421,6 +421,8 @@ describe("quality.evaluate and scripts/eval_quality.lua", function()
       { "x.safetensors --n 0", "--n must be an integer >= 1" },
       { "x.safetensors --sampler ddim --variance fixed_small",
         "--variance applies to ddpm only, not to ddim" },
+      { "models/sprites-context.safetensors --json /nonexistent/q.json",
+        "cannot write /nonexistent/q.json: the folder /nonexistent does not exist" },
     }
     for _, c in ipairs(cases) do
       local ok, code, out = sh(c[1])

@@ -165,6 +165,8 @@ describe("scripts/tune_guidance.lua", function()
       { path .. " --scales 2,x", "--scales: 'x' is not a non-negative number" },
       { path .. " --seeds 0.5", "--seeds: '0.5' is not a non-negative integer" },
       { path .. " --tolerance -1", "--tolerance must be a number >= 0" },
+      { path .. " --json /nonexistent/t.json", "cannot write /nonexistent/t.json" },
+      { path .. " --set ddpm=2 -o /nonexistent/m.safetensors", "cannot write /nonexistent/m" },
       { path .. " -o " .. tmp .. "/x.safetensors", "-o/--out goes with --write" },
       { plain, "was not trained with contexts" },
       { tmp .. "/none.safetensors", "cannot open" },
